@@ -1,0 +1,111 @@
+use std::path::PathBuf;
+
+/// Everything a key backend can report. Messages never include PINs, passphrases or key bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The label breaks the naming rules.
+    #[error("invalid key label {label:?}: {reason}")]
+    InvalidLabel {
+        /// The label (cut at 80 characters).
+        label: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No key has this label.
+    #[error("no key labelled {label:?}")]
+    KeyNotFound {
+        /// The label asked for.
+        label: String,
+    },
+    /// A key with this label exists already (in any backend).
+    #[error("a key labelled {label:?} exists already")]
+    KeyExists {
+        /// The label.
+        label: String,
+    },
+    /// No backend of that name.
+    #[error("unknown backend {name:?} (expected software, pkcs11 or tpm)")]
+    UnknownBackend {
+        /// The name given.
+        name: String,
+    },
+    /// The backend exists but this agent was not started with it.
+    #[error("the {backend} backend is not configured in this agent")]
+    BackendNotConfigured {
+        /// Which backend.
+        backend: crate::BackendKind,
+    },
+    /// The backend cannot make or use keys of this algorithm.
+    #[error("algorithm {alg} is not supported by {by}")]
+    UnsupportedAlgorithm {
+        /// The algorithm.
+        alg: dpop_jose::Algorithm,
+        /// The backend or token that refuses it.
+        by: String,
+    },
+    /// The operation is not available here.
+    #[error("{what} is not supported")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+    },
+    /// The key material given for import cannot be used.
+    #[error("invalid private key: {reason}")]
+    InvalidKey {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The passphrase does not decrypt a key file (or the file is corrupt). The file is left
+    /// untouched.
+    #[error("the passphrase does not decrypt {path} (wrong passphrase, or a corrupt file)")]
+    WrongPassphrase {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A file in the data directory could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file or metadata file is not what it should be.
+    #[error("corrupt key store file {path}: {reason}")]
+    CorruptStore {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The token's PIN was refused. Not retried: tokens lock after a few wrong PINs.
+    #[error("the PKCS#11 token refused the PIN (not retried: tokens lock after a few wrong PINs)")]
+    PinIncorrect,
+    /// The token's PIN is locked.
+    #[error("the PKCS#11 token's PIN is locked")]
+    PinLocked,
+    /// The token was removed or re-initialised.
+    #[error("the PKCS#11 token is not present: {detail}")]
+    TokenNotPresent {
+        /// Which token, what happened.
+        detail: String,
+    },
+    /// Any other PKCS#11 failure.
+    #[error("PKCS#11 {function} failed: {reason}")]
+    Pkcs11 {
+        /// The PKCS#11 function.
+        function: &'static str,
+        /// The return value or cause.
+        reason: String,
+    },
+    /// A cryptographic operation failed (should not happen with valid keys).
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(&'static str),
+    /// Building the proof header from the key failed.
+    #[error(transparent)]
+    Jose(#[from] dpop_jose::Error),
+}

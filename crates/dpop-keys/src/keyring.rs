@@ -1,0 +1,157 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::{Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SignerRef};
+
+/// Every configured backend's keys under unique labels. Reads (the signing path) take a
+/// shared lock; changes are serialized so that a label stays unique across backends.
+pub struct Keyring {
+    backends: Vec<Arc<dyn Backend>>,
+    keys: RwLock<HashMap<String, SignerRef>>,
+    changes: Mutex<()>,
+}
+
+impl Keyring {
+    /// A keyring over these backends, with no keys loaded yet.
+    pub fn new(backends: Vec<Arc<dyn Backend>>) -> Keyring {
+        Keyring {
+            backends,
+            keys: RwLock::new(HashMap::new()),
+            changes: Mutex::new(()),
+        }
+    }
+
+    /// Loads every backend's keys. A backend that fails is reported and skipped; a label that
+    /// two backends share is kept from the first and reported.
+    pub fn load(&self) -> Vec<(BackendKind, Error)> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut problems = Vec::new();
+        let mut keys = HashMap::new();
+        for backend in &self.backends {
+            match backend.load() {
+                Ok(loaded) => {
+                    for key in loaded {
+                        let label = key.meta().info().label.to_string();
+                        if keys.contains_key(&label) {
+                            problems.push((
+                                backend.kind(),
+                                Error::KeyExists {
+                                    label: label.clone(),
+                                },
+                            ));
+                        } else {
+                            keys.insert(label, key);
+                        }
+                    }
+                }
+                Err(e) => problems.push((backend.kind(), e)),
+            }
+        }
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        problems
+    }
+
+    /// The configured backends.
+    pub fn backend_kinds(&self) -> Vec<BackendKind> {
+        self.backends.iter().map(|b| b.kind()).collect()
+    }
+
+    /// The signer of a key.
+    pub fn get(&self, label: &str) -> Result<SignerRef, Error> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.get(label)
+            .cloned()
+            .ok_or_else(|| Error::KeyNotFound {
+                label: label.chars().take(80).collect(),
+            })
+    }
+
+    /// Every key, sorted by label.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mut infos: Vec<KeyInfo> = keys.values().map(|k| k.meta().info().clone()).collect();
+        infos.sort_by(|a, b| a.label.cmp(&b.label));
+        infos
+    }
+
+    fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn Backend>, Error> {
+        self.backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .ok_or(Error::BackendNotConfigured { backend: kind })
+    }
+
+    /// Runs `make` with the change lock held, after checking the label is free, and files the
+    /// new key under it.
+    fn add(
+        &self,
+        label: &KeyLabel,
+        make: impl FnOnce() -> Result<SignerRef, Error>,
+    ) -> Result<SignerRef, Error> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(label.as_str())
+        {
+            return Err(Error::KeyExists {
+                label: label.to_string(),
+            });
+        }
+        let key = make()?;
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(label.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// Generates a key in a backend.
+    pub fn generate(
+        &self,
+        backend: BackendKind,
+        label: &KeyLabel,
+        alg: Algorithm,
+    ) -> Result<SignerRef, Error> {
+        let backend = self.backend(backend)?;
+        self.add(label, || backend.generate(label, alg))
+    }
+
+    /// Imports a PEM private key into a backend.
+    pub fn import_pem(
+        &self,
+        backend: BackendKind,
+        label: &KeyLabel,
+        pem: &[u8],
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        let backend = self.backend(backend)?;
+        self.add(label, || backend.import_pem(label, pem, alg))
+    }
+
+    /// Adopts an existing key by backend URI.
+    pub fn adopt(
+        &self,
+        backend: BackendKind,
+        uri: &str,
+        label: &KeyLabel,
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        let backend = self.backend(backend)?;
+        self.add(label, || backend.adopt(uri, label, alg))
+    }
+
+    /// Deletes a key from its backend, then forgets it.
+    pub fn delete(&self, label: &str) -> Result<KeyInfo, Error> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.get(label)?;
+        let info = key.meta().info().clone();
+        self.backend(info.backend)?.delete(&info.label)?;
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(info.label.as_str());
+        Ok(info)
+    }
+}

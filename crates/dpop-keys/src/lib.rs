@@ -1,0 +1,216 @@
+//! The key backends of dpop-agent behind one trait.
+//!
+//! A [`Backend`] lists, generates, imports and deletes keys and hands out a [`KeySigner`] per
+//! key; a signer knows its algorithm and public JWK and signs bytes, returning the JWS form of
+//! the signature (ECDSA `r||s`, never DER). Private keys never leave a backend: no call returns
+//! them. The [`Keyring`] puts the backends together under unique labels.
+//!
+//! Backends:
+//! - [`software::SoftwareBackend`]: aws-lc-rs keys, kept as encrypted PKCS#8 files (0600) or in
+//!   memory only; secret bytes are zeroized.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dpop_jose::{Algorithm, Claims, Htu, Method, sign_proof};
+//! use dpop_keys::{Keyring, KeyLabel, BackendKind, software::SoftwareBackend};
+//!
+//! let keyring = Keyring::new(vec![Arc::new(SoftwareBackend::ephemeral())]);
+//! let label = KeyLabel::new("demo")?;
+//! let key = keyring.generate(BackendKind::Software, &label, Algorithm::ES256)?;
+//! let claims = Claims::new(&Method::new("GET")?, &Htu::from_url("https://api.example.com/x")?, 1_700_000_000);
+//! let proof = sign_proof(&*key, &claims)?;
+//! assert_eq!(proof.split('.').count(), 3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod keyring;
+mod label;
+pub mod pem;
+pub mod software;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use dpop_jose::{Algorithm, Jwk, ProofHeader};
+pub use error::Error;
+pub use keyring::Keyring;
+pub use label::KeyLabel;
+use serde::{Deserialize, Serialize};
+
+/// Which backend holds a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// aws-lc-rs keys in the agent's memory, encrypted at rest.
+    Software,
+    /// A PKCS#11 token (HSM, YubiKey, SoftHSM2).
+    Pkcs11,
+    /// A TPM 2.0.
+    Tpm,
+}
+
+impl BackendKind {
+    /// The name used on the wire and the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Software => "software",
+            BackendKind::Pkcs11 => "pkcs11",
+            BackendKind::Tpm => "tpm",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "software" => Ok(BackendKind::Software),
+            "pkcs11" => Ok(BackendKind::Pkcs11),
+            "tpm" => Ok(BackendKind::Tpm),
+            other => Err(Error::UnknownBackend {
+                name: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// What is known about a key in public: never any private part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The unique name users type.
+    pub label: KeyLabel,
+    /// The signature algorithm.
+    pub alg: Algorithm,
+    /// The backend that holds it.
+    pub backend: BackendKind,
+    /// The public key.
+    pub jwk: Jwk,
+    /// RFC 7638 thumbprint of `jwk`.
+    pub jkt: String,
+    /// Whether the key survives an agent restart.
+    pub persistent: bool,
+    /// Where the backend keeps it (a PKCS#11 URI, a file), when that is worth showing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// The public description and cached proof header of one key, built once when the key is
+/// loaded, so that signing a proof never re-encodes the header.
+#[derive(Clone, Debug)]
+pub struct KeyMeta {
+    info: KeyInfo,
+    header: ProofHeader,
+}
+
+impl KeyMeta {
+    /// Describes a key; fails when `jwk` cannot make `alg` signatures.
+    pub fn new(
+        label: KeyLabel,
+        alg: Algorithm,
+        backend: BackendKind,
+        jwk: Jwk,
+        persistent: bool,
+        location: Option<String>,
+    ) -> Result<KeyMeta, Error> {
+        let header = ProofHeader::new(alg, &jwk)?;
+        let jkt = jwk.thumbprint();
+        Ok(KeyMeta {
+            info: KeyInfo {
+                label,
+                alg,
+                backend,
+                jwk,
+                jkt,
+                persistent,
+                location,
+            },
+            header,
+        })
+    }
+
+    /// The public description.
+    pub fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+
+    /// The proof header.
+    pub fn header(&self) -> &ProofHeader {
+        &self.header
+    }
+}
+
+/// One key that can sign. Implementations keep the private key to themselves.
+pub trait KeySigner: Send + Sync + fmt::Debug {
+    /// Public description and cached proof header.
+    fn meta(&self) -> &KeyMeta;
+
+    /// Signs `message`, returning the JWS signature (`r||s` for ECDSA).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
+
+    /// True when [`sign`](Self::sign) may block (a token or TPM round trip), so async callers
+    /// should move it off their executor; false for in-memory keys, which sign in microseconds.
+    fn is_blocking(&self) -> bool;
+}
+
+impl dpop_jose::Signer for dyn KeySigner {
+    type Error = Error;
+
+    fn header(&self) -> &ProofHeader {
+        self.meta().header()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        KeySigner::sign(self, message)
+    }
+}
+
+/// A shared signer.
+pub type SignerRef = Arc<dyn KeySigner>;
+
+/// A store of keys: software, PKCS#11 token, TPM. All methods may block (disk, token, TPM).
+pub trait Backend: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Algorithms [`generate`](Self::generate) accepts.
+    fn algorithms(&self) -> Vec<Algorithm>;
+
+    /// Every key the backend holds, loaded and ready to sign.
+    fn load(&self) -> Result<Vec<SignerRef>, Error>;
+
+    /// Makes a new key inside the backend.
+    fn generate(&self, label: &KeyLabel, alg: Algorithm) -> Result<SignerRef, Error>;
+
+    /// Imports a PEM private key (PKCS#8, SEC1 or PKCS#1). `alg` picks between algorithms the
+    /// key could serve (RS256 or PS256 for RSA); `None` takes the natural one.
+    fn import_pem(
+        &self,
+        label: &KeyLabel,
+        pem: &[u8],
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error>;
+
+    /// Adopts a key that already exists in the backend, named by a backend-specific URI.
+    fn adopt(
+        &self,
+        uri: &str,
+        label: &KeyLabel,
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        let _ = (uri, label, alg);
+        Err(Error::Unsupported {
+            what: format!("adopting keys in the {} backend", self.kind()),
+        })
+    }
+
+    /// Deletes a key. A failure leaves the key as it was.
+    fn delete(&self, label: &KeyLabel) -> Result<(), Error>;
+}

@@ -1,0 +1,509 @@
+//! The software backend: aws-lc-rs keys in the agent's memory.
+//!
+//! With a passphrase each key lives in `<dir>/<label>.json`: its algorithm and an encrypted
+//! PKCS#8 PEM (PBES2: scrypt N=2^15 r=8 p=1, AES-256-GCM, so a wrong passphrase is detected, not
+//! decoded into garbage). Files are written 0600 to a temporary name and renamed into place, so
+//! a failure never leaves half a key. Without a passphrase keys are kept in memory only.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaEncoding, RsaKeyPair,
+};
+use pkcs8::der::Decode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::pem::{DerFormat, KeyKind, parse_private_key_pem};
+use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, KeySigner, SignerRef};
+
+/// scrypt cost: 2^15 * 8 * 128 bytes = 32 MiB and tens of milliseconds per key.
+const SCRYPT_LOG_N: u8 = 15;
+
+/// Software keys, persisted under a passphrase or kept in memory only.
+pub struct SoftwareBackend {
+    store: Option<Store>,
+    /// Where keys would be found, for reporting files left unloaded without a passphrase.
+    unloaded_dir: Option<PathBuf>,
+}
+
+struct Store {
+    dir: PathBuf,
+    passphrase: SecretString,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    version: u32,
+    label: KeyLabel,
+    alg: Algorithm,
+    /// `ENCRYPTED PRIVATE KEY` PEM.
+    pkcs8: String,
+}
+
+impl SoftwareBackend {
+    /// Keys kept in `dir` (created 0700 if missing), encrypted under `passphrase`.
+    pub fn persistent(dir: PathBuf, passphrase: SecretString) -> Result<SoftwareBackend, Error> {
+        create_private_dir(&dir)?;
+        Ok(SoftwareBackend {
+            store: Some(Store { dir, passphrase }),
+            unloaded_dir: None,
+        })
+    }
+
+    /// Keys kept in memory only, lost when the agent stops.
+    pub fn ephemeral() -> SoftwareBackend {
+        SoftwareBackend {
+            store: None,
+            unloaded_dir: None,
+        }
+    }
+
+    /// Memory-only, noting that `dir` may hold key files that stay unloaded.
+    pub fn ephemeral_beside(dir: PathBuf) -> SoftwareBackend {
+        SoftwareBackend {
+            store: None,
+            unloaded_dir: Some(dir),
+        }
+    }
+
+    /// Whether keys survive a restart.
+    pub fn is_persistent(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// How many key files sit in the data directory unloaded (memory-only mode).
+    pub fn unloaded_key_files(&self) -> usize {
+        self.unloaded_dir
+            .as_deref()
+            .and_then(|d| fs::read_dir(d).ok())
+            .map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+    }
+
+    fn key_path(dir: &Path, label: &KeyLabel) -> PathBuf {
+        dir.join(format!("{label}.json"))
+    }
+
+    fn persist(&self, label: &KeyLabel, key: &SoftKey) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let path = Self::key_path(&store.dir, label);
+        if path.exists() {
+            return Err(Error::KeyExists {
+                label: label.to_string(),
+            });
+        }
+        let pkcs8 = key.pkcs8()?;
+        let pem = encrypt_pkcs8(&pkcs8, &store.passphrase)?;
+        let file = KeyFile {
+            version: 1,
+            label: label.clone(),
+            alg: key.alg,
+            pkcs8: pem,
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
+        write_new_private_file(&path, &json)
+    }
+}
+
+impl Backend for SoftwareBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Software
+    }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        Algorithm::ALL.to_vec()
+    }
+
+    fn load(&self) -> Result<Vec<SignerRef>, Error> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let entries = fs::read_dir(&store.dir).map_err(|source| Error::Io {
+            action: "reading key directory",
+            path: store.dir.clone(),
+            source,
+        })?;
+        let mut keys: Vec<SignerRef> = Vec::new();
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let bytes = fs::read(&path).map_err(|source| Error::Io {
+                action: "reading key file",
+                path: path.clone(),
+                source,
+            })?;
+            let corrupt = |reason: String| Error::CorruptStore {
+                path: path.clone(),
+                reason,
+            };
+            let file: KeyFile =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            if path.file_stem().and_then(|s| s.to_str()) != Some(file.label.as_str()) {
+                return Err(corrupt("file name does not match the label inside".into()));
+            }
+            let der = decrypt_pkcs8(&file.pkcs8, &store.passphrase, &path)?;
+            let key = SoftKey::from_pkcs8(file.alg, &der).map_err(|e| corrupt(e.to_string()))?;
+            keys.push(key.into_signer(file.label, true)?);
+        }
+        Ok(keys)
+    }
+
+    fn generate(&self, label: &KeyLabel, alg: Algorithm) -> Result<SignerRef, Error> {
+        let key = SoftKey::generate(alg)?;
+        self.persist(label, &key)?;
+        key.into_signer(label.clone(), self.is_persistent())
+    }
+
+    fn import_pem(
+        &self,
+        label: &KeyLabel,
+        pem: &[u8],
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        let parsed = parse_private_key_pem(pem)?;
+        let natural = match parsed.kind {
+            KeyKind::P256 => Algorithm::ES256,
+            KeyKind::P384 => Algorithm::ES384,
+            KeyKind::Ed25519 => Algorithm::EdDSA,
+            KeyKind::Rsa => Algorithm::RS256,
+        };
+        let alg = alg.unwrap_or(natural);
+        let fits = alg == natural || (parsed.kind == KeyKind::Rsa && alg == Algorithm::PS256);
+        if !fits {
+            return Err(Error::InvalidKey {
+                reason: format!("a {:?} key cannot make {alg} signatures", parsed.kind),
+            });
+        }
+        let key = SoftKey::from_der(alg, parsed.format, &parsed.der)?;
+        self.persist(label, &key)?;
+        key.into_signer(label.clone(), self.is_persistent())
+    }
+
+    fn delete(&self, label: &KeyLabel) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let path = Self::key_path(&store.dir, label);
+        fs::remove_file(&path).map_err(|source| Error::Io {
+            action: "deleting key file",
+            path,
+            source,
+        })
+    }
+}
+
+enum KeyPairKind {
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+    Rsa(RsaKeyPair, &'static dyn RsaEncoding),
+}
+
+struct SoftKey {
+    alg: Algorithm,
+    pair: KeyPairKind,
+}
+
+fn crypto(what: &'static str) -> impl Fn(aws_lc_rs::error::Unspecified) -> Error {
+    move |_| Error::Crypto(what)
+}
+
+fn rejected(e: aws_lc_rs::error::KeyRejected) -> Error {
+    Error::InvalidKey {
+        reason: format!("key rejected: {e}"),
+    }
+}
+
+impl SoftKey {
+    fn ecdsa_alg(alg: Algorithm) -> Option<&'static signature::EcdsaSigningAlgorithm> {
+        match alg {
+            Algorithm::ES256 => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+            Algorithm::ES384 => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+            _ => None,
+        }
+    }
+
+    fn rsa_encoding(alg: Algorithm) -> &'static dyn RsaEncoding {
+        if alg == Algorithm::PS256 {
+            &signature::RSA_PSS_SHA256
+        } else {
+            &signature::RSA_PKCS1_SHA256
+        }
+    }
+
+    fn generate(alg: Algorithm) -> Result<SoftKey, Error> {
+        let pair = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => KeyPairKind::Ecdsa(
+                EcdsaKeyPair::generate(Self::ecdsa_alg(alg).expect("EC alg"))
+                    .map_err(crypto("generating an EC key"))?,
+            ),
+            Algorithm::EdDSA => KeyPairKind::Ed25519(
+                Ed25519KeyPair::generate().map_err(crypto("generating an Ed25519 key"))?,
+            ),
+            Algorithm::RS256 | Algorithm::PS256 => KeyPairKind::Rsa(
+                RsaKeyPair::generate(KeySize::Rsa2048).map_err(crypto("generating an RSA key"))?,
+                Self::rsa_encoding(alg),
+            ),
+        };
+        Ok(SoftKey { alg, pair })
+    }
+
+    fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<SoftKey, Error> {
+        Self::from_der(alg, DerFormat::Pkcs8, der)
+    }
+
+    fn from_der(alg: Algorithm, format: DerFormat, der: &[u8]) -> Result<SoftKey, Error> {
+        let pair = match (alg, format) {
+            (Algorithm::ES256 | Algorithm::ES384, DerFormat::Pkcs8 | DerFormat::Sec1) => {
+                let ec = Self::ecdsa_alg(alg).expect("EC alg");
+                KeyPairKind::Ecdsa(
+                    EcdsaKeyPair::from_private_key_der(ec, der).map_err(rejected)?,
+                )
+            }
+            (Algorithm::EdDSA, DerFormat::Pkcs8) => {
+                KeyPairKind::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?)
+            }
+            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs8) => {
+                KeyPairKind::Rsa(RsaKeyPair::from_pkcs8(der).map_err(rejected)?, Self::rsa_encoding(alg))
+            }
+            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs1) => {
+                KeyPairKind::Rsa(RsaKeyPair::from_der(der).map_err(rejected)?, Self::rsa_encoding(alg))
+            }
+            _ => {
+                return Err(Error::InvalidKey {
+                    reason: format!("{format:?} encoding does not hold a {alg} key"),
+                });
+            }
+        };
+        if let KeyPairKind::Rsa(rsa, _) = &pair
+            && rsa.public_modulus_len() < 256
+        {
+            return Err(Error::InvalidKey {
+                reason: "RSA keys must be at least 2048 bits".into(),
+            });
+        }
+        Ok(SoftKey { alg, pair })
+    }
+
+    fn pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let der = match &self.pair {
+            KeyPairKind::Ecdsa(k) => k.to_pkcs8v1().map_err(crypto("encoding the key"))?.as_ref().to_vec(),
+            KeyPairKind::Ed25519(k) => k.to_pkcs8v1().map_err(crypto("encoding the key"))?.as_ref().to_vec(),
+            KeyPairKind::Rsa(k, _) => {
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(k)
+                    .map_err(crypto("encoding the key"))?
+                    .as_ref()
+                    .to_vec()
+            }
+        };
+        Ok(Zeroizing::new(der))
+    }
+
+    fn jwk(&self) -> Result<Jwk, Error> {
+        Ok(match &self.pair {
+            KeyPairKind::Ecdsa(k) => Jwk::from_ec_point(k.public_key().as_ref())?,
+            KeyPairKind::Ed25519(k) => {
+                let public: [u8; 32] = k
+                    .public_key()
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Crypto("Ed25519 public key is not 32 bytes"))?;
+                Jwk::from_ed25519(&public)
+            }
+            KeyPairKind::Rsa(k, _) => {
+                let public = k.public_key();
+                Jwk::from_rsa(
+                    public.modulus().big_endian_without_leading_zero(),
+                    public.exponent().big_endian_without_leading_zero(),
+                )
+            }
+        })
+    }
+
+    fn into_signer(self, label: KeyLabel, persistent: bool) -> Result<SignerRef, Error> {
+        let meta = KeyMeta::new(
+            label,
+            self.alg,
+            BackendKind::Software,
+            self.jwk()?,
+            persistent,
+            None,
+        )?;
+        Ok(Arc::new(SoftwareSigner {
+            meta,
+            key: self,
+            rng: SystemRandom::new(),
+        }))
+    }
+}
+
+/// A software key ready to sign.
+pub struct SoftwareSigner {
+    meta: KeyMeta,
+    key: SoftKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for SoftwareSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftwareSigner")
+            .field("label", &self.meta.info().label)
+            .field("alg", &self.meta.info().alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySigner for SoftwareSigner {
+    fn meta(&self) -> &KeyMeta {
+        &self.meta
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        match &self.key.pair {
+            KeyPairKind::Ecdsa(k) => Ok(k
+                .sign(&self.rng, message)
+                .map_err(crypto("ECDSA signing"))?
+                .as_ref()
+                .to_vec()),
+            KeyPairKind::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            KeyPairKind::Rsa(k, encoding) => {
+                let mut signature = vec![0; k.public_modulus_len()];
+                k.sign(*encoding, &self.rng, message, &mut signature)
+                    .map_err(crypto("RSA signing"))?;
+                Ok(signature)
+            }
+        }
+    }
+
+    fn is_blocking(&self) -> bool {
+        false
+    }
+}
+
+fn encrypt_pkcs8(der: &[u8], passphrase: &SecretString) -> Result<String, Error> {
+    let rng = SystemRandom::new();
+    let mut salt = [0u8; 16];
+    let mut nonce = [0u8; 12];
+    rng.fill(&mut salt).map_err(crypto("random salt"))?;
+    rng.fill(&mut nonce).map_err(crypto("random nonce"))?;
+    let params = pkcs8::pkcs5::scrypt::Params::new(SCRYPT_LOG_N, 8, 1)
+        .map_err(|_| Error::Crypto("scrypt parameters"))?;
+    let pbes2 = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256gcm(params, &salt, nonce)
+        .map_err(|_| Error::Crypto("PBES2 parameters"))?;
+    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| Error::Crypto("PKCS#8 re-encoding"))?;
+    let encrypted = info
+        .encrypt_with_params(pbes2, passphrase.expose_secret().as_bytes())
+        .map_err(|_| Error::Crypto("encrypting the key"))?;
+    encrypted
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .map(|pem| pem.to_string())
+        .map_err(|_| Error::Crypto("PEM encoding"))
+}
+
+fn decrypt_pkcs8(
+    pem: &str,
+    passphrase: &SecretString,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let corrupt = |reason: &str| Error::CorruptStore {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (label, der) =
+        pem_rfc7468::decode_vec(pem.as_bytes()).map_err(|_| corrupt("pkcs8 is not PEM"))?;
+    if label != "ENCRYPTED PRIVATE KEY" {
+        return Err(corrupt("pkcs8 is not an ENCRYPTED PRIVATE KEY"));
+    }
+    let info = pkcs8::EncryptedPrivateKeyInfoRef::from_der(&der)
+        .map_err(|_| corrupt("bad EncryptedPrivateKeyInfo"))?;
+    let plain = info
+        .decrypt(passphrase.expose_secret().as_bytes())
+        .map_err(|_| Error::WrongPassphrase {
+            path: path.to_owned(),
+        })?;
+    Ok(Zeroizing::new(plain.as_bytes().to_vec()))
+}
+
+/// Creates `dir` (and parents) 0700; an existing directory must belong to us and not be
+/// writable by others.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: dir.to_owned(),
+            source,
+        }
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("creating directory"))?;
+    }
+    let meta = fs::metadata(dir).map_err(io("checking directory"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(Error::CorruptStore {
+            path: dir.to_owned(),
+            reason: format!("owned by uid {}, not by us (uid {euid})", meta.uid()),
+        });
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(Error::CorruptStore {
+            path: dir.to_owned(),
+            reason: "writable by group or others".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a new 0600 file atomically: temporary name, fsync, rename. Never replaces a file.
+fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating key file"))?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        // hard_link refuses to replace an existing file, unlike rename.
+        .and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    result.map_err(io("writing key file"))?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
