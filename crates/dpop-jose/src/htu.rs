@@ -114,11 +114,23 @@ mod tests {
     #[test]
     fn htu_rules() {
         let cases = [
-            ("https://server.example.com/token", "https://server.example.com/token"),
-            ("HTTPS://Server.EXAMPLE.com:443/Token?q=1#f", "https://server.example.com/Token"),
+            (
+                "https://server.example.com/token",
+                "https://server.example.com/token",
+            ),
+            (
+                "HTTPS://Server.EXAMPLE.com:443/Token?q=1#f",
+                "https://server.example.com/Token",
+            ),
             ("http://example.com:80", "http://example.com/"),
-            ("http://example.com:8080/a/../b/", "http://example.com:8080/a/../b/"),
-            ("https://example.com/%7euser/x%2Fy", "https://example.com/%7euser/x%2Fy"),
+            (
+                "http://example.com:8080/a/../b/",
+                "http://example.com:8080/a/../b/",
+            ),
+            (
+                "https://example.com/%7euser/x%2Fy",
+                "https://example.com/%7euser/x%2Fy",
+            ),
             ("https://[::1]:8443/", "https://[::1]:8443/"),
             ("https://example.com:80/", "https://example.com:80/"),
         ];
@@ -157,12 +169,19 @@ mod tests {
     fn verifier_normalization() {
         let same = [
             ("https://example.com/a/./b/../c", "https://example.com/a/c"),
-            ("HTTPS://EXAMPLE.com:443/%7euser", "https://example.com/~user"),
+            (
+                "HTTPS://EXAMPLE.com:443/%7euser",
+                "https://example.com/~user",
+            ),
             ("https://example.com", "https://example.com/"),
             ("https://example.com/x%2fy?q#f", "https://example.com/x%2Fy"),
         ];
         for (a, b) in same {
-            assert_eq!(normalize_uri(a).unwrap(), normalize_uri(b).unwrap(), "{a} vs {b}");
+            assert_eq!(
+                normalize_uri(a).unwrap(),
+                normalize_uri(b).unwrap(),
+                "{a} vs {b}"
+            );
         }
         // No trailing-slash stripping: these are different resources.
         assert_ne!(

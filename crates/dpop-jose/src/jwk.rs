@@ -67,7 +67,10 @@ impl Jwk {
     /// An RSA public key from big-endian modulus and exponent (leading zeros are stripped).
     pub fn from_rsa(n: &[u8], e: &[u8]) -> Jwk {
         fn strip(b: &[u8]) -> &[u8] {
-            let first = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
+            let first = b
+                .iter()
+                .position(|&x| x != 0)
+                .unwrap_or(b.len().saturating_sub(1));
             &b[first..]
         }
         Jwk::Rsa {
@@ -91,7 +94,12 @@ impl Jwk {
         let s = |v: &str| serde_json::to_string(v).expect("string serializes");
         let canonical = match self {
             Jwk::Ec { crv, x, y } => {
-                format!(r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#, s(crv), s(x), s(y))
+                format!(
+                    r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+                    s(crv),
+                    s(x),
+                    s(y)
+                )
             }
             Jwk::Rsa { n, e } => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, s(e), s(n)),
             Jwk::Okp { crv, x } => format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, s(crv), s(x)),
@@ -172,7 +180,10 @@ mod tests {
             r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}"#,
         )
         .unwrap();
-        assert_eq!(jwk.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            jwk.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]
@@ -182,7 +193,10 @@ mod tests {
             r#"{"kty":"EC","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","crv":"P-256"}"#,
         )
         .unwrap();
-        assert_eq!(jwk.thumbprint(), "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
+        assert_eq!(
+            jwk.thumbprint(),
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        );
     }
 
     #[test]

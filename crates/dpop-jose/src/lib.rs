@@ -43,6 +43,5 @@ pub use htu::{Htu, normalize_uri};
 pub use jwk::Jwk;
 pub use proof::{Claims, Method, ProofHeader, Signer, ath, new_jti, sign_proof};
 pub use verify::{
-    ExpectedRequest, LruReplayStore, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions,
-    verify,
+    ExpectedRequest, LruReplayStore, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify,
 };

@@ -58,9 +58,9 @@ impl NoncePolicy for () {
 }
 
 /// Exactly this nonce is required.
-impl NoncePolicy for str {
+impl NoncePolicy for &str {
     fn check(&self, nonce: Option<&str>) -> Result<(), Error> {
-        if nonce == Some(self) {
+        if nonce == Some(*self) {
             Ok(())
         } else {
             Err(Error::UseNonce)
@@ -133,7 +133,8 @@ pub fn verify(
         return Err(Error::MalformedProof("longer than 16 KiB"));
     }
     let mut parts = proof.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Error::MalformedProof("not three dot-separated parts"));
     };
@@ -267,27 +268,28 @@ fn verify_signature(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), Error> {
-    let result = match (jwk.verification_key()?, alg) {
-        (PublicKeyBytes::Raw(key), Algorithm::ES256) => {
-            UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, key)
-                .verify(message, signature)
-        }
-        (PublicKeyBytes::Raw(key), Algorithm::ES384) => {
-            UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, key)
-                .verify(message, signature)
-        }
-        (PublicKeyBytes::Raw(key), Algorithm::EdDSA) => {
-            UnparsedPublicKey::new(&signature::ED25519, key).verify(message, signature)
-        }
-        (PublicKeyBytes::Rsa { n, e }, Algorithm::RS256) => RsaPublicKeyComponents { n, e }
-            .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature),
-        (PublicKeyBytes::Rsa { n, e }, Algorithm::PS256) => RsaPublicKeyComponents { n, e }
-            .verify(&signature::RSA_PSS_2048_8192_SHA256, message, signature),
-        _ => {
-            return Err(Error::InvalidJwk {
-                reason: format!("key cannot make {alg} signatures"),
-            });
-        }
-    };
+    let result =
+        match (jwk.verification_key()?, alg) {
+            (PublicKeyBytes::Raw(key), Algorithm::ES256) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, key)
+                    .verify(message, signature)
+            }
+            (PublicKeyBytes::Raw(key), Algorithm::ES384) => {
+                UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, key)
+                    .verify(message, signature)
+            }
+            (PublicKeyBytes::Raw(key), Algorithm::EdDSA) => {
+                UnparsedPublicKey::new(&signature::ED25519, key).verify(message, signature)
+            }
+            (PublicKeyBytes::Rsa { n, e }, Algorithm::RS256) => RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature),
+            (PublicKeyBytes::Rsa { n, e }, Algorithm::PS256) => RsaPublicKeyComponents { n, e }
+                .verify(&signature::RSA_PSS_2048_8192_SHA256, message, signature),
+            _ => {
+                return Err(Error::InvalidJwk {
+                    reason: format!("key cannot make {alg} signatures"),
+                });
+            }
+        };
     result.map_err(|_| Error::BadSignature)
 }

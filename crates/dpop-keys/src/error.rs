@@ -94,6 +94,43 @@ pub enum Error {
         /// Which token, what happened.
         detail: String,
     },
+    /// The PKCS#11 PIN could not be read from its source (the message never holds the PIN).
+    #[error("cannot read the PKCS#11 PIN from {from}: {reason}")]
+    PinUnavailable {
+        /// The source (`environment variable X`, `file F`).
+        from: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A PKCS#11 URI (RFC 7512) could not be parsed.
+    #[error("invalid PKCS#11 URI: {reason}")]
+    InvalidPkcs11Uri {
+        /// What is wrong, naming the attribute.
+        reason: String,
+    },
+    /// A PKCS#11 URI names another token or module than the one this backend uses.
+    #[error(
+        "the PKCS#11 URI's {attribute} {uri_value:?} does not match the configured token or \
+         module ({actual:?})"
+    )]
+    Pkcs11UriMismatch {
+        /// The URI attribute (`token`, `serial`, `module-path`, ...).
+        attribute: &'static str,
+        /// Its value in the URI.
+        uri_value: String,
+        /// What the backend has instead.
+        actual: String,
+    },
+    /// A PKCS#11 URI does not match exactly one private signing key.
+    #[error(
+        "the PKCS#11 URI {uri} matches {count} private signing keys on the token (exactly one is needed)"
+    )]
+    Pkcs11ObjectCount {
+        /// The URI as given.
+        uri: String,
+        /// How many private keys with `CKA_SIGN` matched.
+        count: usize,
+    },
     /// Any other PKCS#11 failure.
     #[error("PKCS#11 {function} failed: {reason}")]
     Pkcs11 {

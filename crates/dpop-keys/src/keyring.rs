@@ -59,11 +59,9 @@ impl Keyring {
     /// The signer of a key.
     pub fn get(&self, label: &str) -> Result<SignerRef, Error> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.get(label)
-            .cloned()
-            .ok_or_else(|| Error::KeyNotFound {
-                label: label.chars().take(80).collect(),
-            })
+        keys.get(label).cloned().ok_or_else(|| Error::KeyNotFound {
+            label: label.chars().take(80).collect(),
+        })
     }
 
     /// Every key, sorted by label.

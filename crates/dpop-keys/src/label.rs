@@ -43,7 +43,7 @@ impl KeyLabel {
 
 impl fmt::Display for KeyLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -63,7 +63,16 @@ mod tests {
         for ok in ["a", "my-key", "prod.api_2", &"x".repeat(64)] {
             KeyLabel::new(ok).unwrap();
         }
-        for bad in ["", ".hidden", "-flag", "a/b", "../x", "a b", "ключ", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".hidden",
+            "-flag",
+            "a/b",
+            "../x",
+            "a b",
+            "ключ",
+            &"x".repeat(65),
+        ] {
             assert!(KeyLabel::new(bad).is_err(), "{bad:?} accepted");
         }
     }

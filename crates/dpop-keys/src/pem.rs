@@ -2,8 +2,8 @@
 //! `openssl ecparam -genkey` writes, possibly after an `EC PARAMETERS` block) and PKCS#1
 //! (`RSA PRIVATE KEY`). The decoded DER is zeroized on drop.
 
-use pkcs8::der::Decode;
 use pkcs8::ObjectIdentifier;
+use pkcs8::der::Decode;
 use zeroize::Zeroizing;
 
 use crate::Error;

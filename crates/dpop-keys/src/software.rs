@@ -14,9 +14,7 @@ use std::sync::Arc;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaEncoding, RsaKeyPair,
-};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaEncoding, RsaKeyPair};
 use pkcs8::der::Decode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -274,19 +272,19 @@ impl SoftKey {
         let pair = match (alg, format) {
             (Algorithm::ES256 | Algorithm::ES384, DerFormat::Pkcs8 | DerFormat::Sec1) => {
                 let ec = Self::ecdsa_alg(alg).expect("EC alg");
-                KeyPairKind::Ecdsa(
-                    EcdsaKeyPair::from_private_key_der(ec, der).map_err(rejected)?,
-                )
+                KeyPairKind::Ecdsa(EcdsaKeyPair::from_private_key_der(ec, der).map_err(rejected)?)
             }
-            (Algorithm::EdDSA, DerFormat::Pkcs8) => {
-                KeyPairKind::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?)
-            }
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs8) => {
-                KeyPairKind::Rsa(RsaKeyPair::from_pkcs8(der).map_err(rejected)?, Self::rsa_encoding(alg))
-            }
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs1) => {
-                KeyPairKind::Rsa(RsaKeyPair::from_der(der).map_err(rejected)?, Self::rsa_encoding(alg))
-            }
+            (Algorithm::EdDSA, DerFormat::Pkcs8) => KeyPairKind::Ed25519(
+                Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?,
+            ),
+            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs8) => KeyPairKind::Rsa(
+                RsaKeyPair::from_pkcs8(der).map_err(rejected)?,
+                Self::rsa_encoding(alg),
+            ),
+            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs1) => KeyPairKind::Rsa(
+                RsaKeyPair::from_der(der).map_err(rejected)?,
+                Self::rsa_encoding(alg),
+            ),
             _ => {
                 return Err(Error::InvalidKey {
                     reason: format!("{format:?} encoding does not hold a {alg} key"),
@@ -305,14 +303,20 @@ impl SoftKey {
 
     fn pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         let der = match &self.pair {
-            KeyPairKind::Ecdsa(k) => k.to_pkcs8v1().map_err(crypto("encoding the key"))?.as_ref().to_vec(),
-            KeyPairKind::Ed25519(k) => k.to_pkcs8v1().map_err(crypto("encoding the key"))?.as_ref().to_vec(),
-            KeyPairKind::Rsa(k, _) => {
-                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(k)
-                    .map_err(crypto("encoding the key"))?
-                    .as_ref()
-                    .to_vec()
-            }
+            KeyPairKind::Ecdsa(k) => k
+                .to_pkcs8v1()
+                .map_err(crypto("encoding the key"))?
+                .as_ref()
+                .to_vec(),
+            KeyPairKind::Ed25519(k) => k
+                .to_pkcs8v1()
+                .map_err(crypto("encoding the key"))?
+                .as_ref()
+                .to_vec(),
+            KeyPairKind::Rsa(k, _) => AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(k)
+                .map_err(crypto("encoding the key"))?
+                .as_ref()
+                .to_vec(),
         };
         Ok(Zeroizing::new(der))
     }
@@ -408,7 +412,8 @@ fn encrypt_pkcs8(der: &[u8], passphrase: &SecretString) -> Result<String, Error>
         .map_err(|_| Error::Crypto("scrypt parameters"))?;
     let pbes2 = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256gcm(params, &salt, nonce)
         .map_err(|_| Error::Crypto("PBES2 parameters"))?;
-    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| Error::Crypto("PKCS#8 re-encoding"))?;
+    let info =
+        pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| Error::Crypto("PKCS#8 re-encoding"))?;
     let encrypted = info
         .encrypt_with_params(pbes2, passphrase.expose_secret().as_bytes())
         .map_err(|_| Error::Crypto("encrypting the key"))?;

@@ -1,1 +1,30 @@
-//! placeholder
+//! The dpop-agent wire protocol, shared by the agent and its clients.
+//!
+//! JSON Lines over a Unix socket: one UTF-8 JSON object per line, at most [`MAX_LINE`] bytes
+//! including the newline. Each [`Request`] has an `id` (echoed) and an `op`; a reply is
+//! `{"id":..,"ok":true,...}` or `{"id":..,"ok":false,"error":{"code":"..","message":".."}}`.
+//! Clients may pipeline; replies come back in request order and carry the id.
+//! `docs/protocol.md` is the reference for other languages.
+//!
+//! ```
+//! use dpop_protocol::{Op, Request, parse_request};
+//!
+//! let line = br#"{"id":7,"op":"sign_proof","key":"k","htm":"GET","htu":"https://api.example.com/x"}"#;
+//! let request = parse_request(line).unwrap();
+//! assert!(matches!(request.op, Op::SignProof(_)));
+//!
+//! let err = parse_request(br#"{"id":8,"op":"fly"}"#).unwrap_err();
+//! assert_eq!(err.error.code, dpop_protocol::ErrorCode::UnknownOp);
+//! ```
+
+mod codes;
+mod messages;
+
+pub use codes::{ErrorCode, WireError};
+pub use messages::*;
+
+/// Protocol version spoken by this crate, reported by `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side may send, newline included.
+pub const MAX_LINE: usize = 64 * 1024;

@@ -1,0 +1,206 @@
+//! One function per op. The agent, never the client, sets `iat` and `jti`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dpop_jose::{Claims, Htu, Method, sign_proof};
+use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
+use dpop_protocol::{
+    AdoptKey, DeleteKey, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
+    ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, Request, SignProof, WireError, encode_err,
+    encode_ok,
+};
+use tracing::{debug, info};
+use zeroize::Zeroizing;
+
+/// What every connection shares.
+pub struct State {
+    pub keyring: Arc<Keyring>,
+    pub software_persistent: bool,
+}
+
+/// Answers one request with one reply line.
+pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
+    let id = request.id;
+    let result = match request.op {
+        Op::Hello {} => Ok(encode_ok(&id, hello(state))),
+        Op::ListKeys {} => Ok(encode_ok(
+            &id,
+            ListKeysReply {
+                keys: state.keyring.list().iter().map(describe).collect(),
+            },
+        )),
+        Op::SignProof(req) => sign(state, req).await.map(|proof| encode_ok(&id, proof)),
+        Op::GenerateKey(req) => generate(state, req).await.map(|key| encode_ok(&id, key)),
+        Op::ImportKey(req) => import(state, req).await.map(|key| encode_ok(&id, key)),
+        Op::AdoptKey(req) => adopt(state, req).await.map(|key| encode_ok(&id, key)),
+        Op::DeleteKey(req) => delete(state, req).await.map(|key| encode_ok(&id, key)),
+    };
+    result.unwrap_or_else(|error| {
+        debug!(code = ?error.code, "request failed: {}", error.message);
+        encode_err(id, error)
+    })
+}
+
+fn hello(state: &State) -> HelloReply {
+    HelloReply {
+        protocol: PROTOCOL_VERSION,
+        agent: concat!("dpop-agent/", env!("CARGO_PKG_VERSION")).to_owned(),
+        backends: state
+            .keyring
+            .backend_kinds()
+            .iter()
+            .map(|b| b.to_string())
+            .collect(),
+        software_persistent: state.software_persistent,
+    }
+}
+
+pub fn describe(info: &KeyInfo) -> KeyDescription {
+    KeyDescription {
+        label: info.label.to_string(),
+        alg: info.alg,
+        backend: info.backend.to_string(),
+        jwk: info.jwk.clone(),
+        jkt: info.jkt.clone(),
+        persistent: info.persistent,
+        location: info.location.clone(),
+    }
+}
+
+fn keys_err(e: &dpop_keys::Error) -> WireError {
+    WireError::from(e)
+}
+
+fn jose_err(e: &dpop_jose::Error) -> WireError {
+    WireError::from(e)
+}
+
+fn bad_request(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::BadRequest, message)
+}
+
+/// RFC 9449 section 8: `nonce = 1*NQCHAR`.
+fn valid_nonce(nonce: &str) -> bool {
+    !nonce.is_empty()
+        && nonce.len() <= 1024
+        && nonce
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn valid_ath(ath: &str) -> bool {
+    dpop_jose::b64url_decode(ath).is_some_and(|h| h.len() == 32)
+}
+
+async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
+    let key = state.keyring.get(&req.key).map_err(|e| keys_err(&e))?;
+    let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
+    let htu = Htu::from_url(&req.htu).map_err(|e| jose_err(&e))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
+        .as_secs() as i64;
+    let mut claims = Claims::new(&method, &htu, now);
+    claims = match (&req.access_token, req.ath) {
+        (Some(_), Some(_)) => return Err(bad_request("give access_token or ath, not both")),
+        (Some(token), None) => claims.with_access_token(token).map_err(|e| jose_err(&e))?,
+        (None, Some(ath)) if valid_ath(&ath) => Claims {
+            ath: Some(ath),
+            ..claims
+        },
+        (None, Some(_)) => return Err(bad_request("ath must be base64url of 32 bytes")),
+        (None, None) => claims,
+    };
+    if let Some(nonce) = &req.nonce
+        && !valid_nonce(nonce)
+    {
+        return Err(bad_request(
+            "nonce has characters outside the DPoP-Nonce syntax",
+        ));
+    }
+    claims.nonce = req.nonce;
+    debug!(key = %req.key, htm = %claims.htm, htu = %claims.htu, "sign_proof");
+    let proof = if key.is_blocking() {
+        tokio::task::spawn_blocking(move || sign_proof(&*key, &claims))
+            .await
+            .map_err(|_| WireError::new(ErrorCode::Internal, "signing task failed"))?
+    } else {
+        sign_proof(&*key, &claims)
+    };
+    proof
+        .map(|proof| ProofReply { proof })
+        .map_err(|e| match &e {
+            dpop_jose::Error::Signer(inner) => match inner.downcast_ref::<dpop_keys::Error>() {
+                Some(k) => keys_err(k),
+                None => jose_err(&e),
+            },
+            _ => jose_err(&e),
+        })
+}
+
+fn parse_label(label: &str) -> Result<KeyLabel, WireError> {
+    KeyLabel::new(label).map_err(|e| keys_err(&e))
+}
+
+fn parse_backend(backend: Option<&str>) -> Result<BackendKind, WireError> {
+    backend
+        .unwrap_or("software")
+        .parse()
+        .map_err(|e| keys_err(&e))
+}
+
+/// Runs a keyring change on the blocking pool: backends touch disks and tokens.
+async fn blocking_change(
+    state: &State,
+    change: impl FnOnce(&Keyring) -> Result<SignerRef, dpop_keys::Error> + Send + 'static,
+) -> Result<KeyReply, WireError> {
+    let keyring = state.keyring.clone();
+    let key = tokio::task::spawn_blocking(move || change(&keyring))
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
+        .map_err(|e| keys_err(&e))?;
+    let info = key.meta().info();
+    info!(label = %info.label, backend = %info.backend, alg = %info.alg, jkt = %info.jkt, "key added");
+    Ok(KeyReply {
+        key: describe(info),
+    })
+}
+
+async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError> {
+    let label = parse_label(&req.label)?;
+    let backend = parse_backend(req.backend.as_deref())?;
+    let alg = req.alg.unwrap_or(dpop_jose::Algorithm::ES256);
+    blocking_change(state, move |k| k.generate(backend, &label, alg)).await
+}
+
+async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
+    let label = parse_label(&req.label)?;
+    let backend = parse_backend(req.backend.as_deref())?;
+    let pem = Zeroizing::new(req.pem.into_bytes());
+    let alg = req.alg;
+    blocking_change(state, move |k| k.import_pem(backend, &label, &pem, alg)).await
+}
+
+async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
+    let label = parse_label(&req.label)?;
+    let alg = req.alg;
+    let uri = req.uri;
+    blocking_change(state, move |k| {
+        k.adopt(BackendKind::Pkcs11, &uri, &label, alg)
+    })
+    .await
+}
+
+async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
+    let keyring = state.keyring.clone();
+    let label = req.label;
+    let info = tokio::task::spawn_blocking(move || keyring.delete(&label))
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
+        .map_err(|e| keys_err(&e))?;
+    info!(label = %info.label, backend = %info.backend, "key deleted");
+    Ok(KeyReply {
+        key: describe(&info),
+    })
+}

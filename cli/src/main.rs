@@ -1,0 +1,424 @@
+//! `dpop`: the command line of dpop-agent. Manages the agent's keys, prints proofs and checks
+//! them, never touching private key material itself. Every command that prints data takes
+//! `--json`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use dpop_client::blocking::Client;
+use dpop_jose::{Algorithm, ExpectedRequest, LruReplayStore, VerifyOptions};
+use dpop_protocol::KeyDescription;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+/// dpop: DPoP (RFC 9449) proofs from keys that stay in dpop-agent.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Agent socket (default: $DPOP_AUTH_SOCK).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the agent's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print a key's public JWK.
+    Jwk {
+        /// Key label (may be left out when the agent has exactly one key).
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print a key's RFC 7638 thumbprint (jkt).
+    Thumbprint {
+        /// Key label (may be left out when the agent has exactly one key).
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Print a DPoP proof for one request, alone on one line.
+    Proof {
+        /// Key label.
+        #[arg(long)]
+        key: String,
+        /// HTTP method, upper-case (GET, POST, ...).
+        #[arg(long, short = 'X')]
+        method: String,
+        /// Request URL.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// Server-provided DPoP-Nonce.
+        #[arg(long)]
+        nonce: Option<String>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Check a proof as a resource server would (RFC 9449 section 4.3).
+    Verify {
+        /// The proof JWT.
+        #[arg(long)]
+        proof: String,
+        /// The request method.
+        #[arg(long, short = 'X')]
+        method: String,
+        /// The request URL.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        token: TokenArgs,
+        /// The token's cnf.jkt the proof key must match.
+        #[arg(long)]
+        jkt: Option<String>,
+        /// The nonce the server expects.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// How old iat may be, in seconds.
+        #[arg(long, default_value_t = 60)]
+        max_age: i64,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List keys.
+    List {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Generate a key inside a backend.
+    Generate {
+        /// The new key's label.
+        #[arg(long)]
+        label: String,
+        /// software, pkcs11 or tpm.
+        #[arg(long, default_value = "software")]
+        backend: String,
+        /// ES256, ES384, RS256, PS256 or EdDSA.
+        #[arg(long, default_value = "ES256")]
+        alg: Algorithm,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Import a PEM private key (PKCS#8, SEC1 or PKCS#1; "-" reads standard input).
+    Import {
+        /// The PEM file.
+        file: PathBuf,
+        /// The new key's label.
+        #[arg(long)]
+        label: String,
+        /// software or pkcs11.
+        #[arg(long, default_value = "software")]
+        backend: String,
+        /// For RSA keys: RS256 (default) or PS256.
+        #[arg(long)]
+        alg: Option<Algorithm>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Adopt an existing PKCS#11 key by RFC 7512 URI.
+    Adopt {
+        /// pkcs11:token=...;object=...;type=private
+        uri: String,
+        /// The label to file it under.
+        #[arg(long)]
+        label: String,
+        /// For RSA keys: RS256 (default) or PS256.
+        #[arg(long)]
+        alg: Option<Algorithm>,
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Delete a key (an adopted key is only forgotten).
+    Delete {
+        /// The key's label.
+        label: String,
+        #[command(flatten)]
+        out: Output,
+    },
+}
+
+#[derive(Args)]
+struct Output {
+    /// Machine-readable JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Access token presented with the request (sets ath). Visible to other local users in
+    /// the process list: prefer --access-token-file.
+    #[arg(long, conflicts_with = "access_token_file")]
+    access_token: Option<String>,
+    /// File holding the access token ("-" for standard input).
+    #[arg(long, value_name = "FILE")]
+    access_token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn read(&self) -> Result<Option<Zeroizing<String>>> {
+        if let Some(token) = &self.access_token {
+            return Ok(Some(Zeroizing::new(token.clone())));
+        }
+        let Some(path) = &self.access_token_file else {
+            return Ok(None);
+        };
+        let text = Zeroizing::new(read_input(path, "access token")?);
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the access token file {} is empty", path.display());
+        }
+        Ok(Some(Zeroizing::new(token.to_owned())))
+    }
+}
+
+fn read_input(path: &std::path::Path, what: &str) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading the {what} from standard input"))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {what} from {}", path.display()))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dpop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn connect(socket: &Option<PathBuf>) -> Result<Client> {
+    Ok(match socket {
+        Some(path) => Client::connect(path)?,
+        None => Client::connect_env()?,
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON output serializes")
+    );
+}
+
+fn print_key(key: &KeyDescription, json: bool, verb: &str) {
+    if json {
+        print_json(key);
+    } else {
+        println!(
+            "{verb} {} ({} {}, jkt {})",
+            key.label, key.backend, key.alg, key.jkt
+        );
+    }
+}
+
+fn pick_key(client: &mut Client, label: Option<&str>) -> Result<KeyDescription> {
+    let keys = client.list_keys()?;
+    match label {
+        Some(label) => keys
+            .into_iter()
+            .find(|k| k.label == label)
+            .with_context(|| format!("no key labelled {label:?}")),
+        None => match keys.len() {
+            1 => Ok(keys.into_iter().next().expect("one key")),
+            0 => bail!("the agent has no keys; create one with: dpop keys generate --label NAME"),
+            n => bail!("the agent has {n} keys; choose one with --key LABEL"),
+        },
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keys(cmd) => keys(&cli.socket, cmd)?,
+        Command::Jwk { key, out } => {
+            let key = pick_key(&mut connect(&cli.socket)?, key.as_deref())?;
+            if out.json {
+                print_json(&key.jwk);
+            } else {
+                println!("{}", serde_json::to_string(&key.jwk)?);
+            }
+        }
+        Command::Thumbprint { key, out } => {
+            let key = pick_key(&mut connect(&cli.socket)?, key.as_deref())?;
+            if out.json {
+                print_json(&json!({ "label": key.label, "jkt": key.jkt }));
+            } else {
+                println!("{}", key.jkt);
+            }
+        }
+        Command::Proof {
+            key,
+            method,
+            url,
+            token,
+            nonce,
+            out,
+        } => {
+            let token = token.read()?;
+            let proof = connect(&cli.socket)?.sign_proof(
+                &key,
+                &method,
+                &url,
+                token.as_deref().map(String::as_str),
+                nonce.as_deref(),
+            )?;
+            if out.json {
+                print_json(&json!({ "proof": proof }));
+            } else {
+                println!("{proof}");
+            }
+        }
+        Command::Verify {
+            proof,
+            method,
+            url,
+            token,
+            jkt,
+            nonce,
+            max_age,
+            out,
+        } => return verify(&proof, &method, &url, &token, jkt, nonce, max_age, out.json),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys(socket: &Option<PathBuf>, cmd: KeysCommand) -> Result<()> {
+    let mut client = connect(socket)?;
+    match cmd {
+        KeysCommand::List { out } => {
+            let keys = client.list_keys()?;
+            if out.json {
+                print_json(&keys);
+            } else if keys.is_empty() {
+                println!("no keys");
+            } else {
+                println!(
+                    "{:<24} {:<6} {:<9} {:<10} JKT",
+                    "LABEL", "ALG", "BACKEND", "STORED"
+                );
+                for k in keys {
+                    let stored = if k.persistent { "yes" } else { "memory" };
+                    println!(
+                        "{:<24} {:<6} {:<9} {:<10} {}",
+                        k.label, k.alg, k.backend, stored, k.jkt
+                    );
+                }
+            }
+        }
+        KeysCommand::Generate {
+            label,
+            backend,
+            alg,
+            out,
+        } => print_key(
+            &client.generate_key(&label, Some(&backend), Some(alg))?,
+            out.json,
+            "generated",
+        ),
+        KeysCommand::Import {
+            file,
+            label,
+            backend,
+            alg,
+            out,
+        } => {
+            let pem = Zeroizing::new(read_input(&file, "private key")?);
+            print_key(
+                &client.import_key(&label, Some(&backend), &pem, alg)?,
+                out.json,
+                "imported",
+            )
+        }
+        KeysCommand::Adopt {
+            uri,
+            label,
+            alg,
+            out,
+        } => print_key(&client.adopt_key(&uri, &label, alg)?, out.json, "adopted"),
+        KeysCommand::Delete { label, out } => {
+            print_key(&client.delete_key(&label)?, out.json, "deleted")
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    proof: &str,
+    method: &str,
+    url: &str,
+    token: &TokenArgs,
+    jkt: Option<String>,
+    nonce: Option<String>,
+    max_age: i64,
+    json: bool,
+) -> Result<ExitCode> {
+    let token = token.read()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+    let options = VerifyOptions {
+        max_age,
+        ..VerifyOptions::default()
+    };
+    let request = ExpectedRequest {
+        method,
+        url,
+        access_token: token.as_deref().map(String::as_str),
+        jkt: jkt.as_deref(),
+    };
+    let replay = LruReplayStore::new(std::num::NonZeroUsize::new(1).expect("non-zero"));
+    let result = match &nonce {
+        Some(n) => dpop_jose::verify(proof, &request, &options, &n.as_str(), &replay, now),
+        None => dpop_jose::verify(proof, &request, &options, &(), &replay, now),
+    };
+    match result {
+        Ok(valid) => {
+            if json {
+                print_json(&json!({
+                    "valid": true,
+                    "alg": valid.alg,
+                    "jkt": valid.jkt,
+                    "jwk": valid.jwk,
+                    "claims": valid.claims,
+                }));
+            } else {
+                println!("valid: {} proof by key {}", valid.alg, valid.jkt);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                print_json(
+                    &json!({ "valid": false, "error": e.oauth_error(), "reason": e.to_string() }),
+                );
+            } else {
+                eprintln!("invalid: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

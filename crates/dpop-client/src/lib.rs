@@ -1,0 +1,273 @@
+//! Clients of dpop-agent. Ask the agent for DPoP proofs (RFC 9449) and manage its keys over
+//! its Unix socket; the private keys never leave the agent.
+//!
+//! [`Client`] is async (tokio), [`blocking::Client`] is for synchronous code. Both find the
+//! agent through `DPOP_AUTH_SOCK` ([`Client::connect_env`]) or an explicit path.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dpop_client::Error> {
+//! let mut agent = dpop_client::Client::connect_env().await?;
+//! let proof = agent
+//!     .sign_proof("my-key", "GET", "https://api.example.com/v1/items", Some("access-token"), None)
+//!     .await?;
+//! println!("DPoP: {proof}");
+//! # Ok(()) }
+//! ```
+
+pub mod blocking;
+
+use std::path::{Path, PathBuf};
+
+use dpop_jose::Algorithm;
+use dpop_protocol::{
+    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
+    ListKeysReply, Op, ProofReply, Reply, Request, SignProof, WireError, encode_request,
+};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// The environment variable that names the agent's socket.
+pub const SOCKET_ENV: &str = "DPOP_AUTH_SOCK";
+
+/// Longest reply accepted (a `list_keys` of many RSA keys is long).
+const MAX_REPLY: u64 = 4 * 1024 * 1024;
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `DPOP_AUTH_SOCK` is not set.
+    #[error("DPOP_AUTH_SOCK is not set: start an agent with eval \"$(dpop-agent)\"")]
+    NoSocket,
+    /// The socket could not be reached.
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the socket failed.
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent closed the connection (it refused us, or stopped).
+    #[error("the agent closed the connection")]
+    Closed,
+    /// The agent's reply is not what the protocol says.
+    #[error("unexpected reply from the agent: {0}")]
+    Protocol(String),
+    /// The agent answered with an error.
+    #[error("agent error: {0}")]
+    Agent(#[from] WireError),
+}
+
+impl Error {
+    /// The agent's error code, when the agent answered with an error.
+    pub fn code(&self) -> Option<dpop_protocol::ErrorCode> {
+        match self {
+            Error::Agent(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// The socket named by `DPOP_AUTH_SOCK`.
+pub fn socket_from_env() -> Result<PathBuf, Error> {
+    std::env::var_os(SOCKET_ENV)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .ok_or(Error::NoSocket)
+}
+
+/// The request shapes, shared by both clients.
+pub(crate) mod ops {
+    use super::*;
+
+    pub fn generate(label: &str, backend: Option<&str>, alg: Option<Algorithm>) -> Op {
+        Op::GenerateKey(GenerateKey {
+            label: label.to_owned(),
+            backend: backend.map(str::to_owned),
+            alg,
+        })
+    }
+
+    pub fn import(label: &str, backend: Option<&str>, pem: &str, alg: Option<Algorithm>) -> Op {
+        Op::ImportKey(ImportKey {
+            label: label.to_owned(),
+            backend: backend.map(str::to_owned),
+            pem: pem.to_owned(),
+            alg,
+        })
+    }
+
+    pub fn adopt(uri: &str, label: &str, alg: Option<Algorithm>) -> Op {
+        Op::AdoptKey(AdoptKey {
+            label: label.to_owned(),
+            uri: uri.to_owned(),
+            alg,
+        })
+    }
+
+    pub fn delete(label: &str) -> Op {
+        Op::DeleteKey(DeleteKey {
+            label: label.to_owned(),
+        })
+    }
+
+    pub fn sign(
+        key: &str,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Op {
+        Op::SignProof(SignProof {
+            key: key.to_owned(),
+            htm: method.to_owned(),
+            htu: url.to_owned(),
+            access_token: access_token.map(str::to_owned),
+            ath: None,
+            nonce: nonce.map(str::to_owned),
+        })
+    }
+}
+
+/// Checks a reply line against the request id and decodes its body.
+pub(crate) fn decode_reply<T: DeserializeOwned>(line: &[u8], id: u64) -> Result<T, Error> {
+    if line.is_empty() {
+        return Err(Error::Closed);
+    }
+    let reply: Reply = serde_json::from_slice(line)
+        .map_err(|e| Error::Protocol(format!("reply is not a JSON reply object: {e}")))?;
+    if !reply.ok {
+        return Err(Error::Agent(reply.error.ok_or_else(|| {
+            Error::Protocol("failed reply without an error member".into())
+        })?));
+    }
+    if reply.id != id {
+        return Err(Error::Protocol(format!(
+            "reply id {} does not match request id {id}",
+            reply.id
+        )));
+    }
+    serde_json::from_value(serde_json::Value::Object(reply.body))
+        .map_err(|e| Error::Protocol(format!("reply body: {e}")))
+}
+
+/// An async connection to the agent. Requests on one client run one after another; open
+/// several clients for parallel requests.
+#[derive(Debug)]
+pub struct Client {
+    stream: BufReader<UnixStream>,
+    next_id: u64,
+    line: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the agent at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+            next_id: 1,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Connects to the agent named by `DPOP_AUTH_SOCK`.
+    pub async fn connect_env() -> Result<Client, Error> {
+        Client::connect(socket_from_env()?).await
+    }
+
+    async fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, Error> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = encode_request(&Request { id: id.into(), op });
+        self.stream.get_mut().write_all(&line).await?;
+        self.line.clear();
+        (&mut self.stream)
+            .take(MAX_REPLY)
+            .read_until(b'\n', &mut self.line)
+            .await?;
+        decode_reply(&self.line, id)
+    }
+
+    /// Agent version and backends.
+    pub async fn hello(&mut self) -> Result<HelloReply, Error> {
+        self.call(Op::Hello {}).await
+    }
+
+    /// Every key, sorted by label.
+    pub async fn list_keys(&mut self) -> Result<Vec<KeyDescription>, Error> {
+        Ok(self.call::<ListKeysReply>(Op::ListKeys {}).await?.keys)
+    }
+
+    /// Generates a key (`backend` defaults to software, `alg` to ES256).
+    pub async fn generate_key(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        Ok(self
+            .call::<KeyReply>(ops::generate(label, backend, alg))
+            .await?
+            .key)
+    }
+
+    /// Imports a PEM private key.
+    pub async fn import_key(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        pem: &str,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        Ok(self
+            .call::<KeyReply>(ops::import(label, backend, pem, alg))
+            .await?
+            .key)
+    }
+
+    /// Adopts an existing PKCS#11 key by RFC 7512 URI.
+    pub async fn adopt_key(
+        &mut self,
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        Ok(self
+            .call::<KeyReply>(ops::adopt(uri, label, alg))
+            .await?
+            .key)
+    }
+
+    /// Deletes a key (adopted keys are only forgotten).
+    pub async fn delete_key(&mut self, label: &str) -> Result<KeyDescription, Error> {
+        Ok(self.call::<KeyReply>(ops::delete(label)).await?.key)
+    }
+
+    /// A compact DPoP proof for one request, signed by `key`. The agent sets `iat` and `jti`
+    /// and derives `htu` from `url` and `ath` from `access_token`.
+    pub async fn sign_proof(
+        &mut self,
+        key: &str,
+        method: &str,
+        url: &str,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> Result<String, Error> {
+        Ok(self
+            .call::<ProofReply>(ops::sign(key, method, url, access_token, nonce))
+            .await?
+            .proof)
+    }
+}

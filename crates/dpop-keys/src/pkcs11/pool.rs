@@ -1,0 +1,503 @@
+//! Loaded modules, finding the token, and a pool of logged-in sessions.
+//!
+//! A PKCS#11 module may be initialised once per process (SoftHSM2 and most others keep global
+//! state), so modules live in a process-wide registry keyed by their canonical path and are
+//! never finalised. A [`Token`] finds its slot by label or serial, not by slot ID, because slot
+//! IDs change when a token is re-inserted. Sessions are opened on demand up to a limit and
+//! handed back after each use; one login covers every session of the token (PKCS#11 keeps the
+//! login state per application and token).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::MechanismType;
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+use super::TokenSelector;
+use crate::Error;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads (once per process) and initialises the module at `path`, returning its canonical path
+/// and context. Later calls with the same file share the context.
+pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11), Error> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Io {
+        action: "opening PKCS#11 module",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut modules = lock(MODULES.get_or_init(Default::default));
+    if let Some(ctx) = modules.get(&canonical) {
+        return Ok((canonical, ctx.clone()));
+    }
+    let ctx = Pkcs11::new(&canonical).map_err(|e| Error::Pkcs11 {
+        function: "loading the module",
+        reason: format!("{}: {e}", canonical.display()),
+    })?;
+    // Another library in this process (a test's raw cryptoki context, a TLS engine) may have
+    // initialised the module already; that is fine, it is the same instance.
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(ck_error(e)),
+    }
+    modules.insert(canonical.clone(), ctx.clone());
+    Ok((canonical, ctx))
+}
+
+/// The `C_` name of a PKCS#11 function, for error messages.
+fn function_name(f: Function) -> &'static str {
+    match f {
+        Function::Initialize => "C_Initialize",
+        Function::GetSlotList => "C_GetSlotList",
+        Function::GetTokenInfo => "C_GetTokenInfo",
+        Function::GetMechanismList => "C_GetMechanismList",
+        Function::GetMechanismInfo => "C_GetMechanismInfo",
+        Function::OpenSession => "C_OpenSession",
+        Function::GetSessionInfo => "C_GetSessionInfo",
+        Function::Login => "C_Login",
+        Function::CreateObject => "C_CreateObject",
+        Function::DestroyObject => "C_DestroyObject",
+        Function::GetAttributeValue => "C_GetAttributeValue",
+        Function::FindObjectsInit => "C_FindObjectsInit",
+        Function::FindObjects => "C_FindObjects",
+        Function::FindObjectsFinal => "C_FindObjectsFinal",
+        Function::SignInit => "C_SignInit",
+        Function::Sign => "C_Sign",
+        Function::GenerateKeyPair => "C_GenerateKeyPair",
+        Function::GenerateRandom => "C_GenerateRandom",
+        _ => "a PKCS#11 function",
+    }
+}
+
+/// `PinIncorrect` -> `CKR_PIN_INCORRECT`, as the PKCS#11 specification spells return values.
+fn rv_name(rv: &RvError) -> String {
+    let debug = format!("{rv:?}");
+    if debug.contains('(') {
+        return debug;
+    }
+    let mut name = String::from("CKR");
+    for c in debug.chars() {
+        if c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Maps a cryptoki error that has no better-named variant.
+pub(crate) fn ck_error(e: CkError) -> Error {
+    match e {
+        CkError::Pkcs11(RvError::PinIncorrect, _) => Error::PinIncorrect,
+        CkError::Pkcs11(RvError::PinLocked, _) => Error::PinLocked,
+        CkError::Pkcs11(rv, f) => Error::Pkcs11 {
+            function: function_name(f),
+            reason: rv_name(&rv),
+        },
+        other => Error::Pkcs11 {
+            function: "cryptoki",
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// The return value of a failed call, if it came from the module.
+pub(crate) fn rv(e: &CkError) -> Option<&RvError> {
+    match e {
+        CkError::Pkcs11(rv, _) => Some(rv),
+        _ => None,
+    }
+}
+
+/// Return values after which the token (or our sessions with it) are gone: start over.
+fn token_gone(rv: &RvError) -> bool {
+    matches!(
+        rv,
+        RvError::TokenNotPresent
+            | RvError::DeviceRemoved
+            | RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::TokenNotRecognized
+            | RvError::SlotIdInvalid
+    )
+}
+
+/// A failure inside a [`Token::run`] closure: a module error the pool may act on, or a final one.
+pub(crate) enum Fail {
+    /// A cryptoki error; the pool handles re-login and token loss.
+    Ck(CkError),
+    /// Any other error, returned as it is.
+    Other(Error),
+}
+
+impl From<CkError> for Fail {
+    fn from(e: CkError) -> Fail {
+        Fail::Ck(e)
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Other(e)
+    }
+}
+
+/// What the token says about itself, compared with URIs and stored in key records.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TokenIdentity {
+    pub label: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub slot: u64,
+}
+
+/// The token as found in its current slot, with the sessions open on it.
+struct Present {
+    slot: Slot,
+    identity: TokenIdentity,
+    mechanisms: Vec<MechanismType>,
+    idle: Vec<Session>,
+    /// Sessions of this generation, idle or in use.
+    open: usize,
+}
+
+struct PoolState {
+    current: Option<Present>,
+    /// Bumped every time the token is found again; sessions and object handles of an older
+    /// generation are stale.
+    generation: u64,
+}
+
+const PIN_OK: u8 = 0;
+const PIN_REFUSED: u8 = 1;
+const PIN_LOCKED: u8 = 2;
+
+/// One token in one module, with its PIN and session pool.
+pub(crate) struct Token {
+    ctx: Pkcs11,
+    module_path: PathBuf,
+    selector: TokenSelector,
+    pin: SecretString,
+    /// Set once the token refused `pin`; never cleared (a new backend must be opened), so a
+    /// wrong PIN is tried exactly once and the token's retry counter is not burnt down.
+    pin_state: AtomicU8,
+    login_lock: Mutex<()>,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+    max_sessions: usize,
+    /// Mechanisms of the last token found, for `algorithms()` while the token is away.
+    last_mechanisms: Mutex<Vec<MechanismType>>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("module", &self.module_path)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    pub(crate) fn new(
+        ctx: Pkcs11,
+        module_path: PathBuf,
+        selector: TokenSelector,
+        pin: SecretString,
+        max_sessions: usize,
+    ) -> Token {
+        Token {
+            ctx,
+            module_path,
+            selector,
+            pin,
+            pin_state: AtomicU8::new(PIN_OK),
+            login_lock: Mutex::new(()),
+            state: Mutex::new(PoolState {
+                current: None,
+                generation: 0,
+            }),
+            returned: Condvar::new(),
+            max_sessions: max_sessions.max(1),
+            last_mechanisms: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn module_path(&self) -> &Path {
+        &self.module_path
+    }
+
+    pub(crate) fn context(&self) -> &Pkcs11 {
+        &self.ctx
+    }
+
+    fn not_present(&self, what: &str) -> Error {
+        Error::TokenNotPresent {
+            detail: format!("{} in {} {what}", self.selector, self.module_path.display()),
+        }
+    }
+
+    /// Looks the token up by label or serial among the slots that hold one.
+    fn find(&self) -> Result<Present, Error> {
+        let slots = self.ctx.get_slots_with_token().map_err(ck_error)?;
+        let mut found = Vec::new();
+        for slot in slots {
+            // A token can vanish between the two calls; such a slot simply does not match.
+            let Ok(info) = self.ctx.get_token_info(slot) else {
+                continue;
+            };
+            let matches = match &self.selector {
+                TokenSelector::Label(l) => info.label().trim_end() == l.trim_end(),
+                TokenSelector::Serial(s) => info.serial_number().trim() == s.trim(),
+            };
+            if matches && info.token_initialized() {
+                found.push((slot, info));
+            }
+        }
+        match found.len() {
+            0 => Err(self.not_present("was not found")),
+            1 => {
+                let (slot, info) = found.remove(0);
+                let mechanisms = self.ctx.get_mechanism_list(slot).map_err(ck_error)?;
+                *lock(&self.last_mechanisms) = mechanisms.clone();
+                Ok(Present {
+                    slot,
+                    identity: TokenIdentity {
+                        label: info.label().trim_end().to_owned(),
+                        serial: info.serial_number().trim().to_owned(),
+                        manufacturer: info.manufacturer_id().trim_end().to_owned(),
+                        model: info.model().trim_end().to_owned(),
+                        slot: slot.id(),
+                    },
+                    mechanisms,
+                    idle: Vec::new(),
+                    open: 0,
+                })
+            }
+            n => Err(Error::Pkcs11 {
+                function: "C_GetTokenInfo",
+                reason: format!(
+                    "{n} tokens match {}; select one by serial number instead",
+                    self.selector
+                ),
+            }),
+        }
+    }
+
+    /// The token's identity, finding it if needed.
+    pub(crate) fn identity(&self) -> Result<TokenIdentity, Error> {
+        let mut st = lock(&self.state);
+        self.ensure_present(&mut st)?;
+        Ok(st.current.as_ref().expect("present").identity.clone())
+    }
+
+    /// The token's mechanisms: current if it is present, else those last seen.
+    pub(crate) fn mechanisms(&self) -> Vec<MechanismType> {
+        let mut st = lock(&self.state);
+        if self.ensure_present(&mut st).is_ok() {
+            return st.current.as_ref().expect("present").mechanisms.clone();
+        }
+        lock(&self.last_mechanisms).clone()
+    }
+
+    fn ensure_present(&self, st: &mut PoolState) -> Result<(), Error> {
+        if st.current.is_none() {
+            let present = self.find()?;
+            st.generation += 1;
+            st.current = Some(present);
+        }
+        Ok(())
+    }
+
+    /// Logs the application in on `session`'s token unless it is already.
+    fn login(&self, session: &Session) -> Result<(), Fail> {
+        let _one_at_a_time = lock(&self.login_lock);
+        match self.pin_state.load(Ordering::SeqCst) {
+            PIN_REFUSED => return Err(Error::PinIncorrect.into()),
+            PIN_LOCKED => return Err(Error::PinLocked.into()),
+            _ => {}
+        }
+        let state = session.get_session_info()?.session_state();
+        if matches!(state, SessionState::RwUser | SessionState::RoUser) {
+            return Ok(());
+        }
+        match session.login(UserType::User, Some(&self.pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
+                _,
+            )) => {
+                self.pin_state.store(PIN_REFUSED, Ordering::SeqCst);
+                tracing::warn!(token = %self.selector, "the PKCS#11 token refused the PIN; \
+                    not trying it again until the backend is reopened");
+                Err(Error::PinIncorrect.into())
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                self.pin_state.store(PIN_LOCKED, Ordering::SeqCst);
+                Err(Error::PinLocked.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes a logged-in session from the pool, opening one if fewer than the limit are open,
+    /// else waiting for one to come back.
+    pub(crate) fn session(&self) -> Result<PooledSession<'_>, Error> {
+        let mut st = lock(&self.state);
+        loop {
+            self.ensure_present(&mut st)?;
+            let generation = st.generation;
+            let present = st.current.as_mut().expect("present");
+            if let Some(session) = present.idle.pop() {
+                return Ok(PooledSession {
+                    token: self,
+                    session: Some(session),
+                    generation,
+                    broken: false,
+                });
+            }
+            if present.open < self.max_sessions {
+                present.open += 1;
+                let slot = present.slot;
+                drop(st);
+                let mut pooled = PooledSession {
+                    token: self,
+                    session: None,
+                    generation,
+                    broken: true,
+                };
+                let opened = self
+                    .ctx
+                    .open_rw_session(slot)
+                    .map_err(Fail::from)
+                    .and_then(|s| {
+                        let result = self.login(&s);
+                        pooled.session = Some(s);
+                        result
+                    });
+                return match opened {
+                    Ok(()) => {
+                        pooled.broken = false;
+                        Ok(pooled)
+                    }
+                    Err(fail) => Err(self.settle(fail, generation)),
+                };
+            }
+            st = self
+                .returned
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Turns a failure into the error to report; when the token is gone, drops every session
+    /// of this generation so that the next request looks the token up again.
+    fn settle(&self, fail: Fail, generation: u64) -> Error {
+        match fail {
+            Fail::Other(e) => e,
+            Fail::Ck(e) => {
+                if rv(&e).is_some_and(token_gone) {
+                    self.forget(generation);
+                    let detail = rv(&e).map(rv_name).unwrap_or_default();
+                    self.not_present(&format!("went away ({detail})"))
+                } else {
+                    ck_error(e)
+                }
+            }
+        }
+    }
+
+    /// Drops the pooled sessions of `generation` (closing them) and forgets the slot.
+    fn forget(&self, generation: u64) {
+        let stale = {
+            let mut st = lock(&self.state);
+            if st.generation != generation {
+                return;
+            }
+            st.current.take()
+        };
+        drop(stale);
+        self.returned.notify_all();
+    }
+
+    /// Runs `f` with a logged-in session. On `CKR_USER_NOT_LOGGED_IN` logs in again and retries
+    /// once; when the token is gone, returns [`Error::TokenNotPresent`] and starts over with
+    /// the next call. `f` gets the session and its generation (for caching object handles).
+    pub(crate) fn run<T>(
+        &self,
+        mut f: impl FnMut(&Session, u64) -> Result<T, Fail>,
+    ) -> Result<T, Error> {
+        let mut logged_in_again = false;
+        loop {
+            let mut pooled = self.session()?;
+            let generation = pooled.generation;
+            let result = f(pooled.session(), generation);
+            match result {
+                Ok(v) => return Ok(v),
+                Err(Fail::Ck(e))
+                    if !logged_in_again && matches!(rv(&e), Some(RvError::UserNotLoggedIn)) =>
+                {
+                    logged_in_again = true;
+                    tracing::info!(token = %self.selector, "PKCS#11 session was logged out; logging in again");
+                    if let Err(fail) = self.login(pooled.session()) {
+                        pooled.broken = true;
+                        drop(pooled);
+                        return Err(self.settle(fail, generation));
+                    }
+                }
+                Err(fail) => {
+                    if let Fail::Ck(e) = &fail
+                        && rv(e).is_some_and(token_gone)
+                    {
+                        pooled.broken = true;
+                    }
+                    drop(pooled);
+                    return Err(self.settle(fail, generation));
+                }
+            }
+        }
+    }
+}
+
+/// A session borrowed from the pool; it goes back on drop unless it broke or the token was
+/// found again since.
+pub(crate) struct PooledSession<'a> {
+    token: &'a Token,
+    session: Option<Session>,
+    generation: u64,
+    broken: bool,
+}
+
+impl PooledSession<'_> {
+    fn session(&self) -> &Session {
+        self.session.as_ref().expect("session is set until drop")
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        let session = self.session.take();
+        let mut st = lock(&self.token.state);
+        if st.generation == self.generation
+            && let Some(present) = st.current.as_mut()
+        {
+            match session {
+                Some(s) if !self.broken => present.idle.push(s),
+                _ => present.open = present.open.saturating_sub(1),
+            }
+        }
+        drop(st);
+        self.token.returned.notify_one();
+    }
+}

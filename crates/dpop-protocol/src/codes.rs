@@ -1,0 +1,126 @@
+use serde::{Deserialize, Serialize};
+
+/// Stable error codes. Clients match on these, never on messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The line is not a JSON object.
+    MalformedJson,
+    /// The line is longer than 64 KiB.
+    LineTooLong,
+    /// A field is missing or has the wrong type.
+    BadRequest,
+    /// The `op` is not one this agent knows.
+    UnknownOp,
+    /// The key label breaks the naming rules.
+    InvalidLabel,
+    /// No key has this label.
+    KeyNotFound,
+    /// A key with this label exists.
+    KeyExists,
+    /// The URL cannot be used as `htu`.
+    InvalidUrl,
+    /// The HTTP method cannot be used as `htm`.
+    InvalidMethod,
+    /// The access token is not a valid token string.
+    InvalidAccessToken,
+    /// The private key given for import is unusable.
+    InvalidKey,
+    /// The algorithm is not supported by the backend or token.
+    UnsupportedAlgorithm,
+    /// No such backend.
+    UnknownBackend,
+    /// The backend is not configured in this agent.
+    BackendNotConfigured,
+    /// The operation is not supported.
+    Unsupported,
+    /// The client is not allowed to talk to this agent.
+    PermissionDenied,
+    /// A key file does not decrypt with the agent's passphrase.
+    WrongPassphrase,
+    /// The token refused the PIN.
+    PinIncorrect,
+    /// The token's PIN is locked.
+    PinLocked,
+    /// The PKCS#11 token is not present.
+    TokenNotPresent,
+    /// The backend failed (token, TPM, disk).
+    BackendError,
+    /// A bug in the agent.
+    Internal,
+    /// A code this client does not know (a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+/// The `error` member of a failed reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct WireError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation; never holds secrets.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<&dpop_jose::Error> for ErrorCode {
+    fn from(e: &dpop_jose::Error) -> ErrorCode {
+        use dpop_jose::Error as E;
+        match e {
+            E::InvalidUrl { .. } => ErrorCode::InvalidUrl,
+            E::InvalidMethod { .. } => ErrorCode::InvalidMethod,
+            E::InvalidAccessToken { .. } => ErrorCode::InvalidAccessToken,
+            E::UnsupportedAlgorithm { .. } => ErrorCode::UnsupportedAlgorithm,
+            E::InvalidJwk { .. } => ErrorCode::InvalidKey,
+            E::Signer(_) | E::SignatureLength { .. } => ErrorCode::BackendError,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+}
+
+impl From<&dpop_jose::Error> for WireError {
+    fn from(e: &dpop_jose::Error) -> WireError {
+        WireError::new(e.into(), e.to_string())
+    }
+}
+
+#[cfg(feature = "keys")]
+impl From<&dpop_keys::Error> for ErrorCode {
+    fn from(e: &dpop_keys::Error) -> ErrorCode {
+        use dpop_keys::Error as E;
+        match e {
+            E::InvalidLabel { .. } => ErrorCode::InvalidLabel,
+            E::KeyNotFound { .. } => ErrorCode::KeyNotFound,
+            E::KeyExists { .. } => ErrorCode::KeyExists,
+            E::UnknownBackend { .. } => ErrorCode::UnknownBackend,
+            E::BackendNotConfigured { .. } => ErrorCode::BackendNotConfigured,
+            E::UnsupportedAlgorithm { .. } => ErrorCode::UnsupportedAlgorithm,
+            E::Unsupported { .. } => ErrorCode::Unsupported,
+            E::InvalidKey { .. } => ErrorCode::InvalidKey,
+            E::WrongPassphrase { .. } => ErrorCode::WrongPassphrase,
+            E::PinIncorrect => ErrorCode::PinIncorrect,
+            E::PinLocked => ErrorCode::PinLocked,
+            E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,
+            E::Jose(j) => j.into(),
+            _ => ErrorCode::BackendError,
+        }
+    }
+}
+
+#[cfg(feature = "keys")]
+impl From<&dpop_keys::Error> for WireError {
+    fn from(e: &dpop_keys::Error) -> WireError {
+        WireError::new(e.into(), e.to_string())
+    }
+}

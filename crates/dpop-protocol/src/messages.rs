@@ -1,0 +1,373 @@
+use dpop_jose::{Algorithm, Jwk};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ErrorCode, WireError};
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the reply; any JSON value (clients use numbers).
+    #[serde(default)]
+    pub id: Value,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations, tagged by `op`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Versions and backends.
+    Hello {},
+    /// Every key's public description.
+    ListKeys {},
+    /// Make a key inside a backend.
+    GenerateKey(GenerateKey),
+    /// Import a PEM private key into a backend.
+    ImportKey(ImportKey),
+    /// Adopt a key that already exists in a backend (a PKCS#11 URI).
+    AdoptKey(AdoptKey),
+    /// Delete (or, for adopted keys, forget) a key.
+    DeleteKey(DeleteKey),
+    /// Sign a DPoP proof; the agent sets `iat` and `jti`.
+    SignProof(SignProof),
+}
+
+/// The op names, for telling an unknown op from a malformed known one.
+pub const OPS: [&str; 7] = [
+    "hello",
+    "list_keys",
+    "generate_key",
+    "import_key",
+    "adopt_key",
+    "delete_key",
+    "sign_proof",
+];
+
+/// `generate_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateKey {
+    /// The new key's label.
+    pub label: String,
+    /// `software` (default), `pkcs11` or `tpm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Algorithm (default ES256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<Algorithm>,
+}
+
+/// `import_key`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// The new key's label.
+    pub label: String,
+    /// `software` (default) or `pkcs11`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub pem: String,
+    /// For RSA keys: RS256 (default) or PS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<Algorithm>,
+}
+
+impl std::fmt::Debug for ImportKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportKey")
+            .field("label", &self.label)
+            .field("backend", &self.backend)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `adopt_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptKey {
+    /// The label to file the key under.
+    pub label: String,
+    /// An RFC 7512 PKCS#11 URI.
+    pub uri: String,
+    /// For RSA keys: RS256 (default) or PS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<Algorithm>,
+}
+
+/// `delete_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteKey {
+    /// The key's label.
+    pub label: String,
+}
+
+/// `sign_proof`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignProof {
+    /// The key's label.
+    pub key: String,
+    /// HTTP method, upper-case.
+    pub htm: String,
+    /// Request URL; the agent derives `htu` (query and fragment dropped).
+    pub htu: String,
+    /// Access token presented with the request; the agent puts its hash in `ath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Precomputed `ath`, for clients that keep the token to themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ath: Option<String>,
+    /// The server's `DPoP-Nonce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+impl std::fmt::Debug for SignProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignProof")
+            .field("key", &self.key)
+            .field("htm", &self.htm)
+            .field("htu", &self.htu)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ath", &self.ath)
+            .field("nonce", &self.nonce)
+            .finish()
+    }
+}
+
+/// A public key description, as `list_keys` and the key ops return it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDescription {
+    /// Label.
+    pub label: String,
+    /// Algorithm.
+    pub alg: Algorithm,
+    /// Backend name.
+    pub backend: String,
+    /// Public JWK.
+    pub jwk: Jwk,
+    /// RFC 7638 thumbprint.
+    pub jkt: String,
+    /// Whether it survives an agent restart.
+    pub persistent: bool,
+    /// Where the backend keeps it, when worth showing (a PKCS#11 URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// Reply to `hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Protocol version.
+    pub protocol: u32,
+    /// Agent name and version.
+    pub agent: String,
+    /// Configured backends.
+    pub backends: Vec<String>,
+    /// Whether software keys are saved to disk (a passphrase was given).
+    pub software_persistent: bool,
+}
+
+/// Reply to `list_keys`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListKeysReply {
+    /// Keys sorted by label.
+    pub keys: Vec<KeyDescription>,
+}
+
+/// Reply to `generate_key`, `import_key`, `adopt_key`, `delete_key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyReply {
+    /// The key concerned.
+    pub key: KeyDescription,
+}
+
+/// Reply to `sign_proof`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofReply {
+    /// The compact proof JWT.
+    pub proof: String,
+}
+
+/// A successful reply line: `{"id":..,"ok":true,<body fields>}`.
+#[derive(Serialize)]
+pub struct OkReply<'a, T: Serialize> {
+    /// The request id.
+    pub id: &'a Value,
+    /// Always true.
+    pub ok: bool,
+    /// The op's result.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// A failed reply line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrReply {
+    /// The request id (`null` when the request could not be read).
+    pub id: Value,
+    /// Always false.
+    pub ok: bool,
+    /// What went wrong.
+    pub error: WireError,
+}
+
+/// Any reply, as a client first reads it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Reply {
+    /// The request id.
+    #[serde(default)]
+    pub id: Value,
+    /// Success flag.
+    pub ok: bool,
+    /// Present when `ok` is false.
+    #[serde(default)]
+    pub error: Option<WireError>,
+    /// The op's result fields.
+    #[serde(flatten)]
+    pub body: serde_json::Map<String, Value>,
+}
+
+/// Serializes a reply line (with its newline).
+pub fn encode_ok<T: Serialize>(id: &Value, body: T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&OkReply { id, ok: true, body }).expect("reply serializes");
+    line.push(b'\n');
+    line
+}
+
+/// Serializes an error reply line (with its newline).
+pub fn encode_err(id: Value, error: WireError) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&ErrReply {
+        id,
+        ok: false,
+        error,
+    })
+    .expect("reply serializes");
+    line.push(b'\n');
+    line
+}
+
+/// A request line that could not be read; answer with [`encode_err`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadRequest {
+    /// The id, when the line had one.
+    pub id: Value,
+    /// What is wrong.
+    pub error: WireError,
+}
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, BadRequest> {
+    serde_json::from_slice::<Request>(line).map_err(|parse_error| {
+        // Slow path: work out which error code fits.
+        let value: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                return BadRequest {
+                    id: Value::Null,
+                    error: WireError::new(ErrorCode::MalformedJson, format!("not JSON: {e}")),
+                };
+            }
+        };
+        let Value::Object(map) = value else {
+            return BadRequest {
+                id: Value::Null,
+                error: WireError::new(ErrorCode::MalformedJson, "a request must be a JSON object"),
+            };
+        };
+        let id = map.get("id").cloned().unwrap_or(Value::Null);
+        let error = match map.get("op") {
+            None => WireError::new(ErrorCode::BadRequest, "missing \"op\""),
+            Some(Value::String(op)) if !OPS.contains(&op.as_str()) => WireError::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op {:?}", op.chars().take(64).collect::<String>()),
+            ),
+            Some(Value::String(op)) => WireError::new(
+                ErrorCode::BadRequest,
+                format!("bad {op} request: {parse_error}"),
+            ),
+            Some(_) => WireError::new(ErrorCode::BadRequest, "\"op\" must be a string"),
+        };
+        BadRequest { id, error }
+    })
+}
+
+/// Serializes a request line (with its newline).
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    let mut line = serde_json::to_vec(request).expect("request serializes");
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let request = Request {
+            id: 3.into(),
+            op: Op::SignProof(SignProof {
+                key: "k".into(),
+                htm: "POST".into(),
+                htu: "https://as.example/token".into(),
+                access_token: None,
+                ath: None,
+                nonce: Some("n".into()),
+            }),
+        };
+        let line = encode_request(&request);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), request);
+        let hello = parse_request(br#"{"op":"hello"}"#).unwrap();
+        assert_eq!(hello.op, Op::Hello {});
+        assert_eq!(hello.id, Value::Null);
+    }
+
+    #[test]
+    fn error_codes() {
+        let code = |line: &[u8]| parse_request(line).unwrap_err().error.code;
+        assert_eq!(code(b"{not json"), ErrorCode::MalformedJson);
+        assert_eq!(code(b"[1,2]"), ErrorCode::MalformedJson);
+        assert_eq!(code(br#"{"id":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"id":1,"op":5}"#), ErrorCode::BadRequest);
+        assert_eq!(code(br#"{"id":1,"op":"explode"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            code(br#"{"id":1,"op":"sign_proof","key":"k"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(br#"{"id":1,"op":"sign_proof","key":"k","htm":"GET","htu":"u","x":1}"#),
+            ErrorCode::BadRequest
+        );
+        let bad = parse_request(br#"{"id":"abc","op":"nope"}"#).unwrap_err();
+        assert_eq!(bad.id, Value::String("abc".into()));
+    }
+
+    #[test]
+    fn replies() {
+        let ok = encode_ok(
+            &Value::from(9),
+            ProofReply {
+                proof: "a.b.c".into(),
+            },
+        );
+        assert_eq!(ok, b"{\"id\":9,\"ok\":true,\"proof\":\"a.b.c\"}\n");
+        let err = encode_err(
+            Value::Null,
+            WireError::new(ErrorCode::KeyNotFound, "no key"),
+        );
+        let reply: Reply = serde_json::from_slice(&err).unwrap();
+        assert!(!reply.ok);
+        assert_eq!(reply.error.unwrap().code, ErrorCode::KeyNotFound);
+    }
+}
