@@ -45,3 +45,6 @@ pub use proof::{Claims, Method, ProofHeader, Signer, ath, new_jti, sign_proof};
 pub use verify::{
     ExpectedRequest, LruReplayStore, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify,
 };
+
+#[cfg(test)]
+mod tests;
