@@ -8,6 +8,8 @@
 //! Backends:
 //! - [`software::SoftwareBackend`]: aws-lc-rs keys, kept as encrypted PKCS#8 files (0600) or in
 //!   memory only; secret bytes are zeroized.
+//! - [`pkcs11::Pkcs11Backend`]: keys generated on, imported into or adopted from a PKCS#11
+//!   token (HSM, YubiKey, SoftHSM2), which signs; a pool of logged-in sessions.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -27,6 +29,7 @@ mod error;
 mod keyring;
 mod label;
 pub mod pem;
+pub mod pkcs11;
 pub mod software;
 
 use std::fmt;

@@ -394,10 +394,7 @@ impl Token {
                     Err(fail) => Err(self.settle(fail, generation)),
                 };
             }
-            st = self
-                .returned
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.returned.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 

@@ -142,8 +142,11 @@ fn decode(attr: &str, value: &str) -> Result<Vec<u8>, Error> {
 }
 
 fn decode_text(attr: &str, value: &str) -> Result<String, Error> {
-    String::from_utf8(decode(attr, value)?)
-        .map_err(|_| bad(format!("attribute {attr:?} is not UTF-8 after percent-decoding")))
+    String::from_utf8(decode(attr, value)?).map_err(|_| {
+        bad(format!(
+            "attribute {attr:?} is not UTF-8 after percent-decoding"
+        ))
+    })
 }
 
 fn set<T>(slot: &mut Option<T>, attr: &str, value: T) -> Result<(), Error> {
@@ -182,7 +185,9 @@ impl Pkcs11Uri {
         let mut out = Pkcs11Uri::default();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             let (name, value) = attr.split_once('=').ok_or_else(|| {
-                bad(format!("path attribute {attr:?} has no '=' (expected name=value)"))
+                bad(format!(
+                    "path attribute {attr:?} has no '=' (expected name=value)"
+                ))
             })?;
             out.set_path(name, value)?;
         }
@@ -224,9 +229,7 @@ impl Pkcs11Uri {
                 })?;
                 set(&mut self.library_version, name, version)
             }
-            "slot-description" => {
-                set(&mut self.slot_description, name, decode_text(name, value)?)
-            }
+            "slot-description" => set(&mut self.slot_description, name, decode_text(name, value)?),
             "slot-manufacturer" => {
                 set(&mut self.slot_manufacturer, name, decode_text(name, value)?)
             }
@@ -338,7 +341,11 @@ impl fmt::Display for Pkcs11Uri {
             }
         }
         if let Some((major, minor)) = self.library_version {
-            path("library-version", format!("{major}.{minor}").as_bytes(), false);
+            path(
+                "library-version",
+                format!("{major}.{minor}").as_bytes(),
+                false,
+            );
         }
         for (name, value) in [
             ("slot-description", &self.slot_description),
@@ -465,14 +472,19 @@ mod tests {
         );
         assert_eq!(u.object.as_deref(), Some("My key"));
 
-        let u = parse("pkcs11:token=A%20name%20with%20a%20substring%20%25%3B;object=my-certificate;type=cert");
+        let u = parse(
+            "pkcs11:token=A%20name%20with%20a%20substring%20%25%3B;object=my-certificate;type=cert",
+        );
         assert_eq!(u.token.as_deref(), Some("A name with a substring %;"));
 
         let u = parse(
             "pkcs11:token=Name%20with%20a%20small%20A%20with%20acute:%20%C3%A1;\
              object=my-certificate;type=cert",
         );
-        assert_eq!(u.token.as_deref(), Some("Name with a small A with acute: á"));
+        assert_eq!(
+            u.token.as_deref(),
+            Some("Name with a small A with acute: á")
+        );
 
         let u = parse(
             "pkcs11:token=my-token;object=my-certificate;type=cert;vendor-aaa=value-a\
@@ -504,7 +516,10 @@ mod tests {
             ("pkcs11:token=%FF", "not UTF-8"),
             ("pkcs11:token=a b", "percent-encoded"),
             ("pkcs11:token=a#b", "fragment"),
-            ("pkcs11:object=a?pin-source=x&pin-source=y", "more than once"),
+            (
+                "pkcs11:object=a?pin-source=x&pin-source=y",
+                "more than once",
+            ),
         ];
         for (uri, expected) in cases {
             let err = Pkcs11Uri::parse(uri).expect_err(uri).to_string();
