@@ -61,6 +61,15 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pkcs11_pin_file: Option<PathBuf>,
 
+    /// In the background, append logs to this file (default: discard them).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Set by the background start: report readiness on standard output, then detach
+    /// standard error and output from the parent.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+
     /// TPM TCTI (reserved for the tpm backend).
     #[arg(long, value_name = "TCTI")]
     pub tpm_tcti: Option<String>,
@@ -80,6 +89,7 @@ pub struct FileConfig {
     pkcs11_pin_env: Option<String>,
     pkcs11_pin_file: Option<PathBuf>,
     tpm_tcti: Option<String>,
+    log_file: Option<PathBuf>,
 }
 
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
@@ -110,6 +120,7 @@ pub struct Settings {
     pub passphrase: Option<SecretString>,
     pub pkcs11: Option<Pkcs11Settings>,
     pub tpm_tcti: Option<String>,
+    pub log_file: Option<PathBuf>,
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
@@ -216,6 +227,7 @@ impl Settings {
             passphrase,
             pkcs11,
             tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
+            log_file: args.log_file.clone().or(file.log_file),
         })
     }
 }

@@ -12,11 +12,10 @@ mod dispatch;
 mod server;
 mod socket;
 
-use std::io::Read;
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -28,22 +27,34 @@ use tracing::{error, info, warn};
 use crate::config::{Args, Settings};
 use crate::dispatch::State;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    if args.kill {
-        return kill_agent();
+    let result = if args.kill {
+        kill_agent()
+    } else if !args.foreground {
+        start_in_background(&args)
+    } else {
+        run_foreground(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dpop-agent: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    if !args.foreground {
-        return start_in_background(&args);
-    }
+}
+
+fn run_foreground(args: &Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let result = run(&args);
+    let result = run(args);
     if let Err(e) = &result {
         error!("{e:#}");
     }
@@ -84,6 +95,9 @@ fn run(args: &Args) -> Result<()> {
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         info!(socket = %socket_path.display(), pid = std::process::id(), "listening");
+        if args.detached {
+            detach_output(settings.log_file.as_deref())?;
+        }
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -139,6 +153,40 @@ fn backends(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>> {
     Ok(backends)
 }
 
+/// Background mode, once listening: point standard error at the log file (or /dev/null),
+/// tell the parent we are ready on standard output, then let go of standard output too. The
+/// parent exits after that, and writing to its pipes would fail.
+fn detach_output(log_file: Option<&std::path::Path>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let log = match log_file {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening log file {}", path.display()))?,
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+    };
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 onto the standard descriptors; both sources are open files we own.
+    if unsafe { libc::dup2(log.as_raw_fd(), 2) } < 0 {
+        bail!(
+            "redirecting standard error: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(b"ready\n")?;
+    stdout.flush()?;
+    // SAFETY: as above.
+    if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        bail!(
+            "redirecting standard output: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// `dpop-agent` without `-D`: start a detached `dpop-agent -D` and print the shell lines that
 /// point clients at it, once it answers.
 fn start_in_background(args: &Args) -> Result<()> {
@@ -148,10 +196,13 @@ fn start_in_background(args: &Args) -> Result<()> {
     command
         .args(std::env::args_os().skip(1))
         .arg("-D")
-        .arg("-a")
-        .arg(&socket)
+        .arg("--detached");
+    if args.socket.is_none() {
+        command.arg("-a").arg(&socket);
+    }
+    command
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = command.spawn().context("starting the agent")?;
@@ -161,24 +212,17 @@ fn start_in_background(args: &Args) -> Result<()> {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let log = collector.join().unwrap_or_default();
-            eprint!("{log}");
-            bail!("the agent exited during start-up ({status})");
-        }
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "the agent did not start listening on {} within 30 s",
-                socket.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // The child says "ready" once it listens (and has let go of our stderr pipe); EOF
+    // without it means it failed, and its log says why.
+    let mut ready = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    std::io::BufReader::new(stdout).read_line(&mut ready)?;
+    if ready.trim() != "ready" {
+        let _ = child.kill();
+        let status = child.wait()?;
+        let log = collector.join().unwrap_or_default();
+        eprint!("{log}");
+        bail!("the agent did not start ({status})");
     }
     let sock = shell_quote(&socket);
     let pid = child.id();

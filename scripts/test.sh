@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every check and test of dpop-agent. Installs what the tests need when it is missing
+# (Debian packages, Python's jwcrypto), so a fresh Debian machine with Rust needs only this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import jwcrypto' 2>/dev/null; then
+    echo "== installing jwcrypto (independent JOSE implementation for interop tests)"
+    python3 -m pip install -q jwcrypto
+fi
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-features
