@@ -405,6 +405,9 @@ impl Pkcs11Signer {
 
     fn find_handle(&self, session: &Session, generation: u64) -> Result<ObjectHandle, Fail> {
         let found = find(session, &self.locator.template(ObjectClass::PRIVATE_KEY))?;
+        if found.is_empty() {
+            self.token.explain_missing(session, generation)?;
+        }
         let [handle] = found[..] else {
             return Err(Error::KeyNotFound {
                 label: format!(
@@ -623,13 +626,13 @@ pub(crate) fn import_templates(pem: &PrivateKeyPem) -> Result<ImportTemplates, E
                     .as_bytes(),
                 DerFormat::Sec1 => return Err(invalid("a SEC1 block holds an EC key")),
             };
+            let [n, e, d, p, q, dp, dq, qinv] = rsa_components(pkcs1)?;
             // Checks the key (aws-lc-rs validates the CRT parameters).
             match pem.format {
                 DerFormat::Pkcs1 => signature::RsaKeyPair::from_der(pkcs1).map(drop),
                 _ => signature::RsaKeyPair::from_pkcs8(&pem.der).map(drop),
             }
             .map_err(rejected)?;
-            let [n, e, d, p, q, dp, dq, qinv] = rsa_components(pkcs1)?;
             private.extend([
                 Attribute::KeyType(KeyType::RSA),
                 Attribute::Modulus(n.to_vec()),

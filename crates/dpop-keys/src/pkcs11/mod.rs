@@ -424,11 +424,17 @@ impl Pkcs11Backend {
     /// Destroys the objects of a key we created (public first: if the private key then cannot
     /// be destroyed, the key still works from its record).
     fn destroy(&self, locator: &Locator) -> Result<(), Error> {
-        self.token.run(|session, _| {
-            for class in [ObjectClass::PUBLIC_KEY, ObjectClass::PRIVATE_KEY] {
-                for object in keys::find(session, &locator.template(class))? {
-                    session.destroy_object(object)?;
-                }
+        self.token.run(|session, generation| {
+            let private = keys::find(session, &locator.template(ObjectClass::PRIVATE_KEY))?;
+            if private.is_empty() {
+                // Gone already, or is the token? Only the former may drop the record.
+                self.token.explain_missing(session, generation)?;
+            }
+            for object in keys::find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
+                session.destroy_object(object)?;
+            }
+            for object in private {
+                session.destroy_object(object)?;
             }
             Ok(())
         })
@@ -558,21 +564,17 @@ impl Backend for Pkcs11Backend {
                     continue;
                 }
             };
-            if !record.token_serial.is_empty()
+            // A token restored from backup has a new serial but the same keys; a different
+            // key under the same CKA_ID on another token is caught by the JWK check below.
+            let other_token = !record.token_serial.is_empty()
                 && !identity.serial.is_empty()
-                && record.token_serial != identity.serial
-            {
-                tracing::warn!(
-                    label = %record.label,
-                    record_serial = %record.token_serial,
-                    token_serial = %identity.serial,
-                    "PKCS#11 key belongs to another token; not loaded"
-                );
-                continue;
-            }
+                && record.token_serial != identity.serial;
             let locator = record.locator(&path)?;
             let found = self.token.run(|session, generation| {
                 let objects = keys::find(session, &locator.template(ObjectClass::PRIVATE_KEY))?;
+                if objects.is_empty() {
+                    self.token.explain_missing(session, generation)?;
+                }
                 let [private] = objects[..] else {
                     return Ok(Err(objects.len()));
                 };
@@ -600,6 +602,16 @@ impl Backend for Pkcs11Backend {
                 }
             };
             if jwk != record.jwk {
+                if other_token {
+                    tracing::warn!(
+                        label = %record.label,
+                        record_serial = %record.token_serial,
+                        token_serial = %identity.serial,
+                        "PKCS#11 key record belongs to another token holding another key; \
+                         not loaded, record kept"
+                    );
+                    continue;
+                }
                 tracing::warn!(label = %record.label, "the PKCS#11 key's public key differs from its record; using the token's");
             }
             signers.push(self.signer(
@@ -767,6 +779,9 @@ impl Backend for Pkcs11Backend {
         }
         let (kind, jwk, locator, handle) = self.token.run(|session, generation| {
             let found = keys::find(session, &template)?;
+            if found.is_empty() {
+                self.token.explain_missing(session, generation)?;
+            }
             let [private] = found[..] else {
                 return Err(Error::Pkcs11ObjectCount {
                     uri: shown.clone(),

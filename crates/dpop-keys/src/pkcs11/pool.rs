@@ -132,6 +132,10 @@ fn token_gone(rv: &RvError) -> bool {
     )
 }
 
+fn gone(f: Function) -> Fail {
+    Fail::Ck(CkError::Pkcs11(RvError::TokenNotPresent, f))
+}
+
 /// A failure inside a [`Token::run`] closure: a module error the pool may act on, or a final one.
 pub(crate) enum Fail {
     /// A cryptoki error; the pool handles re-login and token loss.
@@ -348,6 +352,43 @@ impl Token {
                 Err(Error::PinLocked.into())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Called when a private key cannot be found: fails if the real reason is that the token
+    /// went away or the session is no longer logged in. Some modules (SoftHSM2 among them)
+    /// report both only as missing objects (private objects are invisible when logged out).
+    pub(crate) fn explain_missing(&self, session: &Session, generation: u64) -> Result<(), Fail> {
+        self.check_still_present(generation)?;
+        let state = session.get_session_info()?.session_state();
+        if !matches!(state, SessionState::RwUser | SessionState::RoUser) {
+            return Err(Fail::Ck(CkError::Pkcs11(
+                RvError::UserNotLoggedIn,
+                Function::FindObjects,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that the token found in `generation` is still in its slot, with the same label
+    /// and serial.
+    fn check_still_present(&self, generation: u64) -> Result<(), Fail> {
+        let (slot, identity) = {
+            let st = lock(&self.state);
+            match st.current.as_ref() {
+                Some(p) if st.generation == generation => (p.slot, p.identity.clone()),
+                // Already forgotten: the caller's session is stale.
+                _ => return Err(gone(Function::GetTokenInfo)),
+            }
+        };
+        match self.ctx.get_token_info(slot) {
+            Ok(info)
+                if info.label().trim_end() == identity.label
+                    && info.serial_number().trim() == identity.serial =>
+            {
+                Ok(())
+            }
+            _ => Err(gone(Function::GetTokenInfo)),
         }
     }
 
