@@ -26,7 +26,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -159,8 +159,8 @@ pub struct AgentOptions {
     pub args: Vec<OsString>,
     /// Extra environment variables (for example `RUST_LOG`).
     pub env: Vec<(OsString, OsString)>,
-    /// Leave out `-a` and set `XDG_RUNTIME_DIR` to `<dir>/run`, so that the agent picks its
-    /// default socket `<dir>/run/dpop-agent/agent.sock`.
+    /// Leave out `-a` and set `XDG_RUNTIME_DIR` to `<dir>/run` (created 0700 when missing), so
+    /// that the agent picks its default socket `<dir>/run/dpop-agent/agent.sock`.
     pub default_socket: bool,
 }
 
@@ -438,7 +438,16 @@ impl TestAgent {
             .env_remove("XDG_RUNTIME_DIR")
             .env("XDG_CONFIG_HOME", dir.join("config"));
         if self.options.default_socket {
-            command.env("XDG_RUNTIME_DIR", dir.join("run"));
+            // The runtime directory itself exists (as logind makes it); the agent creates
+            // `dpop-agent/` inside, unless the test prepared one.
+            let run = dir.join("run");
+            if !run.exists() {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&run)
+                    .expect("creating the runtime directory");
+            }
+            command.env("XDG_RUNTIME_DIR", run);
         }
         match &self.options.passphrase {
             None => {}
