@@ -585,6 +585,9 @@ fn refused_pin_is_never_retried() {
     let backend = token.open();
     let key = backend.generate(&label("k"), Algorithm::ES256).unwrap();
     assert_signs(&key);
+    // Logged out behind our back: the backend logs in again with its PIN and carries on.
+    token.raw_session().logout().unwrap();
+    assert_signs(&key);
     // Someone changes the PIN and the token logs us out (C_Logout acts on the whole
     // application). The backend logs in again with its PIN, which is wrong now.
     {

@@ -956,6 +956,18 @@ mod tests {
     }
 
     #[test]
+    fn config_debug_hides_the_pin() {
+        let config = Pkcs11Config::new(
+            "/m.so",
+            TokenSelector::Label("t".into()),
+            SecretString::from("314159"),
+            "/d",
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("314159") && debug.contains("/m.so"), "{debug}");
+    }
+
+    #[test]
     fn pin_source_from_uri() {
         assert_eq!(
             PinSource::from_uri_pin_source("file:/etc/token_pin").unwrap(),
