@@ -964,7 +964,10 @@ mod tests {
             "/d",
         );
         let debug = format!("{config:?}");
-        assert!(!debug.contains("314159") && debug.contains("/m.so"), "{debug}");
+        assert!(
+            !debug.contains("314159") && debug.contains("/m.so"),
+            "{debug}"
+        );
     }
 
     #[test]
