@@ -469,6 +469,37 @@ printf 'SOCK=%s\nPID=%s\n' "$DPOP_AUTH_SOCK" "$DPOP_AGENT_PID""#;
 }
 
 #[test]
+fn failed_background_start_prints_no_shell_variables() {
+    let dir = new_temp_dir();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("missing-dir/agent.sock");
+    let out = Command::new(&binaries().agent)
+        .arg("-a")
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env_remove("DPOP_AGENT_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running dpop-agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a background start that fails exits non-zero"
+    );
+    assert!(
+        !stdout.contains("DPOP_AUTH_SOCK"),
+        "nothing for eval to export when the agent did not start: {stdout}"
+    );
+    assert!(
+        stderr.contains("does not exist"),
+        "the agent's own explanation reaches the user: {stderr}"
+    );
+}
+
+#[test]
 fn secrets_never_appear_in_logs_or_cli_output() {
     const PASSPHRASE: &str = "pass-SENTINEL-5d1e0f9a-phrase";
     const TOKEN: &str = "tok-SENTINEL-83c2b7e1";

@@ -338,3 +338,59 @@ fn truncated_request_and_abrupt_disconnects_do_not_hurt_the_agent() {
         ),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_changes_are_consistent_on_disk() {
+    const CLIENTS: usize = 8;
+    let mut agent = TestAgent::start(AgentOptions::new().passphrase_env("concurrent passphrase"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let mut client = agent.async_client().await;
+        tasks.spawn(async move {
+            let same = client.generate_key("same", None, None).await;
+            let own = client.generate_key(&format!("own-{i}"), None, None).await;
+            (
+                same,
+                own.expect("a key with a label of its own is generated"),
+            )
+        });
+    }
+    let mut winners = Vec::new();
+    let mut own_keys = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let (same, own) = result.expect("client task panicked");
+        match same {
+            Ok(key) => winners.push(key),
+            Err(e) => assert_eq!(
+                e.code(),
+                Some(dpop_protocol::ErrorCode::KeyExists),
+                "losers of the race for one label get key_exists: {e}"
+            ),
+        }
+        own_keys.push(own);
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one client creates the contested label"
+    );
+    let mut before = agent.async_client().await.list_keys().await.unwrap();
+    assert_eq!(before.len(), CLIENTS + 1, "every generated key is listed");
+    assert!(
+        before.contains(&winners[0]),
+        "the listed contested key is the winner's"
+    );
+
+    agent.restart();
+    let mut after = agent.async_client().await.list_keys().await.unwrap();
+    before.sort_by(|a, b| a.label.cmp(&b.label));
+    after.sort_by(|a, b| a.label.cmp(&b.label));
+    assert_eq!(
+        after, before,
+        "the keys on disk are exactly the keys the agent had"
+    );
+    let files = std::fs::read_dir(agent.data_dir().join("software"))
+        .unwrap()
+        .count();
+    assert_eq!(files, CLIENTS + 1, "one key file per key, no leftovers");
+}
