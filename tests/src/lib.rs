@@ -13,6 +13,10 @@
 //!   [`TestAgent::raw`] talk to it through the client crate, the real CLI, or raw protocol
 //!   lines.
 //!
+//! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
+//! the interop tests, and root for the tests that act as another user (`useradd`, `setpriv`);
+//! tests fail with a message saying what is missing rather than skip.
+//!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
 //!
@@ -69,7 +73,8 @@ pub fn workspace_root() -> PathBuf {
 /// target directory and profile of the running test or bench executable
 /// (`target/<profile>/deps/<exe>`: `debug` builds the dev profile, `release` adds `--release`,
 /// anything else is passed as `--profile`). Panics with cargo's output when the build fails.
-/// With `DPOP_TEST_BIN_DIR` set, nothing is built and the binaries are taken from there.
+/// With `DPOP_TEST_BIN_DIR` set (absolute, or relative to the workspace root), nothing is built
+/// and the binaries are taken from there.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(build_binaries)
@@ -91,7 +96,8 @@ fn build_binaries() -> Binaries {
         bins
     };
     if let Some(dir) = std::env::var_os("DPOP_TEST_BIN_DIR").filter(|d| !d.is_empty()) {
-        return in_dir(Path::new(&dir));
+        // Relative to the workspace root, not to the test's working directory (tests/).
+        return in_dir(&workspace_root().join(dir));
     }
     let exe = std::env::current_exe().expect("path of the running test executable");
     // Test and bench executables live in target/<profile>/deps/.
