@@ -1,8 +1,10 @@
 //! A synchronous client, for code without an async runtime.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use dpop_jose::Algorithm;
 use dpop_protocol::{
@@ -10,7 +12,7 @@ use dpop_protocol::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{Error, MAX_REPLY, decode_reply, ops, socket_from_env};
+use crate::{Error, MAX_REPLY, decode_reply, ops, socket_from_env, spin_until_readable};
 
 /// A blocking connection to the agent.
 #[derive(Debug)]
@@ -18,7 +20,12 @@ pub struct Client {
     stream: BufReader<UnixStream>,
     next_id: u64,
     line: Vec<u8>,
+    spin: Duration,
 }
+
+/// How long the blocking client polls for a reply before it sleeps in `read`: longer than a
+/// software-key proof takes, short enough to be free for a thread that waits anyway.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
 
 impl Client {
     /// Connects to the agent at `path`.
@@ -32,7 +39,14 @@ impl Client {
             stream: BufReader::new(stream),
             next_id: 1,
             line: Vec::with_capacity(1024),
+            spin: DEFAULT_SPIN,
         })
+    }
+
+    /// Sets how long to poll for each reply before sleeping ([`DEFAULT_SPIN`]; zero turns
+    /// polling off).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     /// Connects to the agent named by `DPOP_AUTH_SOCK`.
@@ -45,6 +59,9 @@ impl Client {
         self.next_id += 1;
         let line = encode_request(&Request { id: id.into(), op });
         self.stream.get_mut().write_all(&line)?;
+        if self.stream.buffer().is_empty() {
+            spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);
+        }
         self.line.clear();
         (&mut self.stream)
             .take(MAX_REPLY)

@@ -32,15 +32,16 @@ impl Keyring {
                 Ok(loaded) => {
                     for key in loaded {
                         let label = key.meta().info().label.to_string();
-                        if keys.contains_key(&label) {
-                            problems.push((
+                        match keys.entry(label) {
+                            std::collections::hash_map::Entry::Occupied(e) => problems.push((
                                 backend.kind(),
                                 Error::KeyExists {
-                                    label: label.clone(),
+                                    label: e.key().clone(),
                                 },
-                            ));
-                        } else {
-                            keys.insert(label, key);
+                            )),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(key);
+                            }
                         }
                     }
                 }

@@ -92,7 +92,7 @@ pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
             _ => None,
         };
         if let Some(format) = format {
-            let (_, der) = pem_rfc7468::decode_vec(block[..end].as_bytes())
+            let (_, der) = pem_rfc7468::decode_vec(&block.as_bytes()[..end])
                 .map_err(|e| invalid(format!("bad PEM encoding: {e}")))?;
             let der = Zeroizing::new(der);
             let kind = detect_kind(format, &der)?;
