@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use dpop_keys::pkcs11::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -95,10 +96,8 @@ pub struct FileConfig {
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
 #[derive(Debug, Clone)]
 pub enum PinFrom {
-    /// An environment variable.
-    Env(String),
-    /// A file.
-    File(PathBuf),
+    /// An environment variable or a file.
+    Source(dpop_keys::pkcs11::PinSource),
     /// The terminal.
     Prompt,
 }
@@ -150,9 +149,9 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
 }
 
 impl Settings {
-    /// Merges flags over the config file and reads the passphrase. Removes
+    /// Merges flags over the config file and reads the passphrase. With `consume_env`, removes
     /// `DPOP_AGENT_PASSPHRASE` from the environment so that no child process inherits it.
-    pub fn load(args: &Args) -> Result<Settings> {
+    pub fn load(args: &Args, consume_env: bool) -> Result<Settings> {
         let config_path = args.config.clone().or_else(|| {
             let p = env_path("XDG_CONFIG_HOME")
                 .or_else(|| home_sub(".config"))?
@@ -183,8 +182,10 @@ impl Settings {
             .context("no data directory: pass --data-dir or set HOME")?;
 
         let env_passphrase = std::env::var("DPOP_AGENT_PASSPHRASE").ok();
-        // SAFETY: called from main before any other thread exists.
-        unsafe { std::env::remove_var("DPOP_AGENT_PASSPHRASE") };
+        if consume_env {
+            // SAFETY: called from main before any other thread exists.
+            unsafe { std::env::remove_var("DPOP_AGENT_PASSPHRASE") };
+        }
         let ephemeral = args.ephemeral || file.ephemeral.unwrap_or(false);
         let passphrase = match args.passphrase_file.clone().or(file.passphrase_file) {
             Some(path) => Some(read_secret_file(&path, "passphrase")?),
@@ -209,8 +210,8 @@ impl Settings {
                     (Some(_), Some(_)) => {
                         bail!("give either --pkcs11-pin-env or --pkcs11-pin-file, not both")
                     }
-                    (Some(var), None) => PinFrom::Env(var),
-                    (None, Some(path)) => PinFrom::File(path),
+                    (Some(var), None) => PinFrom::Source(PinSource::Env(var)),
+                    (None, Some(path)) => PinFrom::Source(PinSource::File(path)),
                     (None, None) => PinFrom::Prompt,
                 };
                 Some(Pkcs11Settings {

@@ -86,6 +86,25 @@ impl Connection {
         Ok(())
     }
 
+    /// Flushes, shuts down the write side and discards input until the client closes (or
+    /// `limit` passes), so the client reads what we sent before the connection goes.
+    pub async fn refuse_and_drain(&mut self, limit: std::time::Duration) {
+        let _ = self.writer.flush().await;
+        let _ = self.writer.shutdown().await;
+        let drain = async {
+            loop {
+                match self.reader.fill_buf().await {
+                    Ok([]) | Err(_) => break,
+                    Ok(buf) => {
+                        let n = buf.len();
+                        self.reader.consume(n);
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+
     /// Sends everything queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.writer.flush().await

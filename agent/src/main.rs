@@ -19,12 +19,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, Keyring};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Args, Settings};
+use crate::config::{Args, PinFrom, Pkcs11Settings, Settings};
 use crate::dispatch::State;
 
 fn main() -> ExitCode {
@@ -62,7 +64,16 @@ fn run_foreground(args: &Args) -> Result<()> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let settings = Settings::load(args)?;
+    // Like ssh-agent: no core dumps, no ptrace and no /proc/<pid>/{mem,environ} for other
+    // processes of the same user, which could otherwise read keys, PINs and the passphrase.
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's flags.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        warn!(
+            "could not make the agent non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let settings = Settings::load(args, true)?;
     if settings.tpm_tcti.is_some() {
         bail!("the tpm backend is not available in this build yet");
     }
@@ -70,7 +81,7 @@ fn run(args: &Args) -> Result<()> {
         Some(path) => (path.clone(), false),
         None => (socket::default_path(), true),
     };
-    let keyring = Arc::new(Keyring::new(backends(&settings)?));
+    let keyring = Arc::new(Keyring::new(backends(&settings, args.detached)?));
     let software_persistent = settings.passphrase.is_some();
     for (backend, problem) in keyring.load() {
         if matches!(problem, dpop_keys::Error::WrongPassphrase { .. }) {
@@ -123,7 +134,7 @@ async fn wait_for_signal() {
     }
 }
 
-fn backends(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>> {
+fn backends(settings: &Settings, detached: bool) -> Result<Vec<Arc<dyn Backend>>> {
     let software_dir = settings.data_dir.join("software");
     let software = match &settings.passphrase {
         Some(passphrase) => {
@@ -146,11 +157,61 @@ fn backends(settings: &Settings) -> Result<Vec<Arc<dyn Backend>>> {
             backend
         }
     };
-    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(software)];
-    if settings.pkcs11.is_some() {
-        bail!("the pkcs11 backend is not wired into this build yet");
+    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(software)];
+    if let Some(p11) = &settings.pkcs11 {
+        backends.push(Arc::new(open_pkcs11(p11, &settings.data_dir, detached)?));
     }
     Ok(backends)
+}
+
+fn token_selector(p11: &Pkcs11Settings) -> TokenSelector {
+    match (&p11.token, &p11.serial) {
+        (Some(label), _) => TokenSelector::Label(label.clone()),
+        (None, Some(serial)) => TokenSelector::Serial(serial.clone()),
+        (None, None) => unreachable!("Settings::load requires a token label or serial"),
+    }
+}
+
+/// Opens the token once. A refused PIN is reported and never retried: tokens lock after a
+/// few wrong PINs.
+fn open_pkcs11(
+    p11: &Pkcs11Settings,
+    data_dir: &std::path::Path,
+    detached: bool,
+) -> Result<Pkcs11Backend> {
+    let token = token_selector(p11);
+    let pin = match &p11.pin {
+        PinFrom::Source(source) => source.resolve()?,
+        // In the background the parent asked for the PIN and passes it on standard input.
+        PinFrom::Prompt if detached => read_pin_line(std::io::stdin().lock())?,
+        PinFrom::Prompt => prompt_pin(&token)?,
+    };
+    dpop_keys::software::create_private_dir(data_dir)?;
+    let config = Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"));
+    let backend = Pkcs11Backend::open(config)
+        .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
+    info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
+    Ok(backend)
+}
+
+fn prompt_pin(token: &TokenSelector) -> Result<SecretString> {
+    let pin = rpassword::prompt_password(format!("PIN for the PKCS#11 {token}: ")).context(
+        "reading the PIN from the terminal (or use --pkcs11-pin-env / --pkcs11-pin-file)",
+    )?;
+    if pin.is_empty() {
+        bail!("empty PIN");
+    }
+    Ok(SecretString::from(pin))
+}
+
+fn read_pin_line(mut input: impl BufRead) -> Result<SecretString> {
+    let mut line = zeroize::Zeroizing::new(String::new());
+    input.read_line(&mut line)?;
+    let pin = line.trim_end_matches(['\r', '\n']);
+    if pin.is_empty() {
+        bail!("no PIN was passed to the background agent");
+    }
+    Ok(SecretString::from(pin))
 }
 
 /// Background mode, once listening: point standard error at the log file (or /dev/null),
@@ -191,6 +252,12 @@ fn detach_output(log_file: Option<&std::path::Path>) -> Result<()> {
 /// point clients at it, once it answers.
 fn start_in_background(args: &Args) -> Result<()> {
     let socket = args.socket.clone().unwrap_or_else(socket::default_path);
+    // A PIN prompt needs the terminal, which the detached child does not have: ask here.
+    let settings = Settings::load(args, false)?;
+    let pin = match &settings.pkcs11 {
+        Some(p11) if matches!(p11.pin, PinFrom::Prompt) => Some(prompt_pin(&token_selector(p11))?),
+        _ => None,
+    };
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);
     command
@@ -201,11 +268,22 @@ fn start_in_background(args: &Args) -> Result<()> {
         command.arg("-a").arg(&socket);
     }
     command
-        .stdin(Stdio::null())
+        .stdin(if pin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = command.spawn().context("starting the agent")?;
+    if let Some(pin) = pin {
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut line = zeroize::Zeroizing::new(pin.expose_secret().as_bytes().to_vec());
+        line.push(b'\n');
+        // The pipe buffer holds a PIN; a failure shows up as the child's start-up error.
+        let _ = stdin.write_all(&line);
+    }
     let mut stderr = child.stderr.take().expect("piped");
     let collector = std::thread::spawn(move || {
         let mut text = String::new();
@@ -237,13 +315,35 @@ fn shell_quote(path: &std::path::Path) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// `-k`: stops the agent that `DPOP_AUTH_SOCK` names (its pid comes from the socket's peer
+/// credentials, so a stale `DPOP_AGENT_PID` cannot make us signal another process), or the
+/// one `DPOP_AGENT_PID` names when no socket is set.
 fn kill_agent() -> Result<()> {
-    let pid: i32 = std::env::var("DPOP_AGENT_PID")
-        .context("DPOP_AGENT_PID is not set; which agent should stop?")?
-        .parse()
-        .context("DPOP_AGENT_PID is not a process id")?;
+    let pid: i32 = match std::env::var_os("DPOP_AUTH_SOCK").filter(|s| !s.is_empty()) {
+        Some(sock) => {
+            let stream = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
+                format!(
+                    "connecting to the agent at {}",
+                    std::path::Path::new(&sock).display()
+                )
+            })?;
+            let cred = peer_credentials(&stream)?;
+            if cred.uid != socket::euid() {
+                bail!(
+                    "the agent at {} runs as uid {}, not as us",
+                    sock.to_string_lossy(),
+                    cred.uid
+                );
+            }
+            cred.pid
+        }
+        None => std::env::var("DPOP_AGENT_PID")
+            .context("neither DPOP_AUTH_SOCK nor DPOP_AGENT_PID is set; which agent should stop?")?
+            .parse()
+            .context("DPOP_AGENT_PID is not a process id")?,
+    };
     // SAFETY: kill(2) with a positive pid and SIGTERM has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+    if pid <= 0 || unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
         bail!(
             "stopping agent pid {pid}: {}",
             std::io::Error::last_os_error()
@@ -253,4 +353,31 @@ fn kill_agent() -> Result<()> {
     println!("unset DPOP_AGENT_PID;");
     println!("echo Agent pid {pid} killed;");
     Ok(())
+}
+
+fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Result<libc::ucred> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes a ucred into the buffer we pass, of the size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "reading the agent's credentials: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(cred)
 }

@@ -84,7 +84,10 @@ async fn serve_connection(
                 ),
             );
             let _ = conn.write(&reply).await;
-            let _ = conn.flush().await;
+            // Close gently: a client that is still sending would otherwise get EPIPE or
+            // ECONNRESET instead of reading the refusal.
+            conn.refuse_and_drain(std::time::Duration::from_secs(1))
+                .await;
             return;
         }
     };

@@ -58,7 +58,17 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = encode_request(&Request { id: id.into(), op });
-        self.stream.get_mut().write_all(&line)?;
+        if let Err(e) = self.stream.get_mut().write_all(&line) {
+            // The agent may have answered and closed (a refusal): show its answer if so.
+            self.line.clear();
+            let _ = (&mut self.stream)
+                .take(MAX_REPLY)
+                .read_until(b'\n', &mut self.line);
+            return match decode_reply::<T>(&self.line, id) {
+                Err(Error::Agent(refusal)) => Err(Error::Agent(refusal)),
+                _ => Err(Error::Io(e)),
+            };
+        }
         if self.stream.buffer().is_empty() {
             spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);
         }

@@ -50,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Reading or writing the socket failed.
-    #[error("talking to the agent: {0}")]
+    #[error("talking to the agent")]
     Io(#[from] std::io::Error),
     /// The agent closed the connection (it refused us, or stopped).
     #[error("the agent closed the connection")]
@@ -231,7 +231,18 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = encode_request(&Request { id: id.into(), op });
-        self.stream.get_mut().write_all(&line).await?;
+        if let Err(e) = self.stream.get_mut().write_all(&line).await {
+            // The agent may have answered and closed (a refusal): show its answer if so.
+            self.line.clear();
+            let _ = (&mut self.stream)
+                .take(MAX_REPLY)
+                .read_until(b'\n', &mut self.line)
+                .await;
+            return match decode_reply::<T>(&self.line, id) {
+                Err(Error::Agent(refusal)) => Err(Error::Agent(refusal)),
+                _ => Err(Error::Io(e)),
+            };
+        }
         if self.stream.buffer().is_empty() {
             spin_until_readable(
                 std::os::fd::AsRawFd::as_raw_fd(self.stream.get_ref()),

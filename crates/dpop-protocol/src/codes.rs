@@ -27,6 +27,10 @@ pub enum ErrorCode {
     InvalidAccessToken,
     /// The private key given for import is unusable.
     InvalidKey,
+    /// A PKCS#11 URI cannot be parsed or names another token or module.
+    InvalidUri,
+    /// A PKCS#11 URI matches more than one key.
+    AmbiguousKey,
     /// The algorithm is not supported by the backend or token.
     UnsupportedAlgorithm,
     /// No such backend.
@@ -109,6 +113,9 @@ impl From<&dpop_keys::Error> for ErrorCode {
             E::Unsupported { .. } => ErrorCode::Unsupported,
             E::InvalidKey { .. } => ErrorCode::InvalidKey,
             E::WrongPassphrase { .. } => ErrorCode::WrongPassphrase,
+            E::InvalidPkcs11Uri { .. } | E::Pkcs11UriMismatch { .. } => ErrorCode::InvalidUri,
+            E::Pkcs11ObjectCount { count: 0, .. } => ErrorCode::KeyNotFound,
+            E::Pkcs11ObjectCount { .. } => ErrorCode::AmbiguousKey,
             E::PinIncorrect => ErrorCode::PinIncorrect,
             E::PinLocked => ErrorCode::PinLocked,
             E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,
