@@ -1,0 +1,214 @@
+//! `cargo bench -p dpop-tests --bench pkcs11`: ES256 proofs through the agent with a SoftHSM2
+//! key, next to direct cryptoki signatures of a digest with the same key in this process,
+//! with 1 and 32 clients (the direct side uses one session per thread).
+//!
+//! Targets (issue 3): agent p50 <= direct p50 + 40 us; 32 clients >= 85 % of the direct
+//! multi-session throughput. Numbers are printed, never asserted.
+
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, workspace_root};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const URL: &str = "https://api.example.com/v1/items";
+const PIN: &str = "1234";
+
+struct Run {
+    name: String,
+    wall: Duration,
+    samples: Vec<Duration>,
+}
+
+impl Run {
+    fn per_second(&self) -> f64 {
+        self.samples.len() as f64 / self.wall.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut s = self.samples.clone();
+        s.sort_unstable();
+        s[((s.len() - 1) as f64 * p).round() as usize]
+    }
+    fn print(&self) {
+        println!(
+            "{:<44} {:>9.0}/s  p50 {:>7.1} us  p99 {:>7.1} us  ({} signatures)",
+            self.name,
+            self.per_second(),
+            self.percentile(0.50).as_secs_f64() * 1e6,
+            self.percentile(0.99).as_secs_f64() * 1e6,
+            self.samples.len()
+        );
+    }
+}
+
+fn direct(pkcs11: &Pkcs11, threads: usize, per_thread: usize, label: &str) -> Run {
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"header.claims");
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let samples = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let digest = digest.as_ref().to_vec();
+                scope.spawn(move || {
+                    let session = pkcs11.open_ro_session(slot).unwrap();
+                    let key = session
+                        .find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Label(label.as_bytes().to_vec()),
+                        ])
+                        .unwrap()[0];
+                    let mut samples = Vec::with_capacity(per_thread);
+                    barrier.wait();
+                    for _ in 0..per_thread {
+                        let t = Instant::now();
+                        let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+                        samples.push(t.elapsed());
+                        assert_eq!(sig.len(), 64);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let samples: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (start.elapsed(), samples)
+    });
+    Run {
+        name: format!("direct cryptoki C_Sign, {threads} session(s)"),
+        wall: samples.0,
+        samples: samples.1,
+    }
+}
+
+fn through_agent(agent: &TestAgent, clients: usize, per_client: usize, key: &str) -> Run {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut client = agent.client();
+            let barrier = barrier.clone();
+            let key = key.to_owned();
+            std::thread::spawn(move || {
+                if clients > 2 {
+                    // More threads than cores: polling would only steal the agent's CPU.
+                    client.set_spin(Duration::ZERO);
+                }
+                client.sign_proof(&key, "GET", URL, None, None).unwrap();
+                let mut samples = Vec::with_capacity(per_client);
+                barrier.wait();
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let proof = client.sign_proof(&key, "GET", URL, None, None);
+                    samples.push(t.elapsed());
+                    std::hint::black_box(proof.unwrap());
+                }
+                samples
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let samples: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    Run {
+        name: format!("agent over the socket, {clients} client(s)"),
+        wall: start.elapsed(),
+        samples,
+    }
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n: usize = if quick {
+        100
+    } else {
+        std::env::var("DPOP_BENCH_PROOFS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8_000)
+    };
+    let module = std::env::var("DPOP_TEST_PKCS11_MODULE").unwrap_or_else(|_| MODULE.into());
+
+    // A throw-away token, made before any process loads the module.
+    let hsm = new_temp_dir();
+    let made = Command::new(workspace_root().join("softhsm/make-token.sh"))
+        .arg(hsm.path())
+        .args(["bench", PIN, "12345678"])
+        .output()
+        .expect("running softhsm/make-token.sh");
+    assert!(
+        made.status.success(),
+        "making the SoftHSM2 token failed (is softhsm2 installed?): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let conf = hsm.path().join("softhsm2.conf");
+    // SAFETY: single-threaded here; the module reads it in C_Initialize below.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .env("SOFTHSM2_CONF", &conf)
+            .env("BENCH_PIN", PIN)
+            .arg("--pkcs11-module")
+            .arg(&module)
+            .arg("--pkcs11-token")
+            .arg("bench")
+            .arg("--pkcs11-pin-env")
+            .arg("BENCH_PIN"),
+    );
+    agent
+        .client()
+        .generate_key("hsm", Some("pkcs11"), None)
+        .unwrap();
+
+    // The key now exists on the token; open it here too, logged in like the agent.
+    let pkcs11 = Pkcs11::new(&module).unwrap();
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let login = pkcs11.open_ro_session(slot).unwrap();
+    login
+        .login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!("ES256 on SoftHSM2, {cores} core(s), release build");
+    let direct1 = direct(&pkcs11, 1, n, "hsm");
+    let direct32 = direct(&pkcs11, 32, n / 32, "hsm");
+    let agent1 = through_agent(&agent, 1, n, "hsm");
+    let agent32 = through_agent(&agent, 32, n / 32, "hsm");
+    for run in [&direct1, &direct32, &agent1, &agent32] {
+        run.print();
+    }
+    let p50 = |r: &Run| r.percentile(0.5).as_secs_f64() * 1e6;
+    println!(
+        "agent p50 {:.1} us vs target {:.1} us (direct p50 + 40): {}",
+        p50(&agent1),
+        p50(&direct1) + 40.0,
+        if p50(&agent1) <= p50(&direct1) + 40.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    let ratio = agent32.per_second() / direct32.per_second();
+    println!(
+        "32 clients reach {:.0} % of direct multi-session throughput (target 85 %): {}",
+        ratio * 100.0,
+        if ratio >= 0.85 { "met" } else { "MISSED" }
+    );
+    drop(login);
+}
