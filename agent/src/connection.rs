@@ -1,13 +1,19 @@
 //! Framing: JSON Lines in, JSON Lines out. Reads are capped at 64 KiB a line; replies are
 //! buffered and flushed once no further request is already waiting, so a pipelining client
 //! gets its replies in few writes.
+//!
+//! While the agent has no more clients than cores, a connection that just answered polls its
+//! socket briefly for the next request before it sleeps: waking a sleeping thread costs more
+//! than a software-key proof on virtual machines. The poll reads with `recv(MSG_DONTWAIT)`
+//! itself, because tokio only tries the socket again after epoll reports it.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use dpop_protocol::MAX_LINE;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 /// What the next read produced.
 pub enum Frame<'a> {
@@ -20,93 +26,153 @@ pub enum Frame<'a> {
 }
 
 pub struct Connection {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
-    line: Vec<u8>,
+    stream: UnixStream,
+    /// Received bytes; `buf[start..]` is not consumed yet.
+    buf: Vec<u8>,
+    start: usize,
+    /// Set while skipping the rest of an over-long line.
+    discarding: bool,
+    out: Vec<u8>,
 }
+
+const READ_CHUNK: usize = 16 * 1024;
 
 impl Connection {
     pub fn new(stream: UnixStream) -> Connection {
-        let (read, write) = stream.into_split();
         Connection {
-            reader: BufReader::with_capacity(16 * 1024, read),
-            writer: BufWriter::with_capacity(16 * 1024, write),
-            line: Vec::with_capacity(1024),
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            discarding: false,
+            out: Vec::with_capacity(4096),
         }
     }
 
-    /// Reads the next non-empty line.
-    pub async fn read_frame(&mut self) -> io::Result<Frame<'_>> {
+    /// Reads the next non-empty line, polling for up to `spin` before sleeping.
+    pub async fn read_frame(&mut self, spin: Duration) -> io::Result<Frame<'_>> {
+        let mut scanned = self.start;
         loop {
-            self.line.clear();
-            let mut too_long = false;
-            let at_eof = loop {
-                let buf = self.reader.fill_buf().await?;
-                if buf.is_empty() {
-                    break true;
+            if let Some(i) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + i;
+                let line_start = self.start;
+                self.start = end + 1;
+                scanned = self.start;
+                if std::mem::take(&mut self.discarding) || end + 1 - line_start > MAX_LINE {
+                    return Ok(Frame::TooLong);
                 }
-                let (chunk, consumed, done) = match buf.iter().position(|&b| b == b'\n') {
-                    Some(i) => (&buf[..i], i + 1, true),
-                    None => (buf, buf.len(), false),
-                };
-                if !too_long {
-                    if self.line.len() + chunk.len() + usize::from(done) > MAX_LINE {
-                        too_long = true;
-                        self.line.clear();
-                    } else {
-                        self.line.extend_from_slice(chunk);
-                    }
+                let mut line = &self.buf[line_start..end];
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
                 }
-                self.reader.consume(consumed);
-                if done {
-                    break false;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
                 }
-            };
-            if too_long {
-                return Ok(Frame::TooLong);
+                let (line_start, len) = (line_start, line.len());
+                return Ok(Frame::Line(&self.buf[line_start..line_start + len]));
             }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
+            // No complete line: drop what is consumed, enforce the cap, read more.
+            self.buf.drain(..self.start);
+            self.start = 0;
+            if self.buf.len() >= MAX_LINE {
+                self.discarding = true;
+                self.buf.clear();
             }
-            if !self.line.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Frame::Line(&self.line));
-            }
-            if at_eof {
-                return Ok(Frame::Eof);
+            scanned = self.buf.len();
+            if self.read_more(spin).await? == 0 {
+                let rest = std::mem::take(&mut self.buf);
+                if self.discarding {
+                    self.discarding = false;
+                    return Ok(Frame::TooLong);
+                }
+                // A last line without its newline still counts.
+                if rest.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(Frame::Eof);
+                }
+                self.buf = rest;
+                self.buf.push(b'\n');
             }
         }
     }
 
-    /// Queues a reply line.
+    async fn read_more(&mut self, spin: Duration) -> io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        if !spin.is_zero() {
+            let deadline = Instant::now() + spin;
+            loop {
+                let spare = self.buf.spare_capacity_mut();
+                // SAFETY: recv writes at most spare.len() bytes into the spare capacity.
+                let n = unsafe {
+                    libc::recv(
+                        self.stream.as_raw_fd(),
+                        spare.as_mut_ptr().cast(),
+                        spare.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    let n = n as usize;
+                    // SAFETY: recv initialised the first n spare bytes.
+                    unsafe { self.buf.set_len(self.buf.len() + n) };
+                    return Ok(n);
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::WouldBlock {
+                    return Err(err);
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                // Let other tasks run; returns at once when there are none.
+                tokio::task::yield_now().await;
+            }
+        }
+        loop {
+            self.stream.readable().await?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Queues a reply line; sends the queue unless another request is already waiting.
     pub async fn write(&mut self, reply: &[u8]) -> io::Result<()> {
-        self.writer.write_all(reply).await?;
-        if self.reader.buffer().is_empty() {
-            self.writer.flush().await?;
+        self.out.extend_from_slice(reply);
+        if !self.buf[self.start..].contains(&b'\n') {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
         }
         Ok(())
     }
 
     /// Flushes, shuts down the write side and discards input until the client closes (or
     /// `limit` passes), so the client reads what we sent before the connection goes.
-    pub async fn refuse_and_drain(&mut self, limit: std::time::Duration) {
-        let _ = self.writer.flush().await;
-        let _ = self.writer.shutdown().await;
+    pub async fn refuse_and_drain(&mut self, limit: Duration) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
         let drain = async {
+            let mut sink = [0u8; 4096];
             loop {
-                match self.reader.fill_buf().await {
-                    Ok([]) | Err(_) => break,
-                    Ok(buf) => {
-                        let n = buf.len();
-                        self.reader.consume(n);
-                    }
+                if self.stream.readable().await.is_err() {
+                    break;
+                }
+                match self.stream.try_read(&mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         };
         let _ = tokio::time::timeout(limit, drain).await;
-    }
-
-    /// Sends everything queued.
-    pub async fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush().await
     }
 }

@@ -1,6 +1,8 @@
 //! The accept loop: peer check, one task per connection, limits, clean shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dpop_protocol::{ErrorCode, WireError, encode_err, parse_request};
 use serde_json::Value;
@@ -15,9 +17,15 @@ use crate::dispatch::{State, handle};
 /// More connections than this wait until one closes.
 const MAX_CONNECTIONS: usize = 1024;
 
+/// How long a connection polls for its next request while there are no more connections
+/// than cores (see `connection.rs`).
+const SPIN: Duration = Duration::from_micros(50);
+
 /// Serves until `shutdown` turns true, then lets in-flight requests finish.
 pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(AtomicUsize::new(0));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -30,7 +38,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
                 Err(e) => {
                     warn!("accept failed: {e}");
                     // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -38,8 +46,18 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
         };
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let open = open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
         tasks.spawn(async move {
-            serve_connection(stream, state, shutdown).await;
+            let spin = || {
+                if open.load(Ordering::Relaxed) <= cores {
+                    SPIN
+                } else {
+                    Duration::ZERO
+                }
+            };
+            serve_connection(stream, state, shutdown, spin).await;
+            open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -47,7 +65,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
     drop(listener);
     info!("shutting down: waiting for {} connection(s)", tasks.len());
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+    if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
         .is_err()
     {
@@ -70,6 +88,7 @@ async fn serve_connection(
     stream: UnixStream,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
+    spin: impl Fn() -> Duration,
 ) {
     let uid = match peer_allowed(&stream) {
         Ok(uid) => uid,
@@ -86,8 +105,7 @@ async fn serve_connection(
             let _ = conn.write(&reply).await;
             // Close gently: a client that is still sending would otherwise get EPIPE or
             // ECONNRESET instead of reading the refusal.
-            conn.refuse_and_drain(std::time::Duration::from_secs(1))
-                .await;
+            conn.refuse_and_drain(Duration::from_secs(1)).await;
             return;
         }
     };
@@ -95,7 +113,7 @@ async fn serve_connection(
     let mut conn = Connection::new(stream);
     loop {
         let frame = tokio::select! {
-            f = conn.read_frame() => f,
+            f = conn.read_frame(spin()) => f,
             _ = shutdown.changed() => break,
         };
         let reply = match frame {
