@@ -1,7 +1,7 @@
 //! One function per op. The agent, never the client, sets `iat` and `jti`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
@@ -12,6 +12,9 @@ use dpop_protocol::{
 };
 use tracing::{debug, info};
 use zeroize::Zeroizing;
+
+/// Token signatures that usually take at most this long run on the async worker itself.
+const INLINE_SIGN_LIMIT: Duration = Duration::from_micros(250);
 
 /// What every connection shares.
 pub struct State {
@@ -122,10 +125,25 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
     claims.nonce = req.nonce;
     debug!(key = %req.key, htm = %claims.htm, htu = %claims.htu, "sign_proof");
     let proof = if key.is_blocking() {
-        // A token round trip: run it on this worker and let the runtime move other tasks to
-        // another thread, instead of handing it to the blocking pool and waiting for a
-        // wake-up (which costs more than a SoftHSM2 signature on virtual machines).
-        tokio::task::block_in_place(|| sign_proof(&*key, &claims))
+        let sign = || {
+            let started = Instant::now();
+            let proof = sign_proof(&*key, &claims);
+            key.meta().observe_sign_time(started.elapsed());
+            proof
+        };
+        if key
+            .meta()
+            .typical_sign_time()
+            .is_some_and(|t| t <= INLINE_SIGN_LIMIT)
+        {
+            // A fast token (SoftHSM2, a network HSM nearby): as cheap as a software
+            // signature, and handing it to another thread would cost more than it takes.
+            sign()
+        } else {
+            // A slow or not yet measured token (a YubiKey takes milliseconds): let the
+            // runtime move this worker's other tasks elsewhere while it waits.
+            tokio::task::block_in_place(sign)
+        }
     } else {
         sign_proof(&*key, &claims)
     };

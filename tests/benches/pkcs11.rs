@@ -14,38 +14,12 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
+use dpop_tests::bench::{Run, operations, through_agent, verdict};
 use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, workspace_root};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const URL: &str = "https://api.example.com/v1/items";
 const PIN: &str = "1234";
-
-struct Run {
-    name: String,
-    wall: Duration,
-    samples: Vec<Duration>,
-}
-
-impl Run {
-    fn per_second(&self) -> f64 {
-        self.samples.len() as f64 / self.wall.as_secs_f64()
-    }
-    fn percentile(&self, p: f64) -> Duration {
-        let mut s = self.samples.clone();
-        s.sort_unstable();
-        s[((s.len() - 1) as f64 * p).round() as usize]
-    }
-    fn print(&self) {
-        println!(
-            "{:<44} {:>9.0}/s  p50 {:>7.1} us  p99 {:>7.1} us  ({} signatures)",
-            self.name,
-            self.per_second(),
-            self.percentile(0.50).as_secs_f64() * 1e6,
-            self.percentile(0.99).as_secs_f64() * 1e6,
-            self.samples.len()
-        );
-    }
-}
 
 fn direct(pkcs11: &Pkcs11, threads: usize, per_thread: usize, label: &str) -> Run {
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
@@ -91,54 +65,8 @@ fn direct(pkcs11: &Pkcs11, threads: usize, per_thread: usize, label: &str) -> Ru
     }
 }
 
-fn through_agent(agent: &TestAgent, clients: usize, per_client: usize, key: &str) -> Run {
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let mut client = agent.client();
-            let barrier = barrier.clone();
-            let key = key.to_owned();
-            std::thread::spawn(move || {
-                if clients > 2 {
-                    // More threads than cores: polling would only steal the agent's CPU.
-                    client.set_spin(Duration::ZERO);
-                }
-                client.sign_proof(&key, "GET", URL, None, None).unwrap();
-                let mut samples = Vec::with_capacity(per_client);
-                barrier.wait();
-                for _ in 0..per_client {
-                    let t = Instant::now();
-                    let proof = client.sign_proof(&key, "GET", URL, None, None);
-                    samples.push(t.elapsed());
-                    std::hint::black_box(proof.unwrap());
-                }
-                samples
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let samples: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    Run {
-        name: format!("agent over the socket, {clients} client(s)"),
-        wall: start.elapsed(),
-        samples,
-    }
-}
-
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let n: usize = if quick {
-        100
-    } else {
-        std::env::var("DPOP_BENCH_PROOFS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8_000)
-    };
+    let n = operations(100, 8_000);
     let module = std::env::var("DPOP_TEST_PKCS11_MODULE").unwrap_or_else(|_| MODULE.into());
 
     // A throw-away token, made before any process loads the module.
@@ -188,8 +116,8 @@ fn main() {
     println!("ES256 on SoftHSM2, {cores} core(s), release build");
     let direct1 = direct(&pkcs11, 1, n, "hsm");
     let direct32 = direct(&pkcs11, 32, n / 32, "hsm");
-    let agent1 = through_agent(&agent, 1, n, "hsm");
-    let agent32 = through_agent(&agent, 32, n / 32, "hsm");
+    let agent1 = through_agent(&agent, 1, n, "hsm", URL, None);
+    let agent32 = through_agent(&agent, 32, n / 32, "hsm", URL, None);
     for run in [&direct1, &direct32, &agent1, &agent32] {
         run.print();
     }
@@ -208,7 +136,7 @@ fn main() {
     println!(
         "32 clients reach {:.0} % of direct multi-session throughput (target 85 %): {}",
         ratio * 100.0,
-        if ratio >= 0.85 { "met" } else { "MISSED" }
+        verdict(ratio >= 0.85)
     );
     drop(login);
 }

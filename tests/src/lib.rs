@@ -27,6 +27,8 @@
 //! assert_eq!(verified.jkt, key.jkt);
 //! ```
 
+pub mod bench;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};

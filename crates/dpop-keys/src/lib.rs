@@ -34,6 +34,7 @@ pub mod software;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use dpop_jose::{Algorithm, Jwk, ProofHeader};
 pub use error::Error;
@@ -106,11 +107,24 @@ pub struct KeyInfo {
 }
 
 /// The public description and cached proof header of one key, built once when the key is
-/// loaded, so that signing a proof never re-encodes the header.
-#[derive(Clone, Debug)]
+/// loaded, so that signing a proof never re-encodes the header. Also keeps how long the key's
+/// signatures take, so callers can tell a fast token from a slow one.
+#[derive(Debug)]
 pub struct KeyMeta {
     info: KeyInfo,
     header: ProofHeader,
+    /// Moving average of signing time in nanoseconds; 0 until the first signature.
+    sign_nanos: AtomicU64,
+}
+
+impl Clone for KeyMeta {
+    fn clone(&self) -> Self {
+        KeyMeta {
+            info: self.info.clone(),
+            header: self.header.clone(),
+            sign_nanos: AtomicU64::new(self.sign_nanos.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl KeyMeta {
@@ -136,7 +150,29 @@ impl KeyMeta {
                 location,
             },
             header,
+            sign_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Records how long one signature took (an exponential moving average, weight 1/8).
+    pub fn observe_sign_time(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.sign_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        // A lost update under contention only delays the average a little.
+        self.sign_nanos.store(new, Ordering::Relaxed);
+    }
+
+    /// The typical signing time so far, `None` before the first signature.
+    pub fn typical_sign_time(&self) -> Option<std::time::Duration> {
+        match self.sign_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
+        }
     }
 
     /// The public description.
