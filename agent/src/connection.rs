@@ -70,12 +70,14 @@ impl Connection {
                 let (line_start, len) = (line_start, line.len());
                 return Ok(Frame::Line(&self.buf[line_start..line_start + len]));
             }
-            // No complete line: drop what is consumed, enforce the cap, read more.
+            // No complete line: drop what is consumed (wiped: an import carries a private
+            // key), enforce the cap, read more.
+            zeroize::Zeroize::zeroize(&mut self.buf[..self.start]);
             self.buf.drain(..self.start);
             self.start = 0;
             if self.buf.len() >= MAX_LINE {
                 self.discarding = true;
-                self.buf.clear();
+                zeroize::Zeroize::zeroize(&mut self.buf);
             }
             scanned = self.buf.len();
             if self.read_more(spin).await? == 0 {
@@ -174,5 +176,11 @@ impl Connection {
             }
         };
         let _ = tokio::time::timeout(limit, drain).await;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
     }
 }

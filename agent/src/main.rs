@@ -138,7 +138,7 @@ fn backends(settings: &Settings, detached: bool) -> Result<Vec<Arc<dyn Backend>>
     let software_dir = settings.data_dir.join("software");
     let software = match &settings.passphrase {
         Some(passphrase) => {
-            dpop_keys::software::create_private_dir(&settings.data_dir)?;
+            dpop_keys::create_private_dir(&settings.data_dir)?;
             SoftwareBackend::persistent(software_dir.clone(), passphrase.clone())?
         }
         None => {
@@ -186,7 +186,7 @@ fn open_pkcs11(
         PinFrom::Prompt if detached => read_pin_line(std::io::stdin().lock())?,
         PinFrom::Prompt => prompt_pin(&token)?,
     };
-    dpop_keys::software::create_private_dir(data_dir)?;
+    dpop_keys::create_private_dir(data_dir)?;
     let config = Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"));
     let backend = Pkcs11Backend::open(config)
         .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;

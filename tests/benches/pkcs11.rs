@@ -6,15 +6,13 @@
 //! multi-session throughput. Numbers are printed, never asserted.
 
 use std::process::Command;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use dpop_tests::bench::{Run, operations, through_agent, verdict};
+use dpop_tests::bench::{Run, on_threads, operations, through_agent, verdict};
 use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, workspace_root};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -24,45 +22,25 @@ const PIN: &str = "1234";
 fn direct(pkcs11: &Pkcs11, threads: usize, per_thread: usize, label: &str) -> Run {
     let slot = pkcs11.get_slots_with_token().unwrap()[0];
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"header.claims");
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let samples = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let barrier = barrier.clone();
-                let digest = digest.as_ref().to_vec();
-                scope.spawn(move || {
-                    let session = pkcs11.open_ro_session(slot).unwrap();
-                    let key = session
-                        .find_objects(&[
-                            Attribute::Class(ObjectClass::PRIVATE_KEY),
-                            Attribute::Label(label.as_bytes().to_vec()),
-                        ])
-                        .unwrap()[0];
-                    let mut samples = Vec::with_capacity(per_thread);
-                    barrier.wait();
-                    for _ in 0..per_thread {
-                        let t = Instant::now();
-                        let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
-                        samples.push(t.elapsed());
-                        assert_eq!(sig.len(), 64);
-                    }
-                    samples
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let samples: Vec<Duration> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        (start.elapsed(), samples)
-    });
-    Run {
-        name: format!("direct cryptoki C_Sign, {threads} session(s)"),
-        wall: samples.0,
-        samples: samples.1,
-    }
+    on_threads(
+        format!("direct cryptoki C_Sign, {threads} session(s)"),
+        threads,
+        per_thread,
+        || {
+            let session = pkcs11.open_ro_session(slot).unwrap();
+            let key = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+                .unwrap()[0];
+            let digest = digest.as_ref().to_vec();
+            move || {
+                let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+                assert_eq!(sig.len(), 64);
+            }
+        },
+    )
 }
 
 fn main() {

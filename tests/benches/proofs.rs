@@ -5,14 +5,13 @@
 //! Targets (issue 2): agent p50 <= 1.3 x in-process p50 + 15 us; 32 clients >= 85 % of the
 //! in-process throughput. Numbers are printed, never asserted.
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, KeyLabel, SignerRef};
-use dpop_tests::bench::{Run, operations, through_agent, verdict};
+use dpop_tests::bench::{Run, on_threads, operations, through_agent, verdict};
 use dpop_tests::{AgentOptions, TestAgent};
 
 const URL: &str = "https://api.example.com/v1/items?page=2";
@@ -30,34 +29,17 @@ fn in_process_proof(signer: &SignerRef) -> String {
 }
 
 fn in_process(threads: usize, per_thread: usize, signer: &SignerRef) -> Run {
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
+    on_threads(
+        format!("in-process, {threads} thread(s)"),
+        threads,
+        per_thread,
+        || {
             let signer = signer.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let mut samples = Vec::with_capacity(per_thread);
-                barrier.wait();
-                for _ in 0..per_thread {
-                    let t = Instant::now();
-                    std::hint::black_box(in_process_proof(&signer));
-                    samples.push(t.elapsed());
-                }
-                samples
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let samples: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    Run {
-        name: format!("in-process, {threads} thread(s)"),
-        wall: start.elapsed(),
-        samples,
-    }
+            move || {
+                std::hint::black_box(in_process_proof(&signer));
+            }
+        },
+    )
 }
 
 /// One blocking client in one thread (what a CLI or a synchronous app sees); `key: None`

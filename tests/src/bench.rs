@@ -58,6 +58,46 @@ pub fn operations(quick: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Runs `per_thread` operations on each of `threads` threads at once and times each one.
+/// `setup` runs on each thread before the clock starts and returns that thread's operation.
+pub fn on_threads<S, F>(name: String, threads: usize, per_thread: usize, setup: S) -> Run
+where
+    S: Fn() -> F + Sync,
+    F: FnMut(),
+{
+    let barrier = std::sync::Barrier::new(threads + 1);
+    let (wall, samples) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (barrier, setup) = (&barrier, &setup);
+                scope.spawn(move || {
+                    let mut op = setup();
+                    let mut samples = Vec::with_capacity(per_thread);
+                    barrier.wait();
+                    for _ in 0..per_thread {
+                        let t = Instant::now();
+                        op();
+                        samples.push(t.elapsed());
+                    }
+                    samples
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let samples: Vec<Duration> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("bench thread"))
+            .collect();
+        (start.elapsed(), samples)
+    });
+    Run {
+        name,
+        wall,
+        samples,
+    }
+}
+
 /// `sign_proof` through the agent from `clients` async clients (one connection each) at once,
 /// `per_client` proofs each. A single client polls for replies (as a latency-minded caller
 /// would); many clients do not, since they would only take CPU from the agent.

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
-use dpop_protocol::{
-    HelloReply, KeyDescription, KeyReply, ListKeysReply, Op, ProofReply, Request, encode_request,
-};
+use dpop_protocol::{HelloReply, KeyDescription, KeyReply, ListKeysReply, Op, ProofReply};
 use serde::de::DeserializeOwned;
 
-use crate::{Error, MAX_REPLY, decode_reply, ops, socket_from_env, spin_until_readable};
+use crate::{
+    Error, MAX_REPLY, decode_reply, ops, request_line, socket_from_env, spin_until_readable,
+    write_failed,
+};
 
 /// A blocking connection to the agent.
 #[derive(Debug)]
@@ -57,17 +58,14 @@ impl Client {
     fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, Error> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = encode_request(&Request { id: id.into(), op });
+        let line = request_line(id, op);
         if let Err(e) = self.stream.get_mut().write_all(&line) {
             // The agent may have answered and closed (a refusal): show its answer if so.
             self.line.clear();
             let _ = (&mut self.stream)
                 .take(MAX_REPLY)
                 .read_until(b'\n', &mut self.line);
-            return match decode_reply::<T>(&self.line, id) {
-                Err(Error::Agent(refusal)) => Err(Error::Agent(refusal)),
-                _ => Err(Error::Io(e)),
-            };
+            return Err(write_failed(&self.line, id, e));
         }
         if self.stream.buffer().is_empty() {
             spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);

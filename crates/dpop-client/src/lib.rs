@@ -134,6 +134,17 @@ pub(crate) mod ops {
     }
 }
 
+/// Builds a request line; a private key inside (import) is wiped from the message, and the
+/// line itself is wiped when dropped.
+pub(crate) fn request_line(id: u64, op: Op) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut request = Request { id: id.into(), op };
+    let line = zeroize::Zeroizing::new(encode_request(&request));
+    if let Op::ImportKey(import) = &mut request.op {
+        zeroize::Zeroize::zeroize(&mut import.pem);
+    }
+    line
+}
+
 /// Waits for the reply by polling the socket for up to `spin` before the caller blocks.
 ///
 /// An agent answers a software-key proof in about 15 us, but waking a thread that sleeps in
@@ -162,6 +173,15 @@ pub(crate) fn spin_until_readable(fd: std::os::fd::RawFd, spin: std::time::Durat
             return;
         }
         std::hint::spin_loop();
+    }
+}
+
+/// The error for a failed request write: the agent's own answer when it sent one before
+/// closing (a refusal), else the I/O error.
+pub(crate) fn write_failed(reply: &[u8], id: u64, e: std::io::Error) -> Error {
+    match decode_reply::<serde_json::Value>(reply, id) {
+        Err(Error::Agent(refusal)) => Error::Agent(refusal),
+        _ => Error::Io(e),
     }
 }
 
@@ -230,7 +250,7 @@ impl Client {
     async fn call<T: DeserializeOwned>(&mut self, op: Op) -> Result<T, Error> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = encode_request(&Request { id: id.into(), op });
+        let line = request_line(id, op);
         if let Err(e) = self.stream.get_mut().write_all(&line).await {
             // The agent may have answered and closed (a refusal): show its answer if so.
             self.line.clear();
@@ -238,10 +258,7 @@ impl Client {
                 .take(MAX_REPLY)
                 .read_until(b'\n', &mut self.line)
                 .await;
-            return match decode_reply::<T>(&self.line, id) {
-                Err(Error::Agent(refusal)) => Err(Error::Agent(refusal)),
-                _ => Err(Error::Io(e)),
-            };
+            return Err(write_failed(&self.line, id, e));
         }
         if self.stream.buffer().is_empty() {
             spin_until_readable(

@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+mod fsutil;
 mod keyring;
 mod label;
 pub mod pem;
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use dpop_jose::{Algorithm, Jwk, ProofHeader};
 pub use error::Error;
+pub use fsutil::create_private_dir;
 pub use keyring::Keyring;
 pub use label::KeyLabel;
 use serde::{Deserialize, Serialize};

@@ -6,8 +6,6 @@
 //! a failure never leaves half a key. Without a passphrase keys are kept in memory only.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::fsutil::{create_private_dir, write_new_private_file};
 use crate::pem::{DerFormat, KeyKind, parse_private_key_pem};
 use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, KeySigner, SignerRef};
 
@@ -445,70 +444,4 @@ fn decrypt_pkcs8(
             path: path.to_owned(),
         })?;
     Ok(Zeroizing::new(plain.as_bytes().to_vec()))
-}
-
-/// Creates `dir` (and parents) 0700; an existing directory must belong to us and not be
-/// writable by others.
-pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    let io = |action| {
-        move |source| Error::Io {
-            action,
-            path: dir.to_owned(),
-            source,
-        }
-    };
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io("creating directory"))?;
-    }
-    let meta = fs::metadata(dir).map_err(io("checking directory"))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid {
-        return Err(Error::CorruptStore {
-            path: dir.to_owned(),
-            reason: format!("owned by uid {}, not by us (uid {euid})", meta.uid()),
-        });
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(Error::CorruptStore {
-            path: dir.to_owned(),
-            reason: "writable by group or others".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Writes a new 0600 file atomically: temporary name, fsync, rename. Never replaces a file.
-fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |action| {
-        move |source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("creating key file"))?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        // hard_link refuses to replace an existing file, unlike rename.
-        .and_then(|()| fs::hard_link(&tmp, path));
-    let _ = fs::remove_file(&tmp);
-    result.map_err(io("writing key file"))?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }

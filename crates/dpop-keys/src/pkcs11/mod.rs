@@ -32,8 +32,7 @@ mod pool;
 mod uri;
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,8 +48,8 @@ pub use uri::{ObjectType, Pkcs11Uri};
 use keys::{Locator, SignWith};
 use pool::{Fail, Token, TokenIdentity};
 
+use crate::fsutil::{create_private_dir, write_new_private_file};
 use crate::pem::{KeyKind, parse_private_key_pem};
-use crate::software::create_private_dir;
 use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, SignerRef};
 
 /// Default number of sessions kept open per token.
@@ -867,48 +866,6 @@ impl Backend for Pkcs11Backend {
             source,
         })
     }
-}
-
-/// Writes a new 0600 file atomically (temporary name, fsync, link into place); never replaces
-/// an existing file.
-fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |action| {
-        move |source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("creating key record"))?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::hard_link(&tmp, path));
-    let _ = fs::remove_file(&tmp);
-    result.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::KeyExists {
-                label: path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            }
-        } else {
-            io("writing key record")(e)
-        }
-    })?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,85 @@
+//! Private files of the key store: 0700 directories we own, 0600 files written atomically.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::Error;
+
+/// Creates `dir` (and parents) 0700; an existing directory must belong to us and not be
+/// writable by others.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: dir.to_owned(),
+            source,
+        }
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("creating directory"))?;
+    }
+    let meta = fs::metadata(dir).map_err(io("checking directory"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(Error::CorruptStore {
+            path: dir.to_owned(),
+            reason: format!("owned by uid {}, not by us (uid {euid})", meta.uid()),
+        });
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(Error::CorruptStore {
+            path: dir.to_owned(),
+            reason: "writable by group or others".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a new 0600 file atomically (temporary name, fsync, link into place); never replaces
+/// an existing file.
+pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating key file"))?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    result.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::KeyExists {
+                label: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }
+        } else {
+            io("writing key file")(e)
+        }
+    })?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
