@@ -91,6 +91,22 @@ pub struct FileConfig {
     pkcs11_pin_file: Option<PathBuf>,
     tpm_tcti: Option<String>,
     log_file: Option<PathBuf>,
+    /// Existing token keys to adopt at start-up (`[[pkcs11_adopt]]` tables).
+    #[serde(default)]
+    pkcs11_adopt: Vec<AdoptEntry>,
+}
+
+/// A `[[pkcs11_adopt]]` table: an existing token key (a YubiKey's PIV key, say) to serve
+/// under `label`, as `dpop keys adopt` would.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptEntry {
+    /// The label to serve it under.
+    pub label: String,
+    /// Its RFC 7512 PKCS#11 URI.
+    pub uri: String,
+    /// For RSA keys: RS256 (default) or PS256.
+    pub alg: Option<dpop_jose::Algorithm>,
 }
 
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
@@ -109,6 +125,7 @@ pub struct Pkcs11Settings {
     pub token: Option<String>,
     pub serial: Option<String>,
     pub pin: PinFrom,
+    pub adopt: Vec<AdoptEntry>,
 }
 
 /// Everything the agent runs with.
@@ -196,6 +213,9 @@ impl Settings {
         let passphrase = if ephemeral { None } else { passphrase };
 
         let pkcs11 = match args.pkcs11_module.clone().or(file.pkcs11_module) {
+            None if !file.pkcs11_adopt.is_empty() => {
+                bail!("[[pkcs11_adopt]] needs pkcs11_module and pkcs11_token (or pkcs11_serial)")
+            }
             None => None,
             Some(module) => {
                 let token = args.pkcs11_token.clone().or(file.pkcs11_token);
@@ -219,6 +239,7 @@ impl Settings {
                     token,
                     serial,
                     pin,
+                    adopt: file.pkcs11_adopt.clone(),
                 })
             }
         };

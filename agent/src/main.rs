@@ -24,7 +24,7 @@ use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, Keyring};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Args, PinFrom, Pkcs11Settings, Settings};
 use crate::dispatch::State;
@@ -56,11 +56,7 @@ fn run_foreground(args: &Args) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let result = run(args);
-    if let Err(e) = &result {
-        error!("{e:#}");
-    }
-    result
+    run(args)
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -89,6 +85,9 @@ fn run(args: &Args) -> Result<()> {
             bail!("{problem}; not starting");
         }
         warn!("{backend} backend: {problem}");
+    }
+    if let Some(p11) = &settings.pkcs11 {
+        adopt_configured(&keyring, &p11.adopt);
     }
     info!("{} key(s) loaded", keyring.list().len());
 
@@ -192,6 +191,39 @@ fn open_pkcs11(
         .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
     info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
     Ok(backend)
+}
+
+/// Adopts the config file's `[[pkcs11_adopt]]` keys that are not served yet. A key that
+/// cannot be adopted is reported and the agent starts without it.
+fn adopt_configured(keyring: &Keyring, entries: &[config::AdoptEntry]) {
+    for entry in entries {
+        let label = match dpop_keys::KeyLabel::new(&entry.label) {
+            Ok(label) => label,
+            Err(e) => {
+                warn!("[[pkcs11_adopt]] {:?}: {e}", entry.label);
+                continue;
+            }
+        };
+        match keyring.get(label.as_str()) {
+            Ok(key) if key.meta().info().backend == dpop_keys::BackendKind::Pkcs11 => continue,
+            Ok(_) => {
+                warn!("[[pkcs11_adopt]] {label}: a key with this label exists in another backend");
+                continue;
+            }
+            Err(_) => {}
+        }
+        match keyring.adopt(
+            dpop_keys::BackendKind::Pkcs11,
+            &entry.uri,
+            &label,
+            entry.alg,
+        ) {
+            Ok(key) => {
+                info!(label = %label, jkt = %key.meta().info().jkt, "adopted from the config file")
+            }
+            Err(e) => warn!("[[pkcs11_adopt]] {label}: {e}"),
+        }
+    }
 }
 
 fn prompt_pin(token: &TokenSelector) -> Result<SecretString> {

@@ -63,6 +63,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
         while tasks.try_join_next().is_some() {}
     }
     drop(listener);
+    while tasks.try_join_next().is_some() {}
     info!("shutting down: waiting for {} connection(s)", tasks.len());
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)

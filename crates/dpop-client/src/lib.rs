@@ -41,7 +41,7 @@ pub enum Error {
     #[error("DPOP_AUTH_SOCK is not set: start an agent with eval \"$(dpop-agent)\"")]
     NoSocket,
     /// The socket could not be reached.
-    #[error("cannot connect to the agent at {path}: {source}")]
+    #[error("cannot connect to the agent at {path}")]
     Connect {
         /// The socket path.
         path: PathBuf,
