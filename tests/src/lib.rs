@@ -12,10 +12,13 @@
 //! - [`TestAgent::client`], [`TestAgent::async_client`], [`TestAgent::dpop`] and
 //!   [`TestAgent::raw`] talk to it through the client crate, the real CLI, or raw protocol
 //!   lines.
+//! - [`SoftHsmToken`] makes a throw-away SoftHSM2 token with its own `SOFTHSM2_CONF`, and
+//!   [`AgentOptions::pkcs11`] starts an agent on it (see "PKCS#11 tokens" below).
 //!
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
-//! the interop tests, and root for the tests that act as another user (`useradd`, `setpriv`);
-//! tests fail with a message saying what is missing rather than skip.
+//! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
+//! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
+//! opensc`); tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -806,4 +809,257 @@ pub fn command_as_other_user(program: impl AsRef<OsStr>) -> Command {
         .arg("--")
         .arg(program);
     command
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKCS#11 tokens
+// ---------------------------------------------------------------------------------------------
+
+/// The user PIN variable that [`AgentOptions::pkcs11`] sets in the agent's environment (and
+/// names with `--pkcs11-pin-env`).
+pub const PKCS11_PIN_VAR: &str = "DPOP_TEST_PKCS11_PIN";
+
+/// The PKCS#11 module under test: `DPOP_TEST_PKCS11_MODULE`, else SoftHSM2's
+/// `/usr/lib/softhsm/libsofthsm2.so`. Panics, saying what to install, when it does not exist.
+pub fn pkcs11_module() -> PathBuf {
+    let module = std::env::var_os("DPOP_TEST_PKCS11_MODULE")
+        .filter(|m| !m.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    assert!(
+        module.exists(),
+        "PKCS#11 module {} not found: install SoftHSM2 (apt-get install softhsm2) or set \
+         DPOP_TEST_PKCS11_MODULE",
+        module.display()
+    );
+    module
+}
+
+/// Panics, saying to install `package`, unless `program args` runs and succeeds.
+pub fn require_tool(program: &str, args: &[&str], package: &str) {
+    require_command(Command::new(program).args(args), program, package);
+}
+
+fn require_command(command: &mut Command, program: &str, package: &str) {
+    let out = command.output();
+    assert!(
+        out.as_ref().is_ok_and(|o| o.status.success()),
+        "{program} is needed by this test and is not runnable ({}): apt-get install {package}",
+        match &out {
+            Ok(o) => format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => e.to_string(),
+        }
+    );
+}
+
+/// A throw-away SoftHSM2 token in a temporary directory of its own, made by
+/// `softhsm/make-token.sh DIR LABEL PIN SO_PIN`:
+///
+/// - `<dir>/softhsm2.conf`: its `SOFTHSM2_CONF` ([`Self::conf`]), used by nothing else, so
+///   tests with their own tokens run in parallel and may delete or restore them freely,
+/// - `<dir>/tokens/<uuid>/`: SoftHSM2's storage of the token ([`Self::tokens_dir`]).
+///
+/// SoftHSM2 reads the token directory once per process, in `C_Initialize`: an agent sees the
+/// tokens that exist when it starts (see `softhsm/README.md`). The directory is removed on
+/// drop; stop the agents using it first (drop them before the token).
+#[derive(Debug)]
+pub struct SoftHsmToken {
+    dir: TempDir,
+    label: String,
+    pin: String,
+    so_pin: String,
+    module: PathBuf,
+}
+
+impl SoftHsmToken {
+    /// Makes the token; panics (with the script's output) when SoftHSM2 is missing or the
+    /// script fails.
+    pub fn create(label: &str, pin: &str, so_pin: &str) -> SoftHsmToken {
+        let module = pkcs11_module();
+        require_tool("softhsm2-util", &["--version"], "softhsm2");
+        let dir = tempfile::Builder::new()
+            .prefix("dpop-e2e-softhsm-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let script = workspace_root().join("softhsm/make-token.sh");
+        let out = Command::new(&script)
+            .arg(dir.path())
+            .args([label, pin, so_pin])
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = SoftHsmToken {
+            dir,
+            label: label.to_owned(),
+            pin: pin.to_owned(),
+            so_pin: so_pin.to_owned(),
+            module,
+        };
+        let expected = format!("export SOFTHSM2_CONF={}\n", token.conf().display());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "make-token.sh prints the line that selects the token's configuration"
+        );
+        token
+    }
+
+    /// The token label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The user PIN.
+    pub fn pin(&self) -> &str {
+        &self.pin
+    }
+
+    /// The security officer PIN.
+    pub fn so_pin(&self) -> &str {
+        &self.so_pin
+    }
+
+    /// The PKCS#11 module ([`pkcs11_module`]).
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
+    /// The temporary directory holding configuration and token storage.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `SOFTHSM2_CONF` of this token.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// SoftHSM2's token directory (one subdirectory per token).
+    pub fn tokens_dir(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    /// `program` with `SOFTHSM2_CONF` set to this token's configuration.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command.env("SOFTHSM2_CONF", self.conf());
+        command
+    }
+
+    /// `softhsm2-util` on this token's configuration.
+    pub fn softhsm2_util(&self) -> Command {
+        self.command("softhsm2-util")
+    }
+
+    /// `pkcs11-tool --module <module> --token-label <label>` on this token's configuration
+    /// (OpenSC; panics when it is missing). Add `--login` and `--pin` for private objects.
+    pub fn pkcs11_tool(&self) -> Command {
+        // (Its --help and --version exit with status 2.)
+        require_command(
+            self.command("pkcs11-tool")
+                .arg("--module")
+                .arg(&self.module)
+                .arg("--show-info"),
+            "pkcs11-tool",
+            "opensc",
+        );
+        let mut command = self.command("pkcs11-tool");
+        command
+            .arg("--module")
+            .arg(&self.module)
+            .arg("--token-label")
+            .arg(&self.label);
+        command
+    }
+
+    /// Deletes the token with `softhsm2-util --delete-token` (as if it were unplugged); the
+    /// token's storage directory is gone afterwards.
+    pub fn delete(&self) {
+        run_ok(
+            self.softhsm2_util()
+                .args(["--delete-token", "--token"])
+                .arg(&self.label),
+        );
+    }
+}
+
+impl AgentOptions {
+    /// The agent on `token`: `--pkcs11-module`, `--pkcs11-token LABEL`, `SOFTHSM2_CONF` in its
+    /// environment, and the token's PIN in [`PKCS11_PIN_VAR`] named by `--pkcs11-pin-env`.
+    pub fn pkcs11(self, token: &SoftHsmToken) -> AgentOptions {
+        let pin = token.pin().to_owned();
+        self.pkcs11_pin_env(token, &pin)
+    }
+
+    /// Like [`Self::pkcs11`] with another PIN in [`PKCS11_PIN_VAR`] (a wrong one, say).
+    pub fn pkcs11_pin_env(self, token: &SoftHsmToken, pin: &str) -> AgentOptions {
+        self.pkcs11_no_pin(token)
+            .arg("--pkcs11-pin-env")
+            .arg(PKCS11_PIN_VAR)
+            .env(PKCS11_PIN_VAR, pin)
+    }
+
+    /// Like [`Self::pkcs11`], the PIN from `--pkcs11-pin-file <token dir>/pin`, a 0600 file
+    /// holding `contents` (write the PIN with or without a newline, or nothing at all).
+    pub fn pkcs11_pin_file(self, token: &SoftHsmToken, contents: &str) -> AgentOptions {
+        let path = token.dir().join("pin");
+        let _ = fs::remove_file(&path);
+        write_private_file(&path, contents.as_bytes());
+        self.pkcs11_no_pin(token).arg("--pkcs11-pin-file").arg(path)
+    }
+
+    /// `--pkcs11-module`, `--pkcs11-token` and `SOFTHSM2_CONF` only: add a PIN source
+    /// yourself (without one the agent would prompt on its terminal, which it has not).
+    pub fn pkcs11_no_pin(self, token: &SoftHsmToken) -> AgentOptions {
+        self.arg("--pkcs11-module")
+            .arg(token.module())
+            .arg("--pkcs11-token")
+            .arg(token.label())
+            .env("SOFTHSM2_CONF", token.conf())
+    }
+}
+
+/// Checks `proof` with the independent Python jwcrypto verifier (`tests/interop/verify_proof.py`:
+/// signature, `typ`, `alg`, no private JWK members, `htm`, `htu`, `iat`, `jti`, `ath`, and that
+/// jwcrypto's RFC 7638 thumbprint is `jkt`). `htu` is the normalised URL the proof must carry.
+/// Panics with the verifier's explanation unless every check passes, and says what to install
+/// when python3 or jwcrypto is missing.
+pub fn jwcrypto_verify(
+    proof: &str,
+    alg: &str,
+    htm: &str,
+    htu: &str,
+    jkt: &str,
+    access_token: Option<&str>,
+) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/verify_proof.py");
+    let mut command = Command::new("python3");
+    command.arg(script).args([proof, alg, htm, htu, jkt]);
+    if let Some(token) = access_token {
+        command.arg(token);
+    }
+    let out = command.output().unwrap_or_else(|e| {
+        panic!("cannot run python3 for the jwcrypto interop check (install python3): {e}")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "jwcrypto is missing: pip install jwcrypto\n{stderr}"
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "jwcrypto rejects the {alg} proof ({}): {stderr}\nproof: {proof}",
+        out.status
+    );
 }
