@@ -292,13 +292,11 @@ fn start_in_background(args: &Args) -> Result<()> {
     };
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);
+    // Without -a the child works out the same default path (and creates its 0700 directory).
     command
         .args(std::env::args_os().skip(1))
         .arg("-D")
         .arg("--detached");
-    if args.socket.is_none() {
-        command.arg("-a").arg(&socket);
-    }
     command
         .stdin(if pin.is_some() {
             Stdio::piped()

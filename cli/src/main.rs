@@ -62,7 +62,7 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
         /// Server-provided DPoP-Nonce.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         nonce: Option<String>,
         #[command(flatten)]
         out: Output,
@@ -70,7 +70,7 @@ enum Command {
     /// Check a proof as a resource server would (RFC 9449 section 4.3).
     Verify {
         /// The proof JWT.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         proof: String,
         /// The request method.
         #[arg(long, short = 'X')]
@@ -81,10 +81,10 @@ enum Command {
         #[command(flatten)]
         token: TokenArgs,
         /// The token's cnf.jkt the proof key must match.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jkt: Option<String>,
         /// The nonce the server expects.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         nonce: Option<String>,
         /// How old iat may be, in seconds.
         #[arg(long, default_value_t = 60)]
@@ -164,7 +164,7 @@ struct Output {
 struct TokenArgs {
     /// Access token presented with the request (sets ath). Visible to other local users in
     /// the process list: prefer --access-token-file.
-    #[arg(long, conflicts_with = "access_token_file")]
+    #[arg(long, conflicts_with = "access_token_file", allow_hyphen_values = true)]
     access_token: Option<String>,
     /// File holding the access token ("-" for standard input).
     #[arg(long, value_name = "FILE")]

@@ -254,7 +254,7 @@ fn generate_proof_verify_delete_with_the_cli() {
     let gone = agent.dpop(&["proof", "--key", "cli-key", "-X", "GET", "--url", URL]);
     assert!(!gone.status.success(), "a proof with a deleted key fails");
     assert!(
-        String::from_utf8_lossy(&gone.stderr).contains("KeyNotFound"),
+        String::from_utf8_lossy(&gone.stderr).contains("(key_not_found)"),
         "the CLI reports key_not_found: {}",
         String::from_utf8_lossy(&gone.stderr)
     );
@@ -359,7 +359,7 @@ fn import_openssl_pems_and_sign_with_the_client_crate() {
         "importing under an existing label fails"
     );
     assert!(
-        String::from_utf8_lossy(&dup.stderr).contains("KeyExists"),
+        String::from_utf8_lossy(&dup.stderr).contains("(key_exists)"),
         "the CLI reports key_exists: {}",
         String::from_utf8_lossy(&dup.stderr)
     );

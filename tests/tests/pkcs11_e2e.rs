@@ -1399,3 +1399,53 @@ fn readme_ci_recipe_works() {
     let verified = verify_proof(read("proof").trim(), "GET", URL, None);
     assert_eq!(verified.jkt, key.jkt);
 }
+
+#[test]
+fn config_file_adopts_token_keys_at_start() {
+    let token = token("cfgadopt");
+    // Made before the agent starts (SoftHSM2 hides other processes' later objects).
+    run_ok(token.pkcs11_tool().args([
+        "--login",
+        "--pin",
+        PIN,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        "piv-9a",
+        "--id",
+        "9a",
+    ]));
+    let config = token.dir().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pkcs11_adopt]]\nlabel = \"yubikey\"\nuri = \"pkcs11:token={};id=%9a;type=private\"\n\n\
+             [[pkcs11_adopt]]\nlabel = \"missing\"\nuri = \"pkcs11:token={};object=nothing-here;type=private\"\n",
+            token.label(),
+            token.label()
+        ),
+    )
+    .expect("writing the config file");
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(&token)
+            .arg("--config")
+            .arg(&config),
+    );
+    let key = listed(&agent, "yubikey").expect("the configured key is adopted at start-up");
+    assert_token_key(&key, &token, "yubikey", "ES256");
+    assert_eq!(key_id(&key), "9a", "{key:?}");
+    assert_signs(&agent, &key);
+    // A configured key that is not on the token is reported, and the agent serves the rest.
+    assert_eq!(listed(&agent, "missing"), None);
+    let log = agent.stderr_log();
+    assert!(
+        log.contains("missing") && log.contains("pkcs11_adopt"),
+        "the unadoptable entry is reported:\n{log}"
+    );
+    // On restart the recorded key is loaded, not adopted twice.
+    agent.restart();
+    assert_eq!(listed(&agent, "yubikey").as_ref(), Some(&key));
+    assert_still_signs(&agent, &key);
+}

@@ -139,7 +139,7 @@ fn dpop_cli_of_another_uid_reports_the_agents_refusal() {
             "run {run}: no key is shown to uid {uid}: {stdout}"
         );
         assert!(
-            stderr.contains("PermissionDenied") && stderr.contains("only its own user"),
+            stderr.contains("(permission_denied)") && stderr.contains("only its own user"),
             "run {run}: dpop as uid {uid} reports the agent's refusal (permission_denied), \
              not a transport error: {stderr}"
         );

@@ -60,7 +60,15 @@ pub enum Error {
     Protocol(String),
     /// The agent answered with an error.
     #[error("agent error: {0}")]
-    Agent(#[from] WireError),
+    Agent(WireError),
+}
+
+// Not `#[from]`: that would also make the wire error the `source`, and error reports would
+// print it twice.
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Error {
+        Error::Agent(e)
+    }
 }
 
 impl Error {

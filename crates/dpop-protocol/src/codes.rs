@@ -58,9 +58,17 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl std::fmt::Display for ErrorCode {
+    /// The wire name (`key_not_found`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self).expect("codes serialize");
+        f.write_str(name.as_str().expect("codes are strings"))
+    }
+}
+
 /// The `error` member of a failed reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{message} ({code:?})")]
+#[error("{message} ({code})")]
 pub struct WireError {
     /// Stable code.
     pub code: ErrorCode,
