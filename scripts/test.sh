@@ -17,7 +17,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if ! python3 -c 'import jwcrypto' 2>/dev/null; then
     echo "== installing jwcrypto (independent JOSE implementation for interop tests)"
-    python3 -m pip install -q jwcrypto
+    python3 -m pip install -q jwcrypto 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages jwcrypto
 fi
 
 echo "== cargo fmt"

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(short = 'D', long = "foreground")]
     pub foreground: bool,
 
-    /// Stop the agent named by DPOP_AGENT_PID.
+    /// Stop the agent named by DPOP_AUTH_SOCK (or DPOP_AGENT_PID).
     #[arg(short = 'k', long = "kill")]
     pub kill: bool,
 

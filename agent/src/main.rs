@@ -4,7 +4,7 @@
 //!
 //! Without arguments it starts in the background and prints shell commands that set
 //! `DPOP_AUTH_SOCK`, for `eval "$(dpop-agent)"`. `-D` stays in the foreground; `-k` stops the
-//! agent named by `DPOP_AGENT_PID`.
+//! agent named by `DPOP_AUTH_SOCK` (or, without it, `DPOP_AGENT_PID`).
 
 mod config;
 mod connection;
