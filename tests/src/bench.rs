@@ -99,8 +99,10 @@ where
 }
 
 /// `sign_proof` through the agent from `clients` async clients (one connection each) at once,
-/// `per_client` proofs each. A single client polls for replies (as a latency-minded caller
-/// would); many clients do not, since they would only take CPU from the agent.
+/// `per_client` proofs each, all on one tokio thread, as one application would drive them
+/// (the agent and its clients share the machine's cores). A single client polls for replies
+/// (as a latency-minded caller would); many clients do not, since they would only take CPU
+/// from the agent.
 pub fn through_agent(
     agent: &TestAgent,
     clients: usize,
@@ -109,7 +111,7 @@ pub fn through_agent(
     url: &str,
     access_token: Option<&str>,
 ) -> Run {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("bench runtime");
