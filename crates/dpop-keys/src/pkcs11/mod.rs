@@ -259,9 +259,10 @@ impl Pkcs11Backend {
     /// reported now.
     pub fn open(config: Pkcs11Config) -> Result<Pkcs11Backend, Error> {
         create_private_dir(&config.metadata_dir)?;
-        let (module_path, ctx) = pool::module(&config.module)?;
+        let (module_path, ctx, module) = pool::module(&config.module)?;
         let token = Arc::new(Token::new(
             ctx,
+            module,
             module_path,
             config.token,
             config.pin,

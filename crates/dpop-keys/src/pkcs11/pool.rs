@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -27,18 +28,48 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One loaded module: its context and how many tokens in this process use it.
+struct Module {
+    ctx: Pkcs11,
+    users: Arc<AtomicUsize>,
+}
+
+/// A token's share of a module; the module may be re-initialised only while a token is its
+/// sole user, since `C_Finalize` ends every session of the process on it.
+pub(crate) struct ModuleUse {
+    users: Arc<AtomicUsize>,
+}
+
+impl ModuleUse {
+    fn sole_user(&self) -> bool {
+        self.users.load(Ordering::SeqCst) == 1
+    }
+}
+
+impl Drop for ModuleUse {
+    fn drop(&mut self) {
+        self.users.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Loads (once per process) and initialises the module at `path`, returning its canonical path
 /// and context. Later calls with the same file share the context.
-pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11), Error> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
     let canonical = std::fs::canonicalize(path).map_err(|source| Error::Io {
         action: "opening PKCS#11 module",
         path: path.to_owned(),
         source,
     })?;
     let mut modules = lock(MODULES.get_or_init(Default::default));
-    if let Some(ctx) = modules.get(&canonical) {
-        return Ok((canonical, ctx.clone()));
+    let in_use = |m: &Module| {
+        m.users.fetch_add(1, Ordering::SeqCst);
+        ModuleUse {
+            users: m.users.clone(),
+        }
+    };
+    if let Some(m) = modules.get(&canonical) {
+        return Ok((canonical, m.ctx.clone(), in_use(m)));
     }
     let ctx = Pkcs11::new(&canonical).map_err(|e| Error::Pkcs11 {
         function: "loading the module",
@@ -50,8 +81,13 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11), Error> {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(ck_error(e)),
     }
-    modules.insert(canonical.clone(), ctx.clone());
-    Ok((canonical, ctx))
+    let m = Module {
+        ctx: ctx.clone(),
+        users: Arc::new(AtomicUsize::new(0)),
+    };
+    let used = in_use(&m);
+    modules.insert(canonical.clone(), m);
+    Ok((canonical, ctx, used))
 }
 
 /// The `C_` name of a PKCS#11 function, for error messages.
@@ -190,6 +226,12 @@ const PIN_LOCKED: u8 = 2;
 /// One token in one module, with its PIN and session pool.
 pub(crate) struct Token {
     ctx: Pkcs11,
+    module: ModuleUse,
+    /// When the module was last re-initialised to look for a missing token.
+    last_reinit: Mutex<Option<Instant>>,
+    /// Sessions handed out and not yet returned or closed. Re-initialising the module while
+    /// one is out would let its later `C_CloseSession` hit a new session with a reused handle.
+    checked_out: AtomicUsize,
     module_path: PathBuf,
     selector: TokenSelector,
     pin: SecretString,
@@ -216,6 +258,7 @@ impl fmt::Debug for Token {
 impl Token {
     pub(crate) fn new(
         ctx: Pkcs11,
+        module: ModuleUse,
         module_path: PathBuf,
         selector: TokenSelector,
         pin: SecretString,
@@ -223,6 +266,9 @@ impl Token {
     ) -> Token {
         Token {
             ctx,
+            module,
+            last_reinit: Mutex::new(None),
+            checked_out: AtomicUsize::new(0),
             module_path,
             selector,
             pin,
@@ -252,8 +298,40 @@ impl Token {
         }
     }
 
-    /// Looks the token up by label or serial among the slots that hold one.
+    /// Looks the token up by label or serial among the slots that hold one. When it is not
+    /// there, re-initialises the module (at most every few seconds, and only if no other token
+    /// uses it) and looks again: some modules, SoftHSM2 among them, build their slot list once
+    /// in `C_Initialize` and would never see the token come back otherwise.
     fn find(&self) -> Result<Present, Error> {
+        match self.find_once() {
+            Err(Error::TokenNotPresent { .. }) if self.may_reinitialize() => {
+                tracing::info!(token = %self.selector, "token not found; re-initialising the PKCS#11 module to look again");
+                let _ = self.ctx.clone().finalize();
+                self.ctx
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                    .map_err(ck_error)?;
+                self.find_once()
+            }
+            other => other,
+        }
+    }
+
+    fn may_reinitialize(&self) -> bool {
+        const EVERY: Duration = Duration::from_secs(2);
+        if !self.module.sole_user() || self.checked_out.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let mut last = lock(&self.last_reinit);
+        match *last {
+            Some(at) if at.elapsed() < EVERY => false,
+            _ => {
+                *last = Some(Instant::now());
+                true
+            }
+        }
+    }
+
+    fn find_once(&self) -> Result<Present, Error> {
         let slots = self.ctx.get_slots_with_token().map_err(ck_error)?;
         let mut found = Vec::new();
         for slot in slots {
@@ -401,6 +479,7 @@ impl Token {
             let generation = st.generation;
             let present = st.current.as_mut().expect("present");
             if let Some(session) = present.idle.pop() {
+                self.checked_out.fetch_add(1, Ordering::SeqCst);
                 return Ok(PooledSession {
                     token: self,
                     session: Some(session),
@@ -411,6 +490,7 @@ impl Token {
             if present.open < self.max_sessions {
                 present.open += 1;
                 let slot = present.slot;
+                self.checked_out.fetch_add(1, Ordering::SeqCst);
                 drop(st);
                 let mut pooled = PooledSession {
                     token: self,
@@ -525,17 +605,22 @@ impl PooledSession<'_> {
 
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
-        let session = self.session.take();
+        let mut session = self.session.take();
         let mut st = lock(&self.token.state);
         if st.generation == self.generation
             && let Some(present) = st.current.as_mut()
         {
-            match session {
+            match session.take() {
                 Some(s) if !self.broken => present.idle.push(s),
-                _ => present.open = present.open.saturating_sub(1),
+                other => {
+                    session = other;
+                    present.open = present.open.saturating_sub(1);
+                }
             }
         }
         drop(st);
+        drop(session);
+        self.token.checked_out.fetch_sub(1, Ordering::SeqCst);
         self.token.returned.notify_one();
     }
 }
