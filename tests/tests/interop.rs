@@ -16,27 +16,9 @@ fn verifier() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/verify_proof.py")
 }
 
-/// Runs the jwcrypto verifier; panics with its explanation unless every check passes.
+/// The harness's jwcrypto check, for a request to [`HTU`].
 fn jwcrypto_verify(proof: &str, alg: &str, htm: &str, jkt: &str, token: Option<&str>) {
-    let mut command = Command::new("python3");
-    command.arg(verifier()).args([proof, alg, htm, HTU, jkt]);
-    if let Some(token) = token {
-        command.arg(token);
-    }
-    let out = command.output().unwrap_or_else(|e| {
-        panic!("cannot run python3 for the jwcrypto interop check (install python3): {e}")
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "jwcrypto is missing: pip install jwcrypto\n{stderr}"
-    );
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "jwcrypto rejects the {alg} proof ({}): {stderr}\nproof: {proof}",
-        out.status
-    );
+    dpop_tests::jwcrypto_verify(proof, alg, htm, HTU, jkt, token);
 }
 
 fn interop(alg: &str) {
