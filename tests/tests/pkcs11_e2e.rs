@@ -86,14 +86,13 @@ fn generate(agent: &TestAgent, token: &SoftHsmToken, label: &str, alg: &str) -> 
     key
 }
 
-/// `dpop keys import FILE --backend pkcs11 [--alg ALG]`.
-fn import(
+/// `dpop keys import FILE --label LABEL --backend BACKEND [--alg ALG] --json`.
+fn import_with(
     agent: &TestAgent,
-    token: &SoftHsmToken,
     pem: &Path,
     label: &str,
+    backend: &str,
     alg: Option<&str>,
-    expected_alg: &str,
 ) -> KeyDescription {
     let mut args: Vec<&OsStr> = vec![
         "keys".as_ref(),
@@ -102,13 +101,25 @@ fn import(
         "--label".as_ref(),
         label.as_ref(),
         "--backend".as_ref(),
-        "pkcs11".as_ref(),
+        backend.as_ref(),
         "--json".as_ref(),
     ];
     if let Some(alg) = alg {
         args.extend([OsStr::new("--alg"), OsStr::new(alg)]);
     }
-    let key = parse_key(&agent.dpop_ok(&args));
+    parse_key(&agent.dpop_ok(&args))
+}
+
+/// `dpop keys import FILE --backend pkcs11 [--alg ALG]`, checked to be a token key.
+fn import(
+    agent: &TestAgent,
+    token: &SoftHsmToken,
+    pem: &Path,
+    label: &str,
+    alg: Option<&str>,
+    expected_alg: &str,
+) -> KeyDescription {
+    let key = import_with(agent, pem, label, "pkcs11", alg);
     assert_token_key(&key, token, label, expected_alg);
     key
 }
@@ -480,20 +491,7 @@ fn imported_pems_match_openssl_and_leave_no_copy_behind() {
     let mut keys = Vec::new();
     for (pem, label, alg, expected) in cases {
         let key = import(&agent, &token, pem, label, alg, expected);
-        let mut args: Vec<&OsStr> = vec![
-            "keys".as_ref(),
-            "import".as_ref(),
-            pem.as_os_str(),
-            "--label".as_ref(),
-            label.as_ref(),
-            "--backend".as_ref(),
-            "software".as_ref(),
-            "--json".as_ref(),
-        ];
-        if let Some(alg) = alg {
-            args.extend([OsStr::new("--alg"), OsStr::new(alg)]);
-        }
-        let software = parse_key(&reference.dpop_ok(&args));
+        let software = import_with(&reference, pem, label, "software", alg);
         assert_eq!(software.backend, "software");
         assert_eq!(
             (&key.jwk, &key.jkt),
