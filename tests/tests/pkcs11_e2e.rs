@@ -1452,3 +1452,125 @@ fn config_file_adopts_token_keys_at_start() {
     assert_eq!(listed(&agent, "yubikey").as_ref(), Some(&key));
     assert_still_signs(&agent, &key);
 }
+
+/// Runs `command` under a pseudo-terminal (`script`), types `pin` once the agent asks for it,
+/// and returns the `script` process and everything it printed up to the prompt.
+fn with_terminal(command: &str, token: &SoftHsmToken, pin: &str) -> (std::process::Child, String) {
+    use std::io::{Read, Write};
+    require_tool("script", &["--version"], "bsdutils");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", command, "/dev/null"])
+        .env("SOFTHSM2_CONF", token.conf())
+        .env_remove("DPOP_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("PIN for the PKCS#11") {
+        let n = stdout.read(&mut buf).expect("reading the terminal");
+        assert!(n > 0, "no PIN prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let stdin = child.stdin.as_mut().expect("piped");
+    stdin
+        .write_all(format!("{pin}\n").as_bytes())
+        .expect("typing the PIN");
+    stdin.flush().expect("typing the PIN");
+    // Keep reading in the background so the terminal never blocks the agent.
+    let rest = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    drop(rest); // detached: it ends when the terminal closes
+    (child, String::from_utf8_lossy(&seen).into_owned())
+}
+
+fn quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+fn wait_for_socket(socket: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent listening on {} after the PIN was typed",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pin_prompt_on_the_terminal() {
+    let token = token("prompt");
+    let dir = new_temp_dir();
+    let agent = dpop_tests::binaries().agent.clone();
+    let common = format!(
+        "--data-dir {} --pkcs11-module {} --pkcs11-token {}",
+        quote(&dir.path().join("data")),
+        quote(&pkcs11_module()),
+        token.label()
+    );
+
+    // Foreground: the agent itself asks on its terminal (the PIN is not echoed back).
+    let socket = dir.path().join("fg.sock");
+    let command = format!("{} -D -a {} {common}", quote(&agent), quote(&socket));
+    let (mut child, prompt) = with_terminal(&command, &token, PIN);
+    assert!(
+        prompt.contains(token.label()),
+        "the prompt names the token: {prompt}"
+    );
+    wait_for_socket(&socket);
+    let mut client = dpop_client::blocking::Client::connect(&socket).expect("connect");
+    let key = client
+        .generate_key("prompted", Some("pkcs11"), None)
+        .expect("a token key after the PIN was typed");
+    let proof = client
+        .sign_proof("prompted", "GET", URL, None, None)
+        .expect("proof");
+    assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
+    drop(client);
+    let _ = child.kill();
+    let _ = child.wait();
+    // The foreground agent shares script's session: make sure it is gone before going on.
+    let _ = Command::new("pkill")
+        .arg("-f")
+        .arg(socket.to_string_lossy().as_ref())
+        .status();
+
+    // Background start: the launcher asks, then hands the PIN to the detached agent.
+    let socket = dir.path().join("bg.sock");
+    let command = format!("{} -a {} {common}", quote(&agent), quote(&socket));
+    let (mut child, _) = with_terminal(&command, &token, PIN);
+    let status = child.wait().expect("the launcher exits");
+    assert!(status.success(), "the launcher failed: {status}");
+    wait_for_socket(&socket);
+    let mut client = dpop_client::blocking::Client::connect(&socket).expect("connect");
+    let keys = client.list_keys().expect("list");
+    assert!(
+        keys.iter()
+            .any(|k| k.label == "prompted" && k.jkt == key.jkt),
+        "the background agent logged in and loaded the token key: {keys:?}"
+    );
+    let proof = client
+        .sign_proof("prompted", "GET", URL, None, None)
+        .expect("proof");
+    assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
+    drop(client);
+    let stopped = Command::new(&agent)
+        .arg("-k")
+        .env("DPOP_AUTH_SOCK", &socket)
+        .output()
+        .expect("dpop-agent -k");
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+}
