@@ -186,7 +186,11 @@ fn open_pkcs11(
         PinFrom::Prompt => prompt_pin(&token)?,
     };
     dpop_keys::create_private_dir(data_dir)?;
-    let config = Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"));
+    let config = Pkcs11Config {
+        // The agent is the module's only user in its process.
+        reinitialize_module: true,
+        ..Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"))
+    };
     let backend = Pkcs11Backend::open(config)
         .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
     info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");

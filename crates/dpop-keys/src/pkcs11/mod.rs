@@ -162,6 +162,11 @@ pub struct Pkcs11Config {
     pub metadata_dir: PathBuf,
     /// At most this many sessions are open at once (signing requests beyond it wait).
     pub max_sessions: usize,
+    /// While the token is missing, re-initialise the module (`C_Finalize`, `C_Initialize`,
+    /// at most every 2 s) so that modules which list slots only at start-up, SoftHSM2 among
+    /// them, see it come back. Only for processes where nothing else uses the module: it ends
+    /// every session on it. Off by default; the agent, which owns its process, turns it on.
+    pub reinitialize_module: bool,
 }
 
 impl Pkcs11Config {
@@ -178,6 +183,7 @@ impl Pkcs11Config {
             pin,
             metadata_dir: metadata_dir.into(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            reinitialize_module: false,
         }
     }
 }
@@ -267,6 +273,7 @@ impl Pkcs11Backend {
             config.token,
             config.pin,
             config.max_sessions,
+            config.reinitialize_module,
         ));
         // Opens the first session, which logs in.
         drop(token.session()?);

@@ -227,7 +227,9 @@ const PIN_LOCKED: u8 = 2;
 pub(crate) struct Token {
     ctx: Pkcs11,
     module: ModuleUse,
-    /// When the module was last re-initialised to look for a missing token.
+    /// Whether the module may be re-initialised to look for a missing token, and when it last
+    /// was.
+    reinitialize: bool,
     last_reinit: Mutex<Option<Instant>>,
     /// Sessions handed out and not yet returned or closed. Re-initialising the module while
     /// one is out would let its later `C_CloseSession` hit a new session with a reused handle.
@@ -263,10 +265,12 @@ impl Token {
         selector: TokenSelector,
         pin: SecretString,
         max_sessions: usize,
+        reinitialize: bool,
     ) -> Token {
         Token {
             ctx,
             module,
+            reinitialize,
             last_reinit: Mutex::new(None),
             checked_out: AtomicUsize::new(0),
             module_path,
@@ -318,7 +322,10 @@ impl Token {
 
     fn may_reinitialize(&self) -> bool {
         const EVERY: Duration = Duration::from_secs(2);
-        if !self.module.sole_user() || self.checked_out.load(Ordering::SeqCst) != 0 {
+        if !self.reinitialize
+            || !self.module.sole_user()
+            || self.checked_out.load(Ordering::SeqCst) != 0
+        {
             return false;
         }
         let mut last = lock(&self.last_reinit);
