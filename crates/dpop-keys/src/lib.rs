@@ -115,7 +115,7 @@ pub struct KeyInfo {
 pub struct KeyMeta {
     info: KeyInfo,
     header: ProofHeader,
-    /// Moving average of signing time in nanoseconds; 0 until the first signature.
+    /// Typical signing time in nanoseconds (see `observe_sign_time`); 0 until the first one.
     sign_nanos: AtomicU64,
 }
 
@@ -156,16 +156,19 @@ impl KeyMeta {
         })
     }
 
-    /// Records how long one signature took (an exponential moving average, weight 1/8).
+    /// Records how long one signature took. The estimate follows a faster signature at once
+    /// and a slower one only slowly (1/1024 of the gap): it tracks what the key's device needs,
+    /// not the queueing and preemption that load adds on top (which would otherwise feed on
+    /// itself: a busy agent would think its token slow and hand signatures to more threads).
     pub fn observe_sign_time(&self, took: std::time::Duration) {
         let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         let old = self.sign_nanos.load(Ordering::Relaxed);
-        let new = if old == 0 {
+        let new = if old == 0 || sample < old {
             sample
         } else {
-            old - old / 8 + sample / 8
+            old + (sample - old) / 1024
         };
-        // A lost update under contention only delays the average a little.
+        // A lost update under contention only delays the estimate a little.
         self.sign_nanos.store(new, Ordering::Relaxed);
     }
 
