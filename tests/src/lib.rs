@@ -835,6 +835,22 @@ pub fn pkcs11_module() -> PathBuf {
     module
 }
 
+/// Writes a fresh EC P-256 key to `path` as `openssl ecparam -genkey -noout` does (SEC1 PEM).
+pub fn openssl_ec_pem(path: &Path) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(path),
+    );
+}
+
 /// Panics, saying to install `package`, unless `program args` runs and succeeds.
 pub fn require_tool(program: &str, args: &[&str], package: &str) {
     require_command(Command::new(program).args(args), program, package);

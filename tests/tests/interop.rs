@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use dpop_protocol::KeyDescription;
-use dpop_tests::{AgentOptions, TestAgent, run_ok};
+use dpop_tests::{AgentOptions, TestAgent};
 
 const URL: &str = "https://Resource.Example.COM:443/api/v2/things?filter=x#frag";
 const HTU: &str = "https://resource.example.com/api/v2/things";
@@ -80,18 +80,7 @@ fn jwcrypto_verifies_eddsa_proofs() {
 fn jwcrypto_verifies_a_proof_by_an_openssl_made_key() {
     let agent = TestAgent::start(AgentOptions::new());
     let pem = agent.dir().join("k.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-            ])
-            .arg(&pem),
-    );
+    dpop_tests::openssl_ec_pem(&pem);
     let key: KeyDescription = serde_json::from_str(&agent.dpop_ok(&[
         "keys".as_ref(),
         "import".as_ref(),

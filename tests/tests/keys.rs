@@ -267,18 +267,7 @@ fn import_openssl_pems_and_sign_with_the_client_crate() {
     let agent = TestAgent::start(AgentOptions::new());
     let sec1 = agent.dir().join("sec1.pem");
     let pkcs8 = agent.dir().join("pkcs8.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-            ])
-            .arg(&sec1),
-    );
+    dpop_tests::openssl_ec_pem(&sec1);
     run_ok(
         Command::new("openssl")
             .args([
@@ -465,18 +454,7 @@ fn keys_persist_across_restart_with_a_passphrase() {
         "a generated key is persistent with a passphrase"
     );
     let pem = agent.dir().join("k.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-            ])
-            .arg(&pem),
-    );
+    dpop_tests::openssl_ec_pem(&pem);
     let imported = parse_key(&agent.dpop_ok(&[
         "keys".as_ref(),
         "import".as_ref(),

@@ -86,6 +86,22 @@ fn generate(agent: &TestAgent, token: &SoftHsmToken, label: &str, alg: &str) -> 
     key
 }
 
+/// A P-256 key pair made on the token by pkcs11-tool, as another application would.
+fn pkcs11_tool_keypair(token: &SoftHsmToken, label: &str, id_hex: &str) {
+    run_ok(token.pkcs11_tool().args([
+        "--login",
+        "--pin",
+        PIN,
+        "--keypairgen",
+        "--key-type",
+        "EC:prime256v1",
+        "--label",
+        label,
+        "--id",
+        id_hex,
+    ]));
+}
+
 /// `dpop keys import FILE --label LABEL --backend BACKEND [--alg ALG] --json`.
 fn import_with(
     agent: &TestAgent,
@@ -336,10 +352,7 @@ fn openssl(args: &[&str], out: &Path) {
 
 /// A fresh EC P-256 key as `openssl ecparam -genkey` writes it (SEC1 PEM).
 fn ec_pem(path: &Path) {
-    openssl(
-        &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
-        path,
-    );
+    dpop_tests::openssl_ec_pem(path);
 }
 
 /// A fresh RSA 2048 key as `openssl genpkey` writes it (PKCS#8 PEM).
@@ -571,18 +584,7 @@ fn adopt_by_uri() {
     let agent = start(&token);
     // Made while the agent runs, as another application would (before the agent writes to
     // the token: see token_keys_survive_a_restart).
-    run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        "adoptme",
-        "--id",
-        "01",
-    ]));
+    pkcs11_tool_keypair(&token, "adoptme", "01");
     let uri = format!("pkcs11:token={};object=adoptme;type=private", token.label());
     let key = parse_key(&agent.dpop_ok(&["keys", "adopt", &uri, "--label", "adopted", "--json"]));
     assert_token_key(&key, &token, "adopted", "ES256");
@@ -698,18 +700,7 @@ fn token_keys_survive_a_restart() {
     // Made before the agent starts: SoftHSM2 2.6 misses objects that another process creates
     // while this one runs if this one writes to the token before looking again (each process
     // tracks a generation counter, and its own write bumps past the other's change).
-    run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        "theirs",
-        "--id",
-        "a1b2",
-    ]));
+    pkcs11_tool_keypair(&token, "theirs", "a1b2");
     let mut agent = start(&token);
     let pem = agent.dir().join("import-me.pem");
     ec_pem(&pem);
@@ -1407,18 +1398,7 @@ fn readme_ci_recipe_works() {
 fn config_file_adopts_token_keys_at_start() {
     let token = token("cfgadopt");
     // Made before the agent starts (SoftHSM2 hides other processes' later objects).
-    run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        "piv-9a",
-        "--id",
-        "9a",
-    ]));
+    pkcs11_tool_keypair(&token, "piv-9a", "9a");
     let config = token.dir().join("agent.toml");
     std::fs::write(
         &config,

@@ -395,7 +395,6 @@ impl Pkcs11Backend {
         jwk: Jwk,
         identity: &TokenIdentity,
         handle: Option<(u64, ObjectHandle)>,
-        undo: impl FnOnce(),
     ) -> Result<SignerRef, Error> {
         let made = self
             .signer(
@@ -422,8 +421,12 @@ impl Pkcs11Backend {
                 write_new_private_file(&self.record_path(label), &json)?;
                 Ok(signer)
             });
-        if made.is_err() {
-            undo();
+        // Keys we made go again if they cannot be filed; adopted keys are never ours to destroy.
+        if made.is_err()
+            && origin != Origin::Adopted
+            && let Err(e) = self.destroy(&locator)
+        {
+            tracing::warn!(error = %e, "could not remove a half-made PKCS#11 key");
         }
         made
     }
@@ -677,15 +680,10 @@ impl Backend for Pkcs11Backend {
             label,
             alg,
             Origin::Generated,
-            locator.clone(),
+            locator,
             jwk,
             &identity,
             Some(handle),
-            || {
-                if let Err(e) = self.destroy(&locator) {
-                    tracing::warn!(error = %e, "could not remove a half-made PKCS#11 key");
-                }
-            },
         )
     }
 
@@ -734,15 +732,10 @@ impl Backend for Pkcs11Backend {
             label,
             alg,
             Origin::Imported,
-            locator.clone(),
+            locator,
             jwk,
             &identity,
             Some(handle),
-            || {
-                if let Err(e) = self.destroy(&locator) {
-                    tracing::warn!(error = %e, "could not remove a half-imported PKCS#11 key");
-                }
-            },
         )
     }
 
@@ -833,7 +826,6 @@ impl Backend for Pkcs11Backend {
             jwk,
             &identity,
             Some(handle),
-            || {},
         )
     }
 
