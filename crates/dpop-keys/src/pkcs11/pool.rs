@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::context::{Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, SessionState, UserType};
@@ -22,15 +22,18 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use super::TokenSelector;
+use super::locking::Initializer;
 use crate::Error;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One loaded module: its context and how many tokens in this process use it.
+/// One loaded module: its context, its `C_Initialize`, and how many tokens in this process use
+/// it.
 struct Module {
     ctx: Pkcs11,
+    initializer: Arc<Initializer>,
     users: Arc<AtomicUsize>,
 }
 
@@ -38,6 +41,7 @@ struct Module {
 /// sole user, since `C_Finalize` ends every session of the process on it.
 pub(crate) struct ModuleUse {
     users: Arc<AtomicUsize>,
+    initializer: Arc<Initializer>,
 }
 
 impl ModuleUse {
@@ -66,6 +70,7 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error>
         m.users.fetch_add(1, Ordering::SeqCst);
         ModuleUse {
             users: m.users.clone(),
+            initializer: m.initializer.clone(),
         }
     };
     if let Some(m) = modules.get(&canonical) {
@@ -75,14 +80,19 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error>
         function: "loading the module",
         reason: format!("{}: {e}", canonical.display()),
     })?;
+    let initializer = Initializer::load(&canonical).map_err(|reason| Error::Pkcs11 {
+        function: "loading the module",
+        reason: format!("{}: {reason}", canonical.display()),
+    })?;
     // Another library in this process (a test's raw cryptoki context, a TLS engine) may have
     // initialised the module already; that is fine, it is the same instance.
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+    match initializer.initialize() {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(ck_error(e)),
     }
     let m = Module {
         ctx: ctx.clone(),
+        initializer: Arc::new(initializer),
         users: Arc::new(AtomicUsize::new(0)),
     };
     let used = in_use(&m);
@@ -311,9 +321,7 @@ impl Token {
             Err(Error::TokenNotPresent { .. }) if self.may_reinitialize() => {
                 tracing::info!(token = %self.selector, "token not found; re-initialising the PKCS#11 module to look again");
                 let _ = self.ctx.clone().finalize();
-                self.ctx
-                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-                    .map_err(ck_error)?;
+                self.module.initializer.initialize().map_err(ck_error)?;
                 self.find_once()
             }
             other => other,
