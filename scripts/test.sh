@@ -27,3 +27,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features
+echo "== benchmarks, smoke run (cargo bench measures)"
+cargo test -p dpop-tests --benches

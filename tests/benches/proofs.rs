@@ -11,7 +11,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, KeyLabel, SignerRef};
-use dpop_tests::bench::{Run, on_threads, operations, through_agent, verdict};
+use dpop_tests::bench::{Run, build_kind, on_threads, operations, through_agent, verdict};
 use dpop_tests::{AgentOptions, TestAgent};
 
 const URL: &str = "https://api.example.com/v1/items?page=2";
@@ -87,7 +87,10 @@ fn main() {
     assert_eq!(imported.jkt, local.meta().info().jkt, "same key in both");
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    println!("ES256 DPoP proofs (GET with ath), {cores} core(s), release build");
+    println!(
+        "ES256 DPoP proofs (GET with ath), {cores} core(s), {}",
+        build_kind()
+    );
     let inproc1 = in_process(1, n, &local);
     let inproc_all = in_process(cores, n / cores, &local);
     let agent1 = through_agent(&agent, 1, n, "bench", URL, Some(TOKEN));

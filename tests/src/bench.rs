@@ -58,6 +58,15 @@ pub fn operations(quick: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// "release build", or a warning that the numbers mean nothing (`cargo test --benches`).
+pub fn build_kind() -> &'static str {
+    if cfg!(debug_assertions) {
+        "DEBUG build, a smoke run: these numbers mean nothing"
+    } else {
+        "release build"
+    }
+}
+
 /// Runs `per_thread` operations on each of `threads` threads at once and times each one.
 /// `setup` runs on each thread before the clock starts and returns that thread's operation.
 pub fn on_threads<S, F>(name: String, threads: usize, per_thread: usize, setup: S) -> Run
@@ -65,8 +74,10 @@ where
     S: Fn() -> F + Sync,
     F: FnMut(),
 {
-    let barrier = std::sync::Barrier::new(threads + 1);
-    let (wall, samples) = std::thread::scope(|scope| {
+    let barrier = std::sync::Barrier::new(threads);
+    // Each thread notes when it started and finished: the main thread may not even be
+    // scheduled while the workers run, so its own clock would start late.
+    let runs: Vec<(Instant, Instant, Vec<Duration>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let (barrier, setup) = (&barrier, &setup);
@@ -74,23 +85,25 @@ where
                     let mut op = setup();
                     let mut samples = Vec::with_capacity(per_thread);
                     barrier.wait();
+                    let start = Instant::now();
                     for _ in 0..per_thread {
                         let t = Instant::now();
                         op();
                         samples.push(t.elapsed());
                     }
-                    samples
+                    (start, Instant::now(), samples)
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let samples: Vec<Duration> = handles
+        handles
             .into_iter()
-            .flat_map(|h| h.join().expect("bench thread"))
-            .collect();
-        (start.elapsed(), samples)
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
     });
+    let start = runs.iter().map(|r| r.0).min().expect("at least one thread");
+    let end = runs.iter().map(|r| r.1).max().expect("at least one thread");
+    let wall = end - start;
+    let samples = runs.into_iter().flat_map(|r| r.2).collect();
     Run {
         name,
         wall,
@@ -111,6 +124,52 @@ pub fn through_agent(
     url: &str,
     access_token: Option<&str>,
 ) -> Run {
+    let proof = ProofRequest {
+        key: key.to_owned(),
+        url: url.to_owned(),
+        access_token: access_token.map(str::to_owned),
+    };
+    let name = format!("agent over the socket, {clients} client(s)");
+    drive(agent, clients, per_client, Some(proof), name)
+}
+
+/// As [`through_agent`], with `hello` instead of `sign_proof`: the cost of the transport alone.
+pub fn hellos_through_agent(agent: &TestAgent, clients: usize, per_client: usize) -> Run {
+    let name = format!("agent hello (transport only), {clients} client(s)");
+    drive(agent, clients, per_client, None, name)
+}
+
+#[derive(Clone)]
+struct ProofRequest {
+    key: String,
+    url: String,
+    access_token: Option<String>,
+}
+
+/// `hello` when `proof` is `None`.
+async fn one_request(
+    c: &mut dpop_client::Client,
+    proof: Option<&ProofRequest>,
+) -> Result<(), dpop_client::Error> {
+    match proof {
+        Some(p) => c
+            .sign_proof(&p.key, "GET", &p.url, p.access_token.as_deref(), None)
+            .await
+            .map(|proof| drop(std::hint::black_box(proof))),
+        None => c
+            .hello()
+            .await
+            .map(|hello| drop(std::hint::black_box(hello))),
+    }
+}
+
+fn drive(
+    agent: &TestAgent,
+    clients: usize,
+    per_client: usize,
+    proof: Option<ProofRequest>,
+    name: String,
+) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,26 +182,23 @@ pub fn through_agent(
                 c.set_spin(Duration::from_micros(200));
             }
             // Warm the connection (and the agent's task) before timing.
-            c.sign_proof(key, "GET", url, access_token, None)
+            one_request(&mut c, proof.as_ref())
                 .await
-                .expect("warm-up proof");
+                .expect("warm-up request");
             connected.push(c);
         }
         let start = Instant::now();
         let tasks: Vec<_> = connected
             .into_iter()
             .map(|mut c| {
-                let (key, url) = (key.to_owned(), url.to_owned());
-                let token = access_token.map(str::to_owned);
+                let proof = proof.clone();
                 tokio::spawn(async move {
                     let mut samples = Vec::with_capacity(per_client);
                     for _ in 0..per_client {
                         let t = Instant::now();
-                        let proof = c
-                            .sign_proof(&key, "GET", &url, token.as_deref(), None)
-                            .await;
+                        let result = one_request(&mut c, proof.as_ref()).await;
                         samples.push(t.elapsed());
-                        std::hint::black_box(proof.expect("proof"));
+                        result.expect("request");
                     }
                     samples
                 })
@@ -153,7 +209,7 @@ pub fn through_agent(
             samples.extend(t.await.expect("client task"));
         }
         Run {
-            name: format!("agent over the socket, {clients} client(s)"),
+            name,
             wall: start.elapsed(),
             samples,
         }
