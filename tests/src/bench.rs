@@ -216,7 +216,11 @@ fn drive(
     })
 }
 
-/// Prints whether a measured value met its target.
+/// Whether a measured value met its target; a debug build's smoke run is not judged.
 pub fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
+    match (cfg!(debug_assertions), met) {
+        (true, _) => "not judged (debug build)",
+        (false, true) => "met",
+        (false, false) => "MISSED",
+    }
 }
