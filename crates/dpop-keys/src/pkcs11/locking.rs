@@ -80,6 +80,8 @@ unsafe extern "C" fn create_mutex(out: *mut *mut c_void) -> CK_RV {
         return CKR_ARGUMENTS_BAD;
     }
     let mutex = Box::into_raw(Box::new(RawMutex::INIT));
+    #[cfg(test)]
+    tests::count(1, 0);
     // SAFETY: the module passes a valid place for the new mutex's pointer.
     unsafe { *out = mutex.cast() };
     CKR_OK
@@ -91,6 +93,8 @@ unsafe extern "C" fn destroy_mutex(mutex: *mut c_void) -> CK_RV {
     }
     // SAFETY: `mutex` came from `create_mutex` and the module destroys it once.
     drop(unsafe { Box::from_raw(mutex.cast::<RawMutex>()) });
+    #[cfg(test)]
+    tests::count(0, 1);
     CKR_OK
 }
 
@@ -121,6 +125,49 @@ unsafe extern "C" fn unlock_mutex(mutex: *mut c_void) -> CK_RV {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Mutexes created and destroyed on this thread (a module calls the callbacks from
+        /// the thread that runs `C_Initialize` / `C_Finalize`).
+        static COUNTS: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    pub(super) fn count(created: usize, destroyed: usize) {
+        COUNTS.with(|c| {
+            let (a, b) = c.get();
+            c.set((a + created, b + destroyed));
+        });
+    }
+
+    #[test]
+    fn softhsm2_takes_our_mutexes_and_destroys_them_in_c_finalize() {
+        let module = std::env::var("DPOP_TEST_PKCS11_MODULE")
+            .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
+        let initializer = Initializer::load(module.as_ref()).unwrap_or_else(|e| {
+            panic!(
+                "SoftHSM2 is needed ({e}); scripts/test.sh installs it (apt-get install softhsm2)"
+            )
+        });
+        initializer
+            .initialize()
+            .expect("C_Initialize with our mutexes");
+        let (created, destroyed) = COUNTS.with(Cell::get);
+        assert!(
+            created > destroyed,
+            "SoftHSM2 holds no mutex of ours ({created} created, {destroyed} destroyed)"
+        );
+        cryptoki::context::Pkcs11::new(&module)
+            .unwrap()
+            .finalize()
+            .expect("C_Finalize");
+        let (created_after, destroyed_after) = COUNTS.with(Cell::get);
+        assert_eq!(created_after, created);
+        assert_eq!(
+            destroyed_after, created,
+            "every mutex is destroyed by C_Finalize"
+        );
+    }
 
     #[test]
     fn mutex_callbacks_follow_the_pkcs11_contract() {

@@ -58,9 +58,9 @@ pub const DEFAULT_MAX_SESSIONS: usize = 8;
 
 /// Loads and initialises the module at `path` as the backend does (handing it parking_lot
 /// mutexes, which spin briefly before they sleep, unless it refuses them), or returns the
-/// context this process already has for it. For tools and benchmarks that talk to the token beside a backend. The caller
-/// counts as a user of the module for the rest of the process, so no backend will re-initialise
-/// it under the caller's sessions.
+/// context this process already has for it. For tools and benchmarks that talk to the token
+/// beside a backend. The caller counts as a user of the module for the rest of the process, so
+/// no backend will re-initialise it under the caller's sessions.
 pub fn load_module(path: &Path) -> Result<cryptoki::context::Pkcs11, Error> {
     let (_, ctx, user) = pool::module(path)?;
     std::mem::forget(user);
