@@ -86,20 +86,26 @@ fn generate(agent: &TestAgent, token: &SoftHsmToken, label: &str, alg: &str) -> 
     key
 }
 
-/// A P-256 key pair made on the token by pkcs11-tool, as another application would.
-fn pkcs11_tool_keypair(token: &SoftHsmToken, label: &str, id_hex: &str) {
-    run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--label",
-        label,
-        "--id",
-        id_hex,
-    ]));
+/// A P-256 key pair made on the token by pkcs11-tool, as another application would, with
+/// `extra` options for the key.
+fn pkcs11_tool_keypair(token: &SoftHsmToken, label: &str, id_hex: &str, extra: &[&str]) {
+    run_ok(
+        token
+            .pkcs11_tool()
+            .args([
+                "--login",
+                "--pin",
+                PIN,
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--label",
+                label,
+                "--id",
+                id_hex,
+            ])
+            .args(extra),
+    );
 }
 
 /// `dpop keys import FILE --label LABEL --backend BACKEND [--alg ALG] --json`.
@@ -584,7 +590,7 @@ fn adopt_by_uri() {
     let agent = start(&token);
     // Made while the agent runs, as another application would (before the agent writes to
     // the token: see token_keys_survive_a_restart).
-    pkcs11_tool_keypair(&token, "adoptme", "01");
+    pkcs11_tool_keypair(&token, "adoptme", "01", &[]);
     let uri = format!("pkcs11:token={};object=adoptme;type=private", token.label());
     let key = parse_key(&agent.dpop_ok(&["keys", "adopt", &uri, "--label", "adopted", "--json"]));
     assert_token_key(&key, &token, "adopted", "ES256");
@@ -695,12 +701,48 @@ fn adopt_by_uri() {
 /// Generated, imported and adopted token keys come back after a restart with the same jkt and
 /// location, and still sign.
 #[test]
+fn a_key_that_wants_the_pin_for_every_signature_signs() {
+    let token = token("alwaysauth");
+    let agent = start(&token);
+    // As a YubiKey's PIV slot 9c key, or one made with PIN policy "always".
+    pkcs11_tool_keypair(&token, "pinned", "0a", &["--always-auth"]);
+    let described = inspect(&token, &["private-key", "0a"]);
+    assert_eq!(
+        described["private_keys"][0]["flags"]["always_authenticate"], true,
+        "{described}"
+    );
+    // The token insists: C_SignInit then C_Sign, with no login for the operation, is refused.
+    let plain = inspect(&token, &["sign", "0a"]);
+    assert_eq!(plain["error"], "UserNotLoggedIn", "{plain}");
+
+    let uri = format!("pkcs11:token={};id=%0a;type=private", token.label());
+    let key = parse_key(&agent.dpop_ok(&["keys", "adopt", &uri, "--label", "pinned", "--json"]));
+    assert_token_key(&key, &token, "pinned", "ES256");
+    // Each proof needs its own login for the operation; several in a row, and from clients
+    // at once, all verify.
+    for _ in 0..3 {
+        assert_signs(&agent, &key);
+    }
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert_signs(&agent, &key));
+        }
+    });
+    let log = agent.stderr_log();
+    assert!(
+        log.contains("wants the PIN for each signature"),
+        "the agent does not say the key wants the PIN each time:\n{log}"
+    );
+    assert!(!log.contains(PIN), "the PIN is in the agent's log:\n{log}");
+}
+
+#[test]
 fn token_keys_survive_a_restart() {
     let token = token("restart");
     // Made before the agent starts: SoftHSM2 2.6 misses objects that another process creates
     // while this one runs if this one writes to the token before looking again (each process
     // tracks a generation counter, and its own write bumps past the other's change).
-    pkcs11_tool_keypair(&token, "theirs", "a1b2");
+    pkcs11_tool_keypair(&token, "theirs", "a1b2", &[]);
     let mut agent = start(&token);
     let pem = agent.dir().join("import-me.pem");
     ec_pem(&pem);
@@ -1398,7 +1440,7 @@ fn readme_ci_recipe_works() {
 fn config_file_adopts_token_keys_at_start() {
     let token = token("cfgadopt");
     // Made before the agent starts (SoftHSM2 hides other processes' later objects).
-    pkcs11_tool_keypair(&token, "piv-9a", "9a");
+    pkcs11_tool_keypair(&token, "piv-9a", "9a", &[]);
     let config = token.dir().join("agent.toml");
     std::fs::write(
         &config,

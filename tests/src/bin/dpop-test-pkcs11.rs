@@ -11,18 +11,20 @@
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL token-info          # serial and PIN flags, no login
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL objects             # every key object: class, id, label
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL private-key ID_HEX  # what the token says about a key
+//! dpop-test-pkcs11 MODULE TOKEN_LABEL sign ID_HEX         # a plain ECDSA C_Sign with the key
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL create-exposed-ec-key ID_HEX
 //! ```
 //!
 //! `create-exposed-ec-key` stores a P-256 private key that is neither sensitive nor
 //! unextractable (and no public key), so that the tests can show their check tells such a key
-//! apart. `objects`, `private-key` and `create-exposed-ec-key` log in as the user with the PIN in `DPOP_TEST_PKCS11_PIN`
+//! apart. `objects`, `private-key`, `sign` and `create-exposed-ec-key` log in as the user with the PIN in `DPOP_TEST_PKCS11_PIN`
 //! (never on the command line). Errors go to standard error with exit status 1.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
 };
@@ -121,6 +123,26 @@ fn run(args: &[String]) -> Result<Value> {
                 private.push(describe_private_key(&session, object)?);
             }
             Ok(json!({ "private_keys": private, "public_keys": public }))
+        }
+        ("sign", [id]) => {
+            let id = unhex(id)?;
+            let session = login(&ctx, slot)?;
+            let keys = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Id(id),
+                ])
+                .map_err(|e| format!("C_FindObjects: {e}"))?;
+            let [key] = keys[..] else {
+                return Err(format!("{} private keys with that id", keys.len()));
+            };
+            // C_SignInit then C_Sign, nothing in between: what a plain application does.
+            Ok(match session.sign(&Mechanism::Ecdsa, key, &[0x5a; 32]) {
+                Ok(signature) => json!({ "signature_len": signature.len() }),
+                // Named as cryptoki spells it (`UserNotLoggedIn` for CKR_USER_NOT_LOGGED_IN).
+                Err(cryptoki::error::Error::Pkcs11(rv, _)) => json!({ "error": format!("{rv:?}") }),
+                Err(e) => return Err(format!("C_Sign: {e}")),
+            })
         }
         ("create-exposed-ec-key", [id]) => {
             let id = unhex(id)?;
@@ -245,6 +267,7 @@ fn describe_private_key(session: &Session, object: ObjectHandle) -> Result<Value
         AttributeType::Extractable,
         AttributeType::NeverExtractable,
         AttributeType::Sign,
+        AttributeType::AlwaysAuthenticate,
     ])? {
         let (name, value) = match attribute {
             Attribute::Token(v) => ("token", v),
@@ -254,6 +277,7 @@ fn describe_private_key(session: &Session, object: ObjectHandle) -> Result<Value
             Attribute::Extractable(v) => ("extractable", v),
             Attribute::NeverExtractable(v) => ("never_extractable", v),
             Attribute::Sign(v) => ("sign", v),
+            Attribute::AlwaysAuthenticate(v) => ("always_authenticate", v),
             _ => continue,
         };
         flags.insert(name, value);

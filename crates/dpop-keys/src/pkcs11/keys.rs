@@ -350,6 +350,16 @@ impl SignWith {
         }
     }
 
+    /// Room to make for a signature: ECDSA as r||s or, from some tokens, DER (up to 9 bytes
+    /// more); RSA up to 4096 bits (a token with a larger key says so and gets a second call).
+    fn signature_room(self) -> usize {
+        match self {
+            SignWith::EcdsaDigest(_, n) | SignWith::EcdsaHashing(_, n) => 2 * n + 9,
+            SignWith::RsaPkcs | SignWith::RsaPss => 512,
+            SignWith::Eddsa => 64,
+        }
+    }
+
     fn mechanism(self) -> Mechanism<'static> {
         match self {
             SignWith::EcdsaDigest(..) => Mechanism::Ecdsa,
@@ -366,14 +376,52 @@ impl SignWith {
     }
 }
 
+/// A private key found on the token: its handle in one token generation, and whether the token
+/// wants the PIN for each use of it (`CKA_ALWAYS_AUTHENTICATE`: YubiKey PIV slot 9c, or any
+/// key made with PIN policy "always").
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FoundKey {
+    generation: u64,
+    handle: ObjectHandle,
+    always_authenticate: bool,
+}
+
+impl FoundKey {
+    pub(crate) fn read(
+        session: &Session,
+        generation: u64,
+        handle: ObjectHandle,
+    ) -> Result<FoundKey, Fail> {
+        let always_authenticate = session
+            .get_attributes(handle, &[AttributeType::AlwaysAuthenticate])?
+            .iter()
+            .any(|a| matches!(a, Attribute::AlwaysAuthenticate(true)));
+        Ok(FoundKey {
+            generation,
+            handle,
+            always_authenticate,
+        })
+    }
+
+    /// Says so when the key wants the PIN for every signature: the agent gives it each time,
+    /// which costs a PIN check per proof (and, on a YubiKey, no touch unless its touch policy
+    /// asks for one).
+    fn note(&self, meta: &KeyMeta) {
+        if self.always_authenticate {
+            tracing::info!(label = %meta.info().label, "PKCS#11 key wants the PIN for each signature \
+                (CKA_ALWAYS_AUTHENTICATE); the agent logs in for every proof it signs with it");
+        }
+    }
+}
+
 /// A key on the token, ready to sign.
 pub struct Pkcs11Signer {
     meta: KeyMeta,
     token: Arc<Token>,
     locator: Locator,
     with: SignWith,
-    /// The private key's handle and the token generation it belongs to.
-    handle: Mutex<Option<(u64, ObjectHandle)>>,
+    /// The private key as last found.
+    found: Mutex<Option<FoundKey>>,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -392,18 +440,21 @@ impl Pkcs11Signer {
         token: Arc<Token>,
         locator: Locator,
         with: SignWith,
-        handle: Option<(u64, ObjectHandle)>,
+        found: Option<FoundKey>,
     ) -> Pkcs11Signer {
+        if let Some(f) = found {
+            f.note(&meta);
+        }
         Pkcs11Signer {
             meta,
             token,
             locator,
             with,
-            handle: Mutex::new(handle),
+            found: Mutex::new(found),
         }
     }
 
-    fn find_handle(&self, session: &Session, generation: u64) -> Result<ObjectHandle, Fail> {
+    fn find_key(&self, session: &Session, generation: u64) -> Result<FoundKey, Fail> {
         let found = find(session, &self.locator.template(ObjectClass::PRIVATE_KEY))?;
         if found.is_empty() {
             self.token.explain_missing(session, generation)?;
@@ -418,15 +469,17 @@ impl Pkcs11Signer {
             }
             .into());
         };
-        *self.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, handle));
-        Ok(handle)
+        let found = FoundKey::read(session, generation, handle)?;
+        found.note(&self.meta);
+        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
+        Ok(found)
     }
 
-    fn cached_handle(&self, generation: u64) -> Option<ObjectHandle> {
-        match *self.handle.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((g, h)) if g == generation => Some(h),
-            _ => None,
-        }
+    fn cached_key(&self, generation: u64) -> Option<FoundKey> {
+        self.found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|f| f.generation == generation)
     }
 }
 
@@ -448,18 +501,27 @@ impl KeySigner for Pkcs11Signer {
             _ => message.to_vec(),
         };
         let mechanism = self.with.mechanism();
+        let sign = |session: &Session, key: FoundKey| {
+            self.token.sign(
+                session,
+                &mechanism,
+                key.handle,
+                &data,
+                self.with.signature_room(),
+                key.always_authenticate,
+            )
+        };
         let signature = self.token.run(|session, generation| {
-            let handle = match self.cached_handle(generation) {
-                Some(h) => h,
-                None => self.find_handle(session, generation)?,
+            let key = match self.cached_key(generation) {
+                Some(k) => k,
+                None => self.find_key(session, generation)?,
             };
-            match session.sign(&mechanism, handle, &data) {
+            match sign(session, key) {
                 // The object was re-created (or the cache is stale): find it by CKA_ID again.
-                Err(e) if handle_invalid(&e) => {
-                    let handle = self.find_handle(session, generation)?;
-                    Ok(session.sign(&mechanism, handle, &data)?)
+                Err(Fail::Ck(e)) if handle_invalid(&e) => {
+                    sign(session, self.find_key(session, generation)?)
                 }
-                other => Ok(other?),
+                other => other,
             }
         })?;
         match self.with {

@@ -1,4 +1,4 @@
-//! `C_Initialize` with mutexes of our own.
+//! Mutexes of our own for the module, handed over in `C_Initialize`.
 //!
 //! PKCS#11 lets the application hand the module its mutex functions (`CreateMutex` & co. in
 //! `CK_C_INITIALIZE_ARGS`). Modules that take many short internal locks per signature, SoftHSM2
@@ -9,70 +9,33 @@
 //! OS mutexes and a steady 44–46 k/s with these.
 //!
 //! A module that cannot use application-supplied locks (`CKR_CANT_LOCK`) is initialised with
-//! `CKF_OS_LOCKING_OK` alone, as before.
+//! `CKF_OS_LOCKING_OK` alone (see `raw::RawModule::initialize`).
 
 use std::ffi::c_void;
-use std::path::Path;
 
-use cryptoki::context::Function;
-use cryptoki::error::{Error as CkError, Rv};
 use cryptoki_sys::{
-    CK_C_INITIALIZE_ARGS, CK_RV, CKF_OS_LOCKING_OK, CKR_ARGUMENTS_BAD, CKR_CANT_LOCK,
-    CKR_MUTEX_NOT_LOCKED, CKR_OK,
+    CK_C_INITIALIZE_ARGS, CK_RV, CKF_OS_LOCKING_OK, CKR_ARGUMENTS_BAD, CKR_MUTEX_NOT_LOCKED, CKR_OK,
 };
 use parking_lot::RawMutex;
 use parking_lot::lock_api::RawMutex as _;
 
-type InitializeFn = unsafe extern "C" fn(*mut c_void) -> CK_RV;
-
-/// A module's `C_Initialize`, kept with the library handle that makes the pointer valid.
-pub(crate) struct Initializer {
-    // Never read: holding it keeps the module mapped while `initialize` may be called.
-    _library: cryptoki_sys::Pkcs11,
-    initialize: InitializeFn,
-}
-
-impl Initializer {
-    /// Opens the module at `path` (the same mapping as any other handle to it in this process).
-    pub(crate) fn load(path: &Path) -> Result<Initializer, String> {
-        // SAFETY: loading a PKCS#11 module runs its initialisers, exactly as cryptoki's own
-        // `Pkcs11::new` on the same path does.
-        let library = unsafe { cryptoki_sys::Pkcs11::new(path) }.map_err(|e| e.to_string())?;
-        let initialize = *library.C_Initialize.as_ref().map_err(|e| e.to_string())?;
-        Ok(Initializer {
-            _library: library,
-            initialize,
-        })
+/// `C_Initialize` arguments: our mutexes, or (`with_mutexes` false) the module's OS locking.
+pub(super) fn initialize_args(with_mutexes: bool) -> CK_C_INITIALIZE_ARGS {
+    let mut args = CK_C_INITIALIZE_ARGS {
+        CreateMutex: Some(create_mutex),
+        DestroyMutex: Some(destroy_mutex),
+        LockMutex: Some(lock_mutex),
+        UnlockMutex: Some(unlock_mutex),
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: std::ptr::null_mut(),
+    };
+    if !with_mutexes {
+        args.CreateMutex = None;
+        args.DestroyMutex = None;
+        args.LockMutex = None;
+        args.UnlockMutex = None;
     }
-
-    /// `C_Initialize` with our mutex functions, or with the module's own OS locking when it
-    /// refuses them.
-    pub(crate) fn initialize(&self) -> Result<(), CkError> {
-        let mut args = CK_C_INITIALIZE_ARGS {
-            CreateMutex: Some(create_mutex),
-            DestroyMutex: Some(destroy_mutex),
-            LockMutex: Some(lock_mutex),
-            UnlockMutex: Some(unlock_mutex),
-            flags: CKF_OS_LOCKING_OK,
-            pReserved: std::ptr::null_mut(),
-        };
-        let mut rv = self.call(&mut args);
-        if rv == CKR_CANT_LOCK {
-            tracing::debug!("the PKCS#11 module refuses application mutexes; using its own");
-            args.CreateMutex = None;
-            args.DestroyMutex = None;
-            args.LockMutex = None;
-            args.UnlockMutex = None;
-            rv = self.call(&mut args);
-        }
-        Rv::from(rv).into_result(Function::Initialize)
-    }
-
-    fn call(&self, args: &mut CK_C_INITIALIZE_ARGS) -> CK_RV {
-        // SAFETY: `args` is a valid CK_C_INITIALIZE_ARGS for the duration of the call, and the
-        // function pointer stays valid while `_library` is held.
-        unsafe { (self.initialize)((args as *mut CK_C_INITIALIZE_ARGS).cast()) }
-    }
+    args
 }
 
 unsafe extern "C" fn create_mutex(out: *mut *mut c_void) -> CK_RV {
@@ -144,14 +107,12 @@ mod tests {
     fn softhsm2_takes_our_mutexes_and_destroys_them_in_c_finalize() {
         let module = std::env::var("DPOP_TEST_PKCS11_MODULE")
             .unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
-        let initializer = Initializer::load(module.as_ref()).unwrap_or_else(|e| {
+        let raw = crate::pkcs11::raw::RawModule::load(module.as_ref()).unwrap_or_else(|e| {
             panic!(
                 "SoftHSM2 is needed ({e}); scripts/test.sh installs it (apt-get install softhsm2)"
             )
         });
-        initializer
-            .initialize()
-            .expect("C_Initialize with our mutexes");
+        raw.initialize().expect("C_Initialize with our mutexes");
         let (created, destroyed) = COUNTS.with(Cell::get);
         assert!(
             created > destroyed,

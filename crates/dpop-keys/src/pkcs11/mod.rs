@@ -30,6 +30,7 @@
 mod keys;
 mod locking;
 mod pool;
+mod raw;
 mod uri;
 
 use std::fs;
@@ -38,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -46,7 +47,7 @@ use zeroize::Zeroizing;
 pub use keys::Pkcs11Signer;
 pub use uri::{ObjectType, Pkcs11Uri};
 
-use keys::{Locator, SignWith};
+use keys::{FoundKey, Locator, SignWith};
 use pool::{Fail, Token, TokenIdentity};
 
 use crate::fsutil::{create_private_dir, write_new_private_file};
@@ -375,7 +376,7 @@ impl Pkcs11Backend {
         jwk: Jwk,
         identity: &TokenIdentity,
         locator: Locator,
-        handle: Option<(u64, ObjectHandle)>,
+        found: Option<FoundKey>,
     ) -> Result<SignerRef, Error> {
         let with = self.sign_with(alg)?;
         let meta = KeyMeta::new(
@@ -391,7 +392,7 @@ impl Pkcs11Backend {
             self.token.clone(),
             locator,
             with,
-            handle,
+            found,
         )))
     }
 
@@ -406,7 +407,7 @@ impl Pkcs11Backend {
         locator: Locator,
         jwk: Jwk,
         identity: &TokenIdentity,
-        handle: Option<(u64, ObjectHandle)>,
+        found: Option<FoundKey>,
     ) -> Result<SignerRef, Error> {
         let made = self
             .signer(
@@ -415,7 +416,7 @@ impl Pkcs11Backend {
                 jwk.clone(),
                 identity,
                 locator.clone(),
-                handle,
+                found,
             )
             .and_then(|signer| {
                 let record = KeyRecord {
@@ -608,7 +609,7 @@ impl Backend for Pkcs11Backend {
                     Err(Fail::Other(Error::InvalidKey { .. })) => record.jwk.clone(),
                     Err(e) => return Err(e),
                 };
-                Ok(Ok((jwk, (generation, private))))
+                Ok(Ok((jwk, FoundKey::read(session, generation, private)?)))
             })?;
             let (jwk, handle) = match found {
                 Ok(found) => found,
@@ -678,7 +679,7 @@ impl Backend for Pkcs11Backend {
         let (jwk, handle) = self.token.run(|session, generation| {
             let (_, private_key) = session.generate_key_pair(&mechanism, &public, &private)?;
             match keys::public_jwk(session, private_key, &locator, kind) {
-                Ok(jwk) => Ok((jwk, (generation, private_key))),
+                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private_key)?)),
                 Err(e) => {
                     let _ = session.destroy_object(private_key);
                     for p in keys::find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
@@ -731,7 +732,7 @@ impl Backend for Pkcs11Backend {
                 }
             };
             match keys::public_jwk(session, private, &locator, kind) {
-                Ok(jwk) => Ok((jwk, (generation, private))),
+                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private)?)),
                 Err(e) => {
                     let _ = session.destroy_object(private);
                     let _ = session.destroy_object(public);
@@ -827,7 +828,12 @@ impl Backend for Pkcs11Backend {
             let locator = Locator { id, object };
             let kind = keys::key_kind(session, private)?;
             let jwk = keys::public_jwk(session, private, &locator, kind)?;
-            Ok((kind, jwk, locator, (generation, private)))
+            Ok((
+                kind,
+                jwk,
+                locator,
+                FoundKey::read(session, generation, private)?,
+            ))
         })?;
         let alg = keys::alg_for(kind, alg)?;
         self.finish_new_key(

@@ -16,24 +16,25 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::MechanismType;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use super::TokenSelector;
-use super::locking::Initializer;
+use super::raw::RawModule;
 use crate::Error;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One loaded module: its context, its `C_Initialize`, and how many tokens in this process use
-/// it.
+/// One loaded module: its context, its raw entry points, and how many tokens in this process
+/// use it.
 struct Module {
     ctx: Pkcs11,
-    initializer: Arc<Initializer>,
+    raw: Arc<RawModule>,
     users: Arc<AtomicUsize>,
 }
 
@@ -41,7 +42,7 @@ struct Module {
 /// sole user, since `C_Finalize` ends every session of the process on it.
 pub(crate) struct ModuleUse {
     users: Arc<AtomicUsize>,
-    initializer: Arc<Initializer>,
+    raw: Arc<RawModule>,
 }
 
 impl ModuleUse {
@@ -70,7 +71,7 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error>
         m.users.fetch_add(1, Ordering::SeqCst);
         ModuleUse {
             users: m.users.clone(),
-            initializer: m.initializer.clone(),
+            raw: m.raw.clone(),
         }
     };
     if let Some(m) = modules.get(&canonical) {
@@ -80,19 +81,19 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error>
         function: "loading the module",
         reason: format!("{}: {e}", canonical.display()),
     })?;
-    let initializer = Initializer::load(&canonical).map_err(|reason| Error::Pkcs11 {
+    let raw = RawModule::load(&canonical).map_err(|reason| Error::Pkcs11 {
         function: "loading the module",
         reason: format!("{}: {reason}", canonical.display()),
     })?;
     // Another library in this process (a test's raw cryptoki context, a TLS engine) may have
     // initialised the module already; that is fine, it is the same instance.
-    match initializer.initialize() {
+    match raw.initialize() {
         Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(ck_error(e)),
     }
     let m = Module {
         ctx: ctx.clone(),
-        initializer: Arc::new(initializer),
+        raw: Arc::new(raw),
         users: Arc::new(AtomicUsize::new(0)),
     };
     let used = in_use(&m);
@@ -321,7 +322,7 @@ impl Token {
             Err(Error::TokenNotPresent { .. }) if self.may_reinitialize() => {
                 tracing::info!(token = %self.selector, "token not found; re-initialising the PKCS#11 module to look again");
                 let _ = self.ctx.clone().finalize();
-                self.module.initializer.initialize().map_err(ck_error)?;
+                self.module.raw.initialize().map_err(ck_error)?;
                 self.find_once()
             }
             other => other,
@@ -420,31 +421,65 @@ impl Token {
     /// Logs the application in on `session`'s token unless it is already.
     fn login(&self, session: &Session) -> Result<(), Fail> {
         let _one_at_a_time = lock(&self.login_lock);
-        match self.pin_state.load(Ordering::SeqCst) {
-            PIN_REFUSED => return Err(Error::PinIncorrect.into()),
-            PIN_LOCKED => return Err(Error::PinLocked.into()),
-            _ => {}
-        }
+        self.pin_still_good()?;
         let state = session.get_session_info()?.session_state();
         if matches!(state, SessionState::RwUser | SessionState::RoUser) {
             return Ok(());
         }
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-            Err(CkError::Pkcs11(
+            Err(e) => Err(self.pin_failure(e)),
+        }
+    }
+
+    /// Signs `data` on `session` with one `C_SignInit` and one `C_Sign` (cryptoki's
+    /// `Session::sign` first asks for the length: a second trip into the module). A key with
+    /// `CKA_ALWAYS_AUTHENTICATE` gets the PIN again (`CKU_CONTEXT_SPECIFIC`) between the two.
+    pub(crate) fn sign(
+        &self,
+        session: &Session,
+        mechanism: &Mechanism<'_>,
+        key: ObjectHandle,
+        data: &[u8],
+        expected_len: usize,
+        always_authenticate: bool,
+    ) -> Result<Vec<u8>, Fail> {
+        session.sign_init(mechanism, key)?;
+        if always_authenticate {
+            self.pin_still_good()?;
+            session
+                .login(UserType::ContextSpecific, Some(&self.pin))
+                .map_err(|e| self.pin_failure(e))?;
+        }
+        Ok(self.module.raw.sign(session, data, expected_len)?)
+    }
+
+    /// Refuses to use a PIN the token has refused before.
+    fn pin_still_good(&self) -> Result<(), Fail> {
+        match self.pin_state.load(Ordering::SeqCst) {
+            PIN_REFUSED => Err(Error::PinIncorrect.into()),
+            PIN_LOCKED => Err(Error::PinLocked.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A failed `C_Login`: remembers a refused or locked PIN so it is never tried again.
+    fn pin_failure(&self, e: CkError) -> Fail {
+        match e {
+            CkError::Pkcs11(
                 RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
                 _,
-            )) => {
+            ) => {
                 self.pin_state.store(PIN_REFUSED, Ordering::SeqCst);
                 tracing::warn!(token = %self.selector, "the PKCS#11 token refused the PIN; \
                     not trying it again until the backend is reopened");
-                Err(Error::PinIncorrect.into())
+                Error::PinIncorrect.into()
             }
-            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+            CkError::Pkcs11(RvError::PinLocked, _) => {
                 self.pin_state.store(PIN_LOCKED, Ordering::SeqCst);
-                Err(Error::PinLocked.into())
+                Error::PinLocked.into()
             }
-            Err(e) => Err(e.into()),
+            e => e.into(),
         }
     }
 
@@ -590,11 +625,9 @@ impl Token {
                     }
                 }
                 Err(fail) => {
-                    if let Fail::Ck(e) = &fail
-                        && rv(e).is_some_and(token_gone)
-                    {
-                        pooled.broken = true;
-                    }
+                    // A failure may leave an operation active in the session (a signature
+                    // begun and not finished); a fresh session is cheaper than finding out.
+                    pooled.broken = true;
                     drop(pooled);
                     return Err(self.settle(fail, generation));
                 }
