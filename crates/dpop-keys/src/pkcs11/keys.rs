@@ -387,20 +387,24 @@ pub(crate) struct FoundKey {
 }
 
 impl FoundKey {
-    pub(crate) fn read(
-        session: &Session,
-        generation: u64,
-        handle: ObjectHandle,
-    ) -> Result<FoundKey, Fail> {
-        let always_authenticate = session
-            .get_attributes(handle, &[AttributeType::AlwaysAuthenticate])?
-            .iter()
-            .any(|a| matches!(a, Attribute::AlwaysAuthenticate(true)));
-        Ok(FoundKey {
+    pub(crate) fn read(session: &Session, generation: u64, handle: ObjectHandle) -> FoundKey {
+        let always_authenticate =
+            match session.get_attributes(handle, &[AttributeType::AlwaysAuthenticate]) {
+                Ok(attributes) => attributes
+                    .iter()
+                    .any(|a| matches!(a, Attribute::AlwaysAuthenticate(true))),
+                // Some tokens fail the read instead of answering CKR_ATTRIBUTE_TYPE_INVALID:
+                // an ordinary key then, and one that does want the PIN says so at C_Sign.
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading CKA_ALWAYS_AUTHENTICATE failed");
+                    false
+                }
+            };
+        FoundKey {
             generation,
             handle,
             always_authenticate,
-        })
+        }
     }
 
     /// Says so when the key wants the PIN for every signature: the agent gives it each time,
@@ -469,7 +473,7 @@ impl Pkcs11Signer {
             }
             .into());
         };
-        let found = FoundKey::read(session, generation, handle)?;
+        let found = FoundKey::read(session, generation, handle);
         found.note(&self.meta);
         *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
         Ok(found)

@@ -609,7 +609,7 @@ impl Backend for Pkcs11Backend {
                     Err(Fail::Other(Error::InvalidKey { .. })) => record.jwk.clone(),
                     Err(e) => return Err(e),
                 };
-                Ok(Ok((jwk, FoundKey::read(session, generation, private)?)))
+                Ok(Ok((jwk, FoundKey::read(session, generation, private))))
             })?;
             let (jwk, handle) = match found {
                 Ok(found) => found,
@@ -679,7 +679,7 @@ impl Backend for Pkcs11Backend {
         let (jwk, handle) = self.token.run(|session, generation| {
             let (_, private_key) = session.generate_key_pair(&mechanism, &public, &private)?;
             match keys::public_jwk(session, private_key, &locator, kind) {
-                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private_key)?)),
+                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private_key))),
                 Err(e) => {
                     let _ = session.destroy_object(private_key);
                     for p in keys::find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
@@ -732,7 +732,7 @@ impl Backend for Pkcs11Backend {
                 }
             };
             match keys::public_jwk(session, private, &locator, kind) {
-                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private)?)),
+                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private))),
                 Err(e) => {
                     let _ = session.destroy_object(private);
                     let _ = session.destroy_object(public);
@@ -832,7 +832,7 @@ impl Backend for Pkcs11Backend {
                 kind,
                 jwk,
                 locator,
-                FoundKey::read(session, generation, private)?,
+                FoundKey::read(session, generation, private),
             ))
         })?;
         let alg = keys::alg_for(kind, alg)?;
