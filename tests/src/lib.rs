@@ -851,6 +851,22 @@ pub fn openssl_ec_pem(path: &Path) {
     );
 }
 
+/// Writes a fresh EC P-256 key to `path` as `openssl genpkey` does (PKCS#8 PEM).
+pub fn openssl_pkcs8_ec_pem(path: &Path) {
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(path),
+    );
+}
+
 /// Panics, saying to install `package`, unless `program args` runs and succeeds.
 pub fn require_tool(program: &str, args: &[&str], package: &str) {
     require_command(Command::new(program).args(args), program, package);

@@ -268,18 +268,7 @@ fn import_openssl_pems_and_sign_with_the_client_crate() {
     let sec1 = agent.dir().join("sec1.pem");
     let pkcs8 = agent.dir().join("pkcs8.pem");
     dpop_tests::openssl_ec_pem(&sec1);
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&pkcs8),
-    );
+    dpop_tests::openssl_pkcs8_ec_pem(&pkcs8);
     assert!(
         std::fs::read_to_string(&sec1)
             .unwrap()

@@ -356,11 +356,6 @@ fn openssl(args: &[&str], out: &Path) {
     run_ok(Command::new("openssl").args(args).arg("-out").arg(out));
 }
 
-/// A fresh EC P-256 key as `openssl ecparam -genkey` writes it (SEC1 PEM).
-fn ec_pem(path: &Path) {
-    dpop_tests::openssl_ec_pem(path);
-}
-
 /// A fresh RSA 2048 key as `openssl genpkey` writes it (PKCS#8 PEM).
 fn rsa_pem(path: &Path) {
     openssl(
@@ -497,7 +492,7 @@ fn imported_pems_match_openssl_and_leave_no_copy_behind() {
     let ec = pems.path().join("ec.pem");
     let rsa = pems.path().join("rsa.pem");
     let pss = pems.path().join("rsa-pss.pem");
-    ec_pem(&ec);
+    dpop_tests::openssl_ec_pem(&ec);
     rsa_pem(&rsa);
     rsa_pem(&pss);
     let cases = [
@@ -745,7 +740,7 @@ fn token_keys_survive_a_restart() {
     pkcs11_tool_keypair(&token, "theirs", "a1b2", &[]);
     let mut agent = start(&token);
     let pem = agent.dir().join("import-me.pem");
-    ec_pem(&pem);
+    dpop_tests::openssl_ec_pem(&pem);
     let generated = [
         generate(&agent, &token, "r-es256", "ES256"),
         generate(&agent, &token, "r-eddsa", "EdDSA"),
@@ -1033,7 +1028,7 @@ fn pin_never_appears_in_logs_or_output() {
             .env("RUST_LOG", "debug"),
     );
     let pem = agent.dir().join("k.pem");
-    ec_pem(&pem);
+    dpop_tests::openssl_ec_pem(&pem);
     let mut outputs: Vec<Output> = Vec::new();
     let mut run = |args: &[&str]| {
         let out = agent.dpop(args);
@@ -1121,7 +1116,7 @@ fn token_removed_and_back() {
     let token = token("removal");
     let mut agent = start(&token);
     let pem = agent.dir().join("k.pem");
-    ec_pem(&pem);
+    dpop_tests::openssl_ec_pem(&pem);
     let generated = generate(&agent, &token, "hsm-generated", "ES256");
     let imported = import(&agent, &token, &pem, "hsm-imported", None, "ES256");
     let mut client = agent.client();

@@ -510,18 +510,7 @@ fn secrets_never_appear_in_logs_or_cli_output() {
             .env("RUST_LOG", "debug"),
     );
     let pem_path = agent.dir().join("k.pem");
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(&pem_path),
-    );
+    dpop_tests::openssl_pkcs8_ec_pem(&pem_path);
     let pem = fs::read_to_string(&pem_path).unwrap();
     let pem_body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
 

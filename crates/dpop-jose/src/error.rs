@@ -32,6 +32,13 @@ pub enum Error {
         /// What is wrong with it (never the token itself).
         reason: &'static str,
     },
+    /// A precomputed `ath` that is not base64url of a SHA-256 hash.
+    #[error("ath must be base64url of 32 bytes")]
+    InvalidAth,
+    /// A nonce outside the `DPoP-Nonce` syntax (RFC 9449 section 8: `1*NQCHAR`), or longer
+    /// than any server sends (1024 bytes).
+    #[error("nonce has characters outside the DPoP-Nonce syntax")]
+    InvalidNonce,
     /// A JWK that cannot be used as a DPoP public key.
     #[error("invalid JWK: {reason}")]
     InvalidJwk {

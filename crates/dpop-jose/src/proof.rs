@@ -157,10 +157,27 @@ impl Claims {
         Ok(self)
     }
 
-    /// Adds the server-provided nonce.
-    pub fn with_nonce(mut self, nonce: Option<&str>) -> Claims {
+    /// Adds `ath` computed elsewhere (base64url of the token's SHA-256 hash), for callers that
+    /// do not hold the token itself.
+    pub fn with_ath(mut self, ath: String) -> Result<Claims, Error> {
+        if crate::b64url_decode(&ath).is_none_or(|hash| hash.len() != 32) {
+            return Err(Error::InvalidAth);
+        }
+        self.ath = Some(ath);
+        Ok(self)
+    }
+
+    /// Adds the server-provided nonce, which must be in the `DPoP-Nonce` syntax (RFC 9449
+    /// section 8: `1*NQCHAR`, at most 1024 bytes here) so that it can round-trip in a header.
+    pub fn with_nonce(mut self, nonce: Option<&str>) -> Result<Claims, Error> {
+        let nqchar = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+        if let Some(n) = nonce
+            && (n.is_empty() || n.len() > 1024 || !n.bytes().all(nqchar))
+        {
+            return Err(Error::InvalidNonce);
+        }
         self.nonce = nonce.map(str::to_owned);
-        self
+        Ok(self)
     }
 }
 

@@ -297,7 +297,8 @@ fn nonce_ath_jkt_and_replay() {
     let key = TestKey::new(Algorithm::ES256);
     let opts = VerifyOptions::default();
     let nonce = "eyJ7S_zG.eyJH0-Z.HX4w-7v";
-    let with_nonce = sign_proof(&key, &claims("GET", URL).with_nonce(Some(nonce))).unwrap();
+    let with_nonce =
+        sign_proof(&key, &claims("GET", URL).with_nonce(Some(nonce)).unwrap()).unwrap();
     let without = sign_proof(&key, &claims("GET", URL)).unwrap();
     let req = request("GET", URL);
     let expect: &dyn NoncePolicy = &nonce;
@@ -405,7 +406,7 @@ proptest! {
     ) {
         let key = TestKey::new(Algorithm::ES256);
         let url = format!("https://{host}{path}");
-        let mut c = claims(&method, &url).with_nonce(nonce.as_deref());
+        let mut c = claims(&method, &url).with_nonce(nonce.as_deref()).unwrap();
         if let Some(t) = &token {
             c = c.with_access_token(t).unwrap();
         }
@@ -453,5 +454,29 @@ fn property_test_keys_cover_every_algorithm() {
                 "{alg}: flipping byte {i} still verifies"
             );
         }
+    }
+}
+
+#[test]
+fn claims_refuse_a_bad_nonce_or_ath() {
+    let c = || claims("GET", URL);
+    for bad in ["", "a\"b", "sp ace", "back\\slash", "é"] {
+        assert!(
+            matches!(c().with_nonce(Some(bad)), Err(Error::InvalidNonce)),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        c().with_nonce(Some(&"n".repeat(1025))),
+        Err(Error::InvalidNonce)
+    ));
+    assert!(c().with_nonce(Some("!#[]~")).is_ok());
+    let good = crate::ath("tok").unwrap();
+    assert_eq!(c().with_ath(good.clone()).unwrap().ath, Some(good));
+    for bad in ["short", "", "not base64 at all!"] {
+        assert!(
+            matches!(c().with_ath(bad.into()), Err(Error::InvalidAth)),
+            "{bad:?}"
+        );
     }
 }

@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::fsutil::{create_private_dir, write_new_private_file};
+use crate::fsutil::{create_private_dir, json_files, write_new_private_file};
 use crate::pem::{DerFormat, KeyKind, parse_private_key_pem};
 use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, KeySigner, SignerRef};
 
@@ -81,13 +81,8 @@ impl SoftwareBackend {
     pub fn unloaded_key_files(&self) -> usize {
         self.unloaded_dir
             .as_deref()
-            .and_then(|d| fs::read_dir(d).ok())
-            .map_or(0, |entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                    .count()
-            })
+            .and_then(|d| json_files(d, "counting key files").ok())
+            .map_or(0, |paths| paths.len())
     }
 
     fn key_path(dir: &Path, label: &KeyLabel) -> PathBuf {
@@ -130,19 +125,8 @@ impl Backend for SoftwareBackend {
         let Some(store) = &self.store else {
             return Ok(Vec::new());
         };
-        let entries = fs::read_dir(&store.dir).map_err(|source| Error::Io {
-            action: "reading key directory",
-            path: store.dir.clone(),
-            source,
-        })?;
         let mut keys: Vec<SignerRef> = Vec::new();
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        for path in paths {
+        for path in json_files(&store.dir, "reading key directory")? {
             let bytes = fs::read(&path).map_err(|source| Error::Io {
                 action: "reading key file",
                 path: path.clone(),

@@ -500,9 +500,13 @@ impl KeySigner for Pkcs11Signer {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let data = match self.with {
-            SignWith::EcdsaDigest(d, _) => digest::digest(d, message).as_ref().to_vec(),
-            _ => message.to_vec(),
+        let hashed;
+        let data: &[u8] = match self.with {
+            SignWith::EcdsaDigest(d, _) => {
+                hashed = digest::digest(d, message);
+                hashed.as_ref()
+            }
+            _ => message,
         };
         let mechanism = self.with.mechanism();
         let sign = |session: &Session, key: FoundKey| {
@@ -510,7 +514,7 @@ impl KeySigner for Pkcs11Signer {
                 session,
                 &mechanism,
                 key.handle,
-                &data,
+                data,
                 self.with.signature_room(),
                 key.always_authenticate,
             )

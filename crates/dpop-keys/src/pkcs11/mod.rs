@@ -50,7 +50,7 @@ pub use uri::{ObjectType, Pkcs11Uri};
 use keys::{FoundKey, Locator, SignWith};
 use pool::{Fail, Token, TokenIdentity};
 
-use crate::fsutil::{create_private_dir, write_new_private_file};
+use crate::fsutil::{create_private_dir, json_files, write_new_private_file};
 use crate::pem::{KeyKind, parse_private_key_pem};
 use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, SignerRef};
 
@@ -566,17 +566,7 @@ impl Backend for Pkcs11Backend {
     }
 
     fn load(&self) -> Result<Vec<SignerRef>, Error> {
-        let entries = fs::read_dir(&self.metadata_dir).map_err(|source| Error::Io {
-            action: "reading PKCS#11 key records",
-            path: self.metadata_dir.clone(),
-            source,
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
+        let paths = json_files(&self.metadata_dir, "reading PKCS#11 key records")?;
         let identity = self.token.identity()?;
         let mut signers = Vec::new();
         for path in paths {
