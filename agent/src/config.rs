@@ -9,6 +9,8 @@ use dpop_keys::pkcs11::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::socket::SocketLocation;
+
 /// dpop-agent: keeps DPoP private keys where they cannot leave and signs proofs for local
 /// clients over a Unix socket.
 #[derive(Parser, Debug)]
@@ -165,10 +167,18 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
     Ok(SecretString::from(text))
 }
 
+/// What [`Settings::load`] does with secrets it reads from the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvSecrets {
+    /// Remove them, so that no child process inherits them (the agent itself).
+    Consume,
+    /// Leave them for the child that will read them (the background start).
+    Keep,
+}
+
 impl Settings {
-    /// Merges flags over the config file and reads the passphrase. With `consume_env`, removes
-    /// `DPOP_AGENT_PASSPHRASE` from the environment so that no child process inherits it.
-    pub fn load(args: &Args, consume_env: bool) -> Result<Settings> {
+    /// Merges flags over the config file and reads the passphrase.
+    pub fn load(args: &Args, env_secrets: EnvSecrets) -> Result<Settings> {
         let config_path = args.config.clone().or_else(|| {
             let p = env_path("XDG_CONFIG_HOME")
                 .or_else(|| home_sub(".config"))?
@@ -199,7 +209,7 @@ impl Settings {
             .context("no data directory: pass --data-dir or set HOME")?;
 
         let env_passphrase = std::env::var("DPOP_AGENT_PASSPHRASE").ok();
-        if consume_env {
+        if env_secrets == EnvSecrets::Consume {
             // SAFETY: called from main before any other thread exists.
             unsafe { std::env::remove_var("DPOP_AGENT_PASSPHRASE") };
         }
@@ -251,5 +261,13 @@ impl Settings {
             tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
             log_file: args.log_file.clone().or(file.log_file),
         })
+    }
+
+    /// Where the socket goes: the configured path, or the default one.
+    pub fn socket_location(&self) -> SocketLocation {
+        match &self.socket {
+            Some(path) => SocketLocation::Given(path.clone()),
+            None => SocketLocation::Default(crate::socket::default_path()),
+        }
     }
 }

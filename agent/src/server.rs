@@ -21,6 +21,24 @@ const MAX_CONNECTIONS: usize = 1024;
 /// than cores (see `connection.rs`).
 const SPIN: Duration = Duration::from_micros(50);
 
+/// A shutdown signal that turns true on SIGTERM, SIGINT or SIGHUP.
+pub fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = int.recv() => info!("SIGINT"),
+            _ = hup.recv() => info!("SIGHUP"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 /// Serves until `shutdown` turns true, then lets in-flight requests finish.
 pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -18,6 +18,24 @@ pub fn default_path() -> PathBuf {
     dir.join("agent.sock")
 }
 
+/// Where the socket is bound, and so who prepares its directory.
+#[derive(Clone, Debug)]
+pub enum SocketLocation {
+    /// The default path: the agent creates its 0700 directory, or checks an existing one.
+    Default(PathBuf),
+    /// A path the user chose: its directory must exist; it is the user's to secure.
+    Given(PathBuf),
+}
+
+impl SocketLocation {
+    /// The socket's path.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            SocketLocation::Default(path) | SocketLocation::Given(path) => path.clone(),
+        }
+    }
+}
+
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -57,15 +75,18 @@ pub fn prepare_private_dir(dir: &Path) -> Result<()> {
 
 /// Binds the listening socket 0600. A stale socket (nobody answering) is replaced; a live one
 /// means another agent runs there, and anything that is not a socket is left alone.
-pub fn bind(path: &Path, default_location: bool) -> Result<UnixListener> {
+pub fn bind(location: &SocketLocation) -> Result<UnixListener> {
+    let (SocketLocation::Default(path) | SocketLocation::Given(path)) = location;
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    if default_location {
-        prepare_private_dir(parent)?;
-    } else if !parent.is_dir() {
-        bail!("socket directory {} does not exist", parent.display());
+    match location {
+        SocketLocation::Default(_) => prepare_private_dir(parent)?,
+        SocketLocation::Given(_) if !parent.is_dir() => {
+            bail!("socket directory {} does not exist", parent.display())
+        }
+        SocketLocation::Given(_) => {}
     }
     if let Ok(meta) = fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

@@ -1,0 +1,124 @@
+//! Opens the backends that the settings ask for and puts them in one [`Keyring`]: software
+//! always, the PKCS#11 token when a module is configured (its PIN asked once, never retried),
+//! and the config file's `[[pkcs11_adopt]]` keys.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use dpop_keys::software::SoftwareBackend;
+use dpop_keys::{Backend, BackendKind, KeyLabel, Keyring};
+use tracing::{info, warn};
+
+use crate::config::{AdoptEntry, PinFrom, Pkcs11Settings, Settings};
+use crate::pin;
+
+/// Where a PIN that no file or variable holds comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum PinPrompt {
+    /// Ask at the terminal (a foreground agent).
+    Terminal,
+    /// Read the line the background start wrote to our standard input (it asked for us).
+    LaunchPipe,
+}
+
+/// Opens every configured backend and loads its keys. A wrong passphrase stops the start:
+/// going on would encrypt new keys under a different one.
+pub fn open(settings: &Settings, prompt: PinPrompt) -> Result<Keyring> {
+    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(software(settings)?)];
+    if let Some(p11) = &settings.pkcs11 {
+        backends.push(Arc::new(pkcs11(p11, &settings.data_dir, prompt)?));
+    }
+    let keyring = Keyring::new(backends);
+    for (backend, problem) in keyring.load() {
+        if matches!(problem, dpop_keys::Error::WrongPassphrase { .. }) {
+            bail!("{problem}; not starting");
+        }
+        warn!("{backend} backend: {problem}");
+    }
+    if let Some(p11) = &settings.pkcs11 {
+        adopt_configured(&keyring, &p11.adopt);
+    }
+    info!("{} key(s) loaded", keyring.list().len());
+    Ok(keyring)
+}
+
+fn software(settings: &Settings) -> Result<SoftwareBackend> {
+    let dir = settings.data_dir.join("software");
+    if let Some(passphrase) = &settings.passphrase {
+        dpop_keys::create_private_dir(&settings.data_dir)?;
+        return Ok(SoftwareBackend::persistent(dir, passphrase.clone())?);
+    }
+    let backend = SoftwareBackend::ephemeral_beside(dir.clone());
+    warn!(
+        "no passphrase (DPOP_AGENT_PASSPHRASE or --passphrase-file): software keys are kept in \
+         memory only and lost when the agent stops"
+    );
+    let unloaded = backend.unloaded_key_files();
+    if unloaded > 0 {
+        warn!(
+            "{unloaded} software key file(s) in {} not loaded without the passphrase",
+            dir.display()
+        );
+    }
+    Ok(backend)
+}
+
+/// The token the settings name (by label, else by serial).
+pub fn token_selector(p11: &Pkcs11Settings) -> TokenSelector {
+    match (&p11.token, &p11.serial) {
+        (Some(label), _) => TokenSelector::Label(label.clone()),
+        (None, Some(serial)) => TokenSelector::Serial(serial.clone()),
+        (None, None) => unreachable!("Settings::load requires a token label or serial"),
+    }
+}
+
+/// Opens the token once. A refused PIN is reported and never retried: tokens lock after a
+/// few wrong PINs.
+fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Pkcs11Backend> {
+    let token = token_selector(p11);
+    let pin = match (&p11.pin, prompt) {
+        (PinFrom::Source(source), _) => source.resolve()?,
+        (PinFrom::Prompt, PinPrompt::LaunchPipe) => pin::read_line(std::io::stdin().lock())?,
+        (PinFrom::Prompt, PinPrompt::Terminal) => pin::prompt(&token)?,
+    };
+    dpop_keys::create_private_dir(data_dir)?;
+    let config = Pkcs11Config {
+        // The agent is the module's only user in its process.
+        reinitialize_module: true,
+        ..Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"))
+    };
+    let backend = Pkcs11Backend::open(config)
+        .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
+    info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
+    Ok(backend)
+}
+
+/// Adopts the config file's `[[pkcs11_adopt]]` keys that are not served yet. A key that
+/// cannot be adopted is reported and the agent starts without it.
+fn adopt_configured(keyring: &Keyring, entries: &[AdoptEntry]) {
+    for entry in entries {
+        let label = match KeyLabel::new(&entry.label) {
+            Ok(label) => label,
+            Err(e) => {
+                warn!("[[pkcs11_adopt]] {:?}: {e}", entry.label);
+                continue;
+            }
+        };
+        match keyring.get(label.as_str()) {
+            Ok(key) if key.meta().info().backend == BackendKind::Pkcs11 => continue,
+            Ok(_) => {
+                warn!("[[pkcs11_adopt]] {label}: a key with this label exists in another backend");
+                continue;
+            }
+            Err(_) => {}
+        }
+        match keyring.adopt(BackendKind::Pkcs11, &entry.uri, &label, entry.alg) {
+            Ok(key) => {
+                info!(label = %label, jkt = %key.meta().info().jkt, "adopted from the config file")
+            }
+            Err(e) => warn!("[[pkcs11_adopt]] {label}: {e}"),
+        }
+    }
+}
