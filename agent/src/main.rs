@@ -217,7 +217,7 @@ fn adopt_configured(keyring: &Keyring, entries: &[config::AdoptEntry]) {
             Err(_) => {}
         }
         match keyring.adopt(
-            dpop_keys::BackendKind::Pkcs11,
+            Some(dpop_keys::BackendKind::Pkcs11),
             &entry.uri,
             &label,
             entry.alg,
