@@ -26,14 +26,14 @@
 //! let key = backend.generate(&KeyLabel::new("api")?, Algorithm::ES256)?;
 //! # Ok::<(), dpop_keys::Error>(())
 //! ```
-
+//!
 //! One file per concern:
 //! - `config`: which module and token, PIN sources ([`PinSource`]), [`Pkcs11Config`];
 //! - `module`: loading modules once per process ([`load_module`]) and finding the token;
 //! - `pool`: the token's logged-in session pool, re-login and token loss;
 //! - `error`: cryptoki errors as the specification names them;
-//! - `manage`: generating, importing, adopting, loading and deleting keys (one path files
-//!   every new key);
+//! - `manage`: generating, importing, adopting, loading and deleting keys (generate and
+//!   import share one create-on-token path; every new key, adopted too, is filed by one);
 //! - `templates`: the objects we create; `objects`: reading the token's objects back;
 //! - `record`: the per-key record; `signer`: mechanisms and [`Pkcs11Signer`];
 //! - `uri`: RFC 7512 URIs; `raw` and `locking`: the two calls cryptoki cannot make for us.

@@ -83,4 +83,32 @@ mod tests {
         assert_eq!(hex_decode("").unwrap(), Vec::<u8>::new());
         assert!(hex_decode("0").is_none() && hex_decode("zz").is_none());
     }
+
+    /// A record as the first versions wrote it (pretty JSON, these fields in this order)
+    /// still loads, and is written back byte for byte.
+    #[test]
+    fn records_keep_their_format() {
+        let written = r#"{
+  "version": 1,
+  "label": "api",
+  "alg": "EdDSA",
+  "id": "00ab10",
+  "origin": "generated",
+  "token_label": "dpop",
+  "token_serial": "1234",
+  "jwk": {
+    "kty": "OKP",
+    "crv": "Ed25519",
+    "x": "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc"
+  }
+}"#;
+        let record: KeyRecord = serde_json::from_str(written).unwrap();
+        assert_eq!(record.origin, Origin::Generated);
+        assert_eq!(record.jwk, Jwk::from_ed25519(&[7; 32]));
+        assert_eq!(
+            record.locator(Path::new("api.json")).unwrap().id,
+            [0, 0xab, 0x10]
+        );
+        assert_eq!(serde_json::to_string_pretty(&record).unwrap(), written);
+    }
 }
