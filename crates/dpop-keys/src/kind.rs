@@ -20,6 +20,9 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// Every kind of key the backends know.
+    pub const ALL: [KeyKind; 4] = [KeyKind::P256, KeyKind::P384, KeyKind::Ed25519, KeyKind::Rsa];
+
     /// The kind of key that makes `alg` signatures.
     pub fn for_alg(alg: Algorithm) -> KeyKind {
         match alg {

@@ -194,15 +194,15 @@ impl SoftKey {
     }
 
     fn generate(alg: Algorithm) -> Result<SoftKey, Error> {
-        let pair = match alg {
-            Algorithm::ES256 | Algorithm::ES384 => KeyPairKind::Ecdsa(
-                EcdsaKeyPair::generate(KeyKind::for_alg(alg).ecdsa_signing().expect("EC alg"))
+        let pair = match KeyKind::for_alg(alg) {
+            kind @ (KeyKind::P256 | KeyKind::P384) => KeyPairKind::Ecdsa(
+                EcdsaKeyPair::generate(kind.ecdsa_signing().expect("an ECDSA curve"))
                     .map_err(crypto("generating an EC key"))?,
             ),
-            Algorithm::EdDSA => KeyPairKind::Ed25519(
+            KeyKind::Ed25519 => KeyPairKind::Ed25519(
                 Ed25519KeyPair::generate().map_err(crypto("generating an Ed25519 key"))?,
             ),
-            Algorithm::RS256 | Algorithm::PS256 => KeyPairKind::Rsa(
+            KeyKind::Rsa => KeyPairKind::Rsa(
                 RsaKeyPair::generate(KeySize::Rsa2048).map_err(crypto("generating an RSA key"))?,
                 Self::rsa_encoding(alg),
             ),
@@ -215,19 +215,19 @@ impl SoftKey {
     }
 
     fn from_der(alg: Algorithm, format: DerFormat, der: &[u8]) -> Result<SoftKey, Error> {
-        let pair = match (alg, format) {
-            (Algorithm::ES256 | Algorithm::ES384, DerFormat::Pkcs8 | DerFormat::Sec1) => {
-                let ec = KeyKind::for_alg(alg).ecdsa_signing().expect("EC alg");
+        let pair = match (KeyKind::for_alg(alg), format) {
+            (kind @ (KeyKind::P256 | KeyKind::P384), DerFormat::Pkcs8 | DerFormat::Sec1) => {
+                let ec = kind.ecdsa_signing().expect("an ECDSA curve");
                 KeyPairKind::Ecdsa(EcdsaKeyPair::from_private_key_der(ec, der).map_err(rejected)?)
             }
-            (Algorithm::EdDSA, DerFormat::Pkcs8) => KeyPairKind::Ed25519(
+            (KeyKind::Ed25519, DerFormat::Pkcs8) => KeyPairKind::Ed25519(
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?,
             ),
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs8) => KeyPairKind::Rsa(
+            (KeyKind::Rsa, DerFormat::Pkcs8) => KeyPairKind::Rsa(
                 RsaKeyPair::from_pkcs8(der).map_err(rejected)?,
                 Self::rsa_encoding(alg),
             ),
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs1) => KeyPairKind::Rsa(
+            (KeyKind::Rsa, DerFormat::Pkcs1) => KeyPairKind::Rsa(
                 RsaKeyPair::from_der(der).map_err(rejected)?,
                 Self::rsa_encoding(alg),
             ),

@@ -7,7 +7,7 @@ use pkcs8::der::Decode;
 use pkcs8::der::asn1::OctetStringRef;
 
 use super::error::Fail;
-use super::templates::{ED25519_PARAMS, P256_PARAMS, P384_PARAMS};
+use super::templates::{self, ED25519_PARAMS};
 use crate::{Error, Jwk, KeyKind, KeyMeta};
 
 /// The older spelling of the Ed25519 `CKA_EC_PARAMS` some tokens use: PrintableString
@@ -60,22 +60,28 @@ pub(crate) fn key_kind(session: &Session, key: ObjectHandle) -> Result<KeyKind, 
     }
     let key_type = key_type.ok_or_else(|| invalid("the token does not report CKA_KEY_TYPE"))?;
     let params = params.unwrap_or_default();
-    if key_type == KeyType::RSA {
-        Ok(KeyKind::Rsa)
-    } else if key_type == KeyType::EC {
-        match params.as_slice() {
-            P256_PARAMS => Ok(KeyKind::P256),
-            P384_PARAMS => Ok(KeyKind::P384),
-            _ => Err(invalid("EC key on an unsupported curve (P-256 and P-384 are)").into()),
+    // The older spelling of the Ed25519 parameters names the same curve.
+    let params = match params.as_slice() {
+        ED25519_PRINTABLE if key_type == KeyType::EC_EDWARDS => ED25519_PARAMS,
+        p => p,
+    };
+    // The inverse of `templates::key_type`, the one table of what each kind is on a token.
+    let kind = KeyKind::ALL
+        .into_iter()
+        .find(|&kind| match templates::key_type(kind) {
+            (t, None) => t == key_type,
+            (t, Some(p)) => t == key_type && p == params,
+        });
+    kind.ok_or_else(|| {
+        if key_type == KeyType::EC {
+            invalid("EC key on an unsupported curve (P-256 and P-384 are)")
+        } else if key_type == KeyType::EC_EDWARDS {
+            invalid("Edwards key on a curve other than Ed25519")
+        } else {
+            invalid(format!("unsupported key type {key_type}"))
         }
-    } else if key_type == KeyType::EC_EDWARDS {
-        match params.as_slice() {
-            ED25519_PARAMS | ED25519_PRINTABLE => Ok(KeyKind::Ed25519),
-            _ => Err(invalid("Edwards key on a curve other than Ed25519").into()),
-        }
-    } else {
-        Err(invalid(format!("unsupported key type {key_type}")).into())
-    }
+        .into()
+    })
 }
 
 /// The point inside `CKA_EC_POINT`: PKCS#11 wants a DER OCTET STRING around it, some tokens
