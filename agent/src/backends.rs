@@ -114,7 +114,7 @@ fn adopt_configured(keyring: &Keyring, entries: &[AdoptEntry]) {
             }
             Err(_) => {}
         }
-        match keyring.adopt(BackendKind::Pkcs11, &entry.uri, &label, entry.alg) {
+        match keyring.adopt(Some(BackendKind::Pkcs11), &entry.uri, &label, entry.alg) {
             Ok(key) => {
                 info!(label = %label, jkt = %key.meta().info().jkt, "adopted from the config file")
             }

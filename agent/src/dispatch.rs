@@ -72,7 +72,16 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
 }
 
 fn keys_err(e: &dpop_keys::Error) -> WireError {
-    WireError::from(e)
+    match e {
+        // Newer dpop-keys variants, on the wire codes a client already knows.
+        dpop_keys::Error::UnknownUriScheme { .. } => {
+            WireError::new(ErrorCode::InvalidUri, e.to_string())
+        }
+        dpop_keys::Error::BackendNotCompiled { .. } => {
+            WireError::new(ErrorCode::BackendNotConfigured, e.to_string())
+        }
+        _ => WireError::from(e),
+    }
 }
 
 fn jose_err(e: &dpop_jose::Error) -> WireError {
@@ -182,10 +191,8 @@ async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     let label = parse_label(&req.label)?;
     let alg = req.alg;
     let uri = req.uri;
-    blocking_change(state, move |k| {
-        k.adopt(BackendKind::Pkcs11, &uri, &label, alg)
-    })
-    .await
+    // The backend follows from the URI's scheme until the wire names it.
+    blocking_change(state, move |k| k.adopt(None, &uri, &label, alg)).await
 }
 
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {

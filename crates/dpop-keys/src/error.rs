@@ -36,6 +36,21 @@ pub enum Error {
         /// Which backend.
         backend: crate::BackendKind,
     },
+    /// The backend is known but this build of dpop-keys does not have it.
+    #[error("{}", not_compiled(*backend))]
+    BackendNotCompiled {
+        /// Which backend.
+        backend: crate::BackendKind,
+    },
+    /// A key URI's scheme names no backend this version knows (only `pkcs11:` today).
+    #[error(
+        "cannot tell the backend from the key URI's scheme {scheme:?} (known: pkcs11:); \
+         name the backend or give a pkcs11: URI"
+    )]
+    UnknownUriScheme {
+        /// The scheme (empty when the URI has none), cut at 32 characters.
+        scheme: String,
+    },
     /// The backend cannot make or use keys of this algorithm.
     #[error("algorithm {alg} is not supported by {by}")]
     UnsupportedAlgorithm {
@@ -145,4 +160,15 @@ pub enum Error {
     /// Building the proof header from the key failed.
     #[error(transparent)]
     Jose(#[from] dpop_jose::Error),
+}
+
+/// The message for [`Error::BackendNotCompiled`]: which cargo feature to build with.
+fn not_compiled(backend: crate::BackendKind) -> String {
+    match backend.cargo_feature() {
+        Some(feature) => format!(
+            "the {backend} backend is not compiled into this build; rebuild with the cargo \
+             feature `{feature}` of dpop-keys (e.g. cargo build --features dpop-keys/{feature})"
+        ),
+        None => format!("the {backend} backend is not available in this version"),
+    }
 }

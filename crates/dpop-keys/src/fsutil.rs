@@ -3,26 +3,9 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::Error;
-
-/// The `*.json` files in `dir` (one per key, in both stores), sorted by name so keys load in a
-/// stable order. `action` names the read in the error.
-pub(crate) fn json_files(dir: &Path, action: &'static str) -> Result<Vec<PathBuf>, Error> {
-    let entries = fs::read_dir(dir).map_err(|source| Error::Io {
-        action,
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    Ok(paths)
-}
 
 /// Creates `dir` (and parents) 0700; an existing directory must belong to us and not be
 /// writable by others.

@@ -73,11 +73,17 @@ impl Keyring {
         infos
     }
 
+    /// The backend of that kind: [`Error::BackendNotCompiled`] when this build lacks it,
+    /// [`Error::BackendNotConfigured`] when the agent was started without it.
     fn backend(&self, kind: BackendKind) -> Result<&Arc<dyn Backend>, Error> {
         self.backends
             .iter()
             .find(|b| b.kind() == kind)
-            .ok_or(Error::BackendNotConfigured { backend: kind })
+            .ok_or(if kind.is_compiled() {
+                Error::BackendNotConfigured { backend: kind }
+            } else {
+                Error::BackendNotCompiled { backend: kind }
+            })
     }
 
     /// Runs `make` with the change lock held, after checking the label is free, and files the
@@ -129,15 +135,20 @@ impl Keyring {
         self.add(label, || backend.import_pem(label, pem, alg))
     }
 
-    /// Adopts an existing key by backend URI.
+    /// Adopts a key that already exists in a backend, named by a URI. `backend: None` takes
+    /// the backend from the URI's scheme ([`BackendKind::from_uri`]: `pkcs11:` is PKCS#11).
     pub fn adopt(
         &self,
-        backend: BackendKind,
+        backend: Option<BackendKind>,
         uri: &str,
         label: &KeyLabel,
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error> {
-        let backend = self.backend(backend)?;
+        let kind = match backend {
+            Some(kind) => kind,
+            None => BackendKind::from_uri(uri)?,
+        };
+        let backend = self.backend(kind)?;
         self.add(label, || backend.adopt(uri, label, alg))
     }
 
@@ -152,5 +163,81 @@ impl Keyring {
             .unwrap_or_else(|p| p.into_inner())
             .remove(info.label.as_str());
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::software::SoftwareBackend;
+
+    fn keyring() -> Keyring {
+        Keyring::new(vec![Arc::new(SoftwareBackend::ephemeral())])
+    }
+
+    #[test]
+    fn adopt_takes_its_backend_from_the_uri_scheme() {
+        let label = KeyLabel::new("k").unwrap();
+        let err = keyring()
+            .adopt(None, "tpm2:0x81000001", &label, None)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownUriScheme { scheme } if scheme == "tpm2"),
+            "{err}"
+        );
+        let err = keyring()
+            .adopt(None, "no-scheme", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownUriScheme { .. }), "{err}");
+        // pkcs11: goes to the PKCS#11 backend, which this keyring lacks.
+        let err = keyring()
+            .adopt(None, "PKCS11:object=x", &label, None)
+            .unwrap_err();
+        let expected = if BackendKind::Pkcs11.is_compiled() {
+            matches!(
+                err,
+                Error::BackendNotConfigured {
+                    backend: BackendKind::Pkcs11
+                }
+            )
+        } else {
+            matches!(
+                err,
+                Error::BackendNotCompiled {
+                    backend: BackendKind::Pkcs11
+                }
+            )
+        };
+        assert!(expected, "{err}");
+        // The software backend adopts nothing.
+        let err = keyring()
+            .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_backend_not_compiled_in_names_its_feature() {
+        assert!(BackendKind::Software.is_compiled());
+        assert!(!BackendKind::Tpm.is_compiled());
+        assert_eq!(
+            BackendKind::Pkcs11.is_compiled(),
+            cfg!(feature = "pkcs11"),
+            "compiled() follows the features"
+        );
+        let label = KeyLabel::new("k").unwrap();
+        let err = keyring()
+            .generate(BackendKind::Tpm, &label, Algorithm::ES256)
+            .unwrap_err();
+        assert!(matches!(err, Error::BackendNotCompiled { .. }), "{err}");
+        assert!(
+            err.to_string().contains("not available in this version"),
+            "{err}"
+        );
+        let message = Error::BackendNotCompiled {
+            backend: BackendKind::Pkcs11,
+        }
+        .to_string();
+        assert!(message.contains("feature `pkcs11`"), "{message}");
     }
 }

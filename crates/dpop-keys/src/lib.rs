@@ -5,11 +5,17 @@
 //! the signature (ECDSA `r||s`, never DER). Private keys never leave a backend: no call returns
 //! them. The [`Keyring`] puts the backends together under unique labels.
 //!
-//! Backends:
-//! - [`software::SoftwareBackend`]: aws-lc-rs keys, kept as encrypted PKCS#8 files (0600) or in
-//!   memory only; secret bytes are zeroized.
-//! - [`pkcs11::Pkcs11Backend`]: keys generated on, imported into or adopted from a PKCS#11
-//!   token (HSM, YubiKey, SoftHSM2), which signs; a pool of logged-in sessions.
+//! Backends, one cargo feature each (like Parsec's providers):
+//! - [`software::SoftwareBackend`], always compiled: aws-lc-rs keys, kept as encrypted PKCS#8
+//!   files (0600) or in memory only; secret bytes are zeroized.
+//! - `pkcs11::Pkcs11Backend`, feature `pkcs11` (on by default, pulls in cryptoki): keys
+//!   generated on, imported into or adopted from a PKCS#11 token (HSM, YubiKey, SoftHSM2),
+//!   which signs; a pool of logged-in sessions.
+//!
+//! [`BackendKind::compiled`] tells which backends a build has; asking the [`Keyring`] for one
+//! that is not compiled in is [`Error::BackendNotCompiled`], which names the feature to build
+//! with. Every backend files its key records in one store (`records`), and the mapping between
+//! key kinds and algorithms is [`KeyKind`]'s alone.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -28,9 +34,12 @@
 mod error;
 mod fsutil;
 mod keyring;
+mod kind;
 mod label;
 pub mod pem;
+#[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+mod records;
 pub mod software;
 
 use std::fmt;
@@ -41,6 +50,7 @@ pub use dpop_jose::{Algorithm, Jwk, ProofHeader};
 pub use error::Error;
 pub use fsutil::create_private_dir;
 pub use keyring::Keyring;
+pub use kind::KeyKind;
 pub use label::KeyLabel;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +67,49 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Every backend this version knows, compiled in or not.
+    pub const ALL: [BackendKind; 3] =
+        [BackendKind::Software, BackendKind::Pkcs11, BackendKind::Tpm];
+
+    /// The backends compiled into this build, in [`ALL`](Self::ALL) order (the agent reports
+    /// them in `hello`).
+    pub fn compiled() -> &'static [BackendKind] {
+        const COMPILED: &[BackendKind] = &[
+            BackendKind::Software,
+            #[cfg(feature = "pkcs11")]
+            BackendKind::Pkcs11,
+        ];
+        COMPILED
+    }
+
+    /// Whether this build has the backend.
+    pub fn is_compiled(self) -> bool {
+        Self::compiled().contains(&self)
+    }
+
+    /// The cargo feature of dpop-keys that compiles the backend in; `None` for the software
+    /// backend (always there) and for TPM (not available in this version).
+    pub fn cargo_feature(self) -> Option<&'static str> {
+        match self {
+            BackendKind::Pkcs11 => Some("pkcs11"),
+            BackendKind::Software | BackendKind::Tpm => None,
+        }
+    }
+
+    /// The backend a key URI names by its scheme: `pkcs11:` (RFC 7512, any case) is PKCS#11.
+    /// Any other scheme, or none, is [`Error::UnknownUriScheme`].
+    pub fn from_uri(uri: &str) -> Result<BackendKind, Error> {
+        match uri.split_once(':') {
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("pkcs11") => Ok(BackendKind::Pkcs11),
+            Some((scheme, _)) => Err(Error::UnknownUriScheme {
+                scheme: scheme.chars().take(32).collect(),
+            }),
+            None => Err(Error::UnknownUriScheme {
+                scheme: String::new(),
+            }),
+        }
+    }
+
     /// The name used on the wire and the command line.
     pub fn as_str(self) -> &'static str {
         match self {

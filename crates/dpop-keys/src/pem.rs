@@ -7,25 +7,13 @@ use pkcs8::der::Decode;
 use zeroize::Zeroizing;
 
 use crate::Error;
+pub use crate::kind::KeyKind;
 
 const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
-
-/// What kind of key a PEM holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyKind {
-    /// ECDSA on P-256.
-    P256,
-    /// ECDSA on P-384.
-    P384,
-    /// RSA.
-    Rsa,
-    /// Ed25519.
-    Ed25519,
-}
 
 /// The DER encoding a PEM block held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,6 @@
 //! decoded into garbage). Files are written 0600 to a temporary name and renamed into place, so
 //! a failure never leaves half a key. Without a passphrase keys are kept in memory only.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,9 +17,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::fsutil::{create_private_dir, json_files, write_new_private_file};
-use crate::pem::{DerFormat, KeyKind, parse_private_key_pem};
-use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyLabel, KeyMeta, KeySigner, SignerRef};
+use crate::pem::{DerFormat, parse_private_key_pem};
+use crate::records::{self, Record, RecordStore};
+use crate::{
+    Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, KeyMeta, KeySigner, SignerRef,
+};
 
 /// scrypt cost: 2^15 * 8 * 128 bytes = 32 MiB and tens of milliseconds per key.
 const SCRYPT_LOG_N: u8 = 15;
@@ -33,7 +34,7 @@ pub struct SoftwareBackend {
 }
 
 struct Store {
-    dir: PathBuf,
+    records: RecordStore,
     passphrase: SecretString,
 }
 
@@ -46,12 +47,20 @@ struct KeyFile {
     pkcs8: String,
 }
 
+impl Record for KeyFile {
+    fn label(&self) -> &KeyLabel {
+        &self.label
+    }
+}
+
 impl SoftwareBackend {
     /// Keys kept in `dir` (created 0700 if missing), encrypted under `passphrase`.
     pub fn persistent(dir: PathBuf, passphrase: SecretString) -> Result<SoftwareBackend, Error> {
-        create_private_dir(&dir)?;
         Ok(SoftwareBackend {
-            store: Some(Store { dir, passphrase }),
+            store: Some(Store {
+                records: RecordStore::open(dir)?,
+                passphrase,
+            }),
             unloaded_dir: None,
         })
     }
@@ -79,26 +88,15 @@ impl SoftwareBackend {
 
     /// How many key files sit in the data directory unloaded (memory-only mode).
     pub fn unloaded_key_files(&self) -> usize {
-        self.unloaded_dir
-            .as_deref()
-            .and_then(|d| json_files(d, "counting key files").ok())
-            .map_or(0, |paths| paths.len())
-    }
-
-    fn key_path(dir: &Path, label: &KeyLabel) -> PathBuf {
-        dir.join(format!("{label}.json"))
+        self.unloaded_dir.as_deref().map_or(0, records::count_in)
     }
 
     fn persist(&self, label: &KeyLabel, key: &SoftKey) -> Result<(), Error> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let path = Self::key_path(&store.dir, label);
-        if path.exists() {
-            return Err(Error::KeyExists {
-                label: label.to_string(),
-            });
-        }
+        // Before the scrypt work, which takes tens of milliseconds.
+        store.records.check_free(label)?;
         let pkcs8 = key.pkcs8()?;
         let pem = encrypt_pkcs8(&pkcs8, &store.passphrase)?;
         let file = KeyFile {
@@ -107,8 +105,7 @@ impl SoftwareBackend {
             alg: key.alg,
             pkcs8: pem,
         };
-        let json = serde_json::to_vec_pretty(&file).expect("key file serializes");
-        write_new_private_file(&path, &json)
+        store.records.write_new(&file)
     }
 }
 
@@ -126,21 +123,12 @@ impl Backend for SoftwareBackend {
             return Ok(Vec::new());
         };
         let mut keys: Vec<SignerRef> = Vec::new();
-        for path in json_files(&store.dir, "reading key directory")? {
-            let bytes = fs::read(&path).map_err(|source| Error::Io {
-                action: "reading key file",
-                path: path.clone(),
-                source,
-            })?;
+        for path in store.records.list()? {
+            let file: KeyFile = store.records.read(&path)?;
             let corrupt = |reason: String| Error::CorruptStore {
                 path: path.clone(),
                 reason,
             };
-            let file: KeyFile =
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-            if path.file_stem().and_then(|s| s.to_str()) != Some(file.label.as_str()) {
-                return Err(corrupt("file name does not match the label inside".into()));
-            }
             let der = decrypt_pkcs8(&file.pkcs8, &store.passphrase, &path)?;
             let key = SoftKey::from_pkcs8(file.alg, &der).map_err(|e| corrupt(e.to_string()))?;
             keys.push(key.into_signer(file.label, true)?);
@@ -161,19 +149,7 @@ impl Backend for SoftwareBackend {
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error> {
         let parsed = parse_private_key_pem(pem)?;
-        let natural = match parsed.kind {
-            KeyKind::P256 => Algorithm::ES256,
-            KeyKind::P384 => Algorithm::ES384,
-            KeyKind::Ed25519 => Algorithm::EdDSA,
-            KeyKind::Rsa => Algorithm::RS256,
-        };
-        let alg = alg.unwrap_or(natural);
-        let fits = alg == natural || (parsed.kind == KeyKind::Rsa && alg == Algorithm::PS256);
-        if !fits {
-            return Err(Error::InvalidKey {
-                reason: format!("a {:?} key cannot make {alg} signatures", parsed.kind),
-            });
-        }
+        let alg = parsed.kind.alg_for(alg)?;
         let key = SoftKey::from_der(alg, parsed.format, &parsed.der)?;
         self.persist(label, &key)?;
         key.into_signer(label.clone(), self.is_persistent())
@@ -183,12 +159,7 @@ impl Backend for SoftwareBackend {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let path = Self::key_path(&store.dir, label);
-        fs::remove_file(&path).map_err(|source| Error::Io {
-            action: "deleting key file",
-            path,
-            source,
-        })
+        store.records.remove(label)
     }
 }
 
@@ -214,14 +185,6 @@ fn rejected(e: aws_lc_rs::error::KeyRejected) -> Error {
 }
 
 impl SoftKey {
-    fn ecdsa_alg(alg: Algorithm) -> Option<&'static signature::EcdsaSigningAlgorithm> {
-        match alg {
-            Algorithm::ES256 => Some(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
-            Algorithm::ES384 => Some(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
-            _ => None,
-        }
-    }
-
     fn rsa_encoding(alg: Algorithm) -> &'static dyn RsaEncoding {
         if alg == Algorithm::PS256 {
             &signature::RSA_PSS_SHA256
@@ -231,15 +194,15 @@ impl SoftKey {
     }
 
     fn generate(alg: Algorithm) -> Result<SoftKey, Error> {
-        let pair = match alg {
-            Algorithm::ES256 | Algorithm::ES384 => KeyPairKind::Ecdsa(
-                EcdsaKeyPair::generate(Self::ecdsa_alg(alg).expect("EC alg"))
+        let pair = match KeyKind::for_alg(alg) {
+            kind @ (KeyKind::P256 | KeyKind::P384) => KeyPairKind::Ecdsa(
+                EcdsaKeyPair::generate(kind.ecdsa_signing().expect("an ECDSA curve"))
                     .map_err(crypto("generating an EC key"))?,
             ),
-            Algorithm::EdDSA => KeyPairKind::Ed25519(
+            KeyKind::Ed25519 => KeyPairKind::Ed25519(
                 Ed25519KeyPair::generate().map_err(crypto("generating an Ed25519 key"))?,
             ),
-            Algorithm::RS256 | Algorithm::PS256 => KeyPairKind::Rsa(
+            KeyKind::Rsa => KeyPairKind::Rsa(
                 RsaKeyPair::generate(KeySize::Rsa2048).map_err(crypto("generating an RSA key"))?,
                 Self::rsa_encoding(alg),
             ),
@@ -252,19 +215,19 @@ impl SoftKey {
     }
 
     fn from_der(alg: Algorithm, format: DerFormat, der: &[u8]) -> Result<SoftKey, Error> {
-        let pair = match (alg, format) {
-            (Algorithm::ES256 | Algorithm::ES384, DerFormat::Pkcs8 | DerFormat::Sec1) => {
-                let ec = Self::ecdsa_alg(alg).expect("EC alg");
+        let pair = match (KeyKind::for_alg(alg), format) {
+            (kind @ (KeyKind::P256 | KeyKind::P384), DerFormat::Pkcs8 | DerFormat::Sec1) => {
+                let ec = kind.ecdsa_signing().expect("an ECDSA curve");
                 KeyPairKind::Ecdsa(EcdsaKeyPair::from_private_key_der(ec, der).map_err(rejected)?)
             }
-            (Algorithm::EdDSA, DerFormat::Pkcs8) => KeyPairKind::Ed25519(
+            (KeyKind::Ed25519, DerFormat::Pkcs8) => KeyPairKind::Ed25519(
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?,
             ),
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs8) => KeyPairKind::Rsa(
+            (KeyKind::Rsa, DerFormat::Pkcs8) => KeyPairKind::Rsa(
                 RsaKeyPair::from_pkcs8(der).map_err(rejected)?,
                 Self::rsa_encoding(alg),
             ),
-            (Algorithm::RS256 | Algorithm::PS256, DerFormat::Pkcs1) => KeyPairKind::Rsa(
+            (KeyKind::Rsa, DerFormat::Pkcs1) => KeyPairKind::Rsa(
                 RsaKeyPair::from_der(der).map_err(rejected)?,
                 Self::rsa_encoding(alg),
             ),

@@ -1,17 +1,14 @@
-//! Loaded modules, finding the token, and a pool of logged-in sessions.
+//! A token and its pool of logged-in sessions.
 //!
-//! A PKCS#11 module may be initialised once per process (SoftHSM2 and most others keep global
-//! state), so modules live in a process-wide registry keyed by their canonical path and are
-//! never finalised. A [`Token`] finds its slot by label or serial, not by slot ID, because slot
-//! IDs change when a token is re-inserted. Sessions are opened on demand up to a limit and
-//! handed back after each use; one login covers every session of the token (PKCS#11 keeps the
-//! login state per application and token).
+//! Sessions are opened on demand up to a limit and handed back after each use; one login covers
+//! every session of the token (PKCS#11 keeps the login state per application and token). When
+//! the token goes away, every session of its generation is dropped and the next request looks
+//! it up again ([`super::module::discover`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{Function, Pkcs11};
@@ -23,194 +20,12 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use super::TokenSelector;
-use super::raw::RawModule;
+use super::error::{Fail, ck_error, gone, rv, rv_name, token_gone};
+use super::module::{ModuleUse, TokenIdentity, discover};
 use crate::Error;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One loaded module: its context, its raw entry points, and how many tokens in this process
-/// use it.
-struct Module {
-    ctx: Pkcs11,
-    raw: Arc<RawModule>,
-    users: Arc<AtomicUsize>,
-}
-
-/// A token's share of a module; the module may be re-initialised only while a token is its
-/// sole user, since `C_Finalize` ends every session of the process on it.
-pub(crate) struct ModuleUse {
-    users: Arc<AtomicUsize>,
-    raw: Arc<RawModule>,
-}
-
-impl ModuleUse {
-    fn sole_user(&self) -> bool {
-        self.users.load(Ordering::SeqCst) == 1
-    }
-}
-
-impl Drop for ModuleUse {
-    fn drop(&mut self) {
-        self.users.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Loads (once per process) and initialises the module at `path`, returning its canonical path
-/// and context. Later calls with the same file share the context.
-pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Module>>> = OnceLock::new();
-    let canonical = std::fs::canonicalize(path).map_err(|source| Error::Io {
-        action: "opening PKCS#11 module",
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut modules = lock(MODULES.get_or_init(Default::default));
-    let in_use = |m: &Module| {
-        m.users.fetch_add(1, Ordering::SeqCst);
-        ModuleUse {
-            users: m.users.clone(),
-            raw: m.raw.clone(),
-        }
-    };
-    if let Some(m) = modules.get(&canonical) {
-        return Ok((canonical, m.ctx.clone(), in_use(m)));
-    }
-    let ctx = Pkcs11::new(&canonical).map_err(|e| Error::Pkcs11 {
-        function: "loading the module",
-        reason: format!("{}: {e}", canonical.display()),
-    })?;
-    let raw = RawModule::load(&canonical).map_err(|reason| Error::Pkcs11 {
-        function: "loading the module",
-        reason: format!("{}: {reason}", canonical.display()),
-    })?;
-    // Another library in this process (a test's raw cryptoki context, a TLS engine) may have
-    // initialised the module already; that is fine, it is the same instance.
-    match raw.initialize() {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(ck_error(e)),
-    }
-    let m = Module {
-        ctx: ctx.clone(),
-        raw: Arc::new(raw),
-        users: Arc::new(AtomicUsize::new(0)),
-    };
-    let used = in_use(&m);
-    modules.insert(canonical.clone(), m);
-    Ok((canonical, ctx, used))
-}
-
-/// The `C_` name of a PKCS#11 function, for error messages.
-fn function_name(f: Function) -> &'static str {
-    match f {
-        Function::Initialize => "C_Initialize",
-        Function::GetSlotList => "C_GetSlotList",
-        Function::GetTokenInfo => "C_GetTokenInfo",
-        Function::GetMechanismList => "C_GetMechanismList",
-        Function::GetMechanismInfo => "C_GetMechanismInfo",
-        Function::OpenSession => "C_OpenSession",
-        Function::GetSessionInfo => "C_GetSessionInfo",
-        Function::Login => "C_Login",
-        Function::CreateObject => "C_CreateObject",
-        Function::DestroyObject => "C_DestroyObject",
-        Function::GetAttributeValue => "C_GetAttributeValue",
-        Function::FindObjectsInit => "C_FindObjectsInit",
-        Function::FindObjects => "C_FindObjects",
-        Function::FindObjectsFinal => "C_FindObjectsFinal",
-        Function::SignInit => "C_SignInit",
-        Function::Sign => "C_Sign",
-        Function::GenerateKeyPair => "C_GenerateKeyPair",
-        Function::GenerateRandom => "C_GenerateRandom",
-        _ => "a PKCS#11 function",
-    }
-}
-
-/// `PinIncorrect` -> `CKR_PIN_INCORRECT`, as the PKCS#11 specification spells return values.
-fn rv_name(rv: &RvError) -> String {
-    let debug = format!("{rv:?}");
-    if debug.contains('(') {
-        return debug;
-    }
-    let mut name = String::from("CKR");
-    for c in debug.chars() {
-        if c.is_ascii_uppercase() {
-            name.push('_');
-        }
-        name.push(c.to_ascii_uppercase());
-    }
-    name
-}
-
-/// Maps a cryptoki error that has no better-named variant.
-pub(crate) fn ck_error(e: CkError) -> Error {
-    match e {
-        CkError::Pkcs11(RvError::PinIncorrect, _) => Error::PinIncorrect,
-        CkError::Pkcs11(RvError::PinLocked, _) => Error::PinLocked,
-        CkError::Pkcs11(rv, f) => Error::Pkcs11 {
-            function: function_name(f),
-            reason: rv_name(&rv),
-        },
-        other => Error::Pkcs11 {
-            function: "cryptoki",
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// The return value of a failed call, if it came from the module.
-pub(crate) fn rv(e: &CkError) -> Option<&RvError> {
-    match e {
-        CkError::Pkcs11(rv, _) => Some(rv),
-        _ => None,
-    }
-}
-
-/// Return values after which the token (or our sessions with it) are gone: start over.
-fn token_gone(rv: &RvError) -> bool {
-    matches!(
-        rv,
-        RvError::TokenNotPresent
-            | RvError::DeviceRemoved
-            | RvError::SessionHandleInvalid
-            | RvError::SessionClosed
-            | RvError::TokenNotRecognized
-            | RvError::SlotIdInvalid
-    )
-}
-
-fn gone(f: Function) -> Fail {
-    Fail::Ck(CkError::Pkcs11(RvError::TokenNotPresent, f))
-}
-
-/// A failure inside a [`Token::run`] closure: a module error the pool may act on, or a final one.
-pub(crate) enum Fail {
-    /// A cryptoki error; the pool handles re-login and token loss.
-    Ck(CkError),
-    /// Any other error, returned as it is.
-    Other(Error),
-}
-
-impl From<CkError> for Fail {
-    fn from(e: CkError) -> Fail {
-        Fail::Ck(e)
-    }
-}
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Other(e)
-    }
-}
-
-/// What the token says about itself, compared with URIs and stored in key records.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct TokenIdentity {
-    pub label: String,
-    pub serial: String,
-    pub manufacturer: String,
-    pub model: String,
-    pub slot: u64,
 }
 
 /// The token as found in its current slot, with the sessions open on it.
@@ -348,49 +163,16 @@ impl Token {
     }
 
     fn find_once(&self) -> Result<Present, Error> {
-        let slots = self.ctx.get_slots_with_token().map_err(ck_error)?;
-        let mut found = Vec::new();
-        for slot in slots {
-            // A token can vanish between the two calls; such a slot simply does not match.
-            let Ok(info) = self.ctx.get_token_info(slot) else {
-                continue;
-            };
-            let matches = match &self.selector {
-                TokenSelector::Label(l) => info.label().trim_end() == l.trim_end(),
-                TokenSelector::Serial(s) => info.serial_number().trim() == s.trim(),
-            };
-            if matches && info.token_initialized() {
-                found.push((slot, info));
-            }
-        }
-        match found.len() {
-            0 => Err(self.not_present("was not found")),
-            1 => {
-                let (slot, info) = found.remove(0);
-                let mechanisms = self.ctx.get_mechanism_list(slot).map_err(ck_error)?;
-                *lock(&self.last_mechanisms) = mechanisms.clone();
-                Ok(Present {
-                    slot,
-                    identity: TokenIdentity {
-                        label: info.label().trim_end().to_owned(),
-                        serial: info.serial_number().trim().to_owned(),
-                        manufacturer: info.manufacturer_id().trim_end().to_owned(),
-                        model: info.model().trim_end().to_owned(),
-                        slot: slot.id(),
-                    },
-                    mechanisms,
-                    idle: Vec::new(),
-                    open: 0,
-                })
-            }
-            n => Err(Error::Pkcs11 {
-                function: "C_GetTokenInfo",
-                reason: format!(
-                    "{n} tokens match {}; select one by serial number instead",
-                    self.selector
-                ),
-            }),
-        }
+        let found = discover(&self.ctx, &self.selector)?
+            .ok_or_else(|| self.not_present("was not found"))?;
+        *lock(&self.last_mechanisms) = found.mechanisms.clone();
+        Ok(Present {
+            slot: found.slot,
+            identity: found.identity,
+            mechanisms: found.mechanisms,
+            idle: Vec::new(),
+            open: 0,
+        })
     }
 
     /// The token's identity, finding it if needed.

@@ -1,0 +1,484 @@
+//! Key management on the token: generating, importing, adopting, loading and deleting keys.
+//!
+//! Generating and importing share one create-on-token path ([`Pkcs11Backend::create_on_token`]:
+//! a fresh `CKA_ID`, the objects, the public key read back, everything undone on failure), and
+//! every new key, adopted ones too, is filed by one function ([`Pkcs11Backend::file_key`]),
+//! which writes its record to the record store or, failing that, removes what we made.
+
+use std::fs;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+
+use super::error::{Fail, ck_error};
+use super::module::TokenIdentity;
+use super::objects::{FoundKey, Locator, find, key_kind, public_jwk};
+use super::record::{KeyRecord, Origin, hex_encode};
+use super::signer::{SignWith, required_mechanisms};
+use super::templates::{ImportTemplates, generation_templates, import_templates};
+use super::{ObjectType, Pkcs11Backend, Pkcs11Uri};
+use crate::pem::parse_private_key_pem;
+use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef};
+
+/// The objects [`Pkcs11Backend::create_on_token`] puts on the token, without `CKA_ID` and
+/// `CKA_LABEL`, which it adds.
+enum NewObjects {
+    /// A key pair the token generates.
+    Generate {
+        mechanism: Mechanism<'static>,
+        public: Vec<Attribute>,
+        private: Vec<Attribute>,
+    },
+    /// A PEM key's objects (the private template is zeroized on drop).
+    Import(ImportTemplates),
+}
+
+impl NewObjects {
+    /// The public and private templates, to add the key's `CKA_ID` and `CKA_LABEL` to.
+    fn templates_mut(&mut self) -> [&mut Vec<Attribute>; 2] {
+        match self {
+            NewObjects::Generate {
+                public, private, ..
+            } => [public, private],
+            NewObjects::Import(t) => [&mut t.public, &mut t.private.0],
+        }
+    }
+}
+
+impl Pkcs11Backend {
+    /// Puts a new key on the token (generated there or imported), reads its public key back
+    /// and files it. The caller has checked the label, the algorithm and the token's
+    /// mechanisms. Whatever fails, nothing is left half-made on the token.
+    fn create_on_token(
+        &self,
+        label: &KeyLabel,
+        alg: Algorithm,
+        origin: Origin,
+        mut objects: NewObjects,
+    ) -> Result<SignerRef, Error> {
+        let identity = self.token.identity()?;
+        let locator = Locator {
+            id: Self::new_id()?,
+            object: None,
+        };
+        for t in objects.templates_mut() {
+            t.push(Attribute::Id(locator.id.clone()));
+            t.push(Attribute::Label(label.as_str().as_bytes().to_vec()));
+        }
+        let kind = KeyKind::for_alg(alg);
+        let (jwk, handle) = self.token.run(|session, generation| {
+            let private = match &objects {
+                NewObjects::Generate {
+                    mechanism,
+                    public,
+                    private,
+                } => session.generate_key_pair(mechanism, public, private)?.1,
+                NewObjects::Import(t) => {
+                    let private = session.create_object(&t.private.0)?;
+                    if let Err(e) = session.create_object(&t.public) {
+                        let _ = session.destroy_object(private);
+                        return Err(e.into());
+                    }
+                    private
+                }
+            };
+            match public_jwk(session, private, &locator, kind) {
+                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private))),
+                Err(e) => {
+                    let _ = session.destroy_object(private);
+                    for p in find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
+                        let _ = session.destroy_object(p);
+                    }
+                    Err(e)
+                }
+            }
+        })?;
+        // The private key material goes as soon as the token has it.
+        drop(objects);
+        self.file_key(label, alg, origin, locator, jwk, &identity, Some(handle))
+    }
+
+    /// Files a key just put on (or adopted from) the token: makes its signer and writes its
+    /// record. When that fails, a key we made is destroyed again, so that nothing is left
+    /// half-made; an adopted key is never ours to destroy.
+    #[allow(clippy::too_many_arguments)] // One call per origin; a struct would only rename them.
+    fn file_key(
+        &self,
+        label: &KeyLabel,
+        alg: Algorithm,
+        origin: Origin,
+        locator: Locator,
+        jwk: Jwk,
+        identity: &TokenIdentity,
+        found: Option<FoundKey>,
+    ) -> Result<SignerRef, Error> {
+        let made = self
+            .signer(
+                label.clone(),
+                alg,
+                jwk.clone(),
+                identity,
+                locator.clone(),
+                found,
+            )
+            .and_then(|signer| {
+                self.records.write_new(&KeyRecord {
+                    version: 1,
+                    label: label.clone(),
+                    alg,
+                    id: hex_encode(&locator.id),
+                    object: locator.object.clone(),
+                    origin,
+                    token_label: identity.label.clone(),
+                    token_serial: identity.serial.clone(),
+                    jwk,
+                })?;
+                Ok(signer)
+            });
+        if made.is_err()
+            && origin != Origin::Adopted
+            && let Err(e) = self.destroy(&locator)
+        {
+            tracing::warn!(error = %e, "could not remove a half-made PKCS#11 key");
+        }
+        made
+    }
+
+    /// Destroys the objects of a key we created (public first: if the private key then cannot
+    /// be destroyed, the key still works from its record).
+    fn destroy(&self, locator: &Locator) -> Result<(), Error> {
+        self.token.run(|session, generation| {
+            let private = find(session, &locator.template(ObjectClass::PRIVATE_KEY))?;
+            if private.is_empty() {
+                // Gone already, or is the token? Only the former may drop the record.
+                self.token.explain_missing(session, generation)?;
+            }
+            for object in find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
+                session.destroy_object(object)?;
+            }
+            for object in private {
+                session.destroy_object(object)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn new_id() -> Result<Vec<u8>, Error> {
+        let mut id = vec![0u8; 16];
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| Error::Crypto("random CKA_ID"))?;
+        Ok(id)
+    }
+
+    /// Checks an adopt URI against the module and token in use.
+    fn check_uri_target(&self, uri: &Pkcs11Uri, identity: &TokenIdentity) -> Result<(), Error> {
+        let mismatch = |attribute, uri_value: &str, actual: &str| Error::Pkcs11UriMismatch {
+            attribute,
+            uri_value: uri_value.to_owned(),
+            actual: actual.to_owned(),
+        };
+        if let Some(path) = &uri.module_path {
+            let same = fs::canonicalize(path).is_ok_and(|p| p == self.token.module_path());
+            if !same {
+                return Err(mismatch(
+                    "module-path",
+                    path,
+                    &self.token.module_path().display().to_string(),
+                ));
+            }
+        }
+        if let Some(name) = &uri.module_name {
+            let file = self
+                .token
+                .module_path()
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or_default();
+            // module-name is the file name without "lib" prefix and suffixes: softhsm2.
+            let stem = file.strip_prefix("lib").unwrap_or(file);
+            let stem = stem.split('.').next().unwrap_or(stem);
+            if stem != name {
+                return Err(mismatch("module-name", name, file));
+            }
+        }
+        let checks = [
+            ("token", &uri.token, &identity.label),
+            ("serial", &uri.serial, &identity.serial),
+            ("manufacturer", &uri.manufacturer, &identity.manufacturer),
+            ("model", &uri.model, &identity.model),
+        ];
+        for (attribute, wanted, actual) in checks {
+            if let Some(wanted) = wanted
+                && wanted.trim_end() != actual.trim_end()
+            {
+                return Err(mismatch(attribute, wanted, actual));
+            }
+        }
+        if let Some(slot) = uri.slot_id
+            && slot != identity.slot
+        {
+            return Err(mismatch(
+                "slot-id",
+                &slot.to_string(),
+                &identity.slot.to_string(),
+            ));
+        }
+        if uri.library_manufacturer.is_some() || uri.library_description.is_some() {
+            let info = self.token.context().get_library_info().map_err(ck_error)?;
+            if let Some(m) = &uri.library_manufacturer
+                && m.trim_end() != info.manufacturer_id().trim_end()
+            {
+                return Err(mismatch("library-manufacturer", m, info.manufacturer_id()));
+            }
+            if let Some(d) = &uri.library_description
+                && d.trim_end() != info.library_description().trim_end()
+            {
+                return Err(mismatch(
+                    "library-description",
+                    d,
+                    info.library_description(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Pkcs11Backend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pkcs11
+    }
+
+    fn algorithms(&self) -> Vec<Algorithm> {
+        let mechanisms = self.token.mechanisms();
+        Algorithm::ALL
+            .into_iter()
+            .filter(|&alg| {
+                let (generate, _) = required_mechanisms(alg);
+                mechanisms.contains(&generate) && SignWith::choose(alg, &mechanisms).is_some()
+            })
+            .collect()
+    }
+
+    fn load(&self) -> Result<Vec<SignerRef>, Error> {
+        let paths = self.records.list()?;
+        let identity = self.token.identity()?;
+        let mut signers = Vec::new();
+        for path in paths {
+            let record: KeyRecord = match self.records.read(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping PKCS#11 key record");
+                    continue;
+                }
+            };
+            // A token restored from backup has a new serial but the same keys; a different
+            // key under the same CKA_ID on another token is caught by the JWK check below.
+            let other_token = !record.token_serial.is_empty()
+                && !identity.serial.is_empty()
+                && record.token_serial != identity.serial;
+            let locator = record.locator(&path)?;
+            let found = self.token.run(|session, generation| {
+                let objects = find(session, &locator.template(ObjectClass::PRIVATE_KEY))?;
+                if objects.is_empty() {
+                    self.token.explain_missing(session, generation)?;
+                }
+                let [private] = objects[..] else {
+                    return Ok(Err(objects.len()));
+                };
+                let jwk = match key_kind(session, private)
+                    .and_then(|kind| public_jwk(session, private, &locator, kind))
+                {
+                    Ok(jwk) => jwk,
+                    // The public object may be gone (a delete that stopped half-way).
+                    Err(Fail::Other(Error::InvalidKey { .. })) => record.jwk.clone(),
+                    Err(e) => return Err(e),
+                };
+                Ok(Ok((jwk, FoundKey::read(session, generation, private))))
+            })?;
+            let (jwk, handle) = match found {
+                Ok(found) => found,
+                Err(count) => {
+                    tracing::warn!(
+                        label = %record.label,
+                        id = %record.id,
+                        count,
+                        "PKCS#11 key record names {count} private keys on the token (not 1); \
+                         not loaded, record kept"
+                    );
+                    continue;
+                }
+            };
+            if jwk != record.jwk {
+                if other_token {
+                    tracing::warn!(
+                        label = %record.label,
+                        record_serial = %record.token_serial,
+                        token_serial = %identity.serial,
+                        "PKCS#11 key record belongs to another token holding another key; \
+                         not loaded, record kept"
+                    );
+                    continue;
+                }
+                tracing::warn!(label = %record.label, "the PKCS#11 key's public key differs from its record; using the token's");
+            }
+            signers.push(self.signer(
+                record.label,
+                record.alg,
+                jwk,
+                &identity,
+                locator,
+                Some(handle),
+            )?);
+        }
+        Ok(signers)
+    }
+
+    fn generate(&self, label: &KeyLabel, alg: Algorithm) -> Result<SignerRef, Error> {
+        self.records.check_free(label)?;
+        let (generate, _) = required_mechanisms(alg);
+        if !self.token.mechanisms().contains(&generate) {
+            return Err(Error::UnsupportedAlgorithm {
+                alg,
+                by: format!("this token (it lists no {generate})"),
+            });
+        }
+        self.sign_with(alg)?;
+        let (mechanism, public, private) = generation_templates(alg);
+        let objects = NewObjects::Generate {
+            mechanism,
+            public,
+            private,
+        };
+        self.create_on_token(label, alg, Origin::Generated, objects)
+    }
+
+    fn import_pem(
+        &self,
+        label: &KeyLabel,
+        pem: &[u8],
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        self.records.check_free(label)?;
+        let parsed = parse_private_key_pem(pem)?;
+        let alg = parsed.kind.alg_for(alg)?;
+        self.sign_with(alg)?;
+        let templates = import_templates(&parsed)?;
+        drop(parsed);
+        self.create_on_token(label, alg, Origin::Imported, NewObjects::Import(templates))
+    }
+
+    fn adopt(
+        &self,
+        uri_text: &str,
+        label: &KeyLabel,
+        alg: Option<Algorithm>,
+    ) -> Result<SignerRef, Error> {
+        let uri = Pkcs11Uri::parse(uri_text)?;
+        if uri.has_pin_value {
+            return Err(Error::InvalidPkcs11Uri {
+                reason: "pin-value is refused: a PIN in a URI ends up in shell history and \
+                         process lists; configure --pkcs11-pin-env or --pkcs11-pin-file"
+                    .into(),
+            });
+        }
+        if let Some(t) = uri.object_type
+            && t != ObjectType::Private
+        {
+            return Err(Error::InvalidPkcs11Uri {
+                reason: format!(
+                    "type={} names no private key; adopt needs type=private (or no type)",
+                    t.as_str()
+                ),
+            });
+        }
+        self.records.check_free(label)?;
+        let identity = self.token.identity()?;
+        self.check_uri_target(&uri, &identity)?;
+        let shown = uri.to_string();
+        let mut template = vec![
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Sign(true),
+        ];
+        if let Some(id) = &uri.id {
+            template.push(Attribute::Id(id.clone()));
+        }
+        if let Some(object) = &uri.object {
+            template.push(Attribute::Label(object.as_bytes().to_vec()));
+        }
+        let (kind, jwk, locator, handle) = self.token.run(|session, generation| {
+            let found = find(session, &template)?;
+            if found.is_empty() {
+                self.token.explain_missing(session, generation)?;
+            }
+            let [private] = found[..] else {
+                return Err(Error::Pkcs11ObjectCount {
+                    uri: shown.clone(),
+                    count: found.len(),
+                }
+                .into());
+            };
+            let id = session
+                .get_attributes(private, &[AttributeType::Id])?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Id(id) => Some(id),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            // The ID finds the key again; the label too when the URI named the key by it or
+            // there is no ID.
+            let object = uri.object.clone().or_else(|| {
+                if !id.is_empty() {
+                    return None;
+                }
+                session
+                    .get_attributes(private, &[AttributeType::Label])
+                    .ok()?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Label(l) => String::from_utf8(l).ok(),
+                        _ => None,
+                    })
+            });
+            let locator = Locator { id, object };
+            let kind = key_kind(session, private)?;
+            let jwk = public_jwk(session, private, &locator, kind)?;
+            Ok((
+                kind,
+                jwk,
+                locator,
+                FoundKey::read(session, generation, private),
+            ))
+        })?;
+        let alg = kind.alg_for(alg)?;
+        self.file_key(
+            label,
+            alg,
+            Origin::Adopted,
+            locator,
+            jwk,
+            &identity,
+            Some(handle),
+        )
+    }
+
+    fn delete(&self, label: &KeyLabel) -> Result<(), Error> {
+        let record: KeyRecord = self.records.load(label)?;
+        if record.origin == Origin::Adopted {
+            // The key was on the token before us and stays there.
+            return self.records.remove(label);
+        }
+        let locator = record.locator(&self.records.path(label))?;
+        // Move the record aside first, so that a crash in between leaves no record of a key
+        // that is gone; put it back if the token refuses.
+        let aside = self.records.set_aside(label)?;
+        if let Err(e) = self.destroy(&locator) {
+            aside.restore();
+            return Err(e);
+        }
+        aside.remove()
+    }
+}
