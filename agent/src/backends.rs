@@ -5,14 +5,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use anyhow::{Result, bail};
+use dpop_keys::pkcs11::TokenSelector;
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, BackendKind, KeyLabel, Keyring};
 use tracing::{info, warn};
 
-use crate::config::{AdoptEntry, PinFrom, Pkcs11Settings, Settings};
-use crate::pin;
+use crate::config::{AdoptEntry, Pkcs11Settings, Settings};
 
 /// Where a PIN that no file or variable holds comes from.
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +27,7 @@ pub enum PinPrompt {
 pub fn open(settings: &Settings, prompt: PinPrompt) -> Result<Keyring> {
     let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(software(settings)?)];
     if let Some(p11) = &settings.pkcs11 {
-        backends.push(Arc::new(pkcs11(p11, &settings.data_dir, prompt)?));
+        backends.push(pkcs11(p11, &settings.data_dir, prompt)?);
     }
     let keyring = Keyring::new(backends);
     for (backend, problem) in keyring.load() {
@@ -76,7 +75,13 @@ pub fn token_selector(p11: &Pkcs11Settings) -> TokenSelector {
 
 /// Opens the token once. A refused PIN is reported and never retried: tokens lock after a
 /// few wrong PINs.
-fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Pkcs11Backend> {
+#[cfg(feature = "pkcs11")]
+fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Arc<dyn Backend>> {
+    use anyhow::Context;
+    use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
+
+    use crate::{config::PinFrom, pin};
+
     let token = token_selector(p11);
     let pin = match (&p11.pin, prompt) {
         (PinFrom::Source(source), _) => source.resolve()?,
@@ -92,7 +97,16 @@ fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Pk
     let backend = Pkcs11Backend::open(config)
         .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
     info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
-    Ok(backend)
+    Ok(Arc::new(backend))
+}
+
+/// Built without the backend: say so before asking for a PIN.
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11(p11: &Pkcs11Settings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
+    let missing = dpop_keys::Error::BackendNotCompiled {
+        backend: BackendKind::Pkcs11,
+    };
+    bail!("cannot use {}: {missing}", p11.module.display())
 }
 
 /// Adopts the config file's `[[pkcs11_adopt]]` keys that are not served yet. A key that

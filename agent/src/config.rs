@@ -113,6 +113,7 @@ pub struct AdoptEntry {
 
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
 pub enum PinFrom {
     /// An environment variable or a file.
     Source(dpop_keys::pkcs11::PinSource),

@@ -15,6 +15,8 @@ mod background;
 mod config;
 mod connection;
 mod dispatch;
+// Only the PKCS#11 backend asks for a PIN.
+#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
 mod pin;
 mod server;
 mod socket;

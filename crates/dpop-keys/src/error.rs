@@ -166,8 +166,8 @@ pub enum Error {
 fn not_compiled(backend: crate::BackendKind) -> String {
     match backend.cargo_feature() {
         Some(feature) => format!(
-            "the {backend} backend is not compiled into this build; rebuild with the cargo \
-             feature `{feature}` of dpop-keys (e.g. cargo build --features dpop-keys/{feature})"
+            "the {backend} backend is not compiled into this build; build with the cargo \
+             feature `{feature}` (dpop-agent: `cargo build -p dpop-agent --features {feature}`)"
         ),
         None => format!("the {backend} backend is not available in this version"),
     }

@@ -37,7 +37,6 @@ mod keyring;
 mod kind;
 mod label;
 pub mod pem;
-#[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 mod records;
 pub mod software;

@@ -1,5 +1,7 @@
 //! The PKCS#11 backend: keys that live on a token (an HSM, a YubiKey through its PKCS#11
-//! module, SoftHSM2) and sign there.
+//! module, SoftHSM2) and sign there. The backend needs the cargo feature `pkcs11` (on by
+//! default); its configuration types ([`TokenSelector`], [`PinSource`], [`Pkcs11Config`]) are
+//! always compiled, so that a program can parse its settings and say what is missing.
 //!
 //! Keys are generated on the token (`CKA_TOKEN`, `CKA_PRIVATE`, `CKA_SENSITIVE`, not
 //! `CKA_EXTRACTABLE`), imported from PEM into such an object, or adopted from an RFC 7512 URI
@@ -13,6 +15,7 @@
 //! token comes back.
 //!
 //! ```no_run
+//! # #[cfg(feature = "pkcs11")] {
 //! use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config, PinSource, TokenSelector};
 //! use dpop_keys::{Backend, KeyLabel, Algorithm};
 //!
@@ -24,6 +27,7 @@
 //!     "/home/me/.local/share/dpop-agent/pkcs11",
 //! ))?;
 //! let key = backend.generate(&KeyLabel::new("api")?, Algorithm::ES256)?;
+//! # }
 //! # Ok::<(), dpop_keys::Error>(())
 //! ```
 //!
@@ -38,135 +42,40 @@
 //! - `record`: the per-key record; `signer`: mechanisms and [`Pkcs11Signer`];
 //! - `uri`: RFC 7512 URIs; `raw` and `locking`: the two calls cryptoki cannot make for us.
 
+// Which token and where its PIN comes from is plain data that the agent parses even when the
+// backend itself is not compiled in; everything below it needs cryptoki.
 mod config;
+#[cfg(feature = "pkcs11")]
 mod error;
+#[cfg(feature = "pkcs11")]
 mod locking;
+#[cfg(feature = "pkcs11")]
 mod manage;
+#[cfg(feature = "pkcs11")]
 mod module;
+#[cfg(feature = "pkcs11")]
 mod objects;
+#[cfg(feature = "pkcs11")]
 mod pool;
+#[cfg(feature = "pkcs11")]
 mod raw;
+#[cfg(feature = "pkcs11")]
 mod record;
+#[cfg(feature = "pkcs11")]
 mod signer;
+#[cfg(feature = "pkcs11")]
 mod templates;
+#[cfg(feature = "pkcs11")]
 mod uri;
 
-use std::path::Path;
-use std::sync::Arc;
-
 pub use config::{DEFAULT_MAX_SESSIONS, PinSource, Pkcs11Config, TokenSelector};
+#[cfg(feature = "pkcs11")]
+mod backend;
+#[cfg(feature = "pkcs11")]
+pub use backend::Pkcs11Backend;
+#[cfg(feature = "pkcs11")]
 pub use module::load_module;
+#[cfg(feature = "pkcs11")]
 pub use signer::Pkcs11Signer;
+#[cfg(feature = "pkcs11")]
 pub use uri::{ObjectType, Pkcs11Uri};
-
-use module::TokenIdentity;
-use objects::{FoundKey, Locator};
-use pool::Token;
-use signer::SignWith;
-
-use crate::records::RecordStore;
-use crate::{Algorithm, BackendKind, Error, Jwk, KeyLabel, KeyMeta, SignerRef};
-
-/// Keys on one PKCS#11 token.
-pub struct Pkcs11Backend {
-    token: Arc<Token>,
-    records: RecordStore,
-}
-
-impl std::fmt::Debug for Pkcs11Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkcs11Backend")
-            .field("token", &self.token)
-            .field("metadata_dir", &self.records.dir())
-            .finish()
-    }
-}
-
-impl Pkcs11Backend {
-    /// Loads the module (once per process), finds the token and logs in as `CKU_USER`, so that
-    /// a wrong PIN ([`Error::PinIncorrect`], tried once), a locked PIN or a missing token is
-    /// reported now.
-    pub fn open(config: Pkcs11Config) -> Result<Pkcs11Backend, Error> {
-        let records = RecordStore::open(config.metadata_dir)?;
-        let (module_path, ctx, module) = module::module(&config.module)?;
-        let token = Arc::new(Token::new(
-            ctx,
-            module,
-            module_path,
-            config.token,
-            config.pin,
-            config.max_sessions,
-            config.reinitialize_module,
-        ));
-        // Opens the first session, which logs in.
-        drop(token.session()?);
-        Ok(Pkcs11Backend { token, records })
-    }
-
-    /// The canonical path of the module in use.
-    pub fn module_path(&self) -> &Path {
-        self.token.module_path()
-    }
-
-    /// The token's label and serial number, looking the token up if needed.
-    pub fn token_label_and_serial(&self) -> Result<(String, String), Error> {
-        let id = self.token.identity()?;
-        Ok((id.label, id.serial))
-    }
-
-    /// The URI that names a key, shown as its location.
-    fn key_uri(identity: &TokenIdentity, locator: &Locator) -> String {
-        Pkcs11Uri {
-            token: Some(identity.label.clone()),
-            serial: Some(identity.serial.clone()).filter(|s| !s.is_empty()),
-            object: locator.object.clone(),
-            object_type: Some(ObjectType::Private),
-            id: Some(locator.id.clone()).filter(|id| !id.is_empty()),
-            ..Pkcs11Uri::default()
-        }
-        .to_string()
-    }
-
-    fn sign_with(&self, alg: Algorithm) -> Result<SignWith, Error> {
-        SignWith::choose(alg, &self.token.mechanisms()).ok_or_else(|| {
-            let (_, sign) = signer::required_mechanisms(alg);
-            Error::UnsupportedAlgorithm {
-                alg,
-                by: format!(
-                    "this token (it lists no {})",
-                    sign.iter()
-                        .map(|m| m.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                ),
-            }
-        })
-    }
-
-    fn signer(
-        &self,
-        label: KeyLabel,
-        alg: Algorithm,
-        jwk: Jwk,
-        identity: &TokenIdentity,
-        locator: Locator,
-        found: Option<FoundKey>,
-    ) -> Result<SignerRef, Error> {
-        let with = self.sign_with(alg)?;
-        let meta = KeyMeta::new(
-            label,
-            alg,
-            BackendKind::Pkcs11,
-            jwk,
-            true,
-            Some(Self::key_uri(identity, &locator)),
-        )?;
-        Ok(Arc::new(Pkcs11Signer::new(
-            meta,
-            self.token.clone(),
-            locator,
-            with,
-            found,
-        )))
-    }
-}
