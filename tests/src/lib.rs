@@ -2,7 +2,7 @@
 //! this workspace against a real Unix socket, each agent in its own temporary directory, so
 //! tests (and benchmarks) run in parallel without sharing state.
 //!
-//! - [`binaries`] builds `dpop-agent` and `dpop` once per test process (`cargo build -p
+//! - [`binaries()`] builds `dpop-agent` and `dpop` once per test process (`cargo build -p
 //!   dpop-agent -p dpop-cli`, in the profile the calling test or bench was built in) and
 //!   returns their paths. Cargo only gives `CARGO_BIN_EXE_*` for binaries of the package under
 //!   test, hence the explicit build. Set `DPOP_TEST_BIN_DIR` to use prebuilt binaries instead.
@@ -20,7 +20,7 @@
 //! One module per concern, everything re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
 //! (openssl-made keys), [`softhsm`] (PKCS#11 tokens), [`verify`] (checking proofs),
-//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`bench`] (benchmarks).
+//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks).
 //!
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
@@ -50,10 +50,10 @@ pub mod wait;
 pub use agent::{AgentOptions, PROCESS_TIMEOUT, Passphrase, StartFailure, TestAgent};
 pub use binaries::{Binaries, binaries, workspace_root};
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
-pub use keys::{openssl_ec_pem, openssl_pkcs8_ec_pem};
+pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
 pub use process::{
-    OTHER_USER, command_as_other_user, is_root, new_temp_dir, other_user, process_gone,
-    require_tool, run_ok, send_signal, wait_timeout, write_private_file,
+    OTHER_USER, command_as_other_user, files_under, is_root, new_temp_dir, other_user,
+    process_gone, require_tool, run_ok, send_signal, wait_timeout, write_private_file,
 };
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};

@@ -66,7 +66,7 @@ impl SoftHsm {
     /// A new configuration, without tokens, in a fresh temporary directory (removed on drop:
     /// stop the agents using it first). Panics, saying what to install, when SoftHSM2 is
     /// missing.
-    pub fn new() -> SoftHsm {
+    pub fn create() -> SoftHsm {
         let module = require_softhsm();
         let dir = tempfile::Builder::new()
             .prefix("dpop-e2e-softhsm-")
@@ -231,7 +231,7 @@ impl SoftHsmToken {
     /// Makes the token; panics (with the script's output) when SoftHSM2 is missing or the
     /// script fails.
     pub fn create(label: &str, pin: &str, so_pin: &str) -> SoftHsmToken {
-        let hsm = SoftHsm::new();
+        let hsm = SoftHsm::create();
         hsm.add_token(label, pin, so_pin);
         SoftHsmToken {
             hsm,

@@ -34,3 +34,36 @@ pub fn wait_until(what: impl Display, timeout: Duration, mut done: impl FnMut() 
         panic!("timed out after {timeout:?} waiting until {what}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_until_returns_the_first_value() {
+        let mut calls = 0;
+        let got = poll_until(Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            (calls == 3).then_some(calls)
+        });
+        assert_eq!(got, Some(3));
+    }
+
+    #[test]
+    fn poll_until_gives_up_after_the_timeout_having_looked_more_than_once() {
+        let mut calls = 0;
+        let got: Option<()> =
+            poll_until(Duration::from_millis(30), Duration::from_millis(5), || {
+                calls += 1;
+                None
+            });
+        assert_eq!(got, None);
+        assert!(calls >= 2, "looked {calls} time(s)");
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 20ms waiting until the moon is square")]
+    fn wait_until_names_what_it_waited_for() {
+        wait_until("the moon is square", Duration::from_millis(20), || false);
+    }
+}
