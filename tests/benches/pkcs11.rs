@@ -22,9 +22,8 @@ use cryptoki::types::AuthPin;
 use dpop_tests::bench::{
     Run, build_kind, hellos_through_agent, on_threads, operations, through_agent, verdict,
 };
-use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, workspace_root};
+use dpop_tests::{AgentOptions, SoftHsmToken, TestAgent};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const URL: &str = "https://api.example.com/v1/items";
 const PIN: &str = "1234";
 const LABEL: &str = "hsm";
@@ -158,36 +157,15 @@ fn main() {
     }
     let n = operations(100, 8_000);
     let rounds = if n < 1000 { 1 } else { 5 };
-    let module = std::env::var("DPOP_TEST_PKCS11_MODULE").unwrap_or_else(|_| MODULE.into());
 
-    // A throw-away token, made before any process loads the module.
-    let hsm = new_temp_dir();
-    let made = Command::new(workspace_root().join("softhsm/make-token.sh"))
-        .arg(hsm.path())
-        .args(["bench", PIN, "12345678"])
-        .output()
-        .expect("running softhsm/make-token.sh");
-    assert!(
-        made.status.success(),
-        "making the SoftHSM2 token failed (is softhsm2 installed?): {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let conf = hsm.path().join("softhsm2.conf");
+    // A throw-away token (the suite's fixture), made before any process loads the module.
+    let token = SoftHsmToken::create("bench", PIN, "12345678");
+    let module = token.module().display().to_string();
     // SAFETY: single-threaded here; the module reads it in C_Initialize below, and the child
     // process inherits it.
-    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+    unsafe { std::env::set_var("SOFTHSM2_CONF", token.conf()) };
 
-    let agent = TestAgent::start(
-        AgentOptions::new()
-            .env("SOFTHSM2_CONF", &conf)
-            .env("BENCH_PIN", PIN)
-            .arg("--pkcs11-module")
-            .arg(&module)
-            .arg("--pkcs11-token")
-            .arg("bench")
-            .arg("--pkcs11-pin-env")
-            .arg("BENCH_PIN"),
-    );
+    let agent = TestAgent::start(AgentOptions::new().pkcs11(&token));
     agent
         .client()
         .generate_key(LABEL, Some("pkcs11"), None)

@@ -5,11 +5,10 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
 
 use dpop_tests::{
     AgentOptions, PROCESS_TIMEOUT, TestAgent, binaries, command_as_other_user, new_temp_dir,
-    other_user, process_gone, run_ok, send_signal, wait_timeout, write_private_file,
+    other_user, process_gone, run_ok, send_signal, wait_timeout, wait_until, write_private_file,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -349,14 +348,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn background_start_with_eval_and_stop_with_k() {
     let dir = new_temp_dir();
@@ -464,8 +455,14 @@ printf 'SOCK=%s\nPID=%s\n' "$DPOP_AUTH_SOCK" "$DPOP_AGENT_PID""#;
         kill_out.contains("unset DPOP_AUTH_SOCK;") && kill_out.contains("unset DPOP_AGENT_PID;"),
         "dpop-agent -k prints shell lines that unset the variables: {kill_out}"
     );
-    wait_until("the killed agent removed its socket", || !socket.exists());
-    wait_until("the killed agent exited", || process_gone(pid));
+    wait_until(
+        "the killed agent removed its socket",
+        PROCESS_TIMEOUT,
+        || !socket.exists(),
+    );
+    wait_until("the killed agent exited", PROCESS_TIMEOUT, || {
+        process_gone(pid)
+    });
 }
 
 #[test]

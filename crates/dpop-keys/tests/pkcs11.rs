@@ -309,7 +309,7 @@ fn adopt_by_uri() {
     let token = common::token("adopt");
     let backend = token.open();
     let serial = token.serial();
-    let module = common::hsm().module.display().to_string();
+    let module = common::hsm().module().display().to_string();
     let raw = token.raw_session();
     raw_key_pair(&raw, Algorithm::ES256, &[1, 2], "existing-ec");
     raw_key_pair(&raw, Algorithm::RS256, &[3], "existing-rsa");

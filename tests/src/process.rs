@@ -1,0 +1,175 @@
+//! Processes, files, tools and users: temporary directories, private files, signals, commands
+//! that must succeed, required tools, and the second user of the peer-credential tests.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{POLL_INTERVAL, poll_until};
+
+/// A fresh temporary directory (0700, as tempfile makes them).
+pub fn new_temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("dpop-e2e-")
+        .tempdir()
+        .expect("creating a temporary directory")
+}
+
+/// Writes a new file with mode 0600.
+pub fn write_private_file(path: &Path, bytes: &[u8]) {
+    let mut file =
+        File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .expect("setting file mode");
+    file.write_all(bytes).expect("writing file");
+}
+
+/// Sends a signal to a process.
+pub fn send_signal(pid: u32, signal: i32) {
+    let pid = i32::try_from(pid).expect("pid fits in pid_t");
+    // SAFETY: kill(2) with a positive pid has no memory-safety preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Waits up to `timeout` for `child` to exit.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    poll_until(timeout, POLL_INTERVAL, || {
+        child.try_wait().expect("polling a child process")
+    })
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet, which no longer runs).
+pub fn process_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // Field 3, after the parenthesised command name, is the state.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Runs `command` and returns its output; panics (with both streams) unless it succeeds.
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Name of the unprivileged user that peer-credential tests connect as.
+pub const OTHER_USER: &str = "dpop-test-other";
+
+/// The uid and gid of [`OTHER_USER`], created with `useradd --system` when missing. Panics
+/// unless this process runs as root (the tests that need another user run as root in CI).
+pub fn other_user() -> (u32, u32) {
+    static USER: OnceLock<(u32, u32)> = OnceLock::new();
+    *USER.get_or_init(|| {
+        assert!(
+            is_root(),
+            "this test needs root, to create and act as the user {OTHER_USER} \
+             (run the suite as root, as CI does)"
+        );
+        let id = |flag: &str| -> Option<u32> {
+            let out = Command::new("id").args([flag, OTHER_USER]).output().ok()?;
+            out.status.success().then_some(())?;
+            String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+        };
+        if id("-u").is_none() {
+            let out = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                ])
+                .arg(OTHER_USER)
+                .output()
+                .expect("running useradd");
+            // Another test process may have created it meanwhile; `id` decides below.
+            if !out.status.success() && id("-u").is_none() {
+                panic!(
+                    "useradd {OTHER_USER} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let uid = id("-u").unwrap_or_else(|| panic!("no uid for {OTHER_USER}"));
+        let gid = id("-g").unwrap_or_else(|| panic!("no gid for {OTHER_USER}"));
+        assert_ne!(uid, 0, "{OTHER_USER} must not be root");
+        (uid, gid)
+    })
+}
+
+/// A command that runs `program` as [`OTHER_USER`] (through `setpriv`, with no
+/// supplementary groups).
+pub fn command_as_other_user(program: impl AsRef<OsStr>) -> Command {
+    let (uid, gid) = other_user();
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(program);
+    command
+}
+
+/// Panics, saying to install `package`, unless `program args` runs and succeeds.
+pub fn require_tool(program: &str, args: &[&str], package: &str) {
+    require_command(Command::new(program).args(args), program, package);
+}
+
+pub(crate) fn require_command(command: &mut Command, program: &str, package: &str) {
+    let out = command.output();
+    assert!(
+        out.as_ref().is_ok_and(|o| o.status.success()),
+        "{program} is needed by this test and is not runnable ({}): apt-get install {package}",
+        match &out {
+            Ok(o) => format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => e.to_string(),
+        }
+    );
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let entry = entry.expect("directory entry");
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
