@@ -465,6 +465,49 @@ printf 'SOCK=%s\nPID=%s\n' "$DPOP_AUTH_SOCK" "$DPOP_AGENT_PID""#;
     });
 }
 
+/// The background start prints the socket its child binds, also when the config file (not
+/// `-a`) names it: it used to print the default path then, and `eval` exported a socket that
+/// nothing listened on.
+#[test]
+fn background_start_exports_the_socket_named_in_the_config_file() {
+    let dir = new_temp_dir();
+    let socket = dir.path().join("from-config.sock");
+    let config = dir.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "socket = {:?}\ndata_dir = {:?}\n",
+            socket.to_str().unwrap(),
+            dir.path().join("data").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = run_ok(
+        Command::new(&binaries().agent)
+            .arg("--config")
+            .arg(&config)
+            .env("XDG_RUNTIME_DIR", dir.path().join("runtime"))
+            .env_remove("DPOP_AGENT_PASSPHRASE"),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pid: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DPOP_AGENT_PID="))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the start printed DPOP_AGENT_PID: {stdout}"));
+    let _guard = KillOnDrop(pid);
+    let quoted = format!("DPOP_AUTH_SOCK='{}';", socket.display());
+    assert!(
+        stdout.contains(&quoted),
+        "the printed socket is the config file's {}: {stdout}",
+        socket.display()
+    );
+    let mut client = dpop_client::blocking::Client::connect(&socket)
+        .expect("an agent listens on the printed socket");
+    client.hello().expect("and answers");
+}
+
 #[test]
 fn failed_background_start_prints_no_shell_variables() {
     let dir = new_temp_dir();
