@@ -13,6 +13,8 @@ use dpop_protocol::{
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
+use crate::wire_error::keys_error as keys_err;
+
 /// Token signatures that usually take at most this long run on the async worker itself.
 const INLINE_SIGN_LIMIT: Duration = Duration::from_micros(250);
 
@@ -55,6 +57,9 @@ fn hello(state: &State) -> HelloReply {
             .iter()
             .map(|b| b.to_string())
             .collect(),
+        // Filled once dpop-keys reports its compiled-in backends (cargo features); an empty
+        // list reads as "not reported", as from an older agent.
+        compiled_backends: Vec::new(),
         software_persistent: state.software_persistent,
     }
 }
@@ -69,10 +74,6 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
         persistent: info.persistent,
         location: info.location.clone(),
     }
-}
-
-fn keys_err(e: &dpop_keys::Error) -> WireError {
-    WireError::from(e)
 }
 
 fn jose_err(e: &dpop_jose::Error) -> WireError {
@@ -178,14 +179,23 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
     blocking_change(state, move |k| k.import_pem(backend, &label, &pem, alg)).await
 }
 
+/// The backend an `adopt_key` without `backend` goes to, from the URI's scheme. PKCS#11 is the
+/// only backend that adopts keys so far, so any other scheme goes there too and its URI check
+/// names the problem ("must start with pkcs11:").
+/// A TPM persistent handle will get its own scheme here.
+fn adopt_backend(_uri: &str) -> BackendKind {
+    BackendKind::Pkcs11
+}
+
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     let label = parse_label(&req.label)?;
+    let backend = match req.backend.as_deref() {
+        Some(name) => parse_backend(Some(name))?,
+        None => adopt_backend(&req.uri),
+    };
     let alg = req.alg;
     let uri = req.uri;
-    blocking_change(state, move |k| {
-        k.adopt(BackendKind::Pkcs11, &uri, &label, alg)
-    })
-    .await
+    blocking_change(state, move |k| k.adopt(backend, &uri, &label, alg)).await
 }
 
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {

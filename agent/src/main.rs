@@ -11,6 +11,7 @@ mod connection;
 mod dispatch;
 mod server;
 mod socket;
+mod wire_error;
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::os::unix::process::CommandExt;

@@ -810,7 +810,8 @@ fn delete_destroys_the_token_objects() {
             key.label
         );
         let mut client = agent.client();
-        let (got, message) = code(client.sign_proof(&key.label, "GET", URL, None, None));
+        let (got, message) =
+            code(client.sign_proof(&key.label, &dpop_client::ProofRequest::new("GET", URL)));
         assert_eq!(got, ErrorCode::KeyNotFound, "{message}");
         let (got, message) = code(client.delete_key(&key.label));
         assert_eq!(got, ErrorCode::KeyNotFound, "{message}");
@@ -857,7 +858,11 @@ async fn concurrent_clients_sign_with_one_token_key() {
                 for n in 0..PROOFS {
                     let url = format!("https://api.example.com/v1/items/{i}/{n}");
                     let proof = client
-                        .sign_proof(&key.label, "POST", &url, Some(ACCESS_TOKEN), None)
+                        .sign_proof(
+                            &key.label,
+                            &dpop_client::ProofRequest::new("POST", &url)
+                                .access_token(ACCESS_TOKEN),
+                        )
                         .await
                         .unwrap_or_else(|e| panic!("client {i}, proof {n}: {e}"));
                     let verified = verify_proof(&proof, "POST", &url, Some(ACCESS_TOKEN));
@@ -1148,7 +1153,8 @@ fn token_removed_and_back() {
     );
     for key in [&generated, &imported] {
         for _ in 0..2 {
-            let (got, message) = code(client.sign_proof(&key.label, "GET", URL, None, None));
+            let (got, message) =
+                code(client.sign_proof(&key.label, &dpop_client::ProofRequest::new("GET", URL)));
             assert_eq!(got, ErrorCode::TokenNotPresent, "{}: {message}", key.label);
         }
     }
@@ -1176,7 +1182,7 @@ fn token_removed_and_back() {
     // builds its slot list only then) and recovers without a restart.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let proof = loop {
-        match client.sign_proof("hsm-generated", "GET", URL, None, None) {
+        match client.sign_proof("hsm-generated", &dpop_client::ProofRequest::new("GET", URL)) {
             Ok(proof) => break proof,
             Err(ClientError::Agent(e)) if e.code == ErrorCode::TokenNotPresent => {
                 assert!(
@@ -1549,7 +1555,7 @@ fn pin_prompt_on_the_terminal() {
         .generate_key("prompted", Some("pkcs11"), None)
         .expect("a token key after the PIN was typed");
     let proof = client
-        .sign_proof("prompted", "GET", URL, None, None)
+        .sign_proof("prompted", &dpop_client::ProofRequest::new("GET", URL))
         .expect("proof");
     assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
     drop(client);
@@ -1576,7 +1582,7 @@ fn pin_prompt_on_the_terminal() {
         "the background agent logged in and loaded the token key: {keys:?}"
     );
     let proof = client
-        .sign_proof("prompted", "GET", URL, None, None)
+        .sign_proof("prompted", &dpop_client::ProofRequest::new("GET", URL))
         .expect("proof");
     assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
     drop(client);

@@ -27,7 +27,7 @@ pub enum Op {
     GenerateKey(GenerateKey),
     /// Import a PEM private key into a backend.
     ImportKey(ImportKey),
-    /// Adopt a key that already exists in a backend (a PKCS#11 URI).
+    /// Adopt a key that already exists in a backend (a PKCS#11 URI today).
     AdoptKey(AdoptKey),
     /// Delete (or, for adopted keys, forget) a key.
     DeleteKey(DeleteKey),
@@ -92,8 +92,12 @@ impl std::fmt::Debug for ImportKey {
 pub struct AdoptKey {
     /// The label to file the key under.
     pub label: String,
-    /// An RFC 7512 PKCS#11 URI.
+    /// Where the key is: an RFC 7512 PKCS#11 URI for `pkcs11`.
     pub uri: String,
+    /// The backend that holds the key; absent: the agent derives it from the URI's scheme
+    /// (`pkcs11:` is `pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
@@ -173,6 +177,9 @@ pub struct HelloReply {
     pub agent: String,
     /// Configured backends.
     pub backends: Vec<String>,
+    /// Backends compiled into this agent, configured or not (absent from older agents).
+    #[serde(default)]
+    pub compiled_backends: Vec<String>,
     /// Whether software keys are saved to disk (a passphrase was given).
     pub software_persistent: bool,
 }
