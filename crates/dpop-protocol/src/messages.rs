@@ -341,6 +341,36 @@ mod tests {
     }
 
     #[test]
+    fn additive_fields_are_optional() {
+        // adopt_key without a backend: the agent derives it from the URI.
+        let adopt =
+            parse_request(br#"{"id":1,"op":"adopt_key","label":"a","uri":"pkcs11:x"}"#).unwrap();
+        let Op::AdoptKey(adopt) = adopt.op else {
+            panic!("not adopt_key")
+        };
+        assert_eq!(adopt.backend, None);
+        let line = encode_request(&Request {
+            id: 2.into(),
+            op: Op::AdoptKey(adopt),
+        });
+        assert!(!String::from_utf8(line).unwrap().contains("backend"));
+        let with = parse_request(
+            br#"{"id":1,"op":"adopt_key","label":"a","uri":"pkcs11:x","backend":"pkcs11"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(with.op, Op::AdoptKey(AdoptKey { backend: Some(b), .. }) if b == "pkcs11")
+        );
+
+        // A hello reply from an agent that does not report compiled-in backends.
+        let old: HelloReply = serde_json::from_str(
+            r#"{"protocol":1,"agent":"dpop-agent/0.1.0","backends":["software"],"software_persistent":false}"#,
+        )
+        .unwrap();
+        assert!(old.compiled_backends.is_empty());
+    }
+
+    #[test]
     fn error_codes() {
         let code = |line: &[u8]| parse_request(line).unwrap_err().error.code;
         assert_eq!(code(b"{not json"), ErrorCode::MalformedJson);
