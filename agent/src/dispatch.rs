@@ -13,6 +13,8 @@ use dpop_protocol::{
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
+use crate::wire_error::keys_error;
+
 /// Token signatures that usually take at most this long run on the async worker itself.
 const INLINE_SIGN_LIMIT: Duration = Duration::from_micros(250);
 
@@ -55,6 +57,10 @@ fn hello(state: &State) -> HelloReply {
             .iter()
             .map(|b| b.to_string())
             .collect(),
+        compiled_backends: BackendKind::compiled()
+            .iter()
+            .map(|b| b.to_string())
+            .collect(),
         software_persistent: state.software_persistent,
     }
 }
@@ -71,19 +77,6 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
     }
 }
 
-fn keys_err(e: &dpop_keys::Error) -> WireError {
-    match e {
-        // Newer dpop-keys variants, on the wire codes a client already knows.
-        dpop_keys::Error::UnknownUriScheme { .. } => {
-            WireError::new(ErrorCode::InvalidUri, e.to_string())
-        }
-        dpop_keys::Error::BackendNotCompiled { .. } => {
-            WireError::new(ErrorCode::BackendNotConfigured, e.to_string())
-        }
-        _ => WireError::from(e),
-    }
-}
-
 fn jose_err(e: &dpop_jose::Error) -> WireError {
     WireError::from(e)
 }
@@ -93,7 +86,7 @@ fn bad_request(message: impl Into<String>) -> WireError {
 }
 
 async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
-    let key = state.keyring.get(&req.key).map_err(|e| keys_err(&e))?;
+    let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
     let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
     let htu = Htu::from_url(&req.htu).map_err(|e| jose_err(&e))?;
     let now = SystemTime::now()
@@ -137,7 +130,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
         .map(|proof| ProofReply { proof })
         .map_err(|e| match &e {
             dpop_jose::Error::Signer(inner) => match inner.downcast_ref::<dpop_keys::Error>() {
-                Some(k) => keys_err(k),
+                Some(k) => keys_error(k),
                 None => jose_err(&e),
             },
             _ => jose_err(&e),
@@ -145,14 +138,14 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
 }
 
 fn parse_label(label: &str) -> Result<KeyLabel, WireError> {
-    KeyLabel::new(label).map_err(|e| keys_err(&e))
+    KeyLabel::new(label).map_err(|e| keys_error(&e))
 }
 
 fn parse_backend(backend: Option<&str>) -> Result<BackendKind, WireError> {
     backend
         .unwrap_or("software")
         .parse()
-        .map_err(|e| keys_err(&e))
+        .map_err(|e| keys_error(&e))
 }
 
 /// Runs a keyring change on the blocking pool: backends touch disks and tokens.
@@ -164,7 +157,7 @@ async fn blocking_change(
     let key = tokio::task::spawn_blocking(move || change(&keyring))
         .await
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
-        .map_err(|e| keys_err(&e))?;
+        .map_err(|e| keys_error(&e))?;
     let info = key.meta().info();
     info!(label = %info.label, backend = %info.backend, alg = %info.alg, jkt = %info.jkt, "key added");
     Ok(KeyReply {
@@ -189,10 +182,14 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
 
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     let label = parse_label(&req.label)?;
+    // Without a backend, the keyring takes it from the URI's scheme.
+    let backend = match req.backend.as_deref() {
+        Some(name) => Some(parse_backend(Some(name))?),
+        None => None,
+    };
     let alg = req.alg;
     let uri = req.uri;
-    // The backend follows from the URI's scheme until the wire names it.
-    blocking_change(state, move |k| k.adopt(None, &uri, &label, alg)).await
+    blocking_change(state, move |k| k.adopt(backend, &uri, &label, alg)).await
 }
 
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
@@ -201,7 +198,7 @@ async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
     let info = tokio::task::spawn_blocking(move || keyring.delete(&label))
         .await
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
-        .map_err(|e| keys_err(&e))?;
+        .map_err(|e| keys_error(&e))?;
     info!(label = %info.label, backend = %info.backend, "key deleted");
     Ok(KeyReply {
         key: describe(&info),

@@ -21,6 +21,7 @@ mod pin;
 mod server;
 mod socket;
 mod stop;
+mod wire_error;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use dpop_client::ProofRequest;
 use dpop_client::blocking::Client;
 use dpop_jose::{Algorithm, ExpectedRequest, LruReplayStore, VerifyOptions};
 use dpop_protocol::KeyDescription;
@@ -280,13 +281,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
         } => {
             let token = token.read()?;
-            let proof = connect(&cli.socket)?.sign_proof(
-                &key,
-                &method,
-                &url,
-                token.as_deref().map(String::as_str),
-                nonce.as_deref(),
-            )?;
+            let mut request = ProofRequest::new(&method, &url);
+            if let Some(token) = &token {
+                request = request.access_token(token);
+            }
+            if let Some(nonce) = &nonce {
+                request = request.nonce(nonce);
+            }
+            let proof = connect(&cli.socket)?.sign_proof(&key, &request)?;
             if out.json {
                 print_json(&json!({ "proof": proof }));
             } else {

@@ -152,10 +152,16 @@ async fn one_request(
     proof: Option<&ProofRequest>,
 ) -> Result<(), dpop_client::Error> {
     match proof {
-        Some(p) => c
-            .sign_proof(&p.key, "GET", &p.url, p.access_token.as_deref(), None)
-            .await
-            .map(|proof| drop(std::hint::black_box(proof))),
+        Some(p) => {
+            let request = dpop_client::ProofRequest::new("GET", &p.url);
+            let request = match &p.access_token {
+                Some(token) => request.access_token(token),
+                None => request,
+            };
+            c.sign_proof(&p.key, &request)
+                .await
+                .map(|proof| drop(std::hint::black_box(proof)))
+        }
         None => c
             .hello()
             .await

@@ -306,10 +306,8 @@ fn import_openssl_pems_and_sign_with_the_client_crate() {
         let proof = client
             .sign_proof(
                 label,
-                "DELETE",
-                "https://api.example.com/v1/items/7",
-                Some(TOKEN),
-                None,
+                &dpop_client::ProofRequest::new("DELETE", "https://api.example.com/v1/items/7")
+                    .access_token(TOKEN),
             )
             .expect("the blocking client gets a proof");
         let verified = verify_proof(
@@ -395,7 +393,10 @@ async fn async_client_proofs_verify() {
         .expect("generate ES384");
     assert_eq!(key.alg, dpop_jose::Algorithm::ES384, "generate honours alg");
     let proof = client
-        .sign_proof("async", "PATCH", URL, None, Some("abc"))
+        .sign_proof(
+            "async",
+            &dpop_client::ProofRequest::new("PATCH", URL).nonce("abc"),
+        )
         .await
         .expect("proof");
     let verified = verify_proof(&proof, "PATCH", URL, None);
@@ -413,7 +414,7 @@ async fn async_client_proofs_verify() {
         "no ath without an access token"
     );
     let err = client
-        .sign_proof("nope", "GET", URL, None, None)
+        .sign_proof("nope", &dpop_client::ProofRequest::new("GET", URL))
         .await
         .unwrap_err();
     assert_eq!(

@@ -358,7 +358,8 @@ fn delete_destroys_the_token_objects() {
             key.label
         );
         let mut client = agent.client();
-        let (got, message) = code(client.sign_proof(&key.label, "GET", URL, None, None));
+        let (got, message) =
+            code(client.sign_proof(&key.label, &dpop_client::ProofRequest::new("GET", URL)));
         assert_eq!(got, ErrorCode::KeyNotFound, "{message}");
         let (got, message) = code(client.delete_key(&key.label));
         assert_eq!(got, ErrorCode::KeyNotFound, "{message}");
@@ -405,7 +406,11 @@ async fn concurrent_clients_sign_with_one_token_key() {
                 for n in 0..PROOFS {
                     let url = format!("https://api.example.com/v1/items/{i}/{n}");
                     let proof = client
-                        .sign_proof(&key.label, "POST", &url, Some(ACCESS_TOKEN), None)
+                        .sign_proof(
+                            &key.label,
+                            &dpop_client::ProofRequest::new("POST", &url)
+                                .access_token(ACCESS_TOKEN),
+                        )
                         .await
                         .unwrap_or_else(|e| panic!("client {i}, proof {n}: {e}"));
                     let verified = verify_proof(&proof, "POST", &url, Some(ACCESS_TOKEN));

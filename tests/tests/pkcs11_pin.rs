@@ -315,7 +315,7 @@ fn pin_prompt_on_the_terminal() {
         .generate_key("prompted", Some("pkcs11"), None)
         .expect("a token key after the PIN was typed");
     let proof = client
-        .sign_proof("prompted", "GET", URL, None, None)
+        .sign_proof("prompted", &dpop_client::ProofRequest::new("GET", URL))
         .expect("proof");
     assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
     drop(client);
@@ -342,7 +342,7 @@ fn pin_prompt_on_the_terminal() {
         "the background agent logged in and loaded the token key: {keys:?}"
     );
     let proof = client
-        .sign_proof("prompted", "GET", URL, None, None)
+        .sign_proof("prompted", &dpop_client::ProofRequest::new("GET", URL))
         .expect("proof");
     assert_eq!(verify_proof(&proof, "GET", URL, None).jkt, key.jkt);
     drop(client);

@@ -150,7 +150,8 @@ fn token_removed_and_back() {
     );
     for key in [&generated, &imported] {
         for _ in 0..2 {
-            let (got, message) = code(client.sign_proof(&key.label, "GET", URL, None, None));
+            let (got, message) =
+                code(client.sign_proof(&key.label, &dpop_client::ProofRequest::new("GET", URL)));
             assert_eq!(got, ErrorCode::TokenNotPresent, "{}: {message}", key.label);
         }
     }
@@ -180,7 +181,7 @@ fn token_removed_and_back() {
     let proof = poll_until(
         Duration::from_secs(10),
         Duration::from_millis(250),
-        || match client.sign_proof("hsm-generated", "GET", URL, None, None) {
+        || match client.sign_proof("hsm-generated", &dpop_client::ProofRequest::new("GET", URL)) {
             Ok(proof) => Some(proof),
             Err(ClientError::Agent(e)) if e.code == ErrorCode::TokenNotPresent => {
                 last_refusal = e.message;

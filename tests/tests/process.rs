@@ -641,7 +641,10 @@ fn secrets_never_appear_in_logs_or_cli_output() {
     outputs.push(agent.dpop(&["keys", "list", "--json"]));
     agent
         .client()
-        .sign_proof("gen", "GET", "https://rs.example/z", Some(TOKEN), None)
+        .sign_proof(
+            "gen",
+            &dpop_client::ProofRequest::new("GET", "https://rs.example/z").access_token(TOKEN),
+        )
         .unwrap();
     agent.raw_request(format!(r#"{{"id":1,"op":"sign_proof","key":"gen","htm":"GET","htu":"https://rs.example/","access_token":"{TOKEN}","bogus":1}}"#).as_bytes());
     agent.raw_request(format!(r#"{{"id":2,"op":"sign_proof","key":"nope","htm":"GET","htu":"https://rs.example/","access_token":"{TOKEN}"}}"#).as_bytes());

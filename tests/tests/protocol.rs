@@ -31,7 +31,10 @@ async fn concurrent_async_clients_get_valid_distinct_proofs() {
                 let url = format!("https://rs.example/task/{task}/{i}");
                 let token = format!("token-{task}-{i}");
                 let proof = client
-                    .sign_proof("shared", "POST", &url, Some(&token), None)
+                    .sign_proof(
+                        "shared",
+                        &dpop_client::ProofRequest::new("POST", &url).access_token(&token),
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("task {task} proof {i}: {e}"));
                 proofs.push((url, token, proof));
@@ -302,7 +305,10 @@ fn bad_input_gets_the_right_error_code_and_the_agent_keeps_serving() {
     );
     agent
         .client()
-        .sign_proof("k", "GET", "https://rs.example/", None, None)
+        .sign_proof(
+            "k",
+            &dpop_client::ProofRequest::new("GET", "https://rs.example/"),
+        )
         .expect("the key still signs");
 }
 

@@ -1,7 +1,6 @@
-use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Error, b64url_decode, b64url_encode};
+use crate::{Algorithm, Error, b64url_encode};
 
 /// A public JSON Web Key (RFC 7517) of a kind DPoP can use. Never holds private members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +35,7 @@ pub enum Jwk {
 }
 
 /// JWK members that only private keys have (RFC 7518 section 6).
+#[cfg(feature = "crypto")]
 pub(crate) const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 impl Jwk {
@@ -88,6 +88,7 @@ impl Jwk {
     }
 
     /// The RFC 7638 thumbprint: base64url(SHA-256(canonical JSON of the required members)).
+    #[cfg(feature = "crypto")]
     pub fn thumbprint(&self) -> String {
         // Members in lexicographic order, no white space; values are JSON-escaped although
         // well-formed keys only hold base64url and curve names.
@@ -104,7 +105,10 @@ impl Jwk {
             Jwk::Rsa { n, e } => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, s(e), s(n)),
             Jwk::Okp { crv, x } => format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, s(crv), s(x)),
         };
-        b64url_encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
+        b64url_encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            canonical.as_bytes(),
+        ))
     }
 
     /// Whether this key can make signatures of `alg`.
@@ -120,7 +124,9 @@ impl Jwk {
 
     /// The public key bytes aws-lc-rs verifies with: the SEC1 point for EC, the raw key for
     /// Ed25519, `(n, e)` for RSA. Checks every length.
+    #[cfg(feature = "crypto")]
     pub(crate) fn verification_key(&self) -> Result<PublicKeyBytes, Error> {
+        use crate::b64url_decode;
         let bad = |reason: &str| Error::InvalidJwk {
             reason: reason.to_owned(),
         };
@@ -164,6 +170,7 @@ impl Jwk {
     }
 }
 
+#[cfg(feature = "crypto")]
 pub(crate) enum PublicKeyBytes {
     Raw(Vec<u8>),
     Rsa { n: Vec<u8>, e: Vec<u8> },
@@ -172,7 +179,9 @@ pub(crate) enum PublicKeyBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::b64url_decode;
 
+    #[cfg(feature = "crypto")]
     #[test]
     fn rfc7638_example_thumbprint() {
         // RFC 7638 section 3.1.
@@ -186,6 +195,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "crypto")]
     #[test]
     fn rfc9449_example_ec_thumbprint() {
         // RFC 9449 section 6.1 / appendix: the example proof key.

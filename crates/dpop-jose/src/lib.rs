@@ -12,6 +12,19 @@
 //!
 //! Signature verification goes through aws-lc-rs, the provider rustls uses.
 //!
+//! # Features
+//!
+//! - `crypto` (default): everything that hashes, draws random numbers or verifies signatures
+//!   ([`Jwk::thumbprint`], [`ath`], [`new_jti`], [`Claims::new`], [`verify()`]); pulls in
+//!   aws-lc-rs. Turns on `htu`.
+//! - `htu` (default): [`Htu`] and [`normalize_uri`] (fluent-uri).
+//! - `lru` (default): [`LruReplayStore`]. Turns on `crypto`.
+//!
+//! With `default-features = false` the crate is only the shared data types ([`Algorithm`],
+//! [`Jwk`] as data, [`Error`], [`Method`], [`Claims`], base64url helpers) and [`sign_proof`] over
+//! a [`Signer`], and compiles no cryptography: the wire protocol and the agent's client use it
+//! that way.
+//!
 //! ```
 //! use dpop_jose::{ath, Htu, Jwk};
 //!
@@ -31,20 +44,26 @@
 mod alg;
 mod b64;
 mod error;
+#[cfg(feature = "htu")]
 mod htu;
 mod jwk;
 mod proof;
+#[cfg(feature = "crypto")]
 mod verify;
 
 pub use alg::Algorithm;
 pub use b64::{b64url_decode, b64url_encode};
 pub use error::Error;
+#[cfg(feature = "htu")]
 pub use htu::{Htu, normalize_uri};
 pub use jwk::Jwk;
-pub use proof::{Claims, Method, ProofHeader, Signer, ath, new_jti, sign_proof};
-pub use verify::{
-    ExpectedRequest, LruReplayStore, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify,
-};
+pub use proof::{Claims, Method, ProofHeader, Signer, sign_proof};
+#[cfg(feature = "crypto")]
+pub use proof::{ath, new_jti};
+#[cfg(feature = "lru")]
+pub use verify::LruReplayStore;
+#[cfg(feature = "crypto")]
+pub use verify::{ExpectedRequest, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "lru"))]
 mod tests;

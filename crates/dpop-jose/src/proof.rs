@@ -1,9 +1,10 @@
 use std::fmt;
 
-use aws_lc_rs::{digest, rand::SecureRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::{Algorithm, Error, Htu, Jwk, b64url_encode};
+#[cfg(feature = "crypto")]
+use crate::Htu;
+use crate::{Algorithm, Error, Jwk, b64url_encode};
 
 /// An HTTP method for `htm`: a non-empty RFC 9110 token without lower-case letters (`GET`,
 /// `POST`, `PROPFIND`). Methods are case-sensitive, and a lower-case `get` is almost always a
@@ -48,6 +49,7 @@ impl fmt::Display for Method {
 
 /// `ath`: base64url(SHA-256(access token)), RFC 9449 section 4.2. The token must be ASCII
 /// in the RFC 6750 `b64token` alphabet, which is what an `Authorization: DPoP` header can carry.
+#[cfg(feature = "crypto")]
 pub fn ath(access_token: &str) -> Result<String, Error> {
     if access_token.is_empty() {
         return Err(Error::InvalidAccessToken { reason: "empty" });
@@ -58,14 +60,16 @@ pub fn ath(access_token: &str) -> Result<String, Error> {
             reason: "characters outside the RFC 6750 token syntax",
         });
     }
-    Ok(b64url_encode(digest::digest(
-        &digest::SHA256,
+    Ok(b64url_encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
         access_token.as_bytes(),
     )))
 }
 
 /// A fresh `jti`: 128 random bits, base64url.
+#[cfg(feature = "crypto")]
 pub fn new_jti() -> String {
+    use aws_lc_rs::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut bytes)
@@ -140,6 +144,7 @@ pub struct Claims {
 
 impl Claims {
     /// Claims for one request, with a fresh `jti`.
+    #[cfg(feature = "crypto")]
     pub fn new(method: &Method, htu: &Htu, iat: i64) -> Claims {
         Claims {
             jti: new_jti(),
@@ -152,6 +157,7 @@ impl Claims {
     }
 
     /// Adds `ath` for the access token presented with the request.
+    #[cfg(feature = "crypto")]
     pub fn with_access_token(mut self, access_token: &str) -> Result<Claims, Error> {
         self.ath = Some(ath(access_token)?);
         Ok(self)
@@ -232,6 +238,7 @@ pub fn sign_proof<S: Signer + ?Sized>(signer: &S, claims: &Claims) -> Result<Str
 mod tests {
     use super::*;
 
+    #[cfg(feature = "crypto")]
     #[test]
     fn rfc9449_ath_vector() {
         assert_eq!(
@@ -253,6 +260,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "crypto")]
     #[test]
     fn jti_is_128_bits_and_fresh() {
         let a = new_jti();

@@ -1,4 +1,6 @@
+#[cfg(feature = "lru")]
 use std::num::NonZeroUsize;
+#[cfg(feature = "lru")]
 use std::sync::Mutex;
 
 use aws_lc_rs::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
@@ -77,11 +79,13 @@ pub trait ReplayStore {
 
 /// An in-memory, size-bounded [`ReplayStore`]. When full, the least recently seen pair goes
 /// first; size it for the proofs a server sees within the `iat` window.
+#[cfg(feature = "lru")]
 #[derive(Debug)]
 pub struct LruReplayStore {
     seen: Mutex<lru::LruCache<(String, String), i64>>,
 }
 
+#[cfg(feature = "lru")]
 impl LruReplayStore {
     /// A store that holds at most `capacity` pairs.
     pub fn new(capacity: NonZeroUsize) -> Self {
@@ -91,6 +95,7 @@ impl LruReplayStore {
     }
 }
 
+#[cfg(feature = "lru")]
 impl ReplayStore for LruReplayStore {
     fn insert_if_new(&self, jkt: &str, jti: &str, expires_at: i64, now: i64) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());

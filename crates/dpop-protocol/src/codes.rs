@@ -106,36 +106,3 @@ impl From<&dpop_jose::Error> for WireError {
         WireError::new(e.into(), e.to_string())
     }
 }
-
-#[cfg(feature = "keys")]
-impl From<&dpop_keys::Error> for ErrorCode {
-    fn from(e: &dpop_keys::Error) -> ErrorCode {
-        use dpop_keys::Error as E;
-        match e {
-            E::InvalidLabel { .. } => ErrorCode::InvalidLabel,
-            E::KeyNotFound { .. } => ErrorCode::KeyNotFound,
-            E::KeyExists { .. } => ErrorCode::KeyExists,
-            E::UnknownBackend { .. } => ErrorCode::UnknownBackend,
-            E::BackendNotConfigured { .. } => ErrorCode::BackendNotConfigured,
-            E::UnsupportedAlgorithm { .. } => ErrorCode::UnsupportedAlgorithm,
-            E::Unsupported { .. } => ErrorCode::Unsupported,
-            E::InvalidKey { .. } => ErrorCode::InvalidKey,
-            E::WrongPassphrase { .. } => ErrorCode::WrongPassphrase,
-            E::InvalidPkcs11Uri { .. } | E::Pkcs11UriMismatch { .. } => ErrorCode::InvalidUri,
-            E::Pkcs11ObjectCount { count: 0, .. } => ErrorCode::KeyNotFound,
-            E::Pkcs11ObjectCount { .. } => ErrorCode::AmbiguousKey,
-            E::PinIncorrect => ErrorCode::PinIncorrect,
-            E::PinLocked => ErrorCode::PinLocked,
-            E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,
-            E::Jose(j) => j.into(),
-            _ => ErrorCode::BackendError,
-        }
-    }
-}
-
-#[cfg(feature = "keys")]
-impl From<&dpop_keys::Error> for WireError {
-    fn from(e: &dpop_keys::Error) -> WireError {
-        WireError::new(e.into(), e.to_string())
-    }
-}

@@ -27,7 +27,7 @@ pub enum Op {
     GenerateKey(GenerateKey),
     /// Import a PEM private key into a backend.
     ImportKey(ImportKey),
-    /// Adopt a key that already exists in a backend (a PKCS#11 URI).
+    /// Adopt a key that already exists in a backend (a PKCS#11 URI today).
     AdoptKey(AdoptKey),
     /// Delete (or, for adopted keys, forget) a key.
     DeleteKey(DeleteKey),
@@ -92,8 +92,12 @@ impl std::fmt::Debug for ImportKey {
 pub struct AdoptKey {
     /// The label to file the key under.
     pub label: String,
-    /// An RFC 7512 PKCS#11 URI.
+    /// Where the key is: an RFC 7512 PKCS#11 URI for `pkcs11`.
     pub uri: String,
+    /// The backend that holds the key; absent: the agent derives it from the URI's scheme
+    /// (`pkcs11:` is `pkcs11`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
@@ -173,6 +177,9 @@ pub struct HelloReply {
     pub agent: String,
     /// Configured backends.
     pub backends: Vec<String>,
+    /// Backends compiled into this agent, configured or not (absent from older agents).
+    #[serde(default)]
+    pub compiled_backends: Vec<String>,
     /// Whether software keys are saved to disk (a passphrase was given).
     pub software_persistent: bool,
 }
@@ -331,6 +338,36 @@ mod tests {
         let hello = parse_request(br#"{"op":"hello"}"#).unwrap();
         assert_eq!(hello.op, Op::Hello {});
         assert_eq!(hello.id, Value::Null);
+    }
+
+    #[test]
+    fn additive_fields_are_optional() {
+        // adopt_key without a backend: the agent derives it from the URI.
+        let adopt =
+            parse_request(br#"{"id":1,"op":"adopt_key","label":"a","uri":"pkcs11:x"}"#).unwrap();
+        let Op::AdoptKey(adopt) = adopt.op else {
+            panic!("not adopt_key")
+        };
+        assert_eq!(adopt.backend, None);
+        let line = encode_request(&Request {
+            id: 2.into(),
+            op: Op::AdoptKey(adopt),
+        });
+        assert!(!String::from_utf8(line).unwrap().contains("backend"));
+        let with = parse_request(
+            br#"{"id":1,"op":"adopt_key","label":"a","uri":"pkcs11:x","backend":"pkcs11"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(with.op, Op::AdoptKey(AdoptKey { backend: Some(b), .. }) if b == "pkcs11")
+        );
+
+        // A hello reply from an agent that does not report compiled-in backends.
+        let old: HelloReply = serde_json::from_str(
+            r#"{"protocol":1,"agent":"dpop-agent/0.1.0","backends":["software"],"software_persistent":false}"#,
+        )
+        .unwrap();
+        assert!(old.compiled_backends.is_empty());
     }
 
     #[test]

@@ -1,0 +1,57 @@
+//! Backend errors as wire errors. The mapping lives here, not in dpop-protocol, so that the
+//! protocol crate (and every client that links it) compiles no key backend.
+
+use dpop_protocol::{ErrorCode, WireError};
+
+/// The wire code for a backend error; clients match on it, so it must stay stable.
+pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
+    use dpop_keys::Error as E;
+    match e {
+        E::InvalidLabel { .. } => ErrorCode::InvalidLabel,
+        E::KeyNotFound { .. } => ErrorCode::KeyNotFound,
+        E::KeyExists { .. } => ErrorCode::KeyExists,
+        E::UnknownBackend { .. } => ErrorCode::UnknownBackend,
+        E::BackendNotConfigured { .. } | E::BackendNotCompiled { .. } => {
+            ErrorCode::BackendNotConfigured
+        }
+        E::UnsupportedAlgorithm { .. } => ErrorCode::UnsupportedAlgorithm,
+        E::Unsupported { .. } => ErrorCode::Unsupported,
+        E::InvalidKey { .. } => ErrorCode::InvalidKey,
+        E::WrongPassphrase { .. } => ErrorCode::WrongPassphrase,
+        E::InvalidPkcs11Uri { .. } | E::Pkcs11UriMismatch { .. } | E::UnknownUriScheme { .. } => {
+            ErrorCode::InvalidUri
+        }
+        E::Pkcs11ObjectCount { count: 0, .. } => ErrorCode::KeyNotFound,
+        E::Pkcs11ObjectCount { .. } => ErrorCode::AmbiguousKey,
+        E::PinIncorrect => ErrorCode::PinIncorrect,
+        E::PinLocked => ErrorCode::PinLocked,
+        E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,
+        E::Jose(j) => j.into(),
+        _ => ErrorCode::BackendError,
+    }
+}
+
+/// A backend error as the `error` member of a reply; the message is the error's own text,
+/// which never holds secrets.
+pub fn keys_error(e: &dpop_keys::Error) -> WireError {
+    WireError::new(keys_error_code(e), e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_clients_match_on() {
+        let code = |e: dpop_keys::Error| keys_error(&e).code;
+        assert_eq!(
+            code(dpop_keys::Error::PinIncorrect),
+            ErrorCode::PinIncorrect
+        );
+        assert_eq!(code(dpop_keys::Error::PinLocked), ErrorCode::PinLocked);
+        assert_eq!(
+            code(dpop_keys::Error::Jose(dpop_jose::Error::InvalidNonce)),
+            ErrorCode::BadRequest
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The async client (tokio).
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use dpop_jose::Algorithm;
+use dpop_protocol::{HelloReply, KeyDescription};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::exchange::{Call, Exchange};
+use crate::spin::spin_until_readable;
+use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
+
+/// An async connection to the agent. Requests on one client run one after another; open
+/// several clients for parallel requests.
+#[derive(Debug)]
+pub struct Client {
+    stream: BufReader<UnixStream>,
+    exchange: Exchange,
+    line: Vec<u8>,
+    spin: Duration,
+}
+
+impl Client {
+    /// Connects to the agent at `path`.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+            exchange: Exchange::new(),
+            line: Vec::with_capacity(1024),
+            spin: Duration::ZERO,
+        })
+    }
+
+    /// Connects to the agent named by `DPOP_AUTH_SOCK`.
+    pub async fn connect_env() -> Result<Client, Error> {
+        Client::connect(socket_from_env()?).await
+    }
+
+    /// Polls for each reply for up to `spin` before yielding to the runtime (off by default).
+    /// This trades a little CPU, on the runtime's thread, for latency when one task sends
+    /// requests back to back; leave it off when many tasks share few threads, or when keys
+    /// live on a slow token.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    async fn read_reply(&mut self) -> std::io::Result<usize> {
+        self.line.clear();
+        (&mut self.stream)
+            .take(MAX_REPLY)
+            .read_until(b'\n', &mut self.line)
+            .await
+    }
+
+    async fn run<T>(&mut self, call: Call<T>) -> Result<T, Error> {
+        let pending = self.exchange.start(call);
+        if let Err(e) = self.stream.get_mut().write_all(pending.line()).await {
+            // The agent may have answered and closed (a refusal): show its answer if so.
+            let _ = self.read_reply().await;
+            return Err(pending.write_failed(&self.line, e));
+        }
+        if self.stream.buffer().is_empty() {
+            spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);
+        }
+        self.read_reply().await?;
+        pending.finish(&self.line)
+    }
+
+    /// Agent version and backends.
+    pub async fn hello(&mut self) -> Result<HelloReply, Error> {
+        self.run(Call::hello()).await
+    }
+
+    /// Every key, sorted by label.
+    pub async fn list_keys(&mut self) -> Result<Vec<KeyDescription>, Error> {
+        self.run(Call::list_keys()).await
+    }
+
+    /// Generates a key (`backend` defaults to software, `alg` to ES256).
+    pub async fn generate_key(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::generate_key(label, backend, alg)).await
+    }
+
+    /// Imports a PEM private key.
+    pub async fn import_key(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        pem: &str,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::import_key(label, backend, pem, alg)).await
+    }
+
+    /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI); the agent picks the backend
+    /// from the URI's scheme.
+    pub async fn adopt_key(
+        &mut self,
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::adopt_key(uri, label, alg)).await
+    }
+
+    /// Deletes a key (adopted keys are only forgotten).
+    pub async fn delete_key(&mut self, label: &str) -> Result<KeyDescription, Error> {
+        self.run(Call::delete_key(label)).await
+    }
+
+    /// A compact DPoP proof for one request, signed by `key`. The agent sets `iat` and `jti`
+    /// and derives `htu` from the URL and `ath` from the access token.
+    pub async fn sign_proof(
+        &mut self,
+        key: &str,
+        request: &ProofRequest<'_>,
+    ) -> Result<String, Error> {
+        self.run(Call::sign_proof(key, request)).await
+    }
+}

@@ -1,0 +1,352 @@
+//! The sans-I/O half of both clients: request lines with ids (secrets wiped), reply lines
+//! checked against those ids and decoded into each op's result. The clients only move bytes.
+
+use dpop_jose::Algorithm;
+use dpop_protocol::{
+    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
+    ListKeysReply, Op, ProofReply, Reply, Request, SignProof,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::Error;
+
+/// How a reply's body fields become the op's result.
+type Output<T> = fn(Map<String, Value>) -> Result<T, serde_json::Error>;
+
+/// One request to the agent, typed by what its reply yields. Each op is written once, here;
+/// both clients run it.
+pub(crate) struct Call<T> {
+    op: Op,
+    output: Output<T>,
+}
+
+fn body<R: DeserializeOwned>(fields: Map<String, Value>) -> Result<R, serde_json::Error> {
+    serde_json::from_value(Value::Object(fields))
+}
+
+impl Call<HelloReply> {
+    pub(crate) fn hello() -> Self {
+        Call {
+            op: Op::Hello {},
+            output: body,
+        }
+    }
+}
+
+impl Call<Vec<KeyDescription>> {
+    pub(crate) fn list_keys() -> Self {
+        Call {
+            op: Op::ListKeys {},
+            output: |fields| body::<ListKeysReply>(fields).map(|reply| reply.keys),
+        }
+    }
+}
+
+impl Call<KeyDescription> {
+    fn key_op(op: Op) -> Self {
+        Call {
+            op,
+            output: |fields| body::<KeyReply>(fields).map(|reply| reply.key),
+        }
+    }
+
+    pub(crate) fn generate_key(label: &str, backend: Option<&str>, alg: Option<Algorithm>) -> Self {
+        Call::key_op(Op::GenerateKey(GenerateKey {
+            label: label.to_owned(),
+            backend: backend.map(str::to_owned),
+            alg,
+        }))
+    }
+
+    pub(crate) fn import_key(
+        label: &str,
+        backend: Option<&str>,
+        pem: &str,
+        alg: Option<Algorithm>,
+    ) -> Self {
+        Call::key_op(Op::ImportKey(ImportKey {
+            label: label.to_owned(),
+            backend: backend.map(str::to_owned),
+            pem: pem.to_owned(),
+            alg,
+        }))
+    }
+
+    pub(crate) fn adopt_key(uri: &str, label: &str, alg: Option<Algorithm>) -> Self {
+        Call::key_op(Op::AdoptKey(AdoptKey {
+            label: label.to_owned(),
+            uri: uri.to_owned(),
+            // The agent tells the backend from the URI's scheme.
+            backend: None,
+            alg,
+        }))
+    }
+
+    pub(crate) fn delete_key(label: &str) -> Self {
+        Call::key_op(Op::DeleteKey(DeleteKey {
+            label: label.to_owned(),
+        }))
+    }
+}
+
+impl Call<String> {
+    pub(crate) fn sign_proof(key: &str, request: &ProofRequest<'_>) -> Self {
+        let (access_token, ath) = match request.token {
+            Some(TokenBinding::AccessToken(token)) => (Some(token.to_owned()), None),
+            Some(TokenBinding::Ath(ath)) => (None, Some(ath.to_owned())),
+            None => (None, None),
+        };
+        Call {
+            op: Op::SignProof(SignProof {
+                key: key.to_owned(),
+                htm: request.method.to_owned(),
+                htu: request.url.to_owned(),
+                access_token,
+                ath,
+                nonce: request.nonce.map(str::to_owned),
+            }),
+            output: |fields| body::<ProofReply>(fields).map(|reply| reply.proof),
+        }
+    }
+}
+
+/// The request side of one connection: hands out request ids.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    next_id: u64,
+}
+
+impl Exchange {
+    pub(crate) fn new() -> Exchange {
+        Exchange { next_id: 1 }
+    }
+
+    /// Encodes `call` with the next id. Secrets in the message (a private key, an access
+    /// token) are wiped once encoded; the line is wiped when the [`Pending`] is dropped.
+    pub(crate) fn start<T>(&mut self, call: Call<T>) -> Pending<T> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = Request {
+            id: id.into(),
+            op: call.op,
+        };
+        // Room for the whole line up front, so that growing the buffer leaves no copy of the
+        // secret behind: PEM text and tokens at most double when escaped (newlines).
+        let capacity = 1024 + 2 * secret_mut(&mut request.op).map_or(0, |s| s.len());
+        let mut line = Zeroizing::new(Vec::with_capacity(capacity));
+        serde_json::to_writer(&mut *line, &request).expect("requests serialize");
+        line.push(b'\n');
+        if let Some(secret) = secret_mut(&mut request.op) {
+            secret.zeroize();
+        }
+        Pending {
+            id,
+            line,
+            output: call.output,
+        }
+    }
+}
+
+/// The secret a request carries, if any: a private key to import, an access token.
+fn secret_mut(op: &mut Op) -> Option<&mut String> {
+    match op {
+        Op::ImportKey(import) => Some(&mut import.pem),
+        Op::SignProof(sign) => sign.access_token.as_mut(),
+        _ => None,
+    }
+}
+
+/// A request on its way: its line to send, then its reply to read.
+pub(crate) struct Pending<T> {
+    id: u64,
+    line: Zeroizing<Vec<u8>>,
+    output: Output<T>,
+}
+
+impl<T> Pending<T> {
+    /// The request line, newline included.
+    pub(crate) fn line(&self) -> &[u8] {
+        &self.line
+    }
+
+    /// Checks the reply line (as read, newline included; empty at end of stream) and decodes
+    /// the op's result.
+    pub(crate) fn finish(self, reply: &[u8]) -> Result<T, Error> {
+        let fields = decode_reply(reply, self.id)?;
+        (self.output)(fields).map_err(|e| Error::Protocol(format!("reply body: {e}")))
+    }
+
+    /// The error for a failed request write: the agent's own answer when it sent one before
+    /// closing (a refusal, read into `reply`), else the I/O error.
+    pub(crate) fn write_failed(self, reply: &[u8], e: std::io::Error) -> Error {
+        match decode_reply(reply, self.id) {
+            Err(Error::Agent(refusal)) => Error::Agent(refusal),
+            _ => Error::Io(e),
+        }
+    }
+}
+
+/// Checks a reply line against the request id and returns its body fields.
+fn decode_reply(line: &[u8], id: u64) -> Result<Map<String, Value>, Error> {
+    if line.is_empty() {
+        return Err(Error::Closed);
+    }
+    let reply: Reply = serde_json::from_slice(line)
+        .map_err(|e| Error::Protocol(format!("reply is not a JSON reply object: {e}")))?;
+    if !reply.ok {
+        return Err(Error::Agent(reply.error.ok_or_else(|| {
+            Error::Protocol("failed reply without an error member".into())
+        })?));
+    }
+    if reply.id != id {
+        return Err(Error::Protocol(format!(
+            "reply id {} does not match request id {id}",
+            reply.id
+        )));
+    }
+    Ok(reply.body)
+}
+
+/// What a proof is for: the HTTP request it goes with, and what binds it to a token.
+///
+/// ```
+/// use dpop_client::ProofRequest;
+///
+/// let token = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
+/// let request = ProofRequest::new("GET", "https://api.example.com/v1/items")
+///     .access_token(token)
+///     .nonce("eyJ7S_zG.eyJH0-Z.HX4w-7v");
+/// // Debug output never shows the token.
+/// assert!(!format!("{request:?}").contains(token));
+/// ```
+#[derive(Clone, Copy)]
+pub struct ProofRequest<'a> {
+    method: &'a str,
+    url: &'a str,
+    token: Option<TokenBinding<'a>>,
+    nonce: Option<&'a str>,
+}
+
+/// A proof carries `ath` from the token itself or from a hash the caller made; never both.
+#[derive(Clone, Copy)]
+enum TokenBinding<'a> {
+    AccessToken(&'a str),
+    Ath(&'a str),
+}
+
+impl<'a> ProofRequest<'a> {
+    /// A proof for a `method` request (upper-case: `GET`, `POST`) to `url`; the agent derives
+    /// `htu` from the URL (query and fragment dropped).
+    pub fn new(method: &'a str, url: &'a str) -> Self {
+        ProofRequest {
+            method,
+            url,
+            token: None,
+            nonce: None,
+        }
+    }
+
+    /// The access token sent with the request; the agent puts its hash in `ath`. Replaces an
+    /// [`ath`](Self::ath).
+    pub fn access_token(mut self, token: &'a str) -> Self {
+        self.token = Some(TokenBinding::AccessToken(token));
+        self
+    }
+
+    /// A precomputed `ath` (base64url of the token's SHA-256), for callers that keep the
+    /// token to themselves. Replaces an [`access_token`](Self::access_token).
+    pub fn ath(mut self, ath: &'a str) -> Self {
+        self.token = Some(TokenBinding::Ath(ath));
+        self
+    }
+
+    /// The server's `DPoP-Nonce`.
+    pub fn nonce(mut self, nonce: &'a str) -> Self {
+        self.nonce = Some(nonce);
+        self
+    }
+}
+
+impl std::fmt::Debug for ProofRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = match self.token {
+            Some(TokenBinding::AccessToken(_)) => Some("access_token: <redacted>".to_owned()),
+            Some(TokenBinding::Ath(ath)) => Some(format!("ath: {ath}")),
+            None => None,
+        };
+        f.debug_struct("ProofRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("token", &token)
+            .field("nonce", &self.nonce)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent<T>(pending: &Pending<T>) -> Value {
+        serde_json::from_slice(pending.line()).unwrap()
+    }
+
+    #[test]
+    fn ids_count_up_and_replies_must_match() {
+        let mut exchange = Exchange::new();
+        let first = exchange.start(Call::hello());
+        let second = exchange.start(Call::list_keys());
+        assert_eq!(sent(&first)["id"], 1);
+        assert_eq!(sent(&second)["id"], 2);
+        assert_eq!(first.line().last(), Some(&b'\n'));
+        let keys = second.finish(br#"{"id":2,"ok":true,"keys":[]}"#).unwrap();
+        assert!(keys.is_empty());
+        let wrong = first.finish(br#"{"id":9,"ok":true,"protocol":1}"#);
+        assert!(matches!(wrong, Err(Error::Protocol(m)) if m.contains("does not match")));
+    }
+
+    #[test]
+    fn errors_closed_and_refusals() {
+        let mut exchange = Exchange::new();
+        let refused = exchange.start(Call::delete_key("k")).finish(
+            br#"{"id":null,"ok":false,"error":{"code":"permission_denied","message":"no"}}"#,
+        );
+        assert_eq!(
+            refused.unwrap_err().code(),
+            Some(dpop_protocol::ErrorCode::PermissionDenied)
+        );
+        let closed = exchange.start(Call::hello()).finish(b"");
+        assert!(matches!(closed, Err(Error::Closed)));
+        let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let io = exchange.start(Call::hello()).write_failed(b"", broken);
+        assert!(matches!(io, Error::Io(_)));
+    }
+
+    #[test]
+    fn proof_requests() {
+        let mut exchange = Exchange::new();
+        let plain = ProofRequest::new("GET", "https://rs.example/x");
+        let line = sent(&exchange.start(Call::sign_proof("k", &plain)));
+        assert_eq!(line["op"], "sign_proof");
+        assert_eq!(line["htm"], "GET");
+        assert_eq!(line["htu"], "https://rs.example/x");
+        for absent in ["access_token", "ath", "nonce"] {
+            assert!(line.get(absent).is_none(), "{absent} sent");
+        }
+
+        let with_token = plain.access_token("secret-token").nonce("n");
+        let line = sent(&exchange.start(Call::sign_proof("k", &with_token)));
+        assert_eq!(line["access_token"], "secret-token");
+        assert_eq!(line["nonce"], "n");
+        assert!(line.get("ath").is_none());
+
+        // The later binding wins: a proof never carries both.
+        let with_ath = with_token.ath("hash");
+        let line = sent(&exchange.start(Call::sign_proof("k", &with_ath)));
+        assert_eq!(line["ath"], "hash");
+        assert!(line.get("access_token").is_none());
+        assert!(!format!("{with_token:?}").contains("secret-token"));
+    }
+}
