@@ -25,7 +25,18 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== crate boundaries: no cryptography or key backend in the protocol and client crates"
+for crate in dpop-protocol dpop-client; do
+    if cargo tree -p "$crate" -e normal | grep -E 'aws-lc|cryptoki|tss-esapi'; then
+        echo "$crate must not depend on the crates above" >&2
+        exit 1
+    fi
+done
+echo "== backends as features: software only (no cryptoki), and a client without tokio"
+cargo clippy -p dpop-keys -p dpop-agent --no-default-features --all-targets -- -D warnings
+cargo test -p dpop-keys --no-default-features
+cargo clippy -p dpop-client --no-default-features -- -D warnings
 echo "== cargo test"
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast
 echo "== benchmarks, smoke run (cargo bench measures)"
 cargo test -p dpop-tests --benches

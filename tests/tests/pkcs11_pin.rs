@@ -254,7 +254,13 @@ fn with_terminal(command: &str, token: &SoftHsmToken, pin: &str) -> (std::proces
     let mut stdout = child.stdout.take().expect("piped");
     let mut seen = Vec::new();
     let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("PIN for the PKCS#11") {
+    // The whole prompt, up to its closing ": ", may arrive in several reads.
+    let whole_prompt = |seen: &[u8]| {
+        let text = String::from_utf8_lossy(seen);
+        text.find("PIN for the PKCS#11")
+            .is_some_and(|at| text[at..].contains(": "))
+    };
+    while !whole_prompt(&seen) {
         let n = stdout.read(&mut buf).expect("reading the terminal");
         assert!(n > 0, "no PIN prompt: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
