@@ -6,22 +6,8 @@
 //! `DPOP_AUTH_SOCK`, for `eval "$(dpop-agent)"`. `-D` stays in the foreground; `-k` stops the
 //! agent named by `DPOP_AUTH_SOCK` (or, without it, `DPOP_AGENT_PID`).
 //!
-//! This file only wires: parse, settings, backends, bind, serve. `background` starts the
-//! detached agent, `stop` handles `-k`, `backends` opens the key stores, `server` accepts,
-//! `connection` frames and `dispatch` answers each op.
-
-mod backends;
-mod background;
-mod config;
-mod connection;
-mod dispatch;
-// Only the PKCS#11 backend asks for a PIN.
-#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
-mod pin;
-mod server;
-mod socket;
-mod stop;
-mod wire_error;
+//! This file only wires: parse, settings, backends, bind, serve. The parts live in the
+//! crate's library (`src/lib.rs`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -31,9 +17,10 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tracing::{info, warn};
 
-use crate::backends::PinPrompt;
-use crate::config::{Args, EnvSecrets, Settings};
-use crate::dispatch::State;
+use dpop_agent::backends::{self, PinPrompt};
+use dpop_agent::config::{Args, EnvSecrets, Settings};
+use dpop_agent::dispatch::State;
+use dpop_agent::{background, server, socket, stop};
 
 fn main() -> ExitCode {
     let args = Args::parse();

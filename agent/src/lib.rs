@@ -1,0 +1,24 @@
+//! The parts of the `dpop-agent` daemon, one concern per module (the binary, `main.rs`, only
+//! wires them). A library so that the fuzz targets can drive request parsing and dispatch
+//! without a socket; it is not a stable API for other programs (they talk to the agent over
+//! its socket, with `dpop-client`).
+//!
+//! - [`config`]: flags and the TOML file, merged into [`config::Settings`];
+//! - [`backends`]: opens the key backends into one keyring, adopts configured keys;
+//! - [`socket`]: where the socket lives and how it is bound safely;
+//! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
+//! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
+//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt.
+
+pub mod backends;
+pub mod background;
+pub mod config;
+pub mod connection;
+pub mod dispatch;
+// Only the PKCS#11 backend asks for a PIN.
+#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
+pub mod pin;
+pub mod server;
+pub mod socket;
+pub mod stop;
+pub mod wire_error;
