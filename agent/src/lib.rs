@@ -8,7 +8,8 @@
 //! - [`socket`]: where the socket lives and how it is bound safely;
 //! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
-//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt.
+//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt;
+//! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees.
 
 pub mod backends;
 pub mod background;
@@ -21,4 +22,5 @@ pub mod pin;
 pub mod server;
 pub mod socket;
 pub mod stop;
+pub mod wipe_alloc;
 pub mod wire_error;
