@@ -1,6 +1,8 @@
 //! Framing: JSON Lines in, JSON Lines out. Reads are capped at 64 KiB a line; replies are
 //! buffered and flushed once no further request is already waiting, so a pipelining client
-//! gets its replies in few writes.
+//! gets its replies in few writes, or once [`MAX_QUEUED_OUTPUT`] bytes are queued: a client
+//! that pipelines and never reads then stalls in the flush, and no further request of it is
+//! read until it reads (backpressure instead of a reply queue that grows without bound).
 //!
 //! While the agent has no more clients than cores, a connection that just answered polls its
 //! socket briefly for the next request before it sleeps: waking a sleeping thread costs more
@@ -36,6 +38,11 @@ pub struct Connection {
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Replies queued for one connection beyond this many bytes are sent before the next request
+/// is read. A `list_keys` reply with hundreds of keys is about 100 KB; one 16 KiB read of
+/// pipelined `list_keys` requests used to queue some 600 of those unsent (issue 12, finding 6).
+pub const MAX_QUEUED_OUTPUT: usize = 256 * 1024;
 
 impl Connection {
     pub fn new(stream: UnixStream) -> Connection {
@@ -140,10 +147,11 @@ impl Connection {
         }
     }
 
-    /// Queues a reply line; sends the queue unless another request is already waiting.
+    /// Queues a reply line; sends the queue unless another request is already waiting and
+    /// the queue is under [`MAX_QUEUED_OUTPUT`]. Sending waits for the client to read.
     pub async fn write(&mut self, reply: &[u8]) -> io::Result<()> {
         self.out.extend_from_slice(reply);
-        if !self.buf[self.start..].contains(&b'\n') {
+        if self.out.len() >= MAX_QUEUED_OUTPUT || !self.buf[self.start..].contains(&b'\n') {
             self.flush().await?;
         }
         Ok(())
@@ -154,6 +162,10 @@ impl Connection {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
             self.out.clear();
+            // One huge reply should not pin its buffer for the connection's lifetime.
+            if self.out.capacity() > MAX_QUEUED_OUTPUT {
+                self.out.shrink_to(4096);
+            }
         }
         Ok(())
     }

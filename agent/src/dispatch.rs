@@ -13,6 +13,7 @@ use dpop_protocol::{
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
+use crate::locked::LockedBytes;
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
@@ -175,7 +176,11 @@ async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError
 async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
+    // The PEM stays for the whole import (scrypt for a key file, a token round trip): on
+    // locked, undumpable pages. The request's copy is wiped when it is freed (`wipe_alloc`).
     let pem = Zeroizing::new(req.pem.into_bytes());
+    let pem = LockedBytes::copy_from(&pem)
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("secret buffer: {e}")))?;
     let alg = req.alg;
     blocking_change(state, move |k| k.import_pem(backend, &label, &pem, alg)).await
 }

@@ -1,4 +1,9 @@
 //! The accept loop: peer check, one task per connection, limits, clean shutdown.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections are served at once; one more is answered
+//! with a `busy` error line and closed, instead of waiting unanswered in the listen backlog. A
+//! connection that sends no request for [`IDLE_TIMEOUT`], or does not read its replies for as
+//! long, is closed. A connection's queued replies are bounded in `connection.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +19,24 @@ use tracing::{debug, info, warn};
 use crate::connection::{Connection, Frame};
 use crate::dispatch::{State, handle};
 
-/// More connections than this wait until one closes.
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once; the next one is answered `busy` and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection with no request for this long (or whose client reads no reply for this
+/// long) is closed. Clients connect again when they need the agent.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Test-only: overrides [`IDLE_TIMEOUT`] (in milliseconds), read once when serving starts,
+/// so tests need not wait ten minutes. Not a configuration knob: it is not in the
+/// configuration file or the flags, and users have no reason to set it.
+pub const IDLE_TIMEOUT_TEST_VAR: &str = "DPOP_AGENT_TEST_IDLE_TIMEOUT_MS";
+
+/// `busy` refusals that wait for their client to close at once; beyond this, a refusal is
+/// written without waiting (a flood of connections must not hold file descriptors).
+const MAX_REFUSALS: usize = 64;
+
+/// How long a `busy` refusal waits for its client to close (see `refuse_and_drain`).
+const REFUSAL_DRAIN: Duration = Duration::from_millis(500);
 
 /// How long a connection polls for its next request while there are no more connections
 /// than cores (see `connection.rs`).
@@ -39,17 +60,32 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// [`IDLE_TIMEOUT`], or the test override in [`IDLE_TIMEOUT_TEST_VAR`].
+fn idle_timeout() -> Duration {
+    match std::env::var(IDLE_TIMEOUT_TEST_VAR) {
+        Ok(ms) => match ms.parse() {
+            Ok(ms) => {
+                warn!("idle timeout set to {ms} ms by {IDLE_TIMEOUT_TEST_VAR} (for tests only)");
+                Duration::from_millis(ms)
+            }
+            Err(_) => {
+                warn!("ignoring {IDLE_TIMEOUT_TEST_VAR}={ms:?}: not a number of milliseconds");
+                IDLE_TIMEOUT
+            }
+        },
+        Err(_) => IDLE_TIMEOUT,
+    }
+}
+
 /// Serves until `shutdown` turns true, then lets in-flight requests finish.
 pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let idle = idle_timeout();
     let open = Arc::new(AtomicUsize::new(0));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut tasks = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = shutdown.changed() => break,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -61,6 +97,24 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!("{MAX_CONNECTIONS} connections open: answering busy");
+            match refusals.clone().try_acquire_owned() {
+                Ok(refusal) => {
+                    tasks.spawn(async move {
+                        refuse_busy(stream).await;
+                        drop(refusal);
+                    });
+                }
+                // Too many refusals under way: the line fits in the socket buffer of a new
+                // connection, so write it without waiting, and close.
+                Err(_) => {
+                    let _ = stream.try_write(&busy_reply());
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+            continue;
         };
         let state = state.clone();
         let shutdown = shutdown.clone();
@@ -74,7 +128,7 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
                     Duration::ZERO
                 }
             };
-            serve_connection(stream, state, shutdown, spin).await;
+            serve_connection(stream, state, shutdown, spin, idle).await;
             open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -103,11 +157,29 @@ fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
     }
 }
 
+fn busy_reply() -> Vec<u8> {
+    encode_err(
+        Value::Null,
+        WireError::new(
+            ErrorCode::Busy,
+            format!("the agent serves {MAX_CONNECTIONS} connections already; try again later"),
+        ),
+    )
+}
+
+/// Answers a connection over the limit with one `busy` line and closes it.
+async fn refuse_busy(stream: UnixStream) {
+    let mut conn = Connection::new(stream);
+    let _ = conn.write(&busy_reply()).await;
+    conn.refuse_and_drain(REFUSAL_DRAIN).await;
+}
+
 async fn serve_connection(
     stream: UnixStream,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
     spin: impl Fn() -> Duration,
+    idle: Duration,
 ) {
     let uid = match peer_allowed(&stream) {
         Ok(uid) => uid,
@@ -130,10 +202,19 @@ async fn serve_connection(
     };
     debug!(uid, "client connected");
     let mut conn = Connection::new(stream);
+    let idle_deadline = tokio::time::sleep(idle);
+    tokio::pin!(idle_deadline);
     loop {
+        idle_deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + idle);
         let frame = tokio::select! {
             f = conn.read_frame(spin()) => f,
             _ = shutdown.changed() => break,
+            _ = &mut idle_deadline => {
+                debug!("no request for {idle:?}: closing the connection");
+                break;
+            }
         };
         let reply = match frame {
             Ok(Frame::Line(line)) => match parse_request(line) {
@@ -156,11 +237,19 @@ async fn serve_connection(
                 break;
             }
         };
-        if let Err(e) = conn.write(&reply).await {
-            debug!("write failed: {e}");
-            return;
+        // The write waits while the client does not read (backpressure); not forever.
+        match tokio::time::timeout(idle, conn.write(&reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!("write failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!("client read no reply for {idle:?}: closing the connection");
+                return;
+            }
         }
     }
-    let _ = conn.flush().await;
+    let _ = tokio::time::timeout(idle, conn.flush()).await;
     debug!("client disconnected");
 }

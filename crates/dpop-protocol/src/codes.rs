@@ -53,6 +53,9 @@ pub enum ErrorCode {
     BackendError,
     /// A bug in the agent.
     Internal,
+    /// The agent serves as many connections as it allows; it closes this one. Try again
+    /// later.
+    Busy,
     /// A code this client does not know (a newer agent).
     #[serde(other)]
     Unknown,

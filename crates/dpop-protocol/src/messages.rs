@@ -388,6 +388,15 @@ mod tests {
         );
         let bad = parse_request(br#"{"id":"abc","op":"nope"}"#).unwrap_err();
         assert_eq!(bad.id, Value::String("abc".into()));
+
+        // `busy` (added for overload) is a wire name of its own.
+        assert_eq!(ErrorCode::Busy.to_string(), "busy");
+        let busy: ErrReply = serde_json::from_slice(&encode_err(
+            Value::Null,
+            WireError::new(ErrorCode::Busy, "full"),
+        ))
+        .unwrap();
+        assert_eq!(busy.error.code, ErrorCode::Busy);
     }
 
     #[test]

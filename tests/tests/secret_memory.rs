@@ -1,0 +1,136 @@
+//! Issue 12, finding 8: the text of an imported private key must not stay in the agent's
+//! memory. After one `import_key` and 500 other requests, the agent's whole address space (read
+//! through `/proc/<pid>/mem`, which needs root: the agent is non-dumpable) holds no line of the
+//! PEM's base64 body, for a software key and for a key that went to a SoftHSM2 token.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+
+use serde_json::{Value, json};
+
+use dpop_tests::{
+    AgentOptions, RawConnection, SoftHsmToken, TestAgent, is_root, new_temp_dir,
+    openssl_pkcs8_ec_pem,
+};
+
+/// Lines of the PEM's base64 body long enough to be unique (the last, short line is left out:
+/// a few characters could occur by chance).
+fn body_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 40)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// How often each needle occurs in the readable memory of process `pid`.
+fn count_in_memory(pid: u32, needles: &[&[u8]]) -> Vec<usize> {
+    assert!(
+        is_root(),
+        "this test reads the non-dumpable agent's memory through /proc/<pid>/mem and needs root"
+    );
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("reading the agent's maps");
+    let mut mem = File::open(format!("/proc/{pid}/mem")).expect("opening the agent's memory");
+    let mut counts = vec![0; needles.len()];
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').expect("maps range");
+        let start = u64::from_str_radix(start, 16).expect("hex start");
+        let end = u64::from_str_radix(end, 16).expect("hex end");
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            // Device mappings and guard pages do not read; nothing of ours lives there.
+            continue;
+        }
+        scanned += region.len();
+        for (needle, count) in needles.iter().zip(counts.iter_mut()) {
+            *count += region.windows(needle.len()).filter(|w| w == needle).count();
+        }
+    }
+    assert!(scanned > 0, "read nothing of the agent's memory");
+    counts
+}
+
+/// Imports a fresh PKCS#8 EC key into `backend`, sends 500 other requests (proofs with the key,
+/// key lists, hellos, on this and on new connections), then scans the agent's memory.
+fn imported_pem_is_gone(agent: &TestAgent, backend: &str) {
+    let dir = new_temp_dir();
+    let path = dir.path().join("key.pem");
+    openssl_pkcs8_ec_pem(&path);
+    let pem = fs::read_to_string(&path).expect("reading the PEM");
+    let lines = body_lines(&pem);
+    assert!(lines.len() >= 2, "unexpected PEM layout:\n{pem}");
+
+    let mut conn = agent.raw();
+    let import =
+        json!({"id": 1, "op": "import_key", "label": "imported", "backend": backend, "pem": pem});
+    let reply = conn.request(import.to_string().as_bytes());
+    assert_eq!(reply["ok"], Value::Bool(true), "import failed: {reply}");
+    let jkt = reply["key"]["jkt"].as_str().expect("jkt").to_owned();
+
+    for i in 0..500u32 {
+        let request = match i % 5 {
+            0 => json!({"id": i, "op": "list_keys"}),
+            1 => json!({"id": i, "op": "hello"}),
+            _ => json!({"id": i, "op": "sign_proof", "key": "imported", "htm": "POST",
+                        "htu": format!("https://rs.example/{i}"), "access_token": format!("t{i}")}),
+        };
+        let reply = if i % 50 == 0 {
+            RawConnection::connect(&agent.socket()).request(request.to_string().as_bytes())
+        } else {
+            conn.request(request.to_string().as_bytes())
+        };
+        assert_eq!(
+            reply["ok"],
+            Value::Bool(true),
+            "request {i} failed: {reply}"
+        );
+    }
+
+    let pid = agent.pid().expect("the agent runs");
+    let mut needles: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    // The key's thumbprint is in the agent's memory for as long as the key is: proof that the
+    // scan sees the agent's heap at all.
+    needles.push(jkt.as_bytes());
+    let counts = count_in_memory(pid, &needles);
+    let (jkt_count, pem_counts) = counts.split_last().expect("needles");
+    assert!(
+        *jkt_count > 0,
+        "the scan did not find the key's jkt: it sees nothing"
+    );
+    let found: Vec<_> = lines
+        .iter()
+        .zip(pem_counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(l, n)| format!("{n} x {l}"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the agent still holds the imported PEM ({backend}) after 500 more requests: {found:?}"
+    );
+}
+
+#[test]
+fn imported_software_pem_does_not_stay_in_memory() {
+    let agent = TestAgent::start(AgentOptions::new());
+    imported_pem_is_gone(&agent, "software");
+}
+
+#[test]
+fn imported_software_pem_does_not_stay_in_memory_with_a_passphrase() {
+    let agent = TestAgent::start(AgentOptions::new().passphrase_env("correct horse battery"));
+    imported_pem_is_gone(&agent, "software");
+}
+
+#[test]
+fn imported_token_pem_does_not_stay_in_memory() {
+    let token = SoftHsmToken::create("secret-memory", "pin-Qx83Zt7w", "so-Mf92Lk4v");
+    let agent = TestAgent::start(AgentOptions::new().pkcs11(&token));
+    imported_pem_is_gone(&agent, "pkcs11");
+}
