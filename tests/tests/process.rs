@@ -700,3 +700,76 @@ fn secrets_never_appear_in_logs_or_cli_output() {
         }
     }
 }
+
+/// `dpop keys list | head -c1`: the reader goes away while dpop still writes. dpop used to
+/// panic on the failed `println!` (exit 101, a backtrace hint on stderr); it must end quietly
+/// as coreutils do (killed by SIGPIPE), in every run.
+#[test]
+fn dpop_ends_quietly_when_its_output_pipe_closes() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+
+    let agent = TestAgent::start(AgentOptions::new());
+    let mut client = agent.client();
+    // More output than a pipe buffers (64 KiB), so that dpop is still writing when the reader
+    // has gone.
+    for i in 0..200 {
+        client
+            .generate_key(&format!("key-{i:03}"), None, None)
+            .unwrap();
+    }
+
+    // Deterministic: the pipe's read end is closed before dpop writes its first byte.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors we pass; we own them from here on.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe(2)");
+    // SAFETY: both descriptors were just created and are not owned elsewhere.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let out = agent
+        .dpop_command()
+        .args(["keys", "list", "--json"])
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running dpop");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "dpop ends by SIGPIPE, as coreutils do, not {}: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "and says nothing: {stderr}");
+
+    // The way users hit it: through head, 30 times (the timing differs from run to run).
+    let script = r#"set -o pipefail; "$0" keys list $1 | head -c1 >/dev/null; echo "status=${PIPESTATUS[0]}""#;
+    for run in 0..30 {
+        // Both the table and the JSON output.
+        let format = if run % 2 == 0 { "--json" } else { "" };
+        let out = Command::new("bash")
+            .args(["-c", script])
+            .arg(&binaries().dpop)
+            .arg(format)
+            .env("DPOP_AUTH_SOCK", agent.socket())
+            .output()
+            .expect("running bash");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let status: i32 = stdout
+            .trim()
+            .strip_prefix("status=")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("run {run}: bash printed dpop's status: {stdout}"));
+        assert!(
+            status == 0 || status == 128 + libc::SIGPIPE,
+            "run {run}: dpop exits 0 or by SIGPIPE, not {status}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "run {run}: dpop panicked: {stderr}"
+        );
+        assert!(stderr.is_empty(), "run {run}: dpop says nothing: {stderr}");
+    }
+}
