@@ -773,3 +773,145 @@ fn dpop_ends_quietly_when_its_output_pipe_closes() {
         assert!(stderr.is_empty(), "run {run}: dpop says nothing: {stderr}");
     }
 }
+
+/// A listener of another user on the path a client is pointed to (a `DPOP_AUTH_SOCK` set by
+/// a script, say) pretends to be the agent and records whatever it is sent. Both clients and
+/// the CLI must refuse it before sending anything: no access token, no private key.
+#[test]
+fn clients_refuse_a_listener_of_another_user_and_send_it_nothing() {
+    const TOKEN: &str = "tok-SENTINEL-2f9e61";
+    let (uid, gid) = other_user();
+    let dir = new_temp_dir();
+    // The other user can reach its own directory inside ours.
+    set_mode(dir.path(), 0o711);
+    let theirs = dir.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(uid), Some(gid)).unwrap();
+    let socket = theirs.join("agent.sock");
+    let record = theirs.join("received");
+    // Answers every line as the agent would, after writing it down.
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        s.bind(sys.argv[1])\n\
+        s.listen(16)\n\
+        while True:\n\
+        \x20   c, _ = s.accept()\n\
+        \x20   f = c.makefile('rwb')\n\
+        \x20   for line in f:\n\
+        \x20       open(sys.argv[2], 'ab').write(line)\n\
+        \x20       f.write(b'{\"id\":1,\"ok\":true,\"protocol\":1,\"proof\":\"x\",\"keys\":[]}\\n')\n\
+        \x20       f.flush()\n\
+        \x20   c.close()\n";
+    let mut listener = command_as_other_user("python3")
+        .args(["-c", script])
+        .arg(&socket)
+        .arg(&record)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("running the other user's listener");
+    struct KillChild<'a>(&'a mut std::process::Child);
+    impl Drop for KillChild<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _listener = KillChild(&mut listener);
+    wait_until("the other user's listener accepts", PROCESS_TIMEOUT, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+
+    let pem = dir.path().join("k.pem");
+    dpop_tests::openssl_pkcs8_ec_pem(&pem);
+    let pem_body: Vec<String> = fs::read_to_string(&pem)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect();
+    let dpop = |args: &[&std::ffi::OsStr]| {
+        Command::new(&binaries().dpop)
+            .args(args)
+            .env("DPOP_AUTH_SOCK", &socket)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running dpop")
+    };
+    for (what, out) in [
+        (
+            "dpop proof --access-token",
+            dpop(&[
+                "proof".as_ref(),
+                "--key".as_ref(),
+                "k".as_ref(),
+                "-X".as_ref(),
+                "GET".as_ref(),
+                "--url".as_ref(),
+                "https://rs.example/".as_ref(),
+                "--access-token".as_ref(),
+                TOKEN.as_ref(),
+            ]),
+        ),
+        (
+            "dpop keys import",
+            dpop(&[
+                "keys".as_ref(),
+                "import".as_ref(),
+                pem.as_os_str(),
+                "--label".as_ref(),
+                "k".as_ref(),
+            ]),
+        ),
+        ("dpop keys list", dpop(&["keys".as_ref(), "list".as_ref()])),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{what} must fail against uid {uid}'s listener"
+        );
+        assert!(
+            stderr.contains(&format!("runs as uid {uid}"))
+                && stderr.contains(&socket.display().to_string()),
+            "{what}: the error names the socket and the listener's uid: {stderr}"
+        );
+    }
+
+    // The library clients, blocking and async, refuse before sending too.
+    let blocking = dpop_client::blocking::Client::connect(&socket);
+    assert!(
+        matches!(&blocking, Err(dpop_client::Error::ForeignAgent { uid: u, .. }) if *u == uid),
+        "the blocking client refuses uid {uid}: {blocking:?}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = runtime.block_on(async {
+        let mut client = dpop_client::Client::connect(&socket).await?;
+        client
+            .sign_proof(
+                "k",
+                &dpop_client::ProofRequest::new("GET", "https://rs.example/").access_token(TOKEN),
+            )
+            .await
+    });
+    assert!(
+        matches!(&refused, Err(dpop_client::Error::ForeignAgent { uid: u, .. }) if *u == uid),
+        "the async client refuses uid {uid}: {refused:?}"
+    );
+
+    // Whatever reached the listener was written down by now (it answers after writing).
+    let received = fs::read_to_string(&record).unwrap_or_default();
+    assert!(
+        !received.contains("SENTINEL"),
+        "the access token reached the other user's listener: {received}"
+    );
+    for line in &pem_body {
+        assert!(
+            !received.contains(line.as_str()),
+            "private key PEM data reached the other user's listener"
+        );
+    }
+    assert!(received.is_empty(), "nothing at all was sent: {received}");
+}
