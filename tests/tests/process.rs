@@ -915,3 +915,209 @@ fn clients_refuse_a_listener_of_another_user_and_send_it_nothing() {
     }
     assert!(received.is_empty(), "nothing at all was sent: {received}");
 }
+
+/// The pid that a background start printed for `eval`.
+fn started_pid(stdout: &str) -> u32 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DPOP_AGENT_PID="))
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the start printed DPOP_AGENT_PID: {stdout}"))
+}
+
+/// The environment block of `pid` as the kernel shows it (the bytes the process started with,
+/// wherever its own copy has gone since): root can read it even of a non-dumpable process.
+fn proc_environ(pid: u32) -> String {
+    let bytes = fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/environ (as root): {e}"));
+    String::from_utf8_lossy(&bytes).replace('\0', "\n")
+}
+
+/// The entries of an environment block that hold `needle`, by name only: failure messages
+/// must not print the machine's whole environment.
+fn names_holding(environ: &str, needle: &str) -> Vec<String> {
+    environ
+        .lines()
+        .filter(|entry| entry.contains(needle))
+        .map(|entry| entry.split('=').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The passphrase in `DPOP_AGENT_PASSPHRASE` and the PIN in `--pkcs11-pin-env`'s variable
+/// must not be readable in `/proc/<pid>/environ` of the running agent: the background child
+/// gets them over its standard input (never its environment), and a foreground agent wipes
+/// them in place once read (`remove_var` alone leaves the bytes; the PIN variable used to stay
+/// altogether).
+#[test]
+fn secrets_never_stay_in_the_agents_environment() {
+    const PASSPHRASE: &str = "pass-SENTINEL-c41d";
+    const PIN: &str = "pin-SENTINEL-93b0";
+    let token = dpop_tests::SoftHsmToken::create("environ", PIN, "so-pin-0000");
+    let dir = new_temp_dir();
+    let socket = dir.path().join("agent.sock");
+    let out = run_ok(
+        Command::new(&binaries().agent)
+            .arg("-a")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--pkcs11-module")
+            .arg(token.module())
+            .args(["--pkcs11-token", token.label()])
+            .args(["--pkcs11-pin-env", dpop_tests::PKCS11_PIN_VAR])
+            .env("SOFTHSM2_CONF", token.conf())
+            .env(dpop_tests::PKCS11_PIN_VAR, PIN)
+            .env("DPOP_AGENT_PASSPHRASE", PASSPHRASE)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdin(Stdio::null()),
+    );
+    let pid = started_pid(&String::from_utf8_lossy(&out.stdout));
+    let _guard = KillOnDrop(pid);
+    // Both secrets arrived: a software key is saved (the passphrase) and a token key made
+    // (the PIN).
+    let mut client = dpop_client::blocking::Client::connect(&socket).unwrap();
+    let soft = client.generate_key("soft", None, None).unwrap();
+    assert!(soft.persistent, "the background agent has the passphrase");
+    client
+        .generate_key("tok", Some("pkcs11"), None)
+        .expect("the background agent has the PIN");
+    let environ = proc_environ(pid);
+    assert!(
+        environ.contains("SOFTHSM2_CONF="),
+        "this is the agent's environment"
+    );
+    assert!(
+        !environ.contains(PASSPHRASE) && !environ.contains(PIN) && !environ.contains("SENTINEL"),
+        "a secret is in the background agent's /proc/{pid}/environ, in {:?}",
+        names_holding(&environ, "SENTINEL")
+    );
+    drop(client);
+    send_signal(pid, libc::SIGTERM);
+    wait_until("the background agent stopped", PROCESS_TIMEOUT, || {
+        process_gone(pid)
+    });
+
+    // In front (-D), the same secrets from the same variables.
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .passphrase_env(PASSPHRASE)
+            .pkcs11(&token),
+    );
+    agent
+        .client()
+        .generate_key("tok2", Some("pkcs11"), None)
+        .expect("the foreground agent has the PIN");
+    let pid = agent.pid().expect("running");
+    let environ = proc_environ(pid);
+    assert!(
+        environ.contains("SOFTHSM2_CONF="),
+        "this is the agent's environment"
+    );
+    assert!(
+        !environ.contains("SENTINEL"),
+        "a secret is in the foreground agent's /proc/{pid}/environ, in {:?}",
+        names_holding(&environ, "SENTINEL")
+    );
+}
+
+/// Whether `pid` is non-dumpable, seen from outside: the kernel then makes its /proc files
+/// root's, whoever it runs as (meaningful for a process that does not run as root).
+fn proc_files_belong_to_root(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}/environ"))
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// The background start (the launcher) reads the passphrase and then waits at the PIN prompt
+/// as long as the user takes: meanwhile its /proc/<pid>/environ must not show the passphrase,
+/// and it must be non-dumpable (another process of the same user cannot read its memory or
+/// environment). Run as an unprivileged user, whose /proc files are its own unless it is
+/// non-dumpable.
+#[test]
+fn the_launcher_is_non_dumpable_and_wiped_while_it_asks_for_the_pin() {
+    use std::io::Read;
+    const PASSPHRASE: &str = "pass-SENTINEL-launch-7e";
+    let (uid, _) = other_user();
+    dpop_tests::require_tool("script", &["--version"], "bsdutils");
+    let dir = new_temp_dir();
+    set_mode(dir.path(), 0o755);
+    let marker = dir.path().join("data-launcher-marker");
+    let command = format!(
+        "setpriv --reuid={uid} --regid={uid} --clear-groups -- {} -a {} --data-dir {} \
+         --pkcs11-module {} --pkcs11-token some-token",
+        binaries().agent.display(),
+        dir.path().join("agent.sock").display(),
+        marker.display(),
+        dpop_tests::pkcs11_module().display(),
+    );
+    let mut script = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("DPOP_AGENT_PASSPHRASE", PASSPHRASE)
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("HOME", dir.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    struct KillChild(std::process::Child);
+    impl Drop for KillChild {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdout = script.stdout.take().expect("piped");
+    let script = KillChild(script);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("PIN for the PKCS#11") {
+        let n = stdout.read(&mut buf).expect("reading the terminal");
+        assert!(n > 0, "no PIN prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // The launcher: our dpop-agent binary with the marker in its command line.
+    let launcher = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binaries().agent)
+                && fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("data-launcher-marker"))
+        })
+        .expect("the launcher process waiting at the prompt");
+    let status = fs::read_to_string(format!("/proc/{launcher}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())),
+        "the launcher runs as uid {uid}: {status}"
+    );
+    assert!(
+        proc_files_belong_to_root(launcher),
+        "the launcher (uid {uid}) is non-dumpable: its /proc files are root's"
+    );
+    let environ = proc_environ(launcher);
+    assert!(
+        environ.contains("XDG_CONFIG_HOME="),
+        "this is the launcher's environment"
+    );
+    assert!(
+        !environ.contains("SENTINEL"),
+        "the passphrase is in the waiting launcher's /proc/{launcher}/environ, in {:?}",
+        names_holding(&environ, "SENTINEL")
+    );
+    // Another process of the same user cannot read it either.
+    let peek = command_as_other_user("cat")
+        .arg(format!("/proc/{launcher}/environ"))
+        .output()
+        .unwrap();
+    assert!(
+        !peek.status.success() && !String::from_utf8_lossy(&peek.stdout).contains("SENTINEL"),
+        "uid {uid} reads its own launcher's environment"
+    );
+    drop(script);
+    send_signal(launcher, libc::SIGKILL);
+}
