@@ -1121,3 +1121,93 @@ fn the_launcher_is_non_dumpable_and_wiped_while_it_asks_for_the_pin() {
     drop(script);
     send_signal(launcher, libc::SIGKILL);
 }
+
+/// The path a background start printed for `eval` (`DPOP_AUTH_SOCK='...';`).
+fn started_socket(stdout: &str) -> std::path::PathBuf {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DPOP_AUTH_SOCK='"))
+        .and_then(|rest| rest.split("';").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("the start printed DPOP_AUTH_SOCK: {stdout}"))
+}
+
+/// Without `XDG_RUNTIME_DIR` the socket used to be `/tmp/dpop-agent-<uid>/agent.sock`: a path
+/// that another user could create first (the agent then refused to start) or be pointed to.
+/// Now each agent makes its own `$TMPDIR/dpop-XXXXXXXXXX/agent.<pid>` (0700, as ssh-agent
+/// does), prints it, and removes it when it stops.
+#[test]
+fn without_a_runtime_directory_each_agent_gets_an_unpredictable_private_directory() {
+    let (uid, gid) = other_user();
+    let tmp = new_temp_dir();
+    // Another user squats the old predictable name (no effect on a random one).
+    let squat = tmp
+        .path()
+        .join(format!("dpop-agent-{}", unsafe { libc::geteuid() }));
+    fs::create_dir(&squat).unwrap();
+    std::os::unix::fs::chown(&squat, Some(uid), Some(gid)).unwrap();
+    let start = |name: &str| {
+        let out = run_ok(
+            Command::new(&binaries().agent)
+                .arg("--data-dir")
+                .arg(tmp.path().join(name))
+                .env_remove("XDG_RUNTIME_DIR")
+                .env_remove("DPOP_AGENT_PASSPHRASE")
+                .env("TMPDIR", tmp.path())
+                .env("XDG_CONFIG_HOME", tmp.path().join("config"))
+                .stdin(Stdio::null()),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (started_socket(&stdout), KillOnDrop(started_pid(&stdout)))
+    };
+    let (first, first_pid) = start("one");
+    let (second, _second_pid) = start("two");
+    assert_ne!(first, second, "two agents get two directories");
+    for socket in [&first, &second] {
+        let dir = socket.parent().unwrap();
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            dir.parent(),
+            Some(tmp.path()),
+            "under $TMPDIR: {}",
+            socket.display()
+        );
+        assert!(
+            name.len() == "dpop-".len() + 10 && name.starts_with("dpop-") && dir != squat,
+            "a random dpop-XXXXXXXXXX directory: {}",
+            socket.display()
+        );
+        assert!(
+            socket
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("agent."),
+            "the socket is agent.<pid>: {}",
+            socket.display()
+        );
+        assert_eq!(mode(dir), 0o700, "{} is 0700", dir.display());
+        assert_eq!(mode(socket), 0o600, "{} is 0600", socket.display());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(fs::metadata(dir).unwrap().uid(), unsafe { libc::geteuid() });
+        let mut client = dpop_client::blocking::Client::connect(socket)
+            .unwrap_or_else(|e| panic!("an agent serves {}: {e}", socket.display()));
+        client.hello().unwrap();
+    }
+
+    // -k stops the agent and its directory goes with its socket.
+    run_ok(
+        Command::new(&binaries().agent)
+            .arg("-k")
+            .env("DPOP_AUTH_SOCK", &first),
+    );
+    wait_until("the stopped agent exited", PROCESS_TIMEOUT, || {
+        process_gone(first_pid.0)
+    });
+    assert!(
+        !first.parent().unwrap().exists(),
+        "the private directory {} is removed at stop",
+        first.parent().unwrap().display()
+    );
+}
