@@ -62,24 +62,43 @@ impl SocketLocation {
     }
 }
 
-/// Creates `$TMPDIR/dpop-XXXXXXXXXX` (mode 0700) with mkdtemp(3), which picks a random name
-/// and retries on a name that exists.
+/// Creates `$TMPDIR/dpop-XXXXXXXXXX` (mode 0700) as mkdtemp(3) does, with ten random
+/// characters (glibc's mkdtemp takes six only): `mkdir` fails on any name that exists, link
+/// or not, and another name is tried.
 pub fn make_private_temp_dir() -> Result<PathBuf> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let template = std::env::temp_dir().join("dpop-XXXXXXXXXX");
-    let mut bytes = std::ffi::CString::new(template.as_os_str().as_bytes())
-        .context("the temporary directory's path contains a NUL byte")?
-        .into_bytes_with_nul();
-    // SAFETY: `bytes` is a NUL-terminated template that mkdtemp rewrites in place.
-    if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
-            format!("creating a private socket directory {}", template.display())
-        });
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let tmp = std::env::temp_dir();
+    let mut urandom = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    for _ in 0..100 {
+        let mut random = [0u8; 10];
+        urandom
+            .read_exact(&mut random)
+            .context("reading /dev/urandom")?;
+        // 62 characters: the modulo bias is irrelevant to a name that must only be unguessable
+        // enough not to be squatted in advance.
+        let name: String = random
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .collect();
+        let dir = tmp.join(format!("dpop-{name}"));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("creating a private socket directory in {}", tmp.display())
+                });
+            }
+        }
     }
-    bytes.pop();
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    bail!(
+        "could not create a private socket directory in {}: every name tried exists",
+        tmp.display()
+    )
 }
 
+/// Our effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }

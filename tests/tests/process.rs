@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 
 use dpop_tests::{
     AgentOptions, PROCESS_TIMEOUT, TestAgent, binaries, command_as_other_user, new_temp_dir,
@@ -1173,7 +1173,10 @@ fn without_a_runtime_directory_each_agent_gets_an_unpredictable_private_director
             socket.display()
         );
         assert!(
-            name.len() == "dpop-".len() + 10 && name.starts_with("dpop-") && dir != squat,
+            name.len() == "dpop-".len() + 10
+                && name.starts_with("dpop-")
+                && !name.contains("XXX")
+                && dir != squat,
             "a random dpop-XXXXXXXXXX directory: {}",
             socket.display()
         );
@@ -1209,5 +1212,138 @@ fn without_a_runtime_directory_each_agent_gets_an_unpredictable_private_director
         !first.parent().unwrap().exists(),
         "the private directory {} is removed at stop",
         first.parent().unwrap().display()
+    );
+}
+
+/// Runs a background start in `dir` with `args`; returns its output (the agent, if it started,
+/// is stopped by the returned guard).
+fn background_start(dir: &Path, args: &[&std::ffi::OsStr]) -> (Output, Option<KillOnDrop>) {
+    let out = Command::new(&binaries().agent)
+        .args(args)
+        .env_remove("DPOP_AGENT_PASSPHRASE")
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running dpop-agent");
+    let guard = out
+        .status
+        .success()
+        .then(|| KillOnDrop(started_pid(&String::from_utf8_lossy(&out.stdout))));
+    (out, guard)
+}
+
+/// The background start used to lose its start-up warnings (they went to the detached
+/// child's log only, or nowhere): now they reach the user's terminal before the child detaches
+/// and the log file too. The log file is created 0600 and a symbolic link in its place is
+/// refused; a passphrase file that others can read gets a warning, as a PIN file does.
+#[test]
+fn background_start_shows_its_warnings_and_keeps_its_log_private() {
+    // A saved key that an agent without the passphrase cannot load.
+    let mut saved = TestAgent::start(AgentOptions::new().passphrase_env("correct horse"));
+    saved.client().generate_key("saved", None, None).unwrap();
+    saved.stop();
+    let data = saved.data_dir();
+    let dir = new_temp_dir();
+    let log = dir.path().join("agent.log");
+    let (out, _agent) = background_start(
+        dir.path(),
+        &[
+            "-a".as_ref(),
+            dir.path().join("a.sock").as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--log-file".as_ref(),
+            log.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the agent starts: {stderr}");
+    let log_text = fs::read_to_string(&log).unwrap();
+    for (what, text) in [
+        ("the launcher's standard error", &*stderr),
+        ("the log file", &log_text),
+    ] {
+        assert!(
+            text.contains("no passphrase"),
+            "{what} warns that keys are memory-only:\n{text}"
+        );
+        assert!(
+            text.contains("1 software key file(s)") && text.contains("not loaded"),
+            "{what} warns about the saved key file that was not loaded:\n{text}"
+        );
+    }
+    assert!(
+        stderr
+            .lines()
+            .all(|l| l.starts_with("dpop-agent: warning: ")),
+        "only warnings, each on its own line, reach the terminal:\n{stderr}"
+    );
+    assert_eq!(mode(&log), 0o600, "the log file is created 0600");
+
+    // A symbolic link where the log file should be: refused, its target untouched.
+    let target = dir.path().join("elsewhere");
+    fs::write(&target, b"").unwrap();
+    let link = dir.path().join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (out, _none) = background_start(
+        dir.path(),
+        &[
+            "-a".as_ref(),
+            dir.path().join("b.sock").as_os_str(),
+            "--data-dir".as_ref(),
+            dir.path().join("data-b").as_os_str(),
+            "--log-file".as_ref(),
+            link.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a symlinked log file fails the start"
+    );
+    assert!(
+        stderr.contains("symbolic link"),
+        "and the agent says why: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("DPOP_AUTH_SOCK"),
+        "nothing for eval to export"
+    );
+    assert_eq!(
+        fs::read(&target).unwrap(),
+        b"",
+        "the link's target is untouched"
+    );
+
+    // A passphrase file that group and others can read.
+    let passphrase = dir.path().join("passphrase");
+    fs::write(&passphrase, b"correct horse\n").unwrap();
+    set_mode(&passphrase, 0o644);
+    let (out, _agent) = background_start(
+        dir.path(),
+        &[
+            "-a".as_ref(),
+            dir.path().join("c.sock").as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--passphrase-file".as_ref(),
+            passphrase.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the agent starts: {stderr}");
+    assert!(
+        stderr.contains("passphrase file is readable by group or others"),
+        "a readable passphrase file gets a warning: {stderr}"
+    );
+    assert!(
+        !stderr.contains("correct horse"),
+        "the warning does not show the passphrase"
+    );
+    let mut client = dpop_client::blocking::Client::connect(dir.path().join("c.sock")).unwrap();
+    assert_eq!(
+        client.list_keys().unwrap()[0].label,
+        "saved",
+        "with the passphrase, the saved key is loaded"
     );
 }
