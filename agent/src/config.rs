@@ -65,7 +65,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pkcs11_pin_file: Option<PathBuf>,
 
-    /// In the background, append logs to this file (default: discard them).
+    /// In the background, append logs to this file (default: discard them); created 0600, a
+    /// symbolic link is refused.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 
