@@ -195,7 +195,7 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
 /// its bytes overwritten (see [`wipe_env_var`]).
 ///
 /// Call it only while this process has a single thread (the environment is not thread-safe).
-pub fn take_env_secret(name: &str) -> Option<SecretString> {
+fn take_env_secret(name: &str) -> Option<SecretString> {
     let value = std::env::var(name).ok().map(zeroize::Zeroizing::new);
     wipe_env_var(name);
     value
@@ -208,7 +208,7 @@ pub fn take_env_secret(name: &str) -> Option<SecretString> {
 /// `/proc/<pid>/environ`, for the process's whole life.
 ///
 /// Call it only while this process has a single thread (the environment is not thread-safe).
-pub fn wipe_env_var(name: &str) {
+fn wipe_env_var(name: &str) {
     use zeroize::Zeroize;
     unsafe extern "C" {
         static mut environ: *mut *mut std::ffi::c_char;
