@@ -18,7 +18,7 @@ use crate::config::{AdoptEntry, Pkcs11Settings, Settings};
 pub enum PinPrompt {
     /// Ask at the terminal (a foreground agent).
     Terminal,
-    /// Read the line the background start wrote to our standard input (it asked for us).
+    /// No terminal: the background start asked for us and handed the PIN over.
     LaunchPipe,
 }
 
@@ -85,7 +85,9 @@ fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Ar
     let token = token_selector(p11);
     let pin = match (&p11.pin, prompt) {
         (PinFrom::Source(source), _) => source.resolve()?,
-        (PinFrom::Prompt, PinPrompt::LaunchPipe) => pin::read_line(std::io::stdin().lock())?,
+        (PinFrom::Read(pin), _) => pin.clone(),
+        // The background start asks and hands the PIN over (as `PinFrom::Read`).
+        (PinFrom::Prompt, PinPrompt::LaunchPipe) => bail!("the background start passed no PIN"),
         (PinFrom::Prompt, PinPrompt::Terminal) => pin::prompt(&token)?,
     };
     dpop_keys::create_private_dir(data_dir)?;

@@ -1,60 +1,99 @@
-//! The background start (`eval "$(dpop-agent)"`): the parent asks for a PIN if one is needed,
-//! starts a detached `dpop-agent -D --detached`, waits until it listens and prints the shell
-//! lines that point clients at it. The child, once listening, reports readiness and lets go of
-//! the parent's pipes ([`detach_output`]).
+//! The background start (`eval "$(dpop-agent)"`): the parent reads the secrets the child will
+//! need (the passphrase and PIN variables, wiped from its own environment at once, or the PIN
+//! at the terminal), starts a detached `dpop-agent -D --detached` with none of them in its
+//! environment, hands them over on the child's standard input ([`crate::pin`]), waits until
+//! it listens, repeats its start-up warnings and prints the shell lines that point clients at
+//! it. The child, once listening, reports readiness and lets go of the parent's pipes
+//! ([`detach_output`]); what it logged until then goes to the log file too.
 
-use std::io::{BufRead, Read, Write};
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use secrecy::ExposeSecret;
 
 use crate::backends::token_selector;
-use crate::config::{Args, EnvSecrets, PinFrom, Settings};
+use crate::config::{Args, HandedSecrets, PinFrom, Settings};
 use crate::pin;
+use crate::socket::SocketLocation;
+
+/// How long the parent waits for the rest of the child's start-up log once it is ready (the
+/// child closes the pipe when it detaches; this only guards against a module that forked a
+/// helper holding it open).
+const STARTUP_LOG_WAIT: Duration = Duration::from_secs(5);
 
 /// `dpop-agent` without `-D`.
 pub fn start(args: &Args) -> Result<()> {
     // The settings the child will load, config file included, so the socket printed below is
-    // the one it binds.
-    let settings = Settings::load(args, EnvSecrets::Keep)?;
-    let socket = settings.socket_location().path();
-    // A PIN prompt needs the terminal, which the detached child does not have: ask here.
-    let pin = match &settings.pkcs11 {
-        Some(p11) if matches!(p11.pin, PinFrom::Prompt) => Some(pin::prompt(&token_selector(p11))?),
-        _ => None,
+    // the one it binds. This reads the secret variables and wipes them from our environment.
+    let settings = Settings::load(args, HandedSecrets::default())?;
+    let location = settings.socket_location()?;
+    let started = launch(&settings, &location);
+    if started.is_err() {
+        // The child is gone: a private directory we made would be left behind.
+        if let SocketLocation::Private(_) = location {
+            location.remove();
+        }
+    }
+    started
+}
+
+fn launch(settings: &Settings, location: &SocketLocation) -> Result<()> {
+    let socket = location.path();
+    let handed = HandedSecrets {
+        // A passphrase file the child reads itself (and warns about, in its log).
+        passphrase: match settings.passphrase_file {
+            None => settings.passphrase.clone(),
+            Some(_) => None,
+        },
+        pin: match &settings.pkcs11 {
+            Some(p11) => match &p11.pin {
+                PinFrom::Read(pin) => Some(pin.clone()),
+                // A PIN prompt needs the terminal, which the detached child does not have.
+                PinFrom::Prompt => Some(pin::prompt(&token_selector(p11))?),
+                PinFrom::Source(_) => None,
+            },
+            None => None,
+        },
     };
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);
-    // Without -a the child works out the same default path (and creates its 0700 directory).
     command
         .args(std::env::args_os().skip(1))
         .arg("-D")
         .arg("--detached");
+    if let SocketLocation::Private(path) = location {
+        command.arg("--private-socket").arg(path);
+    }
     command
-        .stdin(if pin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        // Settings::load removed the secret variables from our environment already; the
+        // child gets them on standard input only.
+        .env_remove("DPOP_AGENT_PASSPHRASE")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = command.spawn().context("starting the agent")?;
-    if let Some(pin) = pin {
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut line = zeroize::Zeroizing::new(pin.expose_secret().as_bytes().to_vec());
-        line.push(b'\n');
-        // The pipe buffer holds a PIN; a failure shows up as the child's start-up error.
-        let _ = stdin.write_all(&line);
+    {
+        let stdin = child.stdin.take().expect("piped");
+        // A failure shows up as the child's start-up error.
+        let _ = pin::hand_over(stdin, &handed);
     }
-    let mut stderr = child.stderr.take().expect("piped");
-    let collector = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
+    drop(handed);
+    let stderr = child.stderr.take().expect("piped");
+    let (lines, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
     });
     // The child says "ready" once it listens (and has let go of our stderr pipe); EOF
     // without it means it failed, and its log says why.
@@ -64,9 +103,17 @@ pub fn start(args: &Args) -> Result<()> {
     if ready.trim() != "ready" {
         let _ = child.kill();
         let status = child.wait()?;
-        let log = collector.join().unwrap_or_default();
-        eprint!("{log}");
+        for line in log.iter() {
+            eprintln!("{line}");
+        }
         bail!("the agent did not start ({status})");
+    }
+    // Warnings (no passphrase, key files not loaded...) would otherwise only reach the log
+    // file, which nobody reads at start-up.
+    while let Ok(line) = log.recv_timeout(STARTUP_LOG_WAIT) {
+        if let Some(warning) = startup_warning(&line) {
+            eprintln!("dpop-agent: {warning}");
+        }
     }
     let sock = shell_quote(&socket);
     let pid = child.id();
@@ -76,31 +123,93 @@ pub fn start(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// A warning or error line of the child's log (tracing's format: time, level, target,
+/// message), as `warning: message`.
+fn startup_warning(line: &str) -> Option<String> {
+    let (level, rest) = [(" WARN ", "warning"), (" ERROR ", "error")]
+        .into_iter()
+        .find_map(|(tag, level)| Some((level, line.split_once(tag)?.1)))?;
+    // Drop the target (`dpop_agent::backends: `).
+    let message = rest.split_once(": ").map_or(rest, |(_, m)| m);
+    Some(format!("{level}: {}", message.trim()))
+}
+
 fn shell_quote(path: &Path) -> String {
     let s = path.to_string_lossy();
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// In the detached child, once listening: point standard error at the log file (or
-/// /dev/null), tell the parent we are ready on standard output, then let go of standard output
-/// too. The parent exits after that, and writing to its pipes would fail.
-pub fn detach_output(log_file: Option<&Path>) -> Result<()> {
+/// What the detached child logged before detaching, for the log file; `None` when not kept
+/// (a foreground agent, or after detaching).
+static STARTUP_LOG: Mutex<Option<Vec<u8>>> = Mutex::new(None);
+
+/// The log writer: standard error, and while [`keep_startup_log`] is on, a copy of each line
+/// for the log file.
+pub struct StderrTee;
+
+/// Makes [`StderrTee`] keep what it writes until [`detach_output`].
+pub fn keep_startup_log() {
+    *STARTUP_LOG.lock().unwrap_or_else(PoisonError::into_inner) = Some(Vec::new());
+}
+
+impl Write for StderrTee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Held while writing, so that detach_output cannot slip in between the two copies.
+        let mut kept = STARTUP_LOG.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kept) = kept.as_mut() {
+            kept.extend_from_slice(buf);
+        }
+        // A parent that went away must not cost us the log file's copy.
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Opens (creates 0600) the `--log-file`, refusing a symbolic link: the log holds key labels,
+/// origins and client paths, and a link planted where it should be could point anywhere.
+pub fn open_log_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "refusing log file {}: it is a symbolic link",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening log file {}", path.display())),
+        })
+}
+
+/// In the detached child, once listening: write the start-up log to the log file and point
+/// standard error at it (or /dev/null), tell the parent we are ready on standard output, then
+/// let go of standard output too. The parent exits after that, and writing to its pipes
+/// would fail.
+pub fn detach_output(log_file: Option<File>) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let log = match log_file {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening log file {}", path.display()))?,
-        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
-    };
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    // SAFETY: dup2 onto the standard descriptors; both sources are open files we own.
-    if unsafe { libc::dup2(log.as_raw_fd(), 2) } < 0 {
-        bail!(
-            "redirecting standard error: {}",
-            std::io::Error::last_os_error()
-        );
+    let mut log = match log_file {
+        Some(file) => file,
+        None => null.try_clone()?,
+    };
+    {
+        let mut kept = STARTUP_LOG.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lines) = kept.take() {
+            log.write_all(&lines).context("writing the log file")?;
+        }
+        // SAFETY: dup2 onto the standard descriptors; both sources are open files we own.
+        if unsafe { libc::dup2(log.as_raw_fd(), 2) } < 0 {
+            bail!(
+                "redirecting standard error: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(b"ready\n")?;
@@ -113,4 +222,21 @@ pub fn detach_output(log_file: Option<&Path>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_warnings_are_found_in_the_log() {
+        let line = "2026-01-01T00:00:00.000000Z  WARN dpop_agent::backends: no passphrase: keys \
+                    are kept in memory only";
+        assert_eq!(
+            startup_warning(line).as_deref(),
+            Some("warning: no passphrase: keys are kept in memory only")
+        );
+        let info = "2026-01-01T00:00:00.000000Z  INFO dpop_agent: listening socket=/x";
+        assert_eq!(startup_warning(info), None);
+    }
 }

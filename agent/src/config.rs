@@ -24,7 +24,8 @@ pub struct Args {
     #[arg(short = 'k', long = "kill")]
     pub kill: bool,
 
-    /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock).
+    /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
+    /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory).
     #[arg(short = 'a', long = "socket", value_name = "SOCKET")]
     pub socket: Option<PathBuf>,
 
@@ -64,7 +65,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pkcs11_pin_file: Option<PathBuf>,
 
-    /// In the background, append logs to this file (default: discard them).
+    /// In the background, append logs to this file (default: discard them); created 0600, a
+    /// symbolic link is refused.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 
@@ -72,6 +74,11 @@ pub struct Args {
     /// standard error and output from the parent.
     #[arg(long, hide = true)]
     pub detached: bool,
+
+    /// Set by the background start: the socket path in the private directory that it made
+    /// (no runtime directory); the agent removes both when it stops.
+    #[arg(long, hide = true, value_name = "SOCKET")]
+    pub private_socket: Option<PathBuf>,
 
     /// TPM TCTI (reserved for the tpm backend).
     #[arg(long, value_name = "TCTI")]
@@ -119,6 +126,9 @@ pub enum PinFrom {
     Source(dpop_keys::pkcs11::PinSource),
     /// The terminal.
     Prompt,
+    /// Read already: from the variable (then wiped from our environment), or handed over by
+    /// the background start.
+    Read(SecretString),
 }
 
 /// PKCS#11 settings.
@@ -137,9 +147,13 @@ pub struct Settings {
     pub socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub passphrase: Option<SecretString>,
+    /// The file the passphrase was read from (`None`: the environment, or none at all).
+    pub passphrase_file: Option<PathBuf>,
     pub pkcs11: Option<Pkcs11Settings>,
     pub tpm_tcti: Option<String>,
     pub log_file: Option<PathBuf>,
+    /// See [`Args::private_socket`].
+    pub private_socket: Option<PathBuf>,
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
@@ -152,10 +166,19 @@ fn home_sub(sub: &str) -> Option<PathBuf> {
     env_path("HOME").map(|h| h.join(sub))
 }
 
-/// Reads a secret from a file, dropping one trailing newline.
+/// Reads a secret from a file, dropping one trailing newline. A file that group or others may
+/// read gets a warning, as the PIN file does.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
-    let mut text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the {what} file {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {what} file {}", path.display()))?,
+    );
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the {what} file is readable by group or others; chmod 600 it");
+    }
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -165,21 +188,70 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
     if text.is_empty() {
         bail!("the {what} file {} is empty", path.display());
     }
-    Ok(SecretString::from(text))
+    Ok(SecretString::from(text.as_str()))
 }
 
-/// What [`Settings::load`] does with secrets it reads from the environment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EnvSecrets {
-    /// Remove them, so that no child process inherits them (the agent itself).
-    Consume,
-    /// Leave them for the child that will read them (the background start).
-    Keep,
+/// Reads the secret in environment variable `name`, then removes it from the environment with
+/// its bytes overwritten (see [`wipe_env_var`]).
+///
+/// Call it only while this process has a single thread (the environment is not thread-safe).
+fn take_env_secret(name: &str) -> Option<SecretString> {
+    let value = std::env::var(name).ok().map(zeroize::Zeroizing::new);
+    wipe_env_var(name);
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| SecretString::from(v.as_str()))
+}
+
+/// Removes `name` from the environment after overwriting its value with zeros where it lies.
+/// `remove_var` only unlinks the entry: the bytes stay in the block that the kernel shows in
+/// `/proc/<pid>/environ`, for the process's whole life.
+///
+/// Call it only while this process has a single thread (the environment is not thread-safe).
+fn wipe_env_var(name: &str) {
+    use zeroize::Zeroize;
+    unsafe extern "C" {
+        static mut environ: *mut *mut std::ffi::c_char;
+    }
+    let prefix_len = name.len() + 1;
+    // SAFETY: single-threaded (see above), so nothing changes the environment meanwhile;
+    // `environ` is a NULL-terminated array of NUL-terminated strings, and we write only inside
+    // the value of each matching entry, before its terminating NUL.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let bytes = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if bytes.len() >= prefix_len
+                && bytes.starts_with(name.as_bytes())
+                && bytes[name.len()] == b'='
+            {
+                let len = bytes.len() - prefix_len;
+                std::slice::from_raw_parts_mut((*entry).add(prefix_len).cast::<u8>(), len)
+                    .zeroize();
+            }
+            entry = entry.add(1);
+        }
+        std::env::remove_var(name);
+    }
+}
+
+/// Secrets that the background start read (from its environment or the terminal) and handed
+/// to its child over the child's standard input, so that they are never in the child's
+/// environment; see [`crate::pin`] for the format.
+#[derive(Debug, Default)]
+pub struct HandedSecrets {
+    /// The software-key passphrase (from `DPOP_AGENT_PASSPHRASE`).
+    pub passphrase: Option<SecretString>,
+    /// The PKCS#11 PIN (from `--pkcs11-pin-env`'s variable or the prompt).
+    pub pin: Option<SecretString>,
 }
 
 impl Settings {
-    /// Merges flags over the config file and reads the passphrase.
-    pub fn load(args: &Args, env_secrets: EnvSecrets) -> Result<Settings> {
+    /// Merges flags over the config file and reads the passphrase and a PIN held in a
+    /// variable; `handed` (from the background start) wins over both. Secrets read from the
+    /// environment are wiped from it ([`take_env_secret`]), so no child inherits them and
+    /// `/proc/<pid>/environ` does not show them: call this while single-threaded.
+    pub fn load(args: &Args, handed: HandedSecrets) -> Result<Settings> {
         let config_path = args.config.clone().or_else(|| {
             let p = env_path("XDG_CONFIG_HOME")
                 .or_else(|| home_sub(".config"))?
@@ -209,17 +281,13 @@ impl Settings {
             })
             .context("no data directory: pass --data-dir or set HOME")?;
 
-        let env_passphrase = std::env::var("DPOP_AGENT_PASSPHRASE").ok();
-        if env_secrets == EnvSecrets::Consume {
-            // SAFETY: called from main before any other thread exists.
-            unsafe { std::env::remove_var("DPOP_AGENT_PASSPHRASE") };
-        }
+        let env_passphrase = take_env_secret("DPOP_AGENT_PASSPHRASE");
         let ephemeral = args.ephemeral || file.ephemeral.unwrap_or(false);
-        let passphrase = match args.passphrase_file.clone().or(file.passphrase_file) {
-            Some(path) => Some(read_secret_file(&path, "passphrase")?),
-            None => env_passphrase
-                .filter(|p| !p.is_empty())
-                .map(SecretString::from),
+        let passphrase_file = args.passphrase_file.clone().or(file.passphrase_file);
+        let passphrase = match (handed.passphrase, &passphrase_file) {
+            (Some(handed), _) => Some(handed),
+            (None, Some(path)) => Some(read_secret_file(path, "passphrase")?),
+            (None, None) => env_passphrase,
         };
         let passphrase = if ephemeral { None } else { passphrase };
 
@@ -241,9 +309,20 @@ impl Settings {
                     (Some(_), Some(_)) => {
                         bail!("give either --pkcs11-pin-env or --pkcs11-pin-file, not both")
                     }
-                    (Some(var), None) => PinFrom::Source(PinSource::Env(var)),
+                    (Some(_), None) if handed.pin.is_some() => {
+                        PinFrom::Read(handed.pin.expect("checked"))
+                    }
+                    (Some(var), None) => {
+                        let pin = PinSource::Env(var.clone()).resolve();
+                        // Failed or not, the variable goes (and an unusable value with it).
+                        wipe_env_var(&var);
+                        PinFrom::Read(pin?)
+                    }
                     (None, Some(path)) => PinFrom::Source(PinSource::File(path)),
-                    (None, None) => PinFrom::Prompt,
+                    (None, None) => match handed.pin {
+                        Some(pin) => PinFrom::Read(pin),
+                        None => PinFrom::Prompt,
+                    },
                 };
                 Some(Pkcs11Settings {
                     module,
@@ -258,17 +337,22 @@ impl Settings {
             socket: args.socket.clone().or(file.socket),
             data_dir,
             passphrase,
+            passphrase_file,
             pkcs11,
             tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
             log_file: args.log_file.clone().or(file.log_file),
+            private_socket: args.private_socket.clone(),
         })
     }
 
-    /// Where the socket goes: the configured path, or the default one.
-    pub fn socket_location(&self) -> SocketLocation {
-        match &self.socket {
-            Some(path) => SocketLocation::Given(path.clone()),
-            None => SocketLocation::Default(crate::socket::default_path()),
+    /// Where the socket goes: the configured path, the private directory the background
+    /// start made, or the default location (which may create a private directory: call this
+    /// once).
+    pub fn socket_location(&self) -> Result<SocketLocation> {
+        match (&self.socket, &self.private_socket) {
+            (Some(path), _) => Ok(SocketLocation::Given(path.clone())),
+            (None, Some(path)) => Ok(SocketLocation::Private(path.clone())),
+            (None, None) => crate::socket::default_location(),
         }
     }
 }

@@ -8,41 +8,104 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// Default socket: `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`, or
-/// `/tmp/dpop-agent-<uid>/agent.sock` without a runtime directory.
-pub fn default_path() -> PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(runtime) => PathBuf::from(runtime).join("dpop-agent"),
-        None => PathBuf::from(format!("/tmp/dpop-agent-{}", euid())),
-    };
-    dir.join("agent.sock")
+/// Where the socket goes when no path is configured: `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`,
+/// or, without a runtime directory, `agent.<pid>` in a fresh private directory (see
+/// [`SocketLocation::Private`]), created here.
+pub fn default_location() -> Result<SocketLocation> {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(runtime) => Ok(SocketLocation::Default(
+            PathBuf::from(runtime).join("dpop-agent/agent.sock"),
+        )),
+        None => {
+            let dir = make_private_temp_dir()?;
+            Ok(SocketLocation::Private(
+                dir.join(format!("agent.{}", std::process::id())),
+            ))
+        }
+    }
 }
 
 /// Where the socket is bound, and so who prepares its directory.
 #[derive(Clone, Debug)]
 pub enum SocketLocation {
-    /// The default path: the agent creates its 0700 directory, or checks an existing one.
+    /// Under `$XDG_RUNTIME_DIR`: the agent creates its 0700 directory, or checks an existing
+    /// one.
     Default(PathBuf),
     /// A path the user chose: its directory must exist; it is the user's to secure.
     Given(PathBuf),
+    /// No runtime directory: a socket in a directory made like mkdtemp(3) does it
+    /// (`$TMPDIR/dpop-XXXXXXXXXX`, 0700), as ssh-agent does. Nobody can predict its name, so
+    /// nobody can squat it (a fixed `/tmp/dpop-agent-<uid>` that another user created first
+    /// kept the agent from starting). The agent removes the socket and the directory when it
+    /// stops.
+    Private(PathBuf),
 }
 
 impl SocketLocation {
     /// The socket's path.
     pub fn path(&self) -> PathBuf {
         match self {
-            SocketLocation::Default(path) | SocketLocation::Given(path) => path.clone(),
+            SocketLocation::Default(path)
+            | SocketLocation::Given(path)
+            | SocketLocation::Private(path) => path.clone(),
+        }
+    }
+
+    /// Removes what the agent made: the socket, and a [`SocketLocation::Private`] directory.
+    pub fn remove(&self) {
+        let path = self.path();
+        let _ = fs::remove_file(&path);
+        if let (SocketLocation::Private(_), Some(dir)) = (self, path.parent()) {
+            // Only when empty: never anything we did not put there.
+            let _ = fs::remove_dir(dir);
         }
     }
 }
 
+/// Creates `$TMPDIR/dpop-XXXXXXXXXX` (mode 0700) as mkdtemp(3) does, with ten random
+/// characters (glibc's mkdtemp takes six only): `mkdir` fails on any name that exists, link
+/// or not, and another name is tried.
+pub fn make_private_temp_dir() -> Result<PathBuf> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let tmp = std::env::temp_dir();
+    let mut urandom = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    for _ in 0..100 {
+        let mut random = [0u8; 10];
+        urandom
+            .read_exact(&mut random)
+            .context("reading /dev/urandom")?;
+        // 62 characters: the modulo bias is irrelevant to a name that must only be unguessable
+        // enough not to be squatted in advance.
+        let name: String = random
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .collect();
+        let dir = tmp.join(format!("dpop-{name}"));
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("creating a private socket directory in {}", tmp.display())
+                });
+            }
+        }
+    }
+    bail!(
+        "could not create a private socket directory in {}: every name tried exists",
+        tmp.display()
+    )
+}
+
+/// Our effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
 
 /// Creates the default socket directory 0700 or checks an existing one: ours, and nobody
-/// else can write to it.
+/// else can write to it. (A private directory exists already and gets the same check.)
 pub fn prepare_private_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -76,13 +139,13 @@ pub fn prepare_private_dir(dir: &Path) -> Result<()> {
 /// Binds the listening socket 0600. A stale socket (nobody answering) is replaced; a live one
 /// means another agent runs there, and anything that is not a socket is left alone.
 pub fn bind(location: &SocketLocation) -> Result<UnixListener> {
-    let (SocketLocation::Default(path) | SocketLocation::Given(path)) = location;
+    let path = &location.path();
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     match location {
-        SocketLocation::Default(_) => prepare_private_dir(parent)?,
+        SocketLocation::Default(_) | SocketLocation::Private(_) => prepare_private_dir(parent)?,
         SocketLocation::Given(_) if !parent.is_dir() => {
             bail!("socket directory {} does not exist", parent.display())
         }

@@ -206,11 +206,53 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<StdoutError>()
+                .is_some_and(StdoutError::is_closed_pipe) =>
+        {
+            exit_on_closed_pipe()
+        }
         Err(e) => {
             eprintln!("dpop: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// A failed write to standard output, kept apart from the agent socket's I/O errors so that
+/// only a closed *output* pipe ends the command quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output")]
+struct StdoutError(#[source] std::io::Error);
+
+impl StdoutError {
+    fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// `println!` that returns a [`StdoutError`] instead of panicking when standard output is
+/// gone (`dpop keys list | head -c1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(StdoutError)
+    }};
+}
+
+/// The reader of our output went away: end as coreutils do, by the SIGPIPE that Rust's
+/// runtime ignores for us (the shell sees "killed by SIGPIPE" and says nothing). Resetting
+/// SIGPIPE at start instead would also kill us on a write to an agent that closed the socket,
+/// where the agent's refusal must be shown.
+fn exit_on_closed_pipe() -> ExitCode {
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal and raises it in this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Not reached on Unix; elsewhere the conventional status of a SIGPIPE death.
+    ExitCode::from(141)
 }
 
 fn connect(socket: &Option<PathBuf>) -> Result<Client> {
@@ -220,21 +262,24 @@ fn connect(socket: &Option<PathBuf>) -> Result<Client> {
     })
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    println!(
+fn print_json(value: &impl serde::Serialize) -> Result<(), StdoutError> {
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON output serializes")
-    );
+    )
 }
 
-fn print_key(key: &KeyDescription, json: bool, verb: &str) {
+fn print_key(key: &KeyDescription, json: bool, verb: &str) -> Result<(), StdoutError> {
     if json {
-        print_json(key);
+        print_json(key)
     } else {
-        println!(
+        outln!(
             "{verb} {} ({} {}, jkt {})",
-            key.label, key.backend, key.alg, key.jkt
-        );
+            key.label,
+            key.backend,
+            key.alg,
+            key.jkt
+        )
     }
 }
 
@@ -259,17 +304,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Jwk { key, out } => {
             let key = pick_key(&mut connect(&cli.socket)?, key.as_deref())?;
             if out.json {
-                print_json(&key.jwk);
+                print_json(&key.jwk)?;
             } else {
-                println!("{}", serde_json::to_string(&key.jwk)?);
+                outln!("{}", serde_json::to_string(&key.jwk)?)?;
             }
         }
         Command::Thumbprint { key, out } => {
             let key = pick_key(&mut connect(&cli.socket)?, key.as_deref())?;
             if out.json {
-                print_json(&json!({ "label": key.label, "jkt": key.jkt }));
+                print_json(&json!({ "label": key.label, "jkt": key.jkt }))?;
             } else {
-                println!("{}", key.jkt);
+                outln!("{}", key.jkt)?;
             }
         }
         Command::Proof {
@@ -290,9 +335,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let proof = connect(&cli.socket)?.sign_proof(&key, &request)?;
             if out.json {
-                print_json(&json!({ "proof": proof }));
+                print_json(&json!({ "proof": proof }))?;
             } else {
-                println!("{proof}");
+                outln!("{proof}")?;
             }
         }
         Command::Verify {
@@ -315,20 +360,27 @@ fn keys(socket: &Option<PathBuf>, cmd: KeysCommand) -> Result<()> {
         KeysCommand::List { out } => {
             let keys = client.list_keys()?;
             if out.json {
-                print_json(&keys);
+                print_json(&keys)?;
             } else if keys.is_empty() {
-                println!("no keys");
+                outln!("no keys")?;
             } else {
-                println!(
+                outln!(
                     "{:<24} {:<6} {:<9} {:<10} JKT",
-                    "LABEL", "ALG", "BACKEND", "STORED"
-                );
+                    "LABEL",
+                    "ALG",
+                    "BACKEND",
+                    "STORED"
+                )?;
                 for k in keys {
                     let stored = if k.persistent { "yes" } else { "memory" };
-                    println!(
+                    outln!(
                         "{:<24} {:<6} {:<9} {:<10} {}",
-                        k.label, k.alg, k.backend, stored, k.jkt
-                    );
+                        k.label,
+                        k.alg,
+                        k.backend,
+                        stored,
+                        k.jkt
+                    )?;
                 }
             }
         }
@@ -341,7 +393,7 @@ fn keys(socket: &Option<PathBuf>, cmd: KeysCommand) -> Result<()> {
             &client.generate_key(&label, Some(&backend), Some(alg))?,
             out.json,
             "generated",
-        ),
+        )?,
         KeysCommand::Import {
             file,
             label,
@@ -354,16 +406,16 @@ fn keys(socket: &Option<PathBuf>, cmd: KeysCommand) -> Result<()> {
                 &client.import_key(&label, Some(&backend), &pem, alg)?,
                 out.json,
                 "imported",
-            )
+            )?
         }
         KeysCommand::Adopt {
             uri,
             label,
             alg,
             out,
-        } => print_key(&client.adopt_key(&uri, &label, alg)?, out.json, "adopted"),
+        } => print_key(&client.adopt_key(&uri, &label, alg)?, out.json, "adopted")?,
         KeysCommand::Delete { label, out } => {
-            print_key(&client.delete_key(&label)?, out.json, "deleted")
+            print_key(&client.delete_key(&label)?, out.json, "deleted")?
         }
     }
     Ok(())
@@ -406,9 +458,9 @@ fn verify(
                     "jkt": valid.jkt,
                     "jwk": valid.jwk,
                     "claims": valid.claims,
-                }));
+                }))?;
             } else {
-                println!("valid: {} proof by key {}", valid.alg, valid.jkt);
+                outln!("valid: {} proof by key {}", valid.alg, valid.jkt)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -416,7 +468,7 @@ fn verify(
             if json {
                 print_json(
                     &json!({ "valid": false, "error": e.oauth_error(), "reason": e.to_string() }),
-                );
+                )?;
             } else {
                 eprintln!("invalid: {e}");
             }

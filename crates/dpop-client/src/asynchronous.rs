@@ -1,6 +1,6 @@
 //! The async client (tokio).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::exchange::{Call, Exchange};
+use crate::peer::check_agent;
 use crate::spin::spin_until_readable;
 use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
 
@@ -33,6 +34,9 @@ impl Client {
                 path: path.to_owned(),
                 source,
             })?;
+        // Before a single byte goes out: a token or a private key must not reach a listener
+        // of another user.
+        check_agent(stream.as_fd(), path)?;
         Ok(Client {
             stream: BufReader::new(stream),
             exchange: Exchange::new(),

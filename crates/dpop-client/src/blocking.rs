@@ -2,7 +2,7 @@
 //! `default-features = false`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use dpop_jose::Algorithm;
 use dpop_protocol::{HelloReply, KeyDescription};
 
 use crate::exchange::{Call, Exchange};
+use crate::peer::check_agent;
 use crate::spin::spin_until_readable;
 use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
 
@@ -32,6 +33,9 @@ impl Client {
             path: path.to_owned(),
             source,
         })?;
+        // Before a single byte goes out: a token or a private key must not reach a listener
+        // of another user.
+        check_agent(stream.as_fd(), path)?;
         Ok(Client {
             stream: BufReader::new(stream),
             exchange: Exchange::new(),

@@ -3,9 +3,10 @@
 //!
 //! [`Client`] is async (tokio, feature `async`, on by default), [`blocking::Client`] is for
 //! synchronous code and needs no runtime (`default-features = false`). Both find the agent
-//! through `DPOP_AUTH_SOCK` (`connect_env`) or an explicit path, and both run the same
-//! request/reply code; they differ only in how they wait for the socket. The crate compiles
-//! no cryptography: the agent signs.
+//! through `DPOP_AUTH_SOCK` (`connect_env`) or an explicit path, both talk only to an agent
+//! of their own user (or root) and refuse any other listener before sending anything
+//! ([`Error::ForeignAgent`]), and both run the same request/reply code; they differ only in
+//! how they wait for the socket. The crate compiles no cryptography: the agent signs.
 //!
 //! ```no_run
 //! use dpop_client::ProofRequest;
@@ -31,6 +32,8 @@ pub mod blocking;
 // the shared types build, and the exchange has no transport to drive it.
 #[cfg_attr(not(unix), allow(dead_code))]
 mod exchange;
+#[cfg(unix)]
+mod peer;
 #[cfg(unix)]
 mod spin;
 
@@ -64,6 +67,20 @@ pub enum Error {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The process listening on the socket runs as another user (neither ours nor root):
+    /// nothing was sent to it. Someone else may be listening where the agent was expected.
+    #[error(
+        "refusing to talk to {path}: the process listening there runs as uid {uid}, \
+         not as this user (uid {euid}) or root"
+    )]
+    ForeignAgent {
+        /// The socket path.
+        path: PathBuf,
+        /// The listener's uid.
+        uid: u32,
+        /// Our effective uid.
+        euid: u32,
     },
     /// Reading or writing the socket failed.
     #[error("talking to the agent")]
