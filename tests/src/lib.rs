@@ -52,8 +52,9 @@ pub use binaries::{Binaries, binaries, workspace_root};
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
 pub use process::{
-    OTHER_USER, command_as_other_user, files_under, is_root, new_temp_dir, other_user,
-    process_gone, require_tool, run_ok, send_signal, wait_timeout, write_private_file,
+    KillOnDrop, OTHER_USER, command_as_other_user, files_under, is_root, mode, new_temp_dir,
+    other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
+    write_private_file,
 };
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
