@@ -8,7 +8,8 @@
 //! - [`socket`]: where the socket lives and how it is bound safely;
 //! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
-//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt;
+//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt and the
+//!   secrets the background start hands to its child;
 //! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees;
 //!   [`locked`]: secret bytes on locked, undumpable pages.
 
@@ -18,8 +19,6 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod locked;
-// Only the PKCS#11 backend asks for a PIN.
-#[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
 pub mod pin;
 pub mod server;
 pub mod socket;
