@@ -124,6 +124,11 @@ impl SignWith {
         }
     }
 
+    /// The one mechanism this key signs with, for its `CKA_ALLOWED_MECHANISMS`.
+    pub(crate) fn mechanism_type(self) -> MechanismType {
+        self.mechanism().mechanism_type()
+    }
+
     fn mechanism(self) -> Mechanism<'static> {
         match self {
             SignWith::EcdsaDigest(..) => Mechanism::Ecdsa,

@@ -1,0 +1,219 @@
+//! Token keys as an attacker on the same machine sees them (issue 12), each test on a SoftHSM2
+//! token of its own (see `common`), looked at from other processes (`pkcs11-tool`, openssl):
+//!
+//! - keys the agent generates or imports are sign-only: the private key neither decrypts
+//!   (`pkcs11-tool --decrypt -m RSA-PKCS` of an openssl ciphertext fails), nor signs raw bytes
+//!   (`RSA-X-509`), nor derives (ECDH), and the token reports only `sign` / `verify` usage.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use dpop_protocol::KeyDescription;
+use dpop_tests::{SoftHsmToken, new_temp_dir, openssl_ec_pem, openssl_rsa_pem, run_ok};
+
+/// What `pkcs11-tool --list-objects` prints for the object of `class` (`privkey`, `pubkey`)
+/// with the key's `CKA_ID`: its `Usage:` line and its `Allowed mechanisms:` line, if any.
+fn usage(token: &SoftHsmToken, key: &KeyDescription, class: &str) -> (String, Option<String>) {
+    let out = run_ok(token.pkcs11_tool().args([
+        "--login",
+        "--pin",
+        PIN,
+        "--list-objects",
+        "--type",
+        class,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = key_id(key);
+    // One block per object, each starting with an unindented line.
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            blocks.push(Vec::new());
+        }
+        if let Some(block) = blocks.last_mut() {
+            block.push(line.trim());
+        }
+    }
+    let field = |block: &[&str], name: &str| {
+        block
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let ours: Vec<_> = blocks
+        .iter()
+        .filter(|b| field(b, "ID:").is_some_and(|v| v.eq_ignore_ascii_case(&id)))
+        .collect();
+    let [block] = ours[..] else {
+        panic!("{}: not one {class} object with its id: {text}", key.label);
+    };
+    (
+        field(block, "Usage:").unwrap_or_default(),
+        field(block, "Allowed mechanisms:"),
+    )
+}
+
+/// Runs `pkcs11-tool --login` with `args` on the key: the output, and whether it succeeded.
+fn with_key(token: &SoftHsmToken, key: &KeyDescription, args: &[&str]) -> (bool, Vec<u8>) {
+    let out = token
+        .pkcs11_tool()
+        .args(["--login", "--pin", PIN, "--id", &key_id(key)])
+        .args(args)
+        .output()
+        .expect("running pkcs11-tool");
+    (out.status.success(), [out.stdout, out.stderr].concat())
+}
+
+/// The key cannot be used for anything but its signatures, whoever holds the PIN.
+fn assert_sign_only(token: &SoftHsmToken, key: &KeyDescription, dir: &Path) {
+    let name = &key.label;
+    let (private_usage, allowed) = usage(token, key, "privkey");
+    assert_eq!(
+        private_usage, "sign",
+        "{name}: the private key may only sign (no decrypt, unwrap, derive, signRecover)"
+    );
+    let mechanism = match key.alg.to_string().as_str() {
+        "RS256" => "SHA256-RSA-PKCS",
+        "PS256" => "SHA256-RSA-PKCS-PSS",
+        _ => "ECDSA",
+    };
+    assert_eq!(
+        allowed.as_deref(),
+        Some(mechanism),
+        "{name}: CKA_ALLOWED_MECHANISMS is the key's one signing mechanism"
+    );
+    assert_eq!(
+        usage(token, key, "pubkey").0,
+        "verify",
+        "{name}: the public key may only verify (no encrypt, wrap, verifyRecover)"
+    );
+    let file = |what: &str| dir.join(format!("{name}.{what}"));
+    if key.alg.to_string().starts_with("ES") {
+        // ECDH with another party's public key: a shared secret from the agent's key.
+        let peer = file("peer.pem");
+        openssl_ec_pem(&peer);
+        run_ok(std::process::Command::new("openssl").args([
+            "ec",
+            "-in",
+            peer.to_str().unwrap(),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            file("peer.der").to_str().unwrap(),
+        ]));
+        let shared = file("shared");
+        let (ok, out) = with_key(
+            token,
+            key,
+            &[
+                "--derive",
+                "-m",
+                "ECDH1-DERIVE",
+                "--input-file",
+                file("peer.der").to_str().unwrap(),
+                "--output-file",
+                shared.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            !ok && !shared.exists(),
+            "{name}: the token derived an ECDH secret with the agent's key: {}",
+            String::from_utf8_lossy(&out)
+        );
+        return;
+    }
+    // RSA: decrypt what anyone can encrypt to the public key.
+    let public = file("pub.der");
+    run_ok(token.pkcs11_tool().args([
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        &key_id(key),
+        "-o",
+        public.to_str().unwrap(),
+    ]));
+    let plaintext = b"decryption-oracle-Zq81";
+    std::fs::write(file("pt"), plaintext).unwrap();
+    run_ok(std::process::Command::new("openssl").args([
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-keyform",
+        "DER",
+        "-inkey",
+        public.to_str().unwrap(),
+        "-in",
+        file("pt").to_str().unwrap(),
+        "-out",
+        file("ct").to_str().unwrap(),
+    ]));
+    let (ok, out) = with_key(
+        token,
+        key,
+        &[
+            "--decrypt",
+            "-m",
+            "RSA-PKCS",
+            "--input-file",
+            file("ct").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && !contains(&out, plaintext),
+        "{name}: the token decrypted with the agent's key: {}",
+        String::from_utf8_lossy(&out)
+    );
+    // Raw RSA (no padding, no hash) over bytes of the caller's choosing.
+    std::fs::write(file("raw"), [0x41u8; 256]).unwrap();
+    let signature = file("rawsig");
+    let (ok, out) = with_key(
+        token,
+        key,
+        &[
+            "--sign",
+            "-m",
+            "RSA-X-509",
+            "--input-file",
+            file("raw").to_str().unwrap(),
+            "-o",
+            signature.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && std::fs::metadata(&signature).map_or(true, |m| m.len() == 0),
+        "{name}: the token made a raw RSA-X-509 signature with the agent's key: {}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// Generated (RS256, PS256, ES256) and imported (RSA, EC) keys are sign-only on the token, and
+/// still sign proofs.
+#[test]
+fn token_keys_are_sign_only() {
+    let token = token("signonly");
+    let agent = start(&token);
+    let dir = new_temp_dir();
+    let mut keys = Vec::new();
+    for (label, alg) in [
+        ("gen-rs", "RS256"),
+        ("gen-ps", "PS256"),
+        ("gen-es", "ES256"),
+    ] {
+        keys.push(generate(&agent, &token, label, alg));
+    }
+    let rsa = dir.path().join("rsa.pem");
+    let ec = dir.path().join("ec.pem");
+    openssl_rsa_pem(&rsa);
+    openssl_ec_pem(&ec);
+    keys.push(import(&agent, &token, &rsa, "imp-rs", None, "RS256"));
+    keys.push(import(&agent, &token, &ec, "imp-es", None, "ES256"));
+    for key in &keys {
+        assert_sign_only(&token, key, dir.path());
+        assert_signs(&agent, key);
+        assert_stays_on_token(&token, key, key.label.starts_with("gen"));
+    }
+}
