@@ -3,15 +3,20 @@
 //!
 //! - keys the agent generates or imports are sign-only: the private key neither decrypts
 //!   (`pkcs11-tool --decrypt -m RSA-PKCS` of an openssl ciphertext fails), nor signs raw bytes
-//!   (`RSA-X-509`), nor derives (ECDH), and the token reports only `sign` / `verify` usage.
+//!   (`RSA-X-509`), nor derives (ECDH), and the token reports only `sign` / `verify` usage;
+//! - clients adopt token keys only when the agent allows it, never a key that wants the PIN for
+//!   each signature, never a key the agent already serves, and learn nothing about how many
+//!   keys a URI matched.
 
 mod common;
 
 use std::path::Path;
 
 use common::*;
-use dpop_protocol::KeyDescription;
-use dpop_tests::{SoftHsmToken, new_temp_dir, openssl_ec_pem, openssl_rsa_pem, run_ok};
+use dpop_protocol::{ErrorCode, KeyDescription};
+use dpop_tests::{
+    AgentOptions, SoftHsmToken, TestAgent, new_temp_dir, openssl_ec_pem, openssl_rsa_pem, run_ok,
+};
 
 /// What `pkcs11-tool --list-objects` prints for the object of `class` (`privkey`, `pubkey`)
 /// with the key's `CKA_ID`: its `Usage:` line and its `Allowed mechanisms:` line, if any.
@@ -216,4 +221,88 @@ fn token_keys_are_sign_only() {
         assert_signs(&agent, key);
         assert_stays_on_token(&token, key, key.label.starts_with("gen"));
     }
+}
+
+/// Adoption over the socket is off unless the agent allows it; then a URI that matches no key
+/// and one that matches several get the same answer, a key the agent serves cannot be adopted
+/// under a second label, and a key that wants the PIN for each signature is refused.
+#[test]
+fn adopting_token_keys_is_opt_in_and_tells_nothing() {
+    let token = token("adoptpolicy");
+    // Made before any agent starts (SoftHSM2 hides other processes' later objects).
+    pkcs11_tool_keypair(&token, "mine", "11", &[]);
+    pkcs11_tool_keypair(&token, "twice", "12", &[]);
+    pkcs11_tool_keypair(&token, "twice", "13", &[]);
+    pkcs11_tool_keypair(&token, "pinned", "14", &["--always-auth"]);
+    let uri = |path: &str| format!("pkcs11:token={};{path};type=private", token.label());
+
+    // Off by default: refused before the token is even looked at.
+    let mut agent = start(&token);
+    let out = agent.dpop(&["keys", "adopt", &uri("object=mine"), "--label", "mine"]);
+    assert!(
+        !out.status.success(),
+        "adopted without --pkcs11-allow-adopt"
+    );
+    assert!(
+        stderr_of(&out).contains("--pkcs11-allow-adopt"),
+        "the refusal says how to allow it: {}",
+        stderr_of(&out)
+    );
+    let (got, message) = code(agent.client().adopt_key(&uri("object=mine"), "mine", None));
+    assert_eq!(got, ErrorCode::PermissionDenied, "{message}");
+    assert_eq!(listed(&agent, "mine"), None);
+    agent.stop();
+
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(&token)
+            .arg("--pkcs11-allow-adopt"),
+    );
+    let mut client = agent.client();
+    // No key and two keys: one answer, which counts nothing.
+    let (none_code, none) = code(client.adopt_key(&uri("object=nothing"), "x", None));
+    let (two_code, two) = code(client.adopt_key(&uri("object=twice"), "x", None));
+    assert_eq!(
+        (none_code, two_code),
+        (ErrorCode::KeyNotFound, ErrorCode::KeyNotFound)
+    );
+    assert_eq!(
+        none.replace("object=nothing", "object=twice"),
+        two,
+        "zero and two matching keys are told apart"
+    );
+    for digit in ["0", "2"] {
+        assert!(!two.contains(digit), "the message counts keys: {two}");
+    }
+
+    // The same object under a second label, by another URI: refused, naming the first.
+    let mine = parse_key(&agent.dpop_ok(&[
+        "keys",
+        "adopt",
+        &uri("object=mine"),
+        "--label",
+        "mine",
+        "--json",
+    ]));
+    assert_token_key(&mine, &token, "mine", "ES256");
+    let (got, message) = code(client.adopt_key(&uri("id=%11"), "mine-again", None));
+    assert_eq!(got, ErrorCode::KeyExists, "{message}");
+    assert!(message.contains("\"mine\""), "{message}");
+    // Nor a key the agent made.
+    let made = generate(&agent, &token, "made", "ES256");
+    let made_uri = made.location.clone().expect("a token key has a URI");
+    let (got, message) = code(client.adopt_key(&made_uri, "made-again", None));
+    assert_eq!(got, ErrorCode::KeyExists, "{message}");
+    assert!(message.contains("\"made\""), "{message}");
+    assert_eq!(listed(&agent, "mine-again"), None);
+    assert_eq!(listed(&agent, "made-again"), None);
+    // So deleting one label leaves the other whole.
+    agent.dpop_ok(&["keys", "delete", "mine"]);
+    assert_still_signs(&agent, &made);
+
+    // A key that wants the PIN for every signature needs the agent's config file.
+    let (got, message) = code(client.adopt_key(&uri("id=%14"), "pinned", None));
+    assert_eq!(got, ErrorCode::PermissionDenied, "{message}");
+    assert!(message.contains("always_authenticate"), "{message}");
+    assert_eq!(listed(&agent, "pinned"), None);
 }

@@ -23,7 +23,9 @@ use super::templates::{
 };
 use super::{ObjectType, Pkcs11Backend, Pkcs11Uri};
 use crate::pem::parse_private_key_pem;
-use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef};
+use crate::{
+    AdoptOptions, Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef,
+};
 
 /// The objects [`Pkcs11Backend::create_on_token`] puts on the token, without `CKA_ID` and
 /// `CKA_LABEL`, which it adds.
@@ -205,6 +207,20 @@ impl Pkcs11Backend {
             }
             Ok(())
         })
+    }
+
+    /// The label and locator of every key in the records (unreadable records are skipped:
+    /// `load` reports them).
+    fn managed_locators(&self) -> Result<Vec<(KeyLabel, Locator)>, Error> {
+        let mut managed = Vec::new();
+        for path in self.records.list()? {
+            if let Ok(record) = self.records.read::<KeyRecord>(&path)
+                && let Ok(locator) = record.locator(&path)
+            {
+                managed.push((record.label, locator));
+            }
+        }
+        Ok(managed)
     }
 
     fn new_id() -> Result<Vec<u8>, Error> {
@@ -418,6 +434,7 @@ impl Backend for Pkcs11Backend {
         uri_text: &str,
         label: &KeyLabel,
         alg: Option<Algorithm>,
+        options: AdoptOptions,
     ) -> Result<SignerRef, Error> {
         let uri = Pkcs11Uri::parse(uri_text)?;
         if uri.has_pin_value {
@@ -451,18 +468,42 @@ impl Backend for Pkcs11Backend {
         if let Some(object) = &uri.object {
             template.push(Attribute::Label(object.as_bytes().to_vec()));
         }
+        // The locators of the keys we serve, to refuse adopting one of them a second time.
+        let managed = self.managed_locators()?;
         let (kind, jwk, locator, handle) = self.token.run(|session, generation| {
             let found = find(session, &template)?;
             if found.is_empty() {
                 self.token.explain_missing(session, generation)?;
             }
+            // Zero and several get the same answer: a client learns nothing about how many
+            // keys the token holds or which labels and ids exist.
             let [private] = found[..] else {
-                return Err(Error::Pkcs11ObjectCount {
-                    uri: shown.clone(),
-                    count: found.len(),
+                return Err(Error::Pkcs11NoSingleKey { uri: shown.clone() }.into());
+            };
+            // A key that cannot make the algorithm asked for is refused as such first.
+            let kind = key_kind(session, private)?;
+            kind.alg_for(alg)?;
+            for (managed_label, managed_locator) in &managed {
+                let theirs = find(session, &managed_locator.template(ObjectClass::PRIVATE_KEY))?;
+                if theirs.contains(&private) {
+                    return Err(Error::KeyAlreadyManaged {
+                        label: managed_label.to_string(),
+                    }
+                    .into());
+                }
+            }
+            let handle = FoundKey::read(session, generation, private);
+            if handle.always_authenticate && !options.always_authenticate {
+                return Err(Error::AdoptNotAllowed {
+                    reason: "this key wants the PIN for each signature \
+                             (CKA_ALWAYS_AUTHENTICATE); the agent would give it for every \
+                             proof, overriding that policy, so such a key is adopted only from \
+                             a [[pkcs11_adopt]] table with always_authenticate = true in the \
+                             agent's config file"
+                        .into(),
                 }
                 .into());
-            };
+            }
             let id = session
                 .get_attributes(private, &[AttributeType::Id])?
                 .into_iter()
@@ -487,14 +528,8 @@ impl Backend for Pkcs11Backend {
                     })
             });
             let locator = Locator { id, object };
-            let kind = key_kind(session, private)?;
             let jwk = public_jwk(session, private, &locator, kind)?;
-            Ok((
-                kind,
-                jwk,
-                locator,
-                FoundKey::read(session, generation, private),
-            ))
+            Ok((kind, jwk, locator, handle))
         })?;
         let alg = kind.alg_for(alg)?;
         self.file_key(
