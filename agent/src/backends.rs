@@ -95,8 +95,9 @@ fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Ar
         reinitialize_module: true,
         ..Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"))
     };
-    let backend = Pkcs11Backend::open(config)
-        .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
+    // dpop-keys' errors name the module file themselves; saying it here too printed it twice.
+    let backend =
+        Pkcs11Backend::open(config).with_context(|| format!("opening the PKCS#11 {token}"))?;
     info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
     Ok(Arc::new(backend))
 }

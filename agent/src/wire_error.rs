@@ -9,7 +9,7 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
     match e {
         E::InvalidLabel { .. } => ErrorCode::InvalidLabel,
         E::KeyNotFound { .. } => ErrorCode::KeyNotFound,
-        E::KeyExists { .. } => ErrorCode::KeyExists,
+        E::KeyExists { .. } | E::UnloadedKeyExists { .. } => ErrorCode::KeyExists,
         E::UnknownBackend { .. } => ErrorCode::UnknownBackend,
         E::BackendNotConfigured { .. } | E::BackendNotCompiled { .. } => {
             ErrorCode::BackendNotConfigured

@@ -6,10 +6,14 @@
 //!   (`RSA-X-509`), nor derives (ECDH), and the token reports only `sign` / `verify` usage;
 //! - clients adopt token keys only when the agent allows it, never a key that wants the PIN for
 //!   each signature, never a key the agent already serves, and learn nothing about how many
-//!   keys a URI matched.
+//!   keys a URI matched;
+//! - import errors name the problem (an encrypted key, RSA under 2048 bits, several keys
+//!   in one file), a missing module is named once, and an unknown token label lists the
+//!   tokens there.
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use common::*;
@@ -305,4 +309,142 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
     assert_eq!(got, ErrorCode::PermissionDenied, "{message}");
     assert!(message.contains("always_authenticate"), "{message}");
     assert_eq!(listed(&agent, "pinned"), None);
+}
+
+/// `dpop keys import` of files openssl makes that are not one plain PEM key: the message says
+/// what is wrong and how to fix it, for the token and the software backend alike; the advice
+/// for an encrypted key (decrypt it on a pipe) works.
+#[test]
+fn import_errors_name_the_problem() {
+    let token = token("importerrors");
+    let agent = start(&token);
+    let dir = new_temp_dir();
+    let path = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| run_ok(std::process::Command::new("openssl").args(args));
+    let p = |name: &str| path(name).to_str().unwrap().to_owned();
+    openssl_ec_pem(&path("ec.pem"));
+    openssl_rsa_pem(&path("rsa.pem"));
+    openssl(&[
+        "pkey",
+        "-in",
+        &p("ec.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &p("ec.der"),
+    ]);
+    openssl(&[
+        "ec",
+        "-in",
+        &p("ec.pem"),
+        "-aes128",
+        "-passout",
+        "pass:secret",
+        "-out",
+        &p("encrypted.pem"),
+    ]);
+    openssl(&["genrsa", "-out", &p("small.pem"), "1024"]);
+    let two = [
+        std::fs::read(path("ec.pem")).unwrap(),
+        std::fs::read(path("rsa.pem")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(path("two.pem"), two).unwrap();
+    // (A DER file never reaches the agent: the wire carries the PEM as a JSON string, and the
+    // CLI reads it as text. dpop-keys' own tests cover its "looks like DER" message.)
+    for (file, named) in [
+        ("encrypted.pem", "Proc-Type: 4,ENCRYPTED"),
+        ("encrypted.pem", "| dpop keys import -"),
+        ("small.pem", "1024 bits; at least 2048"),
+        ("two.pem", "holds 2 private keys"),
+    ] {
+        for backend in ["pkcs11", "software"] {
+            let out = agent.dpop(&[
+                "keys",
+                "import",
+                &p(file),
+                "--label",
+                "bad",
+                "--backend",
+                backend,
+            ]);
+            assert!(!out.status.success(), "{file} imported into {backend}");
+            assert!(
+                stderr_of(&out).contains(named),
+                "{file} ({backend}): the message does not say {named:?}: {}",
+                stderr_of(&out)
+            );
+        }
+    }
+    assert_eq!(listed(&agent, "bad"), None);
+    // The advice works: decrypted on a pipe, the key goes in.
+    let decrypted = run_ok(std::process::Command::new("openssl").args([
+        "pkey",
+        "-in",
+        &p("encrypted.pem"),
+        "-passin",
+        "pass:secret",
+    ]));
+    let mut import = agent.dpop_command();
+    import
+        .args([
+            "keys",
+            "import",
+            "-",
+            "--label",
+            "piped",
+            "--backend",
+            "pkcs11",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = import.spawn().expect("running dpop");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &decrypted.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let piped = listed(&agent, "piped").expect("the decrypted key is imported");
+    assert_eq!(piped.alg.to_string(), "ES256");
+}
+
+/// A module path that does not exist is named once; a token label the module does not show
+/// gets the labels and serials of the tokens it does show.
+#[test]
+fn module_and_token_errors_say_what_exists() {
+    let token = token("whichtoken");
+    let options = |module: &OsStr, label: &str| {
+        AgentOptions::new()
+            .arg("--pkcs11-module")
+            .arg(module)
+            .arg("--pkcs11-token")
+            .arg(label)
+            .arg("--pkcs11-pin-env")
+            .arg(dpop_tests::PKCS11_PIN_VAR)
+            .env(dpop_tests::PKCS11_PIN_VAR, PIN)
+            .env("SOFTHSM2_CONF", token.conf())
+    };
+    let missing = "/nonexistent/dir/libnosuch-pkcs11.so";
+    let failure = TestAgent::try_start(options(OsStr::new(missing), token.label()))
+        .err()
+        .expect("the agent started without its module");
+    assert_eq!(
+        failure.stderr.matches(missing).count(),
+        1,
+        "the module path is not named exactly once: {}",
+        failure.stderr
+    );
+    let serial = inspect(&token, &["token-info"])["serial"]
+        .as_str()
+        .expect("token-info has the serial")
+        .to_owned();
+    let failure = TestAgent::try_start(options(token.module().as_os_str(), "no-such-token"))
+        .err()
+        .expect("the agent started without its token");
+    for shown in ["no-such-token", &format!("\"{}\"", token.label()), &serial] {
+        assert!(
+            failure.stderr.contains(shown),
+            "the error does not show {shown:?}: {}",
+            failure.stderr
+        );
+    }
 }

@@ -24,6 +24,18 @@ pub enum Error {
         /// The label.
         label: String,
     },
+    /// A saved software key file has this label but is not loaded (the agent runs without its
+    /// passphrase); a new key under the label would shadow it.
+    #[error(
+        "a saved key file has the label {label:?} ({path}) but is not loaded without the \
+         passphrase; start the agent with its passphrase, or choose another label"
+    )]
+    UnloadedKeyExists {
+        /// The label.
+        label: String,
+        /// The key file.
+        path: PathBuf,
+    },
     /// No backend of that name.
     #[error("unknown backend {name:?} (expected software, pkcs11 or tpm)")]
     UnknownBackend {
