@@ -424,9 +424,9 @@ fn module_and_token_errors_say_what_exists() {
             .env("SOFTHSM2_CONF", token.conf())
     };
     let missing = "/nonexistent/dir/libnosuch-pkcs11.so";
-    let failure = TestAgent::try_start(options(OsStr::new(missing), token.label()))
-        .err()
-        .expect("the agent started without its module");
+    let Err(failure) = TestAgent::try_start(options(OsStr::new(missing), token.label())) else {
+        panic!("the agent started without its module");
+    };
     assert_eq!(
         failure.stderr.matches(missing).count(),
         1,
@@ -437,9 +437,10 @@ fn module_and_token_errors_say_what_exists() {
         .as_str()
         .expect("token-info has the serial")
         .to_owned();
-    let failure = TestAgent::try_start(options(token.module().as_os_str(), "no-such-token"))
-        .err()
-        .expect("the agent started without its token");
+    let Err(failure) = TestAgent::try_start(options(token.module().as_os_str(), "no-such-token"))
+    else {
+        panic!("the agent started without its token");
+    };
     for shown in ["no-such-token", &format!("\"{}\"", token.label()), &serial] {
         assert!(
             failure.stderr.contains(shown),
