@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use dpop_keys::pkcs11::TokenSelector;
 use dpop_keys::software::SoftwareBackend;
-use dpop_keys::{Backend, BackendKind, KeyLabel, Keyring};
+use dpop_keys::{AdoptOptions, Backend, BackendKind, KeyLabel, Keyring};
 use tracing::{info, warn};
 
 use crate::config::{AdoptEntry, Pkcs11Settings, Settings};
@@ -29,7 +29,8 @@ pub fn open(settings: &Settings, prompt: PinPrompt) -> Result<Keyring> {
     if let Some(p11) = &settings.pkcs11 {
         backends.push(pkcs11(p11, &settings.data_dir, prompt)?);
     }
-    let keyring = Keyring::new(backends);
+    let allow_adopt = settings.pkcs11.as_ref().is_some_and(|p| p.allow_adopt);
+    let keyring = Keyring::new(backends).allow_client_adopt(allow_adopt);
     for (backend, problem) in keyring.load() {
         if matches!(problem, dpop_keys::Error::WrongPassphrase { .. }) {
             bail!("{problem}; not starting");
@@ -96,8 +97,9 @@ fn pkcs11(p11: &Pkcs11Settings, data_dir: &Path, prompt: PinPrompt) -> Result<Ar
         reinitialize_module: true,
         ..Pkcs11Config::new(&p11.module, token.clone(), pin, data_dir.join("pkcs11"))
     };
-    let backend = Pkcs11Backend::open(config)
-        .with_context(|| format!("opening the PKCS#11 {token} in {}", p11.module.display()))?;
+    // dpop-keys' errors name the module file themselves; saying it here too printed it twice.
+    let backend =
+        Pkcs11Backend::open(config).with_context(|| format!("opening the PKCS#11 {token}"))?;
     info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
     Ok(Arc::new(backend))
 }
@@ -130,7 +132,16 @@ fn adopt_configured(keyring: &Keyring, entries: &[AdoptEntry]) {
             }
             Err(_) => {}
         }
-        match keyring.adopt(Some(BackendKind::Pkcs11), &entry.uri, &label, entry.alg) {
+        let options = AdoptOptions {
+            always_authenticate: entry.always_authenticate,
+        };
+        match keyring.adopt_configured(
+            Some(BackendKind::Pkcs11),
+            &entry.uri,
+            &label,
+            entry.alg,
+            options,
+        ) {
             Ok(key) => {
                 info!(label = %label, jkt = %key.meta().info().jkt, "adopted from the config file")
             }

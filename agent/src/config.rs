@@ -65,6 +65,11 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pkcs11_pin_file: Option<PathBuf>,
 
+    /// Let clients adopt existing token keys by URI (`dpop keys adopt`); off by default, since
+    /// a token key may belong to another application. `[[pkcs11_adopt]]` tables need no flag.
+    #[arg(long)]
+    pub pkcs11_allow_adopt: bool,
+
     /// In the background, append logs to this file (default: discard them); created 0600, a
     /// symbolic link is refused.
     #[arg(long, value_name = "FILE")]
@@ -98,6 +103,7 @@ pub struct FileConfig {
     pkcs11_serial: Option<String>,
     pkcs11_pin_env: Option<String>,
     pkcs11_pin_file: Option<PathBuf>,
+    pkcs11_allow_adopt: Option<bool>,
     tpm_tcti: Option<String>,
     log_file: Option<PathBuf>,
     /// Existing token keys to adopt at start-up (`[[pkcs11_adopt]]` tables).
@@ -116,6 +122,10 @@ pub struct AdoptEntry {
     pub uri: String,
     /// For RSA keys: RS256 (default) or PS256.
     pub alg: Option<dpop_jose::Algorithm>,
+    /// Adopt it even though it wants the PIN for each signature (`CKA_ALWAYS_AUTHENTICATE`):
+    /// the agent then gives the PIN for every proof.
+    #[serde(default)]
+    pub always_authenticate: bool,
 }
 
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
@@ -139,6 +149,8 @@ pub struct Pkcs11Settings {
     pub serial: Option<String>,
     pub pin: PinFrom,
     pub adopt: Vec<AdoptEntry>,
+    /// Whether clients may adopt token keys (`--pkcs11-allow-adopt`).
+    pub allow_adopt: bool,
 }
 
 /// Everything the agent runs with.
@@ -330,6 +342,8 @@ impl Settings {
                     serial,
                     pin,
                     adopt: file.pkcs11_adopt.clone(),
+                    allow_adopt: args.pkcs11_allow_adopt
+                        || file.pkcs11_allow_adopt.unwrap_or(false),
                 })
             }
         };

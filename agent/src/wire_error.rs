@@ -9,7 +9,7 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
     match e {
         E::InvalidLabel { .. } => ErrorCode::InvalidLabel,
         E::KeyNotFound { .. } => ErrorCode::KeyNotFound,
-        E::KeyExists { .. } => ErrorCode::KeyExists,
+        E::KeyExists { .. } | E::UnloadedKeyExists { .. } => ErrorCode::KeyExists,
         E::UnknownBackend { .. } => ErrorCode::UnknownBackend,
         E::BackendNotConfigured { .. } | E::BackendNotCompiled { .. } => {
             ErrorCode::BackendNotConfigured
@@ -21,8 +21,9 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
         E::InvalidPkcs11Uri { .. } | E::Pkcs11UriMismatch { .. } | E::UnknownUriScheme { .. } => {
             ErrorCode::InvalidUri
         }
-        E::Pkcs11ObjectCount { count: 0, .. } => ErrorCode::KeyNotFound,
-        E::Pkcs11ObjectCount { .. } => ErrorCode::AmbiguousKey,
+        E::Pkcs11NoSingleKey { .. } => ErrorCode::KeyNotFound,
+        E::KeyAlreadyManaged { .. } => ErrorCode::KeyExists,
+        E::AdoptNotAllowed { .. } => ErrorCode::PermissionDenied,
         E::PinIncorrect => ErrorCode::PinIncorrect,
         E::PinLocked => ErrorCode::PinLocked,
         E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,

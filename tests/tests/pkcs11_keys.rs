@@ -179,7 +179,11 @@ fn imported_pems_match_openssl_and_leave_no_copy_behind() {
 #[test]
 fn adopt_by_uri() {
     let token = token("adopt");
-    let agent = start(&token);
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(&token)
+            .arg("--pkcs11-allow-adopt"),
+    );
     // Made while the agent runs, as another application would (before the agent writes to
     // the token: see token_keys_survive_a_restart).
     pkcs11_tool_keypair(&token, "adoptme", "01", &[]);
@@ -296,8 +300,8 @@ fn adopt_by_uri() {
 #[test]
 fn a_key_that_wants_the_pin_for_every_signature_signs() {
     let token = token("alwaysauth");
-    let agent = start(&token);
-    // As a YubiKey's PIV slot 9c key, or one made with PIN policy "always".
+    // As a YubiKey's PIV slot 9c key, or one made with PIN policy "always"; made before the
+    // agent starts, which adopts it from its config file (a client may not adopt such a key).
     pkcs11_tool_keypair(&token, "pinned", "0a", &["--always-auth"]);
     let described = inspect(&token, &["private-key", "0a"]);
     assert_eq!(
@@ -308,8 +312,23 @@ fn a_key_that_wants_the_pin_for_every_signature_signs() {
     let plain = inspect(&token, &["sign", "0a"]);
     assert_eq!(plain["error"], "UserNotLoggedIn", "{plain}");
 
-    let uri = format!("pkcs11:token={};id=%0a;type=private", token.label());
-    let key = parse_key(&agent.dpop_ok(&["keys", "adopt", &uri, "--label", "pinned", "--json"]));
+    let config = token.dir().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[pkcs11_adopt]]\nlabel = \"pinned\"\nuri = \"pkcs11:token={};id=%0a;type=private\"\n\
+             always_authenticate = true\n",
+            token.label()
+        ),
+    )
+    .expect("writing the config file");
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(&token)
+            .arg("--config")
+            .arg(&config),
+    );
+    let key = listed(&agent, "pinned").expect("the configured key is adopted at start-up");
     assert_token_key(&key, &token, "pinned", "ES256");
     // Each proof needs its own login for the operation; several in a row, and from clients
     // at once, all verify.

@@ -148,7 +148,8 @@ fn pin_never_appears_in_logs_or_output() {
     std::fs::write(
         &config,
         format!(
-            "pkcs11_module = {:?}\npkcs11_serial = {serial:?}\npkcs11_pin_file = {:?}\n",
+            "pkcs11_module = {:?}\npkcs11_serial = {serial:?}\npkcs11_pin_file = {:?}\n\
+             pkcs11_allow_adopt = true\n",
             token.module().display().to_string(),
             pin_file.display().to_string()
         ),

@@ -21,7 +21,11 @@ fn token_keys_survive_a_restart() {
     // while this one runs if this one writes to the token before looking again (each process
     // tracks a generation counter, and its own write bumps past the other's change).
     pkcs11_tool_keypair(&token, "theirs", "a1b2", &[]);
-    let mut agent = start(&token);
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(&token)
+            .arg("--pkcs11-allow-adopt"),
+    );
     let pem = agent.dir().join("import-me.pem");
     dpop_tests::openssl_ec_pem(&pem);
     let generated = [

@@ -24,6 +24,18 @@ pub enum Error {
         /// The label.
         label: String,
     },
+    /// A saved software key file has this label but is not loaded (the agent runs without its
+    /// passphrase); a new key under the label would shadow it.
+    #[error(
+        "a saved key file has the label {label:?} ({path}) but is not loaded without the \
+         passphrase; start the agent with its passphrase, or choose another label"
+    )]
+    UnloadedKeyExists {
+        /// The label.
+        label: String,
+        /// The key file.
+        path: PathBuf,
+    },
     /// No backend of that name.
     #[error("unknown backend {name:?} (expected software, pkcs11 or tpm)")]
     UnknownBackend {
@@ -136,15 +148,32 @@ pub enum Error {
         /// What the backend has instead.
         actual: String,
     },
-    /// A PKCS#11 URI does not match exactly one private signing key.
+    /// A PKCS#11 URI does not name exactly one private signing key. Whether it matched none
+    /// or several is not said, so that a client cannot count or probe the token's objects.
     #[error(
-        "the PKCS#11 URI {uri} matches {count} private signing keys on the token (exactly one is needed)"
+        "the PKCS#11 URI {uri} does not name exactly one private signing key on the token \
+         (check its id= and object=)"
     )]
-    Pkcs11ObjectCount {
+    Pkcs11NoSingleKey {
         /// The URI as given.
         uri: String,
-        /// How many private keys with `CKA_SIGN` matched.
-        count: usize,
+    },
+    /// Adopting this key is not allowed here: clients may not adopt keys unless the agent
+    /// enables it, and a key that wants the PIN for each signature needs explicit configuration.
+    #[error("{reason}")]
+    AdoptNotAllowed {
+        /// Why, and what would allow it.
+        reason: String,
+    },
+    /// The token object is served already, under another label; adopting it twice would let
+    /// deleting one label break the other.
+    #[error(
+        "this token key is already served as {label:?}; use that label, or delete it first \
+         to adopt the key under another"
+    )]
+    KeyAlreadyManaged {
+        /// The label the key is served under.
+        label: String,
     },
     /// Any other PKCS#11 failure.
     #[error("PKCS#11 {function} failed: {reason}")]

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::{Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SignerRef};
+use crate::{AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SignerRef};
 
 /// Every configured backend's keys under unique labels. Reads (the signing path) take a
 /// shared lock; changes are serialized so that a label stays unique across backends.
@@ -9,16 +9,28 @@ pub struct Keyring {
     backends: Vec<Arc<dyn Backend>>,
     keys: RwLock<HashMap<String, SignerRef>>,
     changes: Mutex<()>,
+    /// Whether [`adopt`](Self::adopt) (a client's request) may adopt keys at all.
+    client_adopt: bool,
 }
 
 impl Keyring {
-    /// A keyring over these backends, with no keys loaded yet.
+    /// A keyring over these backends, with no keys loaded yet. Clients may not adopt keys
+    /// until [`allow_client_adopt`](Self::allow_client_adopt) says so.
     pub fn new(backends: Vec<Arc<dyn Backend>>) -> Keyring {
         Keyring {
             backends,
             keys: RwLock::new(HashMap::new()),
             changes: Mutex::new(()),
+            client_adopt: false,
         }
+    }
+
+    /// Lets clients adopt existing keys through [`adopt`](Self::adopt) (off by default: a key
+    /// on the token may belong to another application, and any client of the agent could
+    /// otherwise make it sign proofs).
+    pub fn allow_client_adopt(mut self, allowed: bool) -> Keyring {
+        self.client_adopt = allowed;
+        self
     }
 
     /// Loads every backend's keys. A backend that fails is reported and skipped; a label that
@@ -135,7 +147,9 @@ impl Keyring {
         self.add(label, || backend.import_pem(label, pem, alg))
     }
 
-    /// Adopts a key that already exists in a backend, named by a URI. `backend: None` takes
+    /// Adopts a key that already exists in a backend, named by a URI, for a client of the
+    /// agent: [`Error::AdoptNotAllowed`] unless [`allow_client_adopt`](Self::allow_client_adopt)
+    /// was given, and never a key that wants the PIN for each signature. `backend: None` takes
     /// the backend from the URI's scheme ([`BackendKind::from_uri`]: `pkcs11:` is PKCS#11).
     pub fn adopt(
         &self,
@@ -144,12 +158,44 @@ impl Keyring {
         label: &KeyLabel,
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error> {
+        let backend = self.adopting_backend(backend, uri)?;
+        if !self.client_adopt {
+            return Err(Error::AdoptNotAllowed {
+                reason: "clients may not adopt existing keys from this agent; enable it with \
+                         the agent option --pkcs11-allow-adopt (pkcs11_allow_adopt = true), or \
+                         name the key in a [[pkcs11_adopt]] table of the agent's config file"
+                    .into(),
+            });
+        }
+        self.add(label, || {
+            backend.adopt(uri, label, alg, AdoptOptions::default())
+        })
+    }
+
+    /// Adopts a key that the agent's own configuration names (its user's explicit choice):
+    /// no client permission needed, and `options` may allow more than a client gets.
+    pub fn adopt_configured(
+        &self,
+        backend: Option<BackendKind>,
+        uri: &str,
+        label: &KeyLabel,
+        alg: Option<Algorithm>,
+        options: AdoptOptions,
+    ) -> Result<SignerRef, Error> {
+        let backend = self.adopting_backend(backend, uri)?;
+        self.add(label, || backend.adopt(uri, label, alg, options))
+    }
+
+    fn adopting_backend(
+        &self,
+        backend: Option<BackendKind>,
+        uri: &str,
+    ) -> Result<&Arc<dyn Backend>, Error> {
         let kind = match backend {
             Some(kind) => kind,
             None => BackendKind::from_uri(uri)?,
         };
-        let backend = self.backend(kind)?;
-        self.add(label, || backend.adopt(uri, label, alg))
+        self.backend(kind)
     }
 
     /// Deletes a key from its backend, then forgets it.
@@ -211,7 +257,30 @@ mod tests {
         assert!(expected, "{err}");
         // The software backend adopts nothing.
         let err = keyring()
+            .allow_client_adopt(true)
             .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn clients_adopt_only_when_allowed() {
+        let label = KeyLabel::new("k").unwrap();
+        let err = keyring()
+            .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::AdoptNotAllowed { .. }), "{err}");
+        assert!(err.to_string().contains("--pkcs11-allow-adopt"), "{err}");
+        // The configuration needs no permission (the software backend then says it adopts
+        // nothing).
+        let err = keyring()
+            .adopt_configured(
+                Some(BackendKind::Software),
+                "pkcs11:object=x",
+                &label,
+                None,
+                AdoptOptions::default(),
+            )
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }

@@ -271,6 +271,16 @@ impl dpop_jose::Signer for dyn KeySigner {
 /// A shared signer.
 pub type SignerRef = Arc<dyn KeySigner>;
 
+/// What an adoption may take beyond an ordinary signing key. The defaults are what a client
+/// of the agent gets; more is for keys the agent's own configuration names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdoptOptions {
+    /// Allow a key that wants the PIN for each signature (`CKA_ALWAYS_AUTHENTICATE`): the
+    /// agent then gives the PIN for every proof, which overrides the token's per-use policy,
+    /// so only an explicit configuration may ask for it.
+    pub always_authenticate: bool,
+}
+
 /// A store of keys: software, PKCS#11 token, TPM. All methods may block (disk, token, TPM).
 pub trait Backend: Send + Sync {
     /// Which backend this is.
@@ -294,14 +304,17 @@ pub trait Backend: Send + Sync {
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error>;
 
-    /// Adopts a key that already exists in the backend, named by a backend-specific URI.
+    /// Adopts a key that already exists in the backend, named by a backend-specific URI. A
+    /// key the backend serves already (under any label) is [`Error::KeyAlreadyManaged`]; one
+    /// that `options` do not allow is [`Error::AdoptNotAllowed`].
     fn adopt(
         &self,
         uri: &str,
         label: &KeyLabel,
         alg: Option<Algorithm>,
+        options: AdoptOptions,
     ) -> Result<SignerRef, Error> {
-        let _ = (uri, label, alg);
+        let _ = (uri, label, alg, options);
         Err(Error::Unsupported {
             what: format!("adopting keys in the {} backend", self.kind()),
         })

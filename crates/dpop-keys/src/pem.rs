@@ -1,9 +1,15 @@
 //! Reading PEM private keys for import: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`, what
 //! `openssl ecparam -genkey` writes, possibly after an `EC PARAMETERS` block) and PKCS#1
-//! (`RSA PRIVATE KEY`). The decoded DER is zeroized on drop.
+//! (`RSA PRIVATE KEY`).
+//!
+//! The base64 text is decoded straight into one buffer of the right size that is zeroized on
+//! drop, also when decoding fails half-way; nothing else here copies the text or the DER.
+//! Errors name the problem and the way out: a DER file, an encrypted key (decrypt it on a pipe,
+//! so no plain copy lands on disk), an RSA key under 2048 bits, several keys in one file.
 
 use pkcs8::ObjectIdentifier;
-use pkcs8::der::Decode;
+use pkcs8::der::asn1::UintRef;
+use pkcs8::der::{Decode, Header, SliceReader};
 use zeroize::Zeroizing;
 
 use crate::Error;
@@ -51,11 +57,26 @@ fn invalid(reason: impl Into<String>) -> Error {
     }
 }
 
-/// Finds the private key block in `pem` and decodes it.
+/// The smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// How to decrypt a key for import without writing it to disk in clear.
+const DECRYPT_ON_A_PIPE: &str = "decrypt it on a pipe, so that no plain copy lands on disk: \
+    `openssl pkey -in key.pem | dpop keys import - --label LABEL`";
+
+/// Finds the one private key block in `pem` and decodes it.
 pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
+    if looks_like_der(pem) {
+        return Err(invalid(
+            "expected a PEM file (\"-----BEGIN PRIVATE KEY-----\"), but this looks like DER; \
+             convert it on a pipe: `openssl pkey -inform DER -in key.der | dpop keys import - \
+             --label LABEL`",
+        ));
+    }
     let text = std::str::from_utf8(pem).map_err(|_| invalid("not a PEM file (not UTF-8)"))?;
     let mut rest = text;
     let mut labels = Vec::new();
+    let mut keys = Vec::new();
     while let Some(start) = rest.find("-----BEGIN ") {
         let block = &rest[start..];
         let label_end = block[11..]
@@ -72,28 +93,84 @@ pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
             "EC PRIVATE KEY" => Some(DerFormat::Sec1),
             "RSA PRIVATE KEY" => Some(DerFormat::Pkcs1),
             "ENCRYPTED PRIVATE KEY" => {
-                return Err(invalid(
-                    "encrypted PEM keys are not supported; decrypt it first \
-                     (openssl pkcs8 -in key.pem -out plain.pem)",
-                ));
+                return Err(invalid(format!(
+                    "the PEM key is encrypted (ENCRYPTED PRIVATE KEY); {DECRYPT_ON_A_PIPE}"
+                )));
             }
             _ => None,
         };
-        if let Some(format) = format {
-            let (_, der) = pem_rfc7468::decode_vec(&block.as_bytes()[..end])
-                .map_err(|e| invalid(format!("bad PEM encoding: {e}")))?;
-            let der = Zeroizing::new(der);
-            let kind = detect_kind(format, &der)?;
-            return Ok(PrivateKeyPem { kind, format, der });
+        match format {
+            // OpenSSL's traditional encryption: headers inside an EC or RSA PRIVATE KEY block.
+            Some(_) if block[..end].contains("Proc-Type:") => {
+                return Err(invalid(format!(
+                    "the PEM key is encrypted (Proc-Type: 4,ENCRYPTED); {DECRYPT_ON_A_PIPE}"
+                )));
+            }
+            Some(format) => keys.push((format, &block.as_bytes()[..end])),
+            None => labels.push(label.to_owned()),
         }
-        labels.push(label.to_owned());
         rest = &block[end..];
     }
-    Err(invalid(if labels.is_empty() {
-        "no PEM block found".to_owned()
-    } else {
-        format!("no private key among the PEM blocks {labels:?}")
-    }))
+    match keys[..] {
+        [(format, block)] => {
+            let der = decode_block(block)?;
+            let kind = detect_kind(format, &der)?;
+            Ok(PrivateKeyPem { kind, format, der })
+        }
+        [] => Err(invalid(if labels.is_empty() {
+            "no PEM block found".to_owned()
+        } else {
+            format!("no private key among the PEM blocks {labels:?}")
+        })),
+        // Taking the first would import a key the user may not have meant.
+        _ => Err(invalid(format!(
+            "the PEM file holds {} private keys; import one key per file",
+            keys.len()
+        ))),
+    }
+}
+
+/// A DER private key starts with a SEQUENCE tag; a PEM file starts with text.
+fn looks_like_der(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x30) && !bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
+/// Decodes one PEM block into a buffer that is wiped on drop, whatever happens.
+fn decode_block(block: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let bad = |e: pem_rfc7468::Error| invalid(format!("bad PEM encoding: {e}"));
+    let mut decoder = pem_rfc7468::Decoder::new(block).map_err(bad)?;
+    let mut der = Zeroizing::new(vec![0u8; decoder.remaining_len()]);
+    decoder.decode(&mut der).map_err(bad)?;
+    if !decoder.is_finished() {
+        return Err(invalid("bad PEM encoding: data after the key"));
+    }
+    Ok(der)
+}
+
+/// The size in bits of a PKCS#1 `RSAPrivateKey`'s modulus (its second integer).
+fn rsa_modulus_bits(pkcs1: &[u8]) -> Result<usize, Error> {
+    let read = || -> Result<usize, pkcs8::der::Error> {
+        let mut reader = SliceReader::new(pkcs1)?;
+        Header::decode(&mut reader)?;
+        UintRef::decode(&mut reader)?;
+        let modulus = UintRef::decode(&mut reader)?.as_bytes();
+        Ok(match modulus.first() {
+            Some(&top) => modulus.len() * 8 - top.leading_zeros() as usize,
+            None => 0,
+        })
+    };
+    read().map_err(|e| invalid(format!("bad PKCS#1 RSA key: {e}")))
+}
+
+/// Refuses RSA keys under [`MIN_RSA_BITS`].
+fn check_rsa_size(pkcs1: &[u8]) -> Result<KeyKind, Error> {
+    let bits = rsa_modulus_bits(pkcs1)?;
+    if bits < MIN_RSA_BITS {
+        return Err(invalid(format!(
+            "the RSA key has {bits} bits; at least {MIN_RSA_BITS} are needed"
+        )));
+    }
+    Ok(KeyKind::Rsa)
 }
 
 fn curve_kind(curve: Option<ObjectIdentifier>) -> Result<KeyKind, Error> {
@@ -118,7 +195,7 @@ fn detect_kind(format: DerFormat, der: &[u8]) -> Result<KeyKind, Error> {
                 .map_err(|e| invalid(format!("bad PKCS#8 algorithm: {e}")))?;
             match oid {
                 ID_EC_PUBLIC_KEY => curve_kind(params),
-                RSA_ENCRYPTION => Ok(KeyKind::Rsa),
+                RSA_ENCRYPTION => check_rsa_size(info.private_key.as_bytes()),
                 ED25519 => Ok(KeyKind::Ed25519),
                 other => Err(invalid(format!("unsupported key algorithm {other}"))),
             }
@@ -128,6 +205,88 @@ fn detect_kind(format: DerFormat, der: &[u8]) -> Result<KeyKind, Error> {
                 .map_err(|e| invalid(format!("bad SEC1 EC key: {e}")))?;
             curve_kind(key.parameters.and_then(|p| p.named_curve()))
         }
-        DerFormat::Pkcs1 => Ok(KeyKind::Rsa),
+        DerFormat::Pkcs1 => check_rsa_size(der),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+
+    use super::*;
+
+    fn ec_pkcs8() -> Vec<u8> {
+        EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .unwrap()
+            .to_pkcs8v1()
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der).unwrap()
+    }
+
+    fn error(input: &[u8]) -> String {
+        parse_private_key_pem(input).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn one_key_parses_beside_other_blocks() {
+        let der = ec_pkcs8();
+        let text = format!(
+            "{}{}",
+            pem("CERTIFICATE", b"not a key"),
+            pem("PRIVATE KEY", &der)
+        );
+        let parsed = parse_private_key_pem(text.as_bytes()).unwrap();
+        assert_eq!(
+            (parsed.kind, parsed.format),
+            (KeyKind::P256, DerFormat::Pkcs8)
+        );
+        assert_eq!(parsed.der.as_slice(), der);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let der = ec_pkcs8();
+        let message = error(&der);
+        assert!(message.contains("looks like DER"), "{message}");
+        assert!(message.contains("openssl pkey -inform DER"), "{message}");
+
+        let two = format!(
+            "{}{}",
+            pem("PRIVATE KEY", &der),
+            pem("PRIVATE KEY", &ec_pkcs8())
+        );
+        let message = error(two.as_bytes());
+        assert!(message.contains("holds 2 private keys"), "{message}");
+
+        let encrypted = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                         DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n\
+                         -----END EC PRIVATE KEY-----\n";
+        let message = error(encrypted.as_bytes());
+        assert!(message.contains("Proc-Type: 4,ENCRYPTED"), "{message}");
+        assert!(message.contains("| dpop keys import -"), "{message}");
+
+        let message = error(pem("ENCRYPTED PRIVATE KEY", b"x").as_bytes());
+        assert!(message.contains("| dpop keys import -"), "{message}");
+
+        // A broken block fails without panicking, its buffer wiped by Zeroizing.
+        let broken = pem("PRIVATE KEY", &der).replace('M', "!");
+        assert!(error(broken.as_bytes()).contains("bad PEM encoding"));
+    }
+
+    #[test]
+    fn rsa_modulus_size_is_read_from_pkcs1() {
+        // SEQUENCE { INTEGER 0, INTEGER (0x00 0x80 + 127 bytes: a 1024-bit modulus), ... }
+        let mut modulus = vec![0x00, 0x80];
+        modulus.extend([0u8; 127]);
+        let mut der = vec![0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x02, 0x81, 0x81];
+        der.extend(&modulus);
+        assert_eq!(rsa_modulus_bits(&der).unwrap(), 1024);
+        let message = check_rsa_size(&der).unwrap_err().to_string();
+        assert!(message.contains("1024 bits; at least 2048"), "{message}");
     }
 }

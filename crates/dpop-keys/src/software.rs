@@ -91,6 +91,22 @@ impl SoftwareBackend {
         self.unloaded_dir.as_deref().map_or(0, records::count_in)
     }
 
+    /// Refuses a label that an unloaded key file has: the new key would shadow the saved one
+    /// now, and the two would clash once the agent has its passphrase again.
+    fn check_not_shadowing(&self, label: &KeyLabel) -> Result<(), Error> {
+        let Some(dir) = &self.unloaded_dir else {
+            return Ok(());
+        };
+        let path = dir.join(format!("{label}.json"));
+        if path.exists() {
+            return Err(Error::UnloadedKeyExists {
+                label: label.to_string(),
+                path,
+            });
+        }
+        Ok(())
+    }
+
     fn persist(&self, label: &KeyLabel, key: &SoftKey) -> Result<(), Error> {
         let Some(store) = &self.store else {
             return Ok(());
@@ -137,6 +153,7 @@ impl Backend for SoftwareBackend {
     }
 
     fn generate(&self, label: &KeyLabel, alg: Algorithm) -> Result<SignerRef, Error> {
+        self.check_not_shadowing(label)?;
         let key = SoftKey::generate(alg)?;
         self.persist(label, &key)?;
         key.into_signer(label.clone(), self.is_persistent())
@@ -148,6 +165,7 @@ impl Backend for SoftwareBackend {
         pem: &[u8],
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error> {
+        self.check_not_shadowing(label)?;
         let parsed = parse_private_key_pem(pem)?;
         let alg = parsed.kind.alg_for(alg)?;
         let key = SoftKey::from_der(alg, parsed.format, &parsed.der)?;
@@ -391,4 +409,60 @@ fn decrypt_pkcs8(
             path: path.to_owned(),
         })?;
     Ok(Zeroizing::new(plain.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(s: &str) -> KeyLabel {
+        KeyLabel::new(s).unwrap()
+    }
+
+    /// Without the passphrase, a saved key's label is not free: generating or importing a key
+    /// under it is refused, naming the file; other labels work, and nothing is written.
+    #[test]
+    fn unloaded_key_files_keep_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("software");
+        let saved = SoftwareBackend::persistent(keys.clone(), SecretString::from("pass"))
+            .unwrap()
+            .generate(&label("api"), Algorithm::ES256)
+            .unwrap();
+        let pem = {
+            let pkcs8 = SoftKey::generate(Algorithm::ES256)
+                .unwrap()
+                .pkcs8()
+                .unwrap();
+            pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &pkcs8).unwrap()
+        };
+
+        let memory_only = SoftwareBackend::ephemeral_beside(keys.clone());
+        assert_eq!(memory_only.unloaded_key_files(), 1);
+        let refused = [
+            memory_only.generate(&label("api"), Algorithm::ES256),
+            memory_only.import_pem(&label("api"), pem.as_bytes(), None),
+        ];
+        for result in refused {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, Error::UnloadedKeyExists { label, .. } if label == "api"),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("a saved key file"), "{err}");
+        }
+        memory_only
+            .generate(&label("other"), Algorithm::ES256)
+            .unwrap();
+        memory_only
+            .import_pem(&label("imported"), pem.as_bytes(), None)
+            .unwrap();
+        // The saved key is untouched and loads with the passphrase.
+        let loaded = SoftwareBackend::persistent(keys, SecretString::from("pass"))
+            .unwrap()
+            .load()
+            .unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].meta().info().jkt, saved.meta().info().jkt);
+    }
 }

@@ -19,7 +19,7 @@ use cryptoki::types::AuthPin;
 use dpop_jose::{Claims, ExpectedRequest, Htu, LruReplayStore, Method, VerifyOptions};
 use dpop_keys::pkcs11::{DEFAULT_MAX_SESSIONS, Pkcs11Backend, Pkcs11Uri, TokenSelector};
 use dpop_keys::software::SoftwareBackend;
-use dpop_keys::{Algorithm, Backend, Error, KeyLabel, KeySigner, SignerRef};
+use dpop_keys::{AdoptOptions, Algorithm, Backend, Error, KeyLabel, KeySigner, SignerRef};
 
 fn label(s: &str) -> KeyLabel {
     KeyLabel::new(s).unwrap()
@@ -325,6 +325,7 @@ fn adopt_by_uri() {
             "pkcs11:token=adopt;id=%01%02;type=private",
             &label("ec"),
             None,
+            AdoptOptions::default(),
         )
         .unwrap();
     assert_eq!(ec.meta().info().alg, Algorithm::ES256);
@@ -334,15 +335,35 @@ fn adopt_by_uri() {
             &format!("pkcs11:object=existing-rsa;type=private?module-path={module}"),
             &label("rsa"),
             Some(Algorithm::PS256),
+            AdoptOptions::default(),
         )
         .unwrap();
     assert_eq!(rsa.meta().info().alg, Algorithm::PS256);
     assert_signs(&rsa);
-    let rsa_pkcs1 = backend
+    // The same object under a second label is refused, whatever the URI looks like: deleting
+    // one label would otherwise break the other.
+    let rsa_by_serial =
+        format!("pkcs11:token=adopt;serial={serial};object=existing-rsa?module-name=softhsm2");
+    let err = backend
         .adopt(
-            &format!("pkcs11:token=adopt;serial={serial};object=existing-rsa?module-name=softhsm2"),
+            &rsa_by_serial,
             &label("rsa-pkcs1"),
             None,
+            AdoptOptions::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::KeyAlreadyManaged { label } if label == "rsa"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("\"rsa\""), "{err}");
+    backend.delete(&label("rsa")).unwrap();
+    let rsa_pkcs1 = backend
+        .adopt(
+            &rsa_by_serial,
+            &label("rsa-pkcs1"),
+            None,
+            AdoptOptions::default(),
         )
         .unwrap();
     assert_eq!(rsa_pkcs1.meta().info().alg, Algorithm::RS256);
@@ -353,6 +374,7 @@ fn adopt_by_uri() {
                 &format!("pkcs11:serial={serial};id=%04"),
                 &label("ed"),
                 None,
+                AdoptOptions::default(),
             )
             .unwrap();
         assert_eq!(ed.meta().info().alg, Algorithm::EdDSA);
@@ -384,9 +406,13 @@ fn adopt_by_uri() {
         (
             "pkcs11:object=dup;type=private".into(),
             None,
-            "matches 2 private",
+            "does not name exactly one private signing key",
         ),
-        ("pkcs11:id=%FF".into(), None, "matches 0 private"),
+        (
+            "pkcs11:id=%FF".into(),
+            None,
+            "does not name exactly one private signing key",
+        ),
         (
             "pkcs11:id=%01%02?pin-value=4321".into(),
             None,
@@ -403,14 +429,19 @@ fn adopt_by_uri() {
     ];
     for (uri, alg, expected) in cases {
         let err = backend
-            .adopt(&uri, &label("bad"), alg)
+            .adopt(&uri, &label("bad"), alg, AdoptOptions::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "{uri}: {err:?} lacks {expected:?}");
         assert!(!err.contains(PIN), "{err}");
     }
     let err = backend
-        .adopt("pkcs11:id=%01%02", &label("ec"), None)
+        .adopt(
+            "pkcs11:id=%01%02",
+            &label("ec"),
+            None,
+            AdoptOptions::default(),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::KeyExists { .. }), "{err:?}");
 
@@ -433,7 +464,12 @@ fn adopt_by_uri() {
     ])
     .unwrap();
     let err = backend
-        .adopt("pkcs11:id=%07", &label("lonely"), None)
+        .adopt(
+            "pkcs11:id=%07",
+            &label("lonely"),
+            None,
+            AdoptOptions::default(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("no public key object"), "{err}");
 
@@ -445,9 +481,71 @@ fn adopt_by_uri() {
     assert_eq!(find(&raw, ObjectClass::PUBLIC_KEY, &[1, 2]).len(), 1);
     // And it can be adopted again.
     let again = backend
-        .adopt("pkcs11:id=%01%02", &label("ec"), None)
+        .adopt(
+            "pkcs11:id=%01%02",
+            &label("ec"),
+            None,
+            AdoptOptions::default(),
+        )
         .unwrap();
     assert_eq!(again.meta().info().jkt, ec.meta().info().jkt);
+
+    // A key that wants the PIN for each signature needs the explicit option.
+    raw_always_auth_key_pair(&raw, &[8], "pinned");
+    let err = backend
+        .adopt(
+            "pkcs11:id=%08",
+            &label("pinned"),
+            None,
+            AdoptOptions::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::AdoptNotAllowed { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("always_authenticate = true"),
+        "{err}"
+    );
+    let pinned = backend
+        .adopt(
+            "pkcs11:id=%08",
+            &label("pinned"),
+            None,
+            AdoptOptions {
+                always_authenticate: true,
+            },
+        )
+        .unwrap();
+    assert_signs(&pinned);
+}
+
+/// A P-256 key pair with `CKA_ALWAYS_AUTHENTICATE` on the private key.
+fn raw_always_auth_key_pair(session: &Session, id: &[u8], object: &str) {
+    let common = [
+        Attribute::Token(true),
+        Attribute::Id(id.to_vec()),
+        Attribute::Label(object.as_bytes().to_vec()),
+    ];
+    let mut public = vec![
+        Attribute::EcParams(vec![
+            0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ]),
+        Attribute::Verify(true),
+    ];
+    public.extend(common.clone());
+    let mut private = vec![
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Sign(true),
+        Attribute::AlwaysAuthenticate(true),
+    ];
+    private.extend(common);
+    session
+        .generate_key_pair(
+            &cryptoki::mechanism::Mechanism::EccKeyPairGen,
+            &public,
+            &private,
+        )
+        .unwrap();
 }
 
 #[test]
@@ -489,7 +587,12 @@ fn load_after_reopen() {
                 .import_pem(&label("c-imported"), &ec_pem(), None)
                 .unwrap(),
             backend
-                .adopt("pkcs11:object=theirs", &label("d-adopted"), None)
+                .adopt(
+                    "pkcs11:object=theirs",
+                    &label("d-adopted"),
+                    None,
+                    AdoptOptions::default(),
+                )
                 .unwrap(),
         ];
         for key in keys {

@@ -8,18 +8,24 @@
 use std::fs;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
 
-use super::error::{Fail, ck_error};
+use super::error::{Fail, ck_error, rv};
 use super::module::TokenIdentity;
 use super::objects::{FoundKey, Locator, find, key_kind, public_jwk};
 use super::record::{KeyRecord, Origin, hex_encode};
 use super::signer::{SignWith, required_mechanisms};
-use super::templates::{ImportTemplates, generation_templates, import_templates};
+use super::templates::{
+    ImportTemplates, generation_templates, import_templates, without_allowed_mechanisms,
+};
 use super::{ObjectType, Pkcs11Backend, Pkcs11Uri};
 use crate::pem::parse_private_key_pem;
-use crate::{Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef};
+use crate::{
+    AdoptOptions, Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef,
+};
 
 /// The objects [`Pkcs11Backend::create_on_token`] puts on the token, without `CKA_ID` and
 /// `CKA_LABEL`, which it adds.
@@ -44,6 +50,45 @@ impl NewObjects {
             NewObjects::Import(t) => [&mut t.public, &mut t.private.0],
         }
     }
+
+    /// Takes `CKA_ALLOWED_MECHANISMS` out of the private template; false when it was not there.
+    fn drop_allowed_mechanisms(&mut self) -> bool {
+        let [_, private] = self.templates_mut();
+        without_allowed_mechanisms(private)
+    }
+
+    /// Makes the objects on the token; returns the private key's handle. A failure leaves
+    /// nothing behind.
+    fn create(&self, session: &Session) -> Result<ObjectHandle, CkError> {
+        match self {
+            NewObjects::Generate {
+                mechanism,
+                public,
+                private,
+            } => Ok(session.generate_key_pair(mechanism, public, private)?.1),
+            NewObjects::Import(t) => {
+                let private = session.create_object(&t.private.0)?;
+                if let Err(e) = session.create_object(&t.public) {
+                    let _ = session.destroy_object(private);
+                    return Err(e);
+                }
+                Ok(private)
+            }
+        }
+    }
+}
+
+/// Whether a token refused a template for an attribute it does not know (or a value it does
+/// not take), as a token older than PKCS#11 2.40 does with `CKA_ALLOWED_MECHANISMS`.
+fn refuses_attribute(e: &CkError) -> bool {
+    matches!(
+        rv(e),
+        Some(
+            RvError::AttributeTypeInvalid
+                | RvError::AttributeValueInvalid
+                | RvError::TemplateInconsistent
+        )
+    )
 }
 
 impl Pkcs11Backend {
@@ -68,20 +113,20 @@ impl Pkcs11Backend {
         }
         let kind = KeyKind::for_alg(alg);
         let (jwk, handle) = self.token.run(|session, generation| {
-            let private = match &objects {
-                NewObjects::Generate {
-                    mechanism,
-                    public,
-                    private,
-                } => session.generate_key_pair(mechanism, public, private)?.1,
-                NewObjects::Import(t) => {
-                    let private = session.create_object(&t.private.0)?;
-                    if let Err(e) = session.create_object(&t.public) {
-                        let _ = session.destroy_object(private);
-                        return Err(e.into());
-                    }
+            // PKCS#11 has no way to ask a token whether it knows an attribute short of using
+            // it, so try with CKA_ALLOWED_MECHANISMS and, if the token refuses the template,
+            // once more without it (the key is still sign-only by its other flags).
+            let private = match objects.create(session) {
+                Err(e) if refuses_attribute(&e) && objects.drop_allowed_mechanisms() => {
+                    let private = objects.create(session)?;
+                    tracing::info!(
+                        error = %e,
+                        "the PKCS#11 token refused CKA_ALLOWED_MECHANISMS; the key is sign-only \
+                         by its flags, not limited to one mechanism"
+                    );
                     private
                 }
+                other => other?,
             };
             match public_jwk(session, private, &locator, kind) {
                 Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private))),
@@ -162,6 +207,20 @@ impl Pkcs11Backend {
             }
             Ok(())
         })
+    }
+
+    /// The label and locator of every key in the records (unreadable records are skipped:
+    /// `load` reports them).
+    fn managed_locators(&self) -> Result<Vec<(KeyLabel, Locator)>, Error> {
+        let mut managed = Vec::new();
+        for path in self.records.list()? {
+            if let Ok(record) = self.records.read::<KeyRecord>(&path)
+                && let Ok(locator) = record.locator(&path)
+            {
+                managed.push((record.label, locator));
+            }
+        }
+        Ok(managed)
     }
 
     fn new_id() -> Result<Vec<u8>, Error> {
@@ -345,8 +404,8 @@ impl Backend for Pkcs11Backend {
                 by: format!("this token (it lists no {generate})"),
             });
         }
-        self.sign_with(alg)?;
-        let (mechanism, public, private) = generation_templates(alg);
+        let signs_with = self.sign_with(alg)?.mechanism_type();
+        let (mechanism, public, private) = generation_templates(alg, signs_with);
         let objects = NewObjects::Generate {
             mechanism,
             public,
@@ -364,8 +423,8 @@ impl Backend for Pkcs11Backend {
         self.records.check_free(label)?;
         let parsed = parse_private_key_pem(pem)?;
         let alg = parsed.kind.alg_for(alg)?;
-        self.sign_with(alg)?;
-        let templates = import_templates(&parsed)?;
+        let signs_with = self.sign_with(alg)?.mechanism_type();
+        let templates = import_templates(&parsed, signs_with)?;
         drop(parsed);
         self.create_on_token(label, alg, Origin::Imported, NewObjects::Import(templates))
     }
@@ -375,6 +434,7 @@ impl Backend for Pkcs11Backend {
         uri_text: &str,
         label: &KeyLabel,
         alg: Option<Algorithm>,
+        options: AdoptOptions,
     ) -> Result<SignerRef, Error> {
         let uri = Pkcs11Uri::parse(uri_text)?;
         if uri.has_pin_value {
@@ -408,18 +468,42 @@ impl Backend for Pkcs11Backend {
         if let Some(object) = &uri.object {
             template.push(Attribute::Label(object.as_bytes().to_vec()));
         }
+        // The locators of the keys we serve, to refuse adopting one of them a second time.
+        let managed = self.managed_locators()?;
         let (kind, jwk, locator, handle) = self.token.run(|session, generation| {
             let found = find(session, &template)?;
             if found.is_empty() {
                 self.token.explain_missing(session, generation)?;
             }
+            // Zero and several get the same answer: a client learns nothing about how many
+            // keys the token holds or which labels and ids exist.
             let [private] = found[..] else {
-                return Err(Error::Pkcs11ObjectCount {
-                    uri: shown.clone(),
-                    count: found.len(),
+                return Err(Error::Pkcs11NoSingleKey { uri: shown.clone() }.into());
+            };
+            // A key that cannot make the algorithm asked for is refused as such first.
+            let kind = key_kind(session, private)?;
+            kind.alg_for(alg)?;
+            for (managed_label, managed_locator) in &managed {
+                let theirs = find(session, &managed_locator.template(ObjectClass::PRIVATE_KEY))?;
+                if theirs.contains(&private) {
+                    return Err(Error::KeyAlreadyManaged {
+                        label: managed_label.to_string(),
+                    }
+                    .into());
+                }
+            }
+            let handle = FoundKey::read(session, generation, private);
+            if handle.always_authenticate && !options.always_authenticate {
+                return Err(Error::AdoptNotAllowed {
+                    reason: "this key wants the PIN for each signature \
+                             (CKA_ALWAYS_AUTHENTICATE); the agent would give it for every \
+                             proof, overriding that policy, so such a key is adopted only from \
+                             a [[pkcs11_adopt]] table with always_authenticate = true in the \
+                             agent's config file"
+                        .into(),
                 }
                 .into());
-            };
+            }
             let id = session
                 .get_attributes(private, &[AttributeType::Id])?
                 .into_iter()
@@ -444,14 +528,8 @@ impl Backend for Pkcs11Backend {
                     })
             });
             let locator = Locator { id, object };
-            let kind = key_kind(session, private)?;
             let jwk = public_jwk(session, private, &locator, kind)?;
-            Ok((
-                kind,
-                jwk,
-                locator,
-                FoundKey::read(session, generation, private),
-            ))
+            Ok((kind, jwk, locator, handle))
         })?;
         let alg = kind.alg_for(alg)?;
         self.file_key(

@@ -124,19 +124,41 @@ pub(crate) struct FoundToken {
     pub mechanisms: Vec<MechanismType>,
 }
 
-/// Looks for the initialised token `selector` names among the slots that hold one: `None`
-/// when there is none, an error when several match.
+/// What [`discover`] saw when the token was not there: the initialised tokens the module
+/// shows instead, as `"label" (serial S)`, so that a mistyped label can be put right.
+pub(crate) struct OtherTokens(pub Vec<String>);
+
+impl std::fmt::Display for OtherTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("the module shows no initialised token")
+        } else {
+            write!(f, "the module shows {}", self.0.join(", "))
+        }
+    }
+}
+
+/// Looks for the initialised token `selector` names among the slots that hold one: the
+/// tokens there instead when there is none, an error when several match.
 pub(crate) fn discover(
     ctx: &Pkcs11,
     selector: &TokenSelector,
-) -> Result<Option<FoundToken>, Error> {
+) -> Result<Result<FoundToken, OtherTokens>, Error> {
     let slots = ctx.get_slots_with_token().map_err(ck_error)?;
     let mut found = Vec::new();
+    let mut others = Vec::new();
     for slot in slots {
         // A token can vanish between the two calls; such a slot simply does not match.
         let Ok(info) = ctx.get_token_info(slot) else {
             continue;
         };
+        if info.token_initialized() {
+            others.push(format!(
+                "{:?} (serial {})",
+                info.label().trim_end(),
+                info.serial_number().trim()
+            ));
+        }
         let matches = match selector {
             TokenSelector::Label(l) => info.label().trim_end() == l.trim_end(),
             TokenSelector::Serial(s) => info.serial_number().trim() == s.trim(),
@@ -146,11 +168,11 @@ pub(crate) fn discover(
         }
     }
     match found.len() {
-        0 => Ok(None),
+        0 => Ok(Err(OtherTokens(others))),
         1 => {
             let (slot, info) = found.remove(0);
             let mechanisms = ctx.get_mechanism_list(slot).map_err(ck_error)?;
-            Ok(Some(FoundToken {
+            Ok(Ok(FoundToken {
                 slot,
                 identity: TokenIdentity {
                     label: info.label().trim_end().to_owned(),

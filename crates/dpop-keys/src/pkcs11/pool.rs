@@ -164,7 +164,7 @@ impl Token {
 
     fn find_once(&self) -> Result<Present, Error> {
         let found = discover(&self.ctx, &self.selector)?
-            .ok_or_else(|| self.not_present("was not found"))?;
+            .map_err(|others| self.not_present(&format!("was not found ({others})")))?;
         *lock(&self.last_mechanisms) = found.mechanisms.clone();
         Ok(Present {
             slot: found.slot,

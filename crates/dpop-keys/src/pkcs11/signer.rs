@@ -124,6 +124,11 @@ impl SignWith {
         }
     }
 
+    /// The one mechanism this key signs with, for its `CKA_ALLOWED_MECHANISMS`.
+    pub(crate) fn mechanism_type(self) -> MechanismType {
+        self.mechanism().mechanism_type()
+    }
+
     fn mechanism(self) -> Mechanism<'static> {
         match self {
             SignWith::EcdsaDigest(..) => Mechanism::Ecdsa,
@@ -186,12 +191,13 @@ impl Pkcs11Signer {
             self.token.explain_missing(session, generation)?;
         }
         let [handle] = found[..] else {
+            tracing::debug!(
+                label = %self.meta.info().label,
+                matching = found.len(),
+                "the key's private object is not on the token exactly once"
+            );
             return Err(Error::KeyNotFound {
-                label: format!(
-                    "{} ({} matching private keys on the token)",
-                    self.meta.info().label,
-                    found.len()
-                ),
+                label: self.meta.info().label.to_string(),
             }
             .into());
         };

@@ -1,9 +1,14 @@
 //! Templates for the objects we put on a token: generated key pairs and imported PEM keys,
 //! always a token object behind the PIN that never leaves it (`CKA_SENSITIVE`, not
-//! `CKA_EXTRACTABLE`, sign-only). Private key material in a template is zeroized on drop.
+//! `CKA_EXTRACTABLE`) and sign-only: the private key cannot decrypt, unwrap, derive or sign
+//! with recovery, and is limited to its one signing mechanism (`CKA_ALLOWED_MECHANISMS`, so
+//! raw `CKM_RSA_X_509` signing of arbitrary bytes is refused); the public key cannot encrypt,
+//! wrap or verify with recovery. Left to the token's defaults, SoftHSM2 lets an agent-made RSA
+//! key decrypt, which another program with the PIN could use as a decryption oracle. Private
+//! key material in a template is zeroized on drop.
 
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 use pkcs8::der::asn1::{OctetStringRef, UintRef};
 use pkcs8::der::{Decode, Encode, Reader, SliceReader};
@@ -46,9 +51,11 @@ pub(crate) fn wrap_ec_point(point: &[u8]) -> Vec<u8> {
 }
 
 /// Key-pair generation templates: (mechanism, public template, private template), without
-/// `CKA_ID` and `CKA_LABEL`, which the caller adds.
+/// `CKA_ID` and `CKA_LABEL`, which the caller adds. `signs_with` is the one mechanism the
+/// private key will be allowed.
 pub(crate) fn generation_templates(
     alg: Algorithm,
+    signs_with: MechanismType,
 ) -> (Mechanism<'static>, Vec<Attribute>, Vec<Attribute>) {
     let kind = KeyKind::for_alg(alg);
     let mut public = public_flags();
@@ -64,27 +71,44 @@ pub(crate) fn generation_templates(
     if let (_, Some(params)) = key_type(kind) {
         public.push(Attribute::EcParams(params.to_vec()));
     }
-    (mechanism, public, private_flags())
+    (mechanism, public, private_flags(signs_with))
 }
 
-/// What every public key we make is: a token object anyone may read, for verifying.
+/// What every public key we make is: a token object anyone may read, for verifying only.
 fn public_flags() -> Vec<Attribute> {
     vec![
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::VerifyRecover(false),
     ]
 }
 
-/// What every private key we make is: a token object, behind the PIN, never leaving.
-fn private_flags() -> Vec<Attribute> {
+/// What every private key we make is: a token object, behind the PIN, never leaving, and
+/// good for one thing only: `signs_with` signatures.
+fn private_flags(signs_with: MechanismType) -> Vec<Attribute> {
     vec![
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::SignRecover(false),
+        Attribute::AllowedMechanisms(vec![signs_with]),
     ]
+}
+
+/// Drops `CKA_ALLOWED_MECHANISMS` from a template, for tokens that do not know the attribute
+/// (it came with PKCS#11 2.40); the other sign-only flags stay. Returns whether it was there.
+pub(crate) fn without_allowed_mechanisms(template: &mut Vec<Attribute>) -> bool {
+    let before = template.len();
+    template.retain(|a| !matches!(a, Attribute::AllowedMechanisms(_)));
+    template.len() != before
 }
 
 /// A template holding private key material; zeroized when dropped.
@@ -176,9 +200,13 @@ fn rsa_components(der: &[u8]) -> Result<[Zeroizing<Vec<u8>>; 8], Error> {
 }
 
 /// Builds token templates from a PEM private key. The public half is derived with aws-lc-rs
-/// (which also checks that the key is consistent), never trusted from the file.
-pub(crate) fn import_templates(pem: &PrivateKeyPem) -> Result<ImportTemplates, Error> {
-    let mut private = private_flags();
+/// (which also checks that the key is consistent), never trusted from the file. `signs_with`
+/// is the one mechanism the private key will be allowed.
+pub(crate) fn import_templates(
+    pem: &PrivateKeyPem,
+    signs_with: MechanismType,
+) -> Result<ImportTemplates, Error> {
+    let mut private = private_flags(signs_with);
     private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     let mut public = vec![Attribute::Class(ObjectClass::PUBLIC_KEY)];
     public.extend(public_flags());
@@ -267,6 +295,34 @@ pub(crate) fn import_templates(pem: &PrivateKeyPem) -> Result<ImportTemplates, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_sign_only_and_the_mechanism_limit_can_go() {
+        for alg in Algorithm::ALL {
+            let (_, public, mut private) = generation_templates(alg, MechanismType::ECDSA);
+            for flag in [
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::SignRecover(false),
+                Attribute::Sign(true),
+                Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]),
+            ] {
+                assert!(private.contains(&flag), "{alg}: {flag:?}");
+            }
+            for flag in [
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::VerifyRecover(false),
+                Attribute::Verify(true),
+            ] {
+                assert!(public.contains(&flag), "{alg}: {flag:?}");
+            }
+            assert!(without_allowed_mechanisms(&mut private));
+            assert!(!without_allowed_mechanisms(&mut private));
+            assert!(private.contains(&Attribute::Decrypt(false)));
+        }
+    }
 
     #[test]
     fn params_are_the_der_oids() {
