@@ -180,7 +180,7 @@ impl TokenArgs {
         let Some(path) = &self.access_token_file else {
             return Ok(None);
         };
-        let text = Zeroizing::new(read_input(path, "access token")?);
+        let text = read_input(path, "access token")?;
         let token = text.trim();
         if token.is_empty() {
             bail!("the access token file {} is empty", path.display());
@@ -189,16 +189,38 @@ impl TokenArgs {
     }
 }
 
-fn read_input(path: &std::path::Path, what: &str) -> Result<String> {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
+/// Reads a secret (a private key, an access token) from a file or `-` (standard input) into
+/// a buffer that is wiped when dropped. A file is read into a buffer of its size, so that no
+/// reallocation leaves a partial copy behind.
+fn read_input(path: &std::path::Path, what: &str) -> Result<Zeroizing<String>> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    let source = if path.as_os_str() == "-" {
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .with_context(|| format!("reading the {what} from standard input"))?;
-        Ok(text)
+        "standard input".to_owned()
     } else {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("reading the {what} from {}", path.display()))
+        let mut file = std::fs::File::open(path)
+            .with_context(|| format!("reading the {what} from {}", path.display()))?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        bytes.reserve_exact(usize::try_from(size).unwrap_or(0).saturating_add(1));
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("reading the {what} from {}", path.display()))?;
+        path.display().to_string()
+    };
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            let hint = match what {
+                "private key" => {
+                    ": expected PEM (a binary DER key converts with: openssl pkey -inform DER \
+                     -in KEY.der | dpop keys import - --label L)"
+                }
+                _ => "",
+            };
+            bail!("the {what} from {source} is not UTF-8 text{hint}")
+        }
     }
 }
 
@@ -401,7 +423,7 @@ fn keys(socket: &Option<PathBuf>, cmd: KeysCommand) -> Result<()> {
             alg,
             out,
         } => {
-            let pem = Zeroizing::new(read_input(&file, "private key")?);
+            let pem = read_input(&file, "private key")?;
             print_key(
                 &client.import_key(&label, Some(&backend), &pem, alg)?,
                 out.json,

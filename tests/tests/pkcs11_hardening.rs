@@ -350,9 +350,11 @@ fn import_errors_name_the_problem() {
     ]
     .concat();
     std::fs::write(path("two.pem"), two).unwrap();
-    // (A DER file never reaches the agent: the wire carries the PEM as a JSON string, and the
-    // CLI reads it as text. dpop-keys' own tests cover its "looks like DER" message.)
+    // A DER file never reaches the agent (the wire carries PEM text): the CLI names it, and
+    // dpop-keys' own tests cover its "looks like DER" message for other clients.
     for (file, named) in [
+        ("ec.der", "expected PEM"),
+        ("ec.der", "openssl pkey -inform DER"),
         ("encrypted.pem", "Proc-Type: 4,ENCRYPTED"),
         ("encrypted.pem", "| dpop keys import -"),
         ("small.pem", "1024 bits; at least 2048"),
