@@ -23,6 +23,9 @@
 //! Either client can poll for each reply for a moment before it sleeps (`set_spin`, off by
 //! default): that saves the wake-up of a sleeping thread, which costs more than a software-key
 //! proof, but burns CPU while a slow token signs.
+//!
+//! The agent closes connections that stay idle for 10 minutes; an application that keeps a
+//! client between rare requests connects again when a call returns [`Error::Closed`].
 
 #[cfg(all(unix, feature = "async"))]
 mod asynchronous;
@@ -85,7 +88,8 @@ pub enum Error {
     /// Reading or writing the socket failed.
     #[error("talking to the agent")]
     Io(#[from] std::io::Error),
-    /// The agent closed the connection (it refused us, or stopped).
+    /// The agent closed the connection: it refused us, stopped, or closed a connection that
+    /// sent no request for 10 minutes. A long-lived application connects again.
     #[error("the agent closed the connection")]
     Closed,
     /// The agent's reply is not what the protocol says.
