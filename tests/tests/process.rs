@@ -632,6 +632,9 @@ fn secrets_never_appear_in_logs_or_cli_output() {
         )
         .as_bytes(),
     );
+    // Invalid URLs are named in errors and debug logs without their user info and query.
+    agent.raw_request(br#"{"id":4,"op":"sign_proof","key":"gen","htm":"GET","htu":"https://user:pw-SENTINEL@rs.example/"}"#);
+    agent.raw_request(br#"{"id":5,"op":"sign_proof","key":"gen","htm":"GET","htu":"ftp://rs.example/?t=SENTINEL"}"#);
     agent.restart();
     agent.client().list_keys().unwrap();
 

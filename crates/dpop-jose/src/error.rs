@@ -13,7 +13,8 @@ pub enum Error {
     /// The request URL cannot be used as `htu`.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given, without user information, query and fragment (they may hold
+        /// credentials, and errors reach logs), at most about 200 characters.
         url: String,
         /// What is wrong with it.
         reason: &'static str,

@@ -10,9 +10,35 @@ use crate::Error;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Htu(String);
 
+/// The URL for an error message: without user information, query and fragment, which may
+/// hold credentials (errors reach logs), and cut to a readable length. Works on text that is
+/// not a valid URI too, since that is when it is needed.
+fn redacted(url: &str) -> String {
+    const MAX: usize = 200;
+    let mut shown = match url.find(['?', '#']) {
+        Some(at) => format!("{}?…", &url[..at]),
+        None => url.to_owned(),
+    };
+    if let Some(start) = shown.find("://").map(|i| i + 3) {
+        let end = shown[start..].find('/').map_or(shown.len(), |i| start + i);
+        if let Some(at) = shown[start..end].rfind('@') {
+            shown.replace_range(start..start + at, "…");
+        }
+    }
+    if shown.len() > MAX {
+        let mut cut = MAX;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    shown
+}
+
 fn parse(url: &str) -> Result<Uri<&str>, Error> {
     let bad = |reason| Error::InvalidUrl {
-        url: url.to_owned(),
+        url: redacted(url),
         reason,
     };
     let uri = Uri::parse(url).map_err(|_| bad("not an absolute RFC 3986 URI"))?;
@@ -188,5 +214,32 @@ mod tests {
             normalize_uri("https://example.com/a/").unwrap(),
             normalize_uri("https://example.com/a").unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_no_credentials_from_the_url() {
+        for (url, hidden) in [
+            ("https://user:SECRET@api.example.com/x", "SECRET"),
+            ("ftp://api.example.com/x?token=SECRET", "SECRET"),
+            ("https://api.example.com:99999/x#SECRET", "SECRET"),
+            ("not a url?SECRET", "SECRET"),
+        ] {
+            let err = Htu::from_url(url).unwrap_err().to_string();
+            assert!(!err.contains(hidden), "{err}");
+            assert!(
+                err.contains("api.example.com") || url.starts_with("not"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            redacted("https://u:p@h.example/a@b?q#f"),
+            "https://…@h.example/a@b?…"
+        );
+        assert!(redacted(&format!("https://h/{}", "é".repeat(300))).len() <= 204);
     }
 }
