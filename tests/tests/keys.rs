@@ -528,6 +528,19 @@ fn passphrase_file_persistence_and_memory_only_start_without_it() {
         agent.data_dir().join("software/filekey.json").exists(),
         "the key file is untouched"
     );
+    // Its label stays taken: a memory-only key of the same name would shadow the saved one.
+    let file_before = std::fs::read(agent.data_dir().join("software/filekey.json")).unwrap();
+    let err = agent
+        .client()
+        .generate_key("filekey", None, None)
+        .expect_err("the label of an unloaded key file is refused");
+    assert_eq!(err.code(), Some(ErrorCode::KeyExists), "{err}");
+    assert!(err.to_string().contains("key file"), "{err}");
+    assert_eq!(
+        std::fs::read(agent.data_dir().join("software/filekey.json")).unwrap(),
+        file_before,
+        "the refused generate left the key file alone"
+    );
 
     agent.restart_with(AgentOptions::new().passphrase_file("file passphrase 2"));
     let keys = agent.client().list_keys().unwrap();
