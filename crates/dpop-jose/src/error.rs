@@ -64,6 +64,18 @@ pub enum Error {
     /// Not a single well-formed compact JWS.
     #[error("malformed DPoP proof: {0}")]
     MalformedProof(&'static str),
+    /// The header or the payload repeats a member name (at any depth, the `jwk` included).
+    /// JSON parsers disagree on which one counts, so neither does.
+    #[error("DPoP proof {part} repeats a member name")]
+    DuplicateMember {
+        /// `"header"` or `"payload"`.
+        part: &'static str,
+    },
+    /// The header has a `crit` member (RFC 7515 section 4.1.11). DPoP defines no extension
+    /// that a verifier must understand, so any `crit`, well-formed or not, is refused rather
+    /// than ignored (`"crit":["b64"]` with `"b64":false` would change what is signed).
+    #[error("DPoP proof header has a crit member; DPoP defines no critical extension")]
+    CriticalHeader,
     /// `typ` is not `dpop+jwt`.
     #[error("DPoP proof typ must be \"dpop+jwt\"")]
     WrongType,
@@ -79,6 +91,15 @@ pub enum Error {
     /// A required claim is missing or has the wrong type.
     #[error("DPoP proof claim {0:?} is missing or has the wrong type")]
     BadClaim(&'static str),
+    /// `jti` is longer than a random identifier needs to be; the limit keeps what a replay
+    /// store holds per proof small.
+    #[error("DPoP proof jti is {len} bytes, more than {max}")]
+    JtiTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// `htm` differs from the request method.
     #[error("DPoP proof htm {got:?} does not match the request method {expected:?}")]
     MethodMismatch {
@@ -124,13 +145,20 @@ pub enum Error {
     /// The same `jti` was seen before for this key.
     #[error("DPoP proof jti was already used (replay)")]
     Replayed,
+    /// The replay store is full of entries that have not expired yet, so this proof, valid
+    /// in every other respect, cannot be recorded; accepting it unrecorded would let it be
+    /// replayed. Not the client's fault: a server answers with a fresh `DPoP-Nonce` and
+    /// `use_dpop_nonce` (what [`oauth_error`](Error::oauth_error) returns), or with `503
+    /// Service Unavailable` and a `Retry-After` of the `iat` window, by when entries expire.
+    #[error("DPoP replay store is full of unexpired proofs; try again later")]
+    ReplayStoreFull,
 }
 
 impl Error {
     /// The OAuth error code a server should answer with (RFC 9449 sections 7.1 and 8).
     pub fn oauth_error(&self) -> &'static str {
         match self {
-            Error::UseNonce => "use_dpop_nonce",
+            Error::UseNonce | Error::ReplayStoreFull => "use_dpop_nonce",
             _ => "invalid_dpop_proof",
         }
     }

@@ -156,6 +156,11 @@ impl Jwk {
                 if x.len() != 32 {
                     return Err(bad("Ed25519 key must be 32 bytes"));
                 }
+                if is_small_order_ed25519(&x) {
+                    // With such a key, `R = small-order point, S = 0` verifies for any
+                    // message (aws-lc-rs accepts it): a "signature" anyone can make.
+                    return Err(bad("Ed25519 key is a small-order point"));
+                }
                 Ok(PublicKeyBytes::Raw(x))
             }
             Jwk::Rsa { n, e } => {
@@ -168,6 +173,51 @@ impl Jwk {
             }
         }
     }
+}
+
+/// The y coordinates (little-endian, sign bit of x cleared) of the eight points of the
+/// Ed25519 torsion subgroup, canonical and not: 0 (order 4), 1 (order 1), the order-8 y and
+/// its negation, p-1 (order 2), and the non-canonical p and p+1 (0 and 1 again). Every
+/// encoding of a small-order point is one of these with either sign bit (the list libsodium's
+/// `ge25519_has_small_order` uses; checked with RFC 8032 arithmetic: 8·P is the identity).
+#[cfg(feature = "crypto")]
+const SMALL_ORDER_ED25519_Y: [[u8; 32]; 7] = {
+    let mut p_minus_1 = [0xff; 32];
+    p_minus_1[0] = 0xec;
+    p_minus_1[31] = 0x7f;
+    let mut p = p_minus_1;
+    p[0] = 0xed;
+    let mut p_plus_1 = p_minus_1;
+    p_plus_1[0] = 0xee;
+    let mut one = [0; 32];
+    one[0] = 1;
+    [
+        [0; 32],
+        one,
+        [
+            0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef,
+            0x98, 0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88,
+            0x6d, 0x53, 0xfc, 0x05,
+        ],
+        [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ],
+        p_minus_1,
+        p,
+        p_plus_1,
+    ]
+};
+
+/// Whether a 32-byte Ed25519 public key encodes a point of small order (1, 2, 4 or 8).
+#[cfg(feature = "crypto")]
+fn is_small_order_ed25519(key: &[u8]) -> bool {
+    let Ok(mut y) = <[u8; 32]>::try_from(key) else {
+        return false;
+    };
+    y[31] &= 0x7f;
+    SMALL_ORDER_ED25519_Y.contains(&y)
 }
 
 #[cfg(feature = "crypto")]

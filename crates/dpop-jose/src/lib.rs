@@ -49,6 +49,8 @@ mod htu;
 mod jwk;
 mod proof;
 #[cfg(feature = "crypto")]
+mod strict_json;
+#[cfg(feature = "crypto")]
 mod verify;
 
 pub use alg::Algorithm;
@@ -63,7 +65,9 @@ pub use proof::{ath, new_jti};
 #[cfg(feature = "lru")]
 pub use verify::LruReplayStore;
 #[cfg(feature = "crypto")]
-pub use verify::{ExpectedRequest, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify};
+pub use verify::{
+    ExpectedRequest, MAX_JTI_LEN, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify,
+};
 
 #[cfg(all(test, feature = "lru"))]
 mod tests;

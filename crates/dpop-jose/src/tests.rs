@@ -83,11 +83,12 @@ impl TestKey {
 
     /// Signs arbitrary header and claims JSON, for proofs our builder would never make.
     fn sign_raw(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64url_encode(serde_json::to_vec(header).unwrap()),
-            b64url_encode(serde_json::to_vec(claims).unwrap())
-        );
+        self.sign_text(&header.to_string(), &claims.to_string())
+    }
+
+    /// Signs header and claims given as JSON text (which may repeat member names).
+    fn sign_text(&self, header: &str, claims: &str) -> String {
+        let input = format!("{}.{}", b64url_encode(header), b64url_encode(claims));
         let sig = self.raw_sign(input.as_bytes());
         format!("{input}.{}", b64url_encode(sig))
     }
@@ -477,6 +478,295 @@ fn claims_refuse_a_bad_nonce_or_ath() {
         assert!(
             matches!(c().with_ath(bad.into()), Err(Error::InvalidAth)),
             "{bad:?}"
+        );
+    }
+}
+
+// ---- issue 12, finding 4: a replay store that cannot be flushed ----
+
+#[test]
+fn replay_store_cannot_be_flushed() {
+    // A server's store of 1,024 pairs; a victim's proof is used once and captured.
+    let replay = LruReplayStore::new(NonZeroUsize::new(1024).unwrap());
+    let opts = VerifyOptions::default();
+    let req = request("GET", URL);
+    let victim = TestKey::new(Algorithm::ES256);
+    let captured = sign_proof(&victim, &claims("GET", URL)).unwrap();
+    verify(&captured, &req, &opts, &(), &replay, NOW).unwrap();
+    // The attacker sends 1,024 valid proofs of its own key: the store fills up and then
+    // refuses, it does not forget the victim's proof.
+    let attacker = TestKey::new(Algorithm::ES256);
+    let mut full = 0;
+    for _ in 0..1024 {
+        let proof = sign_proof(&attacker, &claims("GET", URL)).unwrap();
+        match verify(&proof, &req, &opts, &(), &replay, NOW) {
+            Ok(_) => {}
+            Err(Error::ReplayStoreFull) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(full, 1, "the 1,025th pair is refused");
+    assert!(matches!(
+        verify(&captured, &req, &opts, &(), &replay, NOW),
+        Err(Error::Replayed)
+    ));
+}
+
+#[test]
+fn full_replay_store_refuses_with_a_clear_error() {
+    let replay = LruReplayStore::new(NonZeroUsize::new(2).unwrap());
+    let opts = VerifyOptions::default();
+    let req = request("GET", URL);
+    let key = TestKey::new(Algorithm::ES256);
+    let proofs: Vec<String> = (0..3)
+        .map(|_| sign_proof(&key, &claims("GET", URL)).unwrap())
+        .collect();
+    verify(&proofs[0], &req, &opts, &(), &replay, NOW).unwrap();
+    verify(&proofs[1], &req, &opts, &(), &replay, NOW).unwrap();
+    let err = verify(&proofs[2], &req, &opts, &(), &replay, NOW).unwrap_err();
+    assert!(matches!(err, Error::ReplayStoreFull), "{err}");
+    assert_eq!(err.oauth_error(), "use_dpop_nonce");
+    assert_eq!(replay.len(), 2);
+    // A replay is still told apart from a full store.
+    assert!(matches!(
+        verify(&proofs[0], &req, &opts, &(), &replay, NOW),
+        Err(Error::Replayed)
+    ));
+}
+
+#[test]
+fn expired_replay_entries_are_reclaimed() {
+    let replay = LruReplayStore::new(NonZeroUsize::new(1).unwrap());
+    let opts = VerifyOptions::default();
+    let req = request("GET", URL);
+    let key = TestKey::new(Algorithm::ES256);
+    let at = |iat: i64| {
+        sign_proof(
+            &key,
+            &Claims {
+                iat,
+                ..claims("GET", URL)
+            },
+        )
+        .unwrap()
+    };
+    let first = at(NOW);
+    verify(&first, &req, &opts, &(), &replay, NOW).unwrap();
+    // Remembered as long as a proof with that iat is accepted (iat + max_age + max_future).
+    let window = opts.max_age + opts.max_future;
+    assert!(matches!(
+        verify(&at(NOW + window), &req, &opts, &(), &replay, NOW + window),
+        Err(Error::ReplayStoreFull)
+    ));
+    // Then it expires and its room is reused.
+    let later = NOW + window + 1;
+    verify(&at(later), &req, &opts, &(), &replay, later).unwrap();
+    assert_eq!(replay.len(), 1);
+}
+
+#[test]
+fn replay_store_keeps_pairs_until_they_expire() {
+    let replay = LruReplayStore::new(NonZeroUsize::new(4).unwrap());
+    assert!(replay.insert_if_new("jkt", "a", NOW + 10, NOW).unwrap());
+    assert!(
+        !replay
+            .insert_if_new("jkt", "a", NOW + 20, NOW + 10)
+            .unwrap()
+    );
+    // Another key's identical jti is another pair.
+    assert!(replay.insert_if_new("other", "a", NOW + 10, NOW).unwrap());
+    // Expired: the same pair is new again, with its new expiry.
+    assert!(
+        replay
+            .insert_if_new("jkt", "a", NOW + 30, NOW + 11)
+            .unwrap()
+    );
+    assert!(
+        !replay
+            .insert_if_new("jkt", "a", NOW + 40, NOW + 30)
+            .unwrap()
+    );
+    assert_eq!(
+        replay.len(),
+        1,
+        "the other key's pair expired and was reclaimed"
+    );
+}
+
+#[test]
+fn long_jti_is_refused() {
+    let key = TestKey::new(Algorithm::ES256);
+    let req = request("GET", URL);
+    let with_jti = |jti: String| {
+        sign_proof(
+            &key,
+            &Claims {
+                jti,
+                ..claims("GET", URL)
+            },
+        )
+        .unwrap()
+    };
+    check(&with_jti("j".repeat(MAX_JTI_LEN)), &req).unwrap();
+    assert!(matches!(
+        check(&with_jti("j".repeat(MAX_JTI_LEN + 1)), &req),
+        Err(Error::JtiTooLong { len: 257, max: 256 })
+    ));
+}
+
+// ---- issue 12, finding 7: crit, small-order Ed25519 keys, repeated members ----
+
+#[test]
+fn any_crit_header_is_refused() {
+    let key = TestKey::new(Algorithm::ES256);
+    let jwk = key.jwk();
+    let c = serde_json::to_value(claims("GET", URL)).unwrap();
+    for header in [
+        json!({"typ":"dpop+jwt","alg":"ES256","jwk":jwk,"crit":["exp"],"exp":NOW + 60}),
+        json!({"typ":"dpop+jwt","alg":"ES256","jwk":jwk,"crit":["b64"],"b64":false}),
+        json!({"typ":"dpop+jwt","alg":"ES256","jwk":jwk,"crit":5}),
+        json!({"typ":"dpop+jwt","alg":"ES256","jwk":jwk,"crit":[]}),
+    ] {
+        let proof = key.sign_raw(&header, &c);
+        assert!(
+            matches!(
+                check(&proof, &request("GET", URL)),
+                Err(Error::CriticalHeader)
+            ),
+            "{header}"
+        );
+    }
+    // Unknown members that are not critical are still ignored, as RFC 7515 says.
+    let header = json!({"typ":"dpop+jwt","alg":"ES256","jwk":jwk,"kid":"x"});
+    check(&key.sign_raw(&header, &c), &request("GET", URL)).unwrap();
+}
+
+/// Every encoding of a small-order Ed25519 point: the seven y values with either sign bit.
+fn small_order_ed25519_keys() -> Vec<[u8; 32]> {
+    let y8 = "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05";
+    let minus_y8 = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a";
+    let p_minus = |last: &str| format!("{last}{}7f", "ff".repeat(30));
+    let ys = [
+        "00".repeat(32),
+        format!("01{}", "00".repeat(31)),
+        y8.to_owned(),
+        minus_y8.to_owned(),
+        p_minus("ec"),
+        p_minus("ed"),
+        p_minus("ee"),
+    ];
+    let hex = |s: &str| -> [u8; 32] {
+        let v: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    ys.iter()
+        .flat_map(|y| {
+            let y = hex(y);
+            let mut negative = y;
+            negative[31] |= 0x80;
+            [y, negative]
+        })
+        .collect()
+}
+
+#[test]
+fn small_order_ed25519_keys_are_refused() {
+    let c = serde_json::to_value(claims("GET", URL)).unwrap();
+    // The identity as the key and R = identity, S = 0 as the "signature": it verifies for any
+    // claims with a plain Ed25519 check.
+    let identity = small_order_ed25519_keys()[2]; // y = 1, x = 0
+    let header = json!({"typ":"dpop+jwt","alg":"EdDSA","jwk":Jwk::from_ed25519(&identity)});
+    let input = format!(
+        "{}.{}",
+        b64url_encode(header.to_string()),
+        b64url_encode(c.to_string())
+    );
+    let mut forged = identity.to_vec();
+    forged.extend_from_slice(&[0; 32]);
+    let proof = format!("{input}.{}", b64url_encode(&forged));
+    assert!(
+        matches!(
+            check(&proof, &request("GET", URL)),
+            Err(Error::InvalidJwk { ref reason }) if reason.contains("small-order")
+        ),
+        "the forged proof is not refused for its key"
+    );
+    // Every small-order encoding is refused, whatever the signature.
+    let key = TestKey::new(Algorithm::EdDSA);
+    for point in small_order_ed25519_keys() {
+        let header = json!({"typ":"dpop+jwt","alg":"EdDSA","jwk":Jwk::from_ed25519(&point)});
+        let proof = key.sign_raw(&header, &c);
+        assert!(
+            matches!(
+                check(&proof, &request("GET", URL)),
+                Err(Error::InvalidJwk { ref reason }) if reason.contains("small-order")
+            ),
+            "{point:02x?}"
+        );
+    }
+}
+
+#[test]
+fn repeated_member_names_are_refused() {
+    let key = TestKey::new(Algorithm::ES256);
+    let jwk = key.jwk().to_string();
+    let good_header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk}}}"#);
+    let good_claims = serde_json::to_value(claims("GET", URL))
+        .unwrap()
+        .to_string();
+    let body = |c: &str| c.trim_start_matches('{').trim_end_matches('}').to_owned();
+    check(
+        &key.sign_text(&good_header, &good_claims),
+        &request("GET", URL),
+    )
+    .unwrap();
+    let x = key.jwk()["x"].to_string();
+    let cases = [
+        // The last typ would win in serde_json.
+        (
+            format!(r#"{{"typ":"JWT","typ":"dpop+jwt","alg":"ES256","jwk":{jwk}}}"#),
+            good_claims.clone(),
+            "header",
+        ),
+        // A repeat spelled with an escape.
+        (
+            format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk},"typ":"dpop+jwt"}}"#),
+            good_claims.clone(),
+            "header",
+        ),
+        // Inside the jwk.
+        (
+            format!(
+                r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{{{},"x":{x}}}}}"#,
+                body(&jwk)
+            ),
+            good_claims.clone(),
+            "header",
+        ),
+        // In the payload: the request's URL first, another one last.
+        (
+            good_header.clone(),
+            format!(
+                r#"{{"htu":"{URL}",{}}}"#,
+                body(&good_claims).replace(URL, "https://elsewhere.example/")
+            ),
+            "payload",
+        ),
+        (
+            good_header.clone(),
+            format!(r#"{{{},"jti":"again"}}"#, body(&good_claims)),
+            "payload",
+        ),
+    ];
+    for (header, claims, part) in cases {
+        let proof = key.sign_text(&header, &claims);
+        let got = check(&proof, &request("GET", URL));
+        assert!(
+            matches!(got, Err(Error::DuplicateMember { part: p }) if p == part),
+            "{header} / {claims}: {got:?}"
         );
     }
 }
