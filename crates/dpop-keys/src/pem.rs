@@ -51,6 +51,31 @@ impl std::fmt::Debug for PrivateKeyPem {
     }
 }
 
+/// Labels an error message may name. Any other "label" may be key text from a damaged BEGIN
+/// line (everything up to the next `-----`), so it is never repeated to the client or a log.
+const KNOWN_LABELS: [&str; 11] = [
+    "PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+    "OPENSSH PRIVATE KEY",
+    "EC PARAMETERS",
+    "PUBLIC KEY",
+    "RSA PUBLIC KEY",
+    "CERTIFICATE",
+    "CERTIFICATE REQUEST",
+    "X509 CRL",
+];
+
+/// `label` quoted when it is a known one, a placeholder otherwise.
+fn shown(label: &str) -> String {
+    if KNOWN_LABELS.contains(&label) {
+        format!("{label:?}")
+    } else {
+        "(unrecognised label)".to_owned()
+    }
+}
+
 fn invalid(reason: impl Into<String>) -> Error {
     Error::InvalidKey {
         reason: reason.into(),
@@ -86,7 +111,7 @@ pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
         let end_marker = format!("-----END {label}-----");
         let end = block
             .find(&end_marker)
-            .ok_or_else(|| invalid(format!("PEM block {label:?} has no END line")))?
+            .ok_or_else(|| invalid(format!("PEM block {} has no END line", shown(label))))?
             + end_marker.len();
         let format = match label {
             "PRIVATE KEY" => Some(DerFormat::Pkcs8),
@@ -107,7 +132,7 @@ pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
                 )));
             }
             Some(format) => keys.push((format, &block.as_bytes()[..end])),
-            None => labels.push(label.to_owned()),
+            None => labels.push(shown(label)),
         }
         rest = &block[end..];
     }
@@ -120,7 +145,7 @@ pub fn parse_private_key_pem(pem: &[u8]) -> Result<PrivateKeyPem, Error> {
         [] => Err(invalid(if labels.is_empty() {
             "no PEM block found".to_owned()
         } else {
-            format!("no private key among the PEM blocks {labels:?}")
+            format!("no private key among the PEM blocks {}", labels.join(", "))
         })),
         // Taking the first would import a key the user may not have meant.
         _ => Err(invalid(format!(
@@ -288,5 +313,26 @@ mod tests {
         assert_eq!(rsa_modulus_bits(&der).unwrap(), 1024);
         let message = check_rsa_size(&der).unwrap_err().to_string();
         assert!(message.contains("1024 bits; at least 2048"), "{message}");
+    }
+
+    #[test]
+    fn a_damaged_begin_line_is_not_echoed() {
+        // Found by the agent_request fuzz target: the "label" ran into the key's base64,
+        // which the error message then repeated to the client and the debug log.
+        for pem in [
+            "-----BEGIN PRIVATE m2ykUkehRANCAATDRxSgQmt3n7sPSdIPkAmssYPEocfb\n\
+             -----END PRIVATE KEY-----\n",
+            "-----BEGIN PRIVATE KE20hgLntS+QJ6OS6XCB4fm2ykUkehRANCAAARlZffQMGMTTLn-----END \
+             PRIVATE KEY-----\n",
+        ] {
+            let message = parse_private_key_pem(pem.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(!message.contains("m2ykUkeh"), "{message}");
+        }
+        let message = parse_private_key_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("\"CERTIFICATE\""), "{message}");
     }
 }
