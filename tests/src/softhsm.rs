@@ -312,6 +312,17 @@ impl SoftHsmToken {
         command
     }
 
+    /// What `pkcs11-tool --login --list-objects` prints for this token, all objects or those of
+    /// `class` (`privkey`, `pubkey`), logged in with `pin`.
+    pub fn list_objects(&self, pin: &str, class: Option<&str>) -> String {
+        let mut command = self.pkcs11_tool();
+        command.args(["--login", "--pin", pin, "--list-objects"]);
+        if let Some(class) = class {
+            command.args(["--type", class]);
+        }
+        String::from_utf8_lossy(&run_ok(&mut command).stdout).into_owned()
+    }
+
     /// Deletes the token with `softhsm2-util --delete-token` (as if it were unplugged); the
     /// token's storage directory is gone afterwards.
     pub fn delete(&self) {

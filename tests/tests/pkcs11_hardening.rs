@@ -25,15 +25,7 @@ use dpop_tests::{
 /// What `pkcs11-tool --list-objects` prints for the object of `class` (`privkey`, `pubkey`)
 /// with the key's `CKA_ID`: its `Usage:` line and its `Allowed mechanisms:` line, if any.
 fn usage(token: &SoftHsmToken, key: &KeyDescription, class: &str) -> (String, Option<String>) {
-    let out = run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--list-objects",
-        "--type",
-        class,
-    ]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = token.list_objects(PIN, Some(class));
     let id = key_id(key);
     // One block per object, each starting with an unindented line.
     let mut blocks: Vec<Vec<&str>> = Vec::new();

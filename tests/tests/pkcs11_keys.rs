@@ -223,18 +223,10 @@ fn adopt_by_uri() {
             "the adopted {class} key is gone from the token after dpop keys delete: {objects}"
         );
     }
-    let out = run_ok(token.pkcs11_tool().args([
-        "--login",
-        "--pin",
-        PIN,
-        "--list-objects",
-        "--type",
-        "privkey",
-    ]));
+    let private_keys = token.list_objects(PIN, Some("privkey"));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("label:      adoptme"),
-        "pkcs11-tool does not list the adopted key after delete: {}",
-        String::from_utf8_lossy(&out.stdout)
+        private_keys.contains("label:      adoptme"),
+        "pkcs11-tool does not list the adopted key after delete: {private_keys}"
     );
     // Adopted again, by id this time, it is the same key.
     let again = parse_key(&agent.dpop_ok(&[
@@ -383,12 +375,7 @@ fn delete_destroys_the_token_objects() {
         let (got, message) = code(client.delete_key(&key.label));
         assert_eq!(got, ErrorCode::KeyNotFound, "{message}");
     }
-    let out = run_ok(
-        token
-            .pkcs11_tool()
-            .args(["--login", "--pin", PIN, "--list-objects"]),
-    );
-    let objects = String::from_utf8_lossy(&out.stdout);
+    let objects = token.list_objects(PIN, None);
     assert!(
         !objects.contains("gone"),
         "pkcs11-tool still lists a deleted key: {objects}"
