@@ -6,14 +6,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
 use dpop_protocol::{
-    AdoptKey, DeleteKey, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
-    ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, Request, SignProof, WireError, encode_err,
-    encode_ok,
+    AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
+    KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request, SignProof,
+    WireError, encode_err, encode_ok,
 };
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
 use crate::locked::LockedBytes;
+use crate::nonces::Nonces;
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
@@ -23,6 +24,19 @@ const INLINE_SIGN_LIMIT: Duration = Duration::from_micros(250);
 pub struct State {
     pub keyring: Arc<Keyring>,
     pub software_persistent: bool,
+    /// Servers' `DPoP-Nonce` values, per key and origin.
+    pub nonces: Nonces,
+}
+
+impl State {
+    /// The shared state of an agent serving `keyring`.
+    pub fn new(keyring: Arc<Keyring>, software_persistent: bool) -> State {
+        State {
+            keyring,
+            software_persistent,
+            nonces: Nonces::new(),
+        }
+    }
 }
 
 /// Answers one request with one reply line.
@@ -33,9 +47,18 @@ pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
         Op::ListKeys {} => Ok(encode_ok(
             &id,
             ListKeysReply {
-                keys: state.keyring.list().iter().map(describe).collect(),
+                keys: state
+                    .keyring
+                    .list()
+                    .iter()
+                    .map(|info| KeyDescription {
+                        nonce_origins: state.nonces.origins(info.label.as_str()),
+                        ..describe(info)
+                    })
+                    .collect(),
             },
         )),
+        Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
         Op::SignProof(req) => sign(state, req).await.map(|proof| encode_ok(&id, proof)),
         Op::GenerateKey(req) => generate(state, req).await.map(|key| encode_ok(&id, key)),
         Op::ImportKey(req) => import(state, req).await.map(|key| encode_ok(&id, key)),
@@ -75,6 +98,7 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
         jkt: info.jkt.clone(),
         persistent: info.persistent,
         location: info.location.clone(),
+        nonce_origins: Vec::new(),
     }
 }
 
@@ -94,6 +118,16 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
         .as_secs() as i64;
+    // An explicit nonce wins; otherwise the one a server last sent for this origin. A nonce
+    // never goes to another origin than the one that issued it.
+    let stored;
+    let nonce = match req.nonce.as_deref() {
+        Some(nonce) => Some(nonce),
+        None => {
+            stored = state.nonces.get(&req.key, htu.origin());
+            stored.as_deref()
+        }
+    };
     let claims = Claims::new(&method, &htu, now);
     let claims = match (&req.access_token, req.ath) {
         (Some(_), Some(_)) => return Err(bad_request("give access_token or ath, not both")),
@@ -101,7 +135,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
         (None, Some(ath)) => claims.with_ath(ath),
         (None, None) => Ok(claims),
     }
-    .and_then(|c| c.with_nonce(req.nonce.as_deref()))
+    .and_then(|c| c.with_nonce(nonce))
     .map_err(|e| jose_err(&e))?;
     debug!(key = %req.key, htm = %claims.htm, htu = %claims.htu, "sign_proof");
     let proof = if key.is_blocking() {
@@ -197,6 +231,16 @@ async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     blocking_change(state, move |k| k.adopt(backend, &uri, &label, alg)).await
 }
 
+fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError> {
+    // Only for a key the agent holds: the store must not fill up with unknown labels.
+    state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
+    let origin = Htu::from_url(&req.origin).map_err(|e| jose_err(&e))?;
+    dpop_jose::check_nonce(&req.nonce).map_err(|e| jose_err(&e))?;
+    state.nonces.report(&req.key, origin.origin(), &req.nonce);
+    debug!(key = %req.key, origin = %origin.origin(), "nonce reported");
+    Ok(EmptyReply {})
+}
+
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
     let keyring = state.keyring.clone();
     let label = req.label;
@@ -204,6 +248,7 @@ async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
         .await
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
         .map_err(|e| keys_error(&e))?;
+    state.nonces.forget_key(info.label.as_str());
     info!(label = %info.label, backend = %info.backend, "key deleted");
     Ok(KeyReply {
         key: describe(&info),

@@ -8,6 +8,7 @@
 //! - [`socket`]: where the socket lives and how it is bound safely;
 //! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
+//!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin;
 //! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt and the
 //!   secrets the background start hands to its child;
 //! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod dispatch;
 pub mod locked;
+pub mod nonces;
 pub mod pin;
 pub mod server;
 pub mod socket;

@@ -82,10 +82,10 @@ fn run(args: &Args) -> Result<()> {
     } else {
         PinPrompt::Terminal
     };
-    let state = Arc::new(State {
-        keyring: Arc::new(backends::open(&settings, prompt)?),
-        software_persistent: settings.passphrase.is_some(),
-    });
+    let state = Arc::new(State::new(
+        Arc::new(backends::open(&settings, prompt)?),
+        settings.passphrase.is_some(),
+    ));
 
     // Bind before starting the runtime's threads: umask is process-wide.
     let location = settings.socket_location()?;

@@ -52,7 +52,7 @@ mod tests {
         assert_eq!(code(dpop_keys::Error::PinLocked), ErrorCode::PinLocked);
         assert_eq!(
             code(dpop_keys::Error::Jose(dpop_jose::Error::InvalidNonce)),
-            ErrorCode::BadRequest
+            ErrorCode::InvalidNonce
         );
     }
 }

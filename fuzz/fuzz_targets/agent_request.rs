@@ -30,10 +30,10 @@ const KEY: &str = "k";
 fn state() -> &'static Arc<State> {
     static STATE: OnceLock<Arc<State>> = OnceLock::new();
     STATE.get_or_init(|| {
-        Arc::new(State {
-            keyring: Arc::new(Keyring::new(vec![Arc::new(SoftwareBackend::ephemeral())])),
-            software_persistent: false,
-        })
+        Arc::new(State::new(
+            Arc::new(Keyring::new(vec![Arc::new(SoftwareBackend::ephemeral())])),
+            false,
+        ))
     })
 }
 

@@ -230,7 +230,7 @@ fn bad_input_gets_the_right_error_code_and_the_agent_keeps_serving() {
     let bad_ath = json!({"id": 16, "op": "sign_proof", "key": "k", "htm": "GET", "htu": "https://rs.example/", "ath": "short"}).to_string();
     expect_error(&mut conn, bad_ath.as_bytes(), "bad_request", json!(16));
     let bad_nonce = json!({"id": 17, "op": "sign_proof", "key": "k", "htm": "GET", "htu": "https://rs.example/", "nonce": "a\"b"}).to_string();
-    expect_error(&mut conn, bad_nonce.as_bytes(), "bad_request", json!(17));
+    expect_error(&mut conn, bad_nonce.as_bytes(), "invalid_nonce", json!(17));
     expect_error(
         &mut conn,
         br#"{"id":18,"op":"generate_key","label":"k"}"#,

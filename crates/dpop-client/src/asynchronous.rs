@@ -136,4 +136,17 @@ impl Client {
     ) -> Result<String, Error> {
         self.run(Call::sign_proof(key, request)).await
     }
+
+    /// Remembers a server's `DPoP-Nonce` for `key`'s proofs to `origin` (an origin, or any
+    /// URL of it: only the scheme, host and port count). Later proofs for that origin that
+    /// give no nonce of their own carry it, whichever process asks: report every `DPoP-Nonce`
+    /// a response carries.
+    pub async fn report_nonce(
+        &mut self,
+        key: &str,
+        origin: &str,
+        nonce: &str,
+    ) -> Result<(), Error> {
+        self.run(Call::report_nonce(key, origin, nonce)).await
+    }
 }

@@ -130,4 +130,12 @@ impl Client {
     pub fn sign_proof(&mut self, key: &str, request: &ProofRequest<'_>) -> Result<String, Error> {
         self.run(Call::sign_proof(key, request))
     }
+
+    /// Remembers a server's `DPoP-Nonce` for `key`'s proofs to `origin` (an origin, or any
+    /// URL of it: only the scheme, host and port count). Later proofs for that origin that
+    /// give no nonce of their own carry it, whichever process asks: report every `DPoP-Nonce`
+    /// a response carries.
+    pub fn report_nonce(&mut self, key: &str, origin: &str, nonce: &str) -> Result<(), Error> {
+        self.run(Call::report_nonce(key, origin, nonce))
+    }
 }

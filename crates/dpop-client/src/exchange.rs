@@ -4,7 +4,7 @@
 use dpop_jose::Algorithm;
 use dpop_protocol::{
     AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
-    ListKeysReply, Op, ProofReply, Reply, Request, SignProof,
+    ListKeysReply, Op, ProofReply, Reply, ReportNonce, Request, SignProof,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -108,6 +108,19 @@ impl Call<String> {
                 nonce: request.nonce.map(str::to_owned),
             }),
             output: |fields| body::<ProofReply>(fields).map(|reply| reply.proof),
+        }
+    }
+}
+
+impl Call<()> {
+    pub(crate) fn report_nonce(key: &str, origin: &str, nonce: &str) -> Self {
+        Call {
+            op: Op::ReportNonce(ReportNonce {
+                key: key.to_owned(),
+                origin: origin.to_owned(),
+                nonce: nonce.to_owned(),
+            }),
+            output: |_| Ok(()),
         }
     }
 }
@@ -262,7 +275,8 @@ impl<'a> ProofRequest<'a> {
         self
     }
 
-    /// The server's `DPoP-Nonce`.
+    /// The server's `DPoP-Nonce`. Without one, the agent uses the nonce last reported for the
+    /// URL's origin (`report_nonce`), if any.
     pub fn nonce(mut self, nonce: &'a str) -> Self {
         self.nonce = Some(nonce);
         self
@@ -348,5 +362,17 @@ mod tests {
         assert_eq!(line["ath"], "hash");
         assert!(line.get("access_token").is_none());
         assert!(!format!("{with_token:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn report_nonce() {
+        let mut exchange = Exchange::new();
+        let pending = exchange.start(Call::report_nonce("k", "https://as.example/token", "n-1"));
+        let line = sent(&pending);
+        assert_eq!(line["op"], "report_nonce");
+        assert_eq!(line["key"], "k");
+        assert_eq!(line["origin"], "https://as.example/token");
+        assert_eq!(line["nonce"], "n-1");
+        pending.finish(br#"{"id":1,"ok":true}"#).unwrap();
     }
 }

@@ -173,18 +173,27 @@ impl Claims {
         Ok(self)
     }
 
-    /// Adds the server-provided nonce, which must be in the `DPoP-Nonce` syntax (RFC 9449
-    /// section 8: `1*NQCHAR`, at most 1024 bytes here) so that it can round-trip in a header.
+    /// Adds the server-provided nonce, which must pass [`check_nonce`].
     pub fn with_nonce(mut self, nonce: Option<&str>) -> Result<Claims, Error> {
-        let nqchar = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
-        if let Some(n) = nonce
-            && (n.is_empty() || n.len() > 1024 || !n.bytes().all(nqchar))
-        {
-            return Err(Error::InvalidNonce);
+        if let Some(n) = nonce {
+            check_nonce(n)?;
         }
         self.nonce = nonce.map(str::to_owned);
         Ok(self)
     }
+}
+
+/// Longest nonce accepted; servers send far shorter ones.
+pub const MAX_NONCE_LEN: usize = 1024;
+
+/// Checks a `DPoP-Nonce` value: the RFC 9449 section 8 syntax (`1*NQCHAR`) and at most
+/// [`MAX_NONCE_LEN`] bytes, so that it can round-trip in a header.
+pub fn check_nonce(nonce: &str) -> Result<(), Error> {
+    let nqchar = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN || !nonce.bytes().all(nqchar) {
+        return Err(Error::InvalidNonce);
+    }
+    Ok(())
 }
 
 /// Something that signs with a private key it keeps to itself: a software key, a PKCS#11

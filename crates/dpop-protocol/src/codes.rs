@@ -25,6 +25,8 @@ pub enum ErrorCode {
     InvalidMethod,
     /// The access token is not a valid token string.
     InvalidAccessToken,
+    /// A nonce outside the `DPoP-Nonce` syntax or longer than the protocol allows.
+    InvalidNonce,
     /// The private key given for import is unusable.
     InvalidKey,
     /// A PKCS#11 URI cannot be parsed or names another token or module.
@@ -96,6 +98,7 @@ impl From<&dpop_jose::Error> for ErrorCode {
             E::InvalidUrl { .. } => ErrorCode::InvalidUrl,
             E::InvalidMethod { .. } => ErrorCode::InvalidMethod,
             E::InvalidAccessToken { .. } => ErrorCode::InvalidAccessToken,
+            E::InvalidNonce => ErrorCode::InvalidNonce,
             E::UnsupportedAlgorithm { .. } => ErrorCode::UnsupportedAlgorithm,
             E::InvalidJwk { .. } => ErrorCode::InvalidKey,
             E::Signer(_) | E::SignatureLength { .. } => ErrorCode::BackendError,

@@ -33,10 +33,12 @@ pub enum Op {
     DeleteKey(DeleteKey),
     /// Sign a DPoP proof; the agent sets `iat` and `jti`.
     SignProof(SignProof),
+    /// Remember a server's `DPoP-Nonce` for a key's proofs to that origin.
+    ReportNonce(ReportNonce),
 }
 
 /// The op names, for telling an unknown op from a malformed known one.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "hello",
     "list_keys",
     "generate_key",
@@ -44,6 +46,7 @@ pub const OPS: [&str; 7] = [
     "adopt_key",
     "delete_key",
     "sign_proof",
+    "report_nonce",
 ];
 
 /// `generate_key`.
@@ -127,10 +130,25 @@ pub struct SignProof {
     /// Precomputed `ath`, for clients that keep the token to themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ath: Option<String>,
-    /// The server's `DPoP-Nonce`.
+    /// The server's `DPoP-Nonce`; absent: the nonce reported for the URL's origin, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
 }
+
+/// `report_nonce`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportNonce {
+    /// The key whose proofs carry the nonce.
+    pub key: String,
+    /// The server's origin, or any URL of it: only the scheme, host and port count.
+    pub origin: String,
+    /// The `DPoP-Nonce` value (RFC 9449 section 8 syntax, at most [`MAX_NONCE_LEN`] bytes).
+    pub nonce: String,
+}
+
+/// Longest `DPoP-Nonce` the agent takes (in `sign_proof` and `report_nonce`).
+pub const MAX_NONCE_LEN: usize = dpop_jose::MAX_NONCE_LEN;
 
 impl std::fmt::Debug for SignProof {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +184,9 @@ pub struct KeyDescription {
     /// Where the backend keeps it, when worth showing (a PKCS#11 URI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Origins for which the agent holds a server nonce for this key (`list_keys` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nonce_origins: Vec<String>,
 }
 
 /// Reply to `hello`.
@@ -204,6 +225,10 @@ pub struct ProofReply {
     /// The compact proof JWT.
     pub proof: String,
 }
+
+/// Reply to `report_nonce`: nothing but `ok`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyReply {}
 
 /// A successful reply line: `{"id":..,"ok":true,<body fields>}`.
 #[derive(Serialize)]
@@ -368,6 +393,25 @@ mod tests {
         )
         .unwrap();
         assert!(old.compiled_backends.is_empty());
+
+        // report_nonce round-trips; a key description without nonces does not mention them,
+        // and one from an older agent reads as none.
+        let report = Request {
+            id: 4.into(),
+            op: Op::ReportNonce(ReportNonce {
+                key: "k".into(),
+                origin: "https://as.example".into(),
+                nonce: "n".into(),
+            }),
+        };
+        let line = encode_request(&report);
+        assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), report);
+        let key: KeyDescription = serde_json::from_str(
+            r#"{"label":"k","alg":"ES256","backend":"software","jwk":{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},"jkt":"j","persistent":false}"#,
+        )
+        .unwrap();
+        assert!(key.nonce_origins.is_empty());
+        assert!(!serde_json::to_string(&key).unwrap().contains("nonce"));
     }
 
     #[test]
