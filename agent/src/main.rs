@@ -87,6 +87,10 @@ fn run(args: &Args) -> Result<()> {
         settings.passphrase.is_some(),
     ));
 
+    // Before the socket exists and before the runtime's threads (which inherit the mask): a
+    // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
+    // Not earlier: Ctrl-C at the PIN prompt must still end the agent at once.
+    server::hold_shutdown_signals().context("holding back shutdown signals")?;
     // Bind before starting the runtime's threads: umask is process-wide.
     let location = settings.socket_location()?;
     let std_listener = match socket::bind(&location) {
@@ -105,12 +109,13 @@ fn run(args: &Args) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
+        let shutdown = server::shutdown_on_signal().context("installing signal handlers")?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         info!(socket = %socket_path.display(), pid = std::process::id(), "listening");
         if args.detached {
             background::detach_output(log_file)?;
         }
-        server::serve(listener, state, server::shutdown_on_signal()).await;
+        server::serve(listener, state, shutdown).await;
         anyhow::Ok(())
     });
     location.remove();

@@ -42,14 +42,45 @@ const REFUSAL_DRAIN: Duration = Duration::from_millis(500);
 /// than cores (see `connection.rs`).
 const SPIN: Duration = Duration::from_micros(50);
 
-/// A shutdown signal that turns true on SIGTERM, SIGINT or SIGHUP.
-pub fn shutdown_on_signal() -> watch::Receiver<bool> {
+/// The signals that stop the agent.
+const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn shutdown_signal_mask(how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask changes only this
+    // thread's mask.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in SHUTDOWN_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Holds back SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later.
+/// Call it before the socket is bound and before any other thread exists: a signal that comes
+/// while the agent starts then waits for [`shutdown_on_signal`]'s handler instead of killing
+/// the agent with its socket file left behind.
+pub fn hold_shutdown_signals() -> std::io::Result<()> {
+    shutdown_signal_mask(libc::SIG_BLOCK)
+}
+
+/// A shutdown signal that turns true on SIGTERM, SIGINT or SIGHUP. Call it on the thread that
+/// called [`hold_shutdown_signals`] (the one running the runtime's `block_on`): the handlers
+/// are in place before it returns, and then that thread takes the signals again, including one
+/// held back meanwhile.
+pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         tokio::select! {
             _ = term.recv() => info!("SIGTERM"),
             _ = int.recv() => info!("SIGINT"),
@@ -57,7 +88,8 @@ pub fn shutdown_on_signal() -> watch::Receiver<bool> {
         }
         let _ = tx.send(true);
     });
-    rx
+    shutdown_signal_mask(libc::SIG_UNBLOCK)?;
+    Ok(rx)
 }
 
 /// [`IDLE_TIMEOUT`], or the test override in [`IDLE_TIMEOUT_TEST_VAR`].

@@ -325,6 +325,49 @@ fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
     }
 }
 
+/// A SIGTERM the moment the socket appears (a service manager stopping an agent it just
+/// started) still stops the agent cleanly: the signal waits for the handler rather than kill
+/// the agent with its socket file left behind.
+#[test]
+fn sigterm_right_after_the_socket_appears_still_removes_it() {
+    for attempt in 0..20 {
+        let dir = new_temp_dir();
+        let socket = dir.path().join("agent.sock");
+        let mut child = Command::new(&binaries().agent)
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("DPOP_AGENT_PASSPHRASE")
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning dpop-agent");
+        let child_guard = KillOnDrop(child.id());
+        while !socket.exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "attempt {attempt}: the agent exited before listening"
+            );
+            std::thread::yield_now();
+        }
+        dpop_tests::send_signal(child.id(), libc::SIGTERM);
+        let status = wait_timeout(&mut child, PROCESS_TIMEOUT).expect("the agent stops");
+        drop(child_guard);
+        assert!(
+            status.success(),
+            "attempt {attempt}: SIGTERM during start-up ends the agent cleanly, got {status}"
+        );
+        assert!(
+            !socket.exists(),
+            "attempt {attempt}: the socket file is removed"
+        );
+    }
+}
+
 #[test]
 fn background_start_with_eval_and_stop_with_k() {
     let dir = new_temp_dir();
