@@ -6,8 +6,9 @@
 //! them. The [`Keyring`] puts the backends together under unique labels.
 //!
 //! Backends, one cargo feature each (like Parsec's providers):
-//! - [`software::SoftwareBackend`], always compiled: aws-lc-rs keys, kept as encrypted PKCS#8
-//!   files (0600) or in memory only; secret bytes are zeroized.
+//! - [`software::SoftwareBackend`], always compiled: aws-lc-rs keys, kept as PKCS#8 files
+//!   (0600) sealed under a key derived once per passphrase, or in memory only; secret bytes
+//!   are zeroized.
 //! - `pkcs11::Pkcs11Backend`, feature `pkcs11` (on by default, pulls in cryptoki): keys
 //!   generated on, imported into or adopted from a PKCS#11 token (HSM, YubiKey, SoftHSM2),
 //!   which signs; a pool of logged-in sessions.
@@ -40,6 +41,7 @@ pub mod pem;
 pub mod pkcs11;
 mod records;
 pub mod software;
+mod store_key;
 
 use std::fmt;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::fsutil::{create_private_dir, write_new_private_file};
+use crate::fsutil::{create_private_dir, replace_private_file, write_new_private_file};
 use crate::{Error, KeyLabel};
 
 /// A record a backend keeps in a [`RecordStore`]: it knows the label it is filed under.
@@ -62,6 +62,13 @@ impl RecordStore {
     pub(crate) fn write_new<R: Record>(&self, record: &R) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(record).expect("key records serialize");
         write_new_private_file(&self.path(record.label()), &json)
+    }
+
+    /// Rewrites the existing record of `record`'s label in one atomic step (a format
+    /// migration): a failure leaves the old record in place.
+    pub(crate) fn replace<R: Record>(&self, record: &R) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(record).expect("key records serialize");
+        replace_private_file(&self.path(record.label()), &json)
     }
 
     /// The record files, sorted by name so keys load in a stable order.
