@@ -3,7 +3,7 @@
 //! derivation alone; and `generate` through the agent next to the key generation alone.
 //!
 //! Targets (issue 16): start-up with 100 software keys within 50 ms plus one scrypt
-//! derivation; `generate` within 2 ms plus the key generation itself. Numbers are printed,
+//! derivation (measured against a start with one key, which is one scrypt and one key); `generate` within 2 ms plus the key generation itself. Numbers are printed,
 //! never asserted.
 
 use std::os::unix::net::UnixStream;
@@ -163,7 +163,7 @@ fn main() {
         ms(with_keys)
     );
     println!(
-        "start with {keys} keys - one scrypt alone            {:>7.1} ms   target <= 50 ms",
-        ms(with_keys.saturating_sub(scrypt_alone))
+        "start with {keys} keys - start with 1 key           {:>7.1} ms   target <= 50 ms",
+        (ms(with_keys) - ms(one_key))
     );
 }
