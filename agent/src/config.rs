@@ -20,9 +20,29 @@ pub struct Args {
     #[arg(short = 'D', long = "foreground")]
     pub foreground: bool,
 
-    /// Stop the agent named by DPOP_AUTH_SOCK (or DPOP_AGENT_PID).
+    /// Stop the agent named by DPOP_AUTH_SOCK (or DPOP_AGENT_PID), wait until it is gone, and
+    /// print the shell commands that forget it.
     #[arg(short = 'k', long = "kill")]
     pub kill: bool,
+
+    /// Print C shell commands (`setenv`); the default when $SHELL ends in csh.
+    #[arg(short = 'c', conflicts_with = "sh")]
+    pub csh: bool,
+
+    /// Print Bourne shell commands (`VAR=value; export VAR;`); the default otherwise.
+    #[arg(short = 's')]
+    pub sh: bool,
+
+    /// When an agent of ours already listens on DPOP_AUTH_SOCK or on the configured (or
+    /// default) socket, print its environment and exit instead of starting another: for shell
+    /// profiles and CI jobs that may run twice.
+    #[arg(long, conflicts_with_all = ["foreground", "kill"])]
+    pub reuse: bool,
+
+    /// Check the configuration file and flags, print what the agent would use (never a
+    /// secret), and exit.
+    #[arg(long, conflicts_with = "kill")]
+    pub check_config: bool,
 
     /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
     /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory).
@@ -111,6 +131,43 @@ pub struct FileConfig {
     pkcs11_adopt: Vec<AdoptEntry>,
 }
 
+impl FileConfig {
+    /// Expands a leading `~/` in every path to `$HOME` (the shell does it for flags, nobody
+    /// does it for a TOML file).
+    fn expand_home(mut self) -> Result<FileConfig> {
+        for path in [
+            &mut self.socket,
+            &mut self.data_dir,
+            &mut self.passphrase_file,
+            &mut self.pkcs11_module,
+            &mut self.pkcs11_pin_file,
+            &mut self.log_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = expand_home(path)?;
+        }
+        Ok(self)
+    }
+}
+
+/// `~` or `~/rest` with `$HOME`; other paths as they are. `~user` is refused rather than
+/// taken as a relative directory named `~user`.
+fn expand_home(path: &Path) -> Result<PathBuf> {
+    let Ok(rest) = path.strip_prefix("~") else {
+        if path.to_string_lossy().starts_with('~') {
+            bail!(
+                "{}: only ~ and ~/ are expanded (to $HOME), not ~user",
+                path.display()
+            );
+        }
+        return Ok(path.to_owned());
+    };
+    let home = env_path("HOME").context("a path starts with ~ but HOME is not set")?;
+    Ok(home.join(rest))
+}
+
 /// A `[[pkcs11_adopt]]` table: an existing token key (a YubiKey's PIV key, say) to serve
 /// under `label`, as `dpop keys adopt` would.
 #[derive(Deserialize, Debug, Clone)]
@@ -156,6 +213,8 @@ pub struct Pkcs11Settings {
 /// Everything the agent runs with.
 #[derive(Debug)]
 pub struct Settings {
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub passphrase: Option<SecretString>,
@@ -276,6 +335,8 @@ impl Settings {
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
+                    .expand_home()
+                    .with_context(|| format!("in config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -348,6 +409,7 @@ impl Settings {
             }
         };
         Ok(Settings {
+            config_file: config_path,
             socket: args.socket.clone().or(file.socket),
             data_dir,
             passphrase,
@@ -368,5 +430,39 @@ impl Settings {
             (None, Some(path)) => Ok(SocketLocation::Private(path.clone())),
             (None, None) => crate::socket::default_location(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_line() {
+        let err = toml::from_str::<FileConfig>("data_dir = \"/d\"\n\ndata-dir = \"/e\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("data-dir"), "{err}");
+    }
+
+    #[test]
+    fn home_is_expanded_in_paths() {
+        let home = env_path("HOME").expect("HOME is set in tests");
+        assert_eq!(expand_home(Path::new("~/keys")).unwrap(), home.join("keys"));
+        assert_eq!(expand_home(Path::new("~")).unwrap(), home);
+        assert_eq!(
+            expand_home(Path::new("/etc/~x")).unwrap(),
+            PathBuf::from("/etc/~x")
+        );
+        let err = expand_home(Path::new("~root/keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("~user"), "{err}");
+        let file: FileConfig = toml::from_str("log_file = \"~/agent.log\"").unwrap();
+        assert_eq!(
+            file.expand_home().unwrap().log_file,
+            Some(home.join("agent.log"))
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
 //!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin;
-//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt and the
+//! - [`background`]: `eval "$(dpop-agent)"`, `--reuse`; [`shell`]: its sh and csh lines;
+//!   [`stop`]: `-k`; [`pin`]: the PIN prompt and the
 //!   secrets the background start hands to its child;
 //! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees;
 //!   [`locked`]: secret bytes on locked, undumpable pages.
@@ -23,6 +24,7 @@ pub mod locked;
 pub mod nonces;
 pub mod pin;
 pub mod server;
+pub mod shell;
 pub mod socket;
 pub mod stop;
 pub mod wipe_alloc;

@@ -20,6 +20,7 @@ use tracing::info;
 use dpop_agent::backends::{self, PinPrompt};
 use dpop_agent::config::{Args, HandedSecrets, Settings};
 use dpop_agent::dispatch::State;
+use dpop_agent::shell::Shell;
 use dpop_agent::{background, pin, server, socket, stop};
 
 fn main() -> ExitCode {
@@ -29,7 +30,9 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let result = if args.kill {
-        stop::kill_agent()
+        stop::kill_agent(Shell::choose(args.csh, args.sh))
+    } else if args.check_config {
+        check_config(&args)
     } else if args.foreground {
         init_logging(args.detached);
         run(&args)
@@ -121,6 +124,56 @@ fn run(args: &Args) -> Result<()> {
     location.remove();
     info!("stopped");
     result
+}
+
+/// `--check-config`: loads the settings as a start would, checks the files they name, and
+/// prints what the agent would use. Secrets are read (to check them) but never printed.
+fn check_config(args: &Args) -> Result<()> {
+    let settings = Settings::load(args, HandedSecrets::default())?;
+    match &settings.config_file {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (flags and defaults only)"),
+    }
+    match &settings.socket {
+        Some(path) => println!("socket: {}", path.display()),
+        None => match socket::default_socket_path() {
+            Some(path) => println!("socket: {} (default)", path.display()),
+            None => println!("socket: a new private directory under $TMPDIR (default)"),
+        },
+    }
+    println!("data directory: {}", settings.data_dir.display());
+    match (&settings.passphrase, &settings.passphrase_file) {
+        (Some(_), Some(file)) => {
+            println!("software keys: saved, passphrase from {}", file.display())
+        }
+        (Some(_), None) => println!("software keys: saved, passphrase from DPOP_AGENT_PASSPHRASE"),
+        (None, _) => println!("software keys: memory only (no passphrase)"),
+    }
+    if let Some(p11) = &settings.pkcs11 {
+        if !p11.module.is_file() {
+            bail!("pkcs11_module {} is not a file", p11.module.display());
+        }
+        if let dpop_agent::config::PinFrom::Source(dpop_keys::pkcs11::PinSource::File(path)) =
+            &p11.pin
+            && !path.is_file()
+        {
+            bail!("pkcs11_pin_file {} is not a file", path.display());
+        }
+        println!(
+            "pkcs11: module {}, {}, {} key(s) to adopt at start",
+            p11.module.display(),
+            backends::token_selector(p11),
+            p11.adopt.len()
+        );
+    }
+    if let Some(tcti) = &settings.tpm_tcti {
+        println!("tpm: {tcti}");
+    }
+    if let Some(path) = &settings.log_file {
+        println!("log file (background): {}", path.display());
+    }
+    println!("configuration OK");
+    Ok(())
 }
 
 /// Like ssh-agent: no core dumps, no ptrace and no /proc/<pid>/{mem,environ} for other

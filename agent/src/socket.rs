@@ -8,14 +8,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+/// The default socket when there is a runtime directory:
+/// `$XDG_RUNTIME_DIR/dpop-agent/agent.sock` (without one, every agent has a socket of its own).
+pub fn default_socket_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
+}
+
 /// Where the socket goes when no path is configured: `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`,
 /// or, without a runtime directory, `agent.<pid>` in a fresh private directory (see
 /// [`SocketLocation::Private`]), created here.
 pub fn default_location() -> Result<SocketLocation> {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(runtime) => Ok(SocketLocation::Default(
-            PathBuf::from(runtime).join("dpop-agent/agent.sock"),
-        )),
+    match default_socket_path() {
+        Some(path) => Ok(SocketLocation::Default(path)),
         None => {
             let dir = make_private_temp_dir()?;
             Ok(SocketLocation::Private(
