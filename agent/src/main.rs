@@ -10,6 +10,7 @@
 //! crate's library (`src/lib.rs`).
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -66,6 +67,8 @@ fn init_logging(detached: bool) {
 
 /// The agent itself, in the foreground (`-D`) or as the background start's child.
 fn run(args: &Args) -> Result<()> {
+    // First, while single-threaded: it clears the activation variables.
+    let activated = socket::activated_listener()?;
     let handed = if args.detached {
         receive_handed_secrets()?
     } else {
@@ -94,19 +97,32 @@ fn run(args: &Args) -> Result<()> {
     // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
     // Not earlier: Ctrl-C at the PIN prompt must still end the agent at once.
     server::hold_shutdown_signals().context("holding back shutdown signals")?;
-    // Bind before starting the runtime's threads: umask is process-wide.
-    let location = settings.socket_location()?;
-    let std_listener = match socket::bind(&location) {
-        Ok(listener) => listener,
-        Err(e) => {
-            if let socket::SocketLocation::Private(_) = location {
-                location.remove();
+    let (std_listener, location) = match activated {
+        // systemd made the socket (mode and directory from the .socket unit) and keeps it.
+        Some(listener) => (listener, None),
+        None => {
+            // Bind before starting the runtime's threads: umask is process-wide.
+            let location = settings.socket_location()?;
+            match socket::bind(&location) {
+                Ok(listener) => (listener, Some(location)),
+                Err(e) => {
+                    if let socket::SocketLocation::Private(_) = location {
+                        location.remove();
+                    }
+                    return Err(e);
+                }
             }
-            return Err(e);
         }
     };
     std_listener.set_nonblocking(true)?;
-    let socket_path = location.path();
+    let socket_path = match &location {
+        Some(location) => location.path(),
+        None => std_listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned))
+            .unwrap_or_else(|| "(socket activation)".into()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,14 +130,26 @@ fn run(args: &Args) -> Result<()> {
     let result = runtime.block_on(async {
         let shutdown = server::shutdown_on_signal().context("installing signal handlers")?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        info!(socket = %socket_path.display(), pid = std::process::id(), "listening");
+        info!(
+            socket = %socket_path.display(),
+            pid = std::process::id(),
+            activated = location.is_none(),
+            "listening"
+        );
         if args.detached {
             background::detach_output(log_file)?;
         }
+        // Type=notify units: ready once it listens. Without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "could not tell systemd that the agent is ready");
+        }
         server::serve(listener, state, shutdown).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         anyhow::Ok(())
     });
-    location.remove();
+    if let Some(location) = location {
+        location.remove();
+    }
     info!("stopped");
     result
 }

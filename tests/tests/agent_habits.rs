@@ -256,3 +256,94 @@ fn check_config_validates_and_names_the_problem() {
     );
     assert!(stdout(&out).contains("configuration OK"));
 }
+
+/// Starts `dpop-agent -D` as systemd would: `fd` as descriptor 3, `LISTEN_FDS=1`,
+/// `LISTEN_PID` its own pid (set by `sh` just before `exec`), `NOTIFY_SOCKET` given.
+fn socket_activated_agent(
+    dir: &Path,
+    fd: std::os::fd::RawFd,
+    notify: &Path,
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" -D --data-dir "$1""#)
+        .arg(&binaries().agent)
+        .arg(dir.join("data"))
+        .env("NOTIFY_SOCKET", notify)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("DPOP_AGENT_PASSPHRASE")
+        .stderr(fs::File::create(dir.join("agent.log")).unwrap());
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                // dup2(3, 3) would keep close-on-exec set.
+                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) != 3 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .expect("spawning the socket-activated agent")
+}
+
+#[test]
+fn socket_activation_with_listen_fds_and_sd_notify_readiness() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    use std::time::Duration;
+
+    let dir = new_temp_dir();
+    let socket = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = socket_activated_agent(dir.path(), listener.as_raw_fd(), &notify_path);
+    let _guard = KillOnDrop(child.id());
+    drop(listener);
+
+    let mut message = [0u8; 256];
+    let n = notify
+        .recv(&mut message)
+        .expect("the agent notifies readiness");
+    assert_eq!(&message[..n], b"READY=1\n");
+    // It serves on the passed socket, which it did not bind itself.
+    let mut client = dpop_client::blocking::Client::connect(&socket).unwrap();
+    let key = client.generate_key("activated", None, None).unwrap();
+    assert_eq!(key.label, "activated");
+
+    dpop_tests::send_signal(child.id(), libc::SIGTERM);
+    let status =
+        dpop_tests::wait_timeout(&mut child, dpop_tests::PROCESS_TIMEOUT).expect("the agent stops");
+    assert!(status.success(), "{status}");
+    let n = notify
+        .recv(&mut message)
+        .expect("the agent notifies stopping");
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+    assert!(
+        socket.exists(),
+        "the socket belongs to systemd: the agent leaves it in place"
+    );
+    let log = fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("activated=true"), "{log}");
+
+    // A datagram socket (a wrong unit) is refused with a reason.
+    let (datagram, _other) = UnixDatagram::pair().unwrap();
+    let mut child = socket_activated_agent(dir.path(), datagram.as_raw_fd(), &notify_path);
+    let _guard = KillOnDrop(child.id());
+    let status =
+        dpop_tests::wait_timeout(&mut child, dpop_tests::PROCESS_TIMEOUT).expect("the agent exits");
+    assert!(!status.success());
+    let log = fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("not a listening Unix stream socket"), "{log}");
+}
