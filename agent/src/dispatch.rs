@@ -1,5 +1,6 @@
 //! One function per op. The agent, never the client, sets `iat` and `jti`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::locked::LockedBytes;
 use crate::nonces::Nonces;
+use crate::peer::Peer;
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
@@ -39,8 +41,8 @@ impl State {
     }
 }
 
-/// Answers one request with one reply line.
-pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
+/// Answers one request from `peer` with one reply line.
+pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8> {
     let id = request.id;
     let result = match request.op {
         Op::Hello {} => Ok(encode_ok(&id, hello(state))),
@@ -59,7 +61,9 @@ pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
             },
         )),
         Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
-        Op::SignProof(req) => sign(state, req).await.map(|proof| encode_ok(&id, proof)),
+        Op::SignProof(req) => sign(state, peer, req)
+            .await
+            .map(|proof| encode_ok(&id, proof)),
         Op::GenerateKey(req) => generate(state, req).await.map(|key| encode_ok(&id, key)),
         Op::ImportKey(req) => import(state, req).await.map(|key| encode_ok(&id, key)),
         Op::AdoptKey(req) => adopt(state, req).await.map(|key| encode_ok(&id, key)),
@@ -110,10 +114,45 @@ fn bad_request(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, message)
 }
 
-async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
-    let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
+/// `sign_proof`, with its audit line: every decision, allowed or refused and why, with the
+/// key, the request's method and origin, and the client; never the token or the proof.
+async fn sign(state: &State, peer: &Peer, req: SignProof) -> Result<ProofReply, WireError> {
+    let htu = Htu::from_url(&req.htu);
+    let key = state.keyring.get(&req.key);
+    let result = match (&key, &htu) {
+        (Ok(key), Ok(htu)) => sign_checked(state, key, &req, htu).await,
+        (Err(e), _) => Err(keys_error(e)),
+        (_, Err(e)) => Err(jose_err(e)),
+    };
+    let origin = htu.as_ref().map_or("(invalid URL)", |h| h.origin());
+    let jkt = key.as_ref().map_or("", |k| k.meta().info().jkt.as_str());
+    let exe = peer
+        .exe()
+        .map_or(Cow::Borrowed("unknown"), |p| p.to_string_lossy());
+    let pid = peer.pid.unwrap_or(0);
+    match &result {
+        Ok(_) => info!(
+            target: "audit",
+            key = %req.key, jkt = %jkt, htm = %req.htm, origin = %origin, pid, exe = %exe,
+            "sign_proof allowed"
+        ),
+        Err(e) => info!(
+            target: "audit",
+            key = %req.key, jkt = %jkt, htm = %req.htm, origin = %origin, pid, exe = %exe,
+            code = %e.code, reason = %e.message,
+            "sign_proof refused"
+        ),
+    }
+    result
+}
+
+async fn sign_checked(
+    state: &State,
+    key: &SignerRef,
+    req: &SignProof,
+    htu: &Htu,
+) -> Result<ProofReply, WireError> {
     let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
-    let htu = Htu::from_url(&req.htu).map_err(|e| jose_err(&e))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
@@ -128,11 +167,11 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
             stored.as_deref()
         }
     };
-    let claims = Claims::new(&method, &htu, now);
-    let claims = match (&req.access_token, req.ath) {
+    let claims = Claims::new(&method, htu, now);
+    let claims = match (&req.access_token, &req.ath) {
         (Some(_), Some(_)) => return Err(bad_request("give access_token or ath, not both")),
         (Some(token), None) => claims.with_access_token(token),
-        (None, Some(ath)) => claims.with_ath(ath),
+        (None, Some(ath)) => claims.with_ath(ath.clone()),
         (None, None) => Ok(claims),
     }
     .and_then(|c| c.with_nonce(nonce))
@@ -141,7 +180,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
     let proof = if key.is_blocking() {
         let sign = || {
             let started = Instant::now();
-            let proof = sign_proof(&*key, &claims);
+            let proof = sign_proof(&**key, &claims);
             key.meta().observe_sign_time(started.elapsed());
             proof
         };
@@ -159,7 +198,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
             tokio::task::block_in_place(sign)
         }
     } else {
-        sign_proof(&*key, &claims)
+        sign_proof(&**key, &claims)
     };
     proof
         .map(|proof| ProofReply { proof })

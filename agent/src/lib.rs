@@ -6,7 +6,7 @@
 //! - [`config`]: flags and the TOML file, merged into [`config::Settings`];
 //! - [`backends`]: opens the key backends into one keyring, adopts configured keys;
 //! - [`socket`]: where the socket lives and how it is bound safely;
-//! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
+//! - [`server`]: accept loop, peer check ([`peer`]: who the client is), limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
 //!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin;
 //! - [`background`]: `eval "$(dpop-agent)"`, `--reuse`; [`shell`]: its sh and csh lines;
@@ -22,6 +22,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod locked;
 pub mod nonces;
+pub mod peer;
 pub mod pin;
 pub mod server;
 pub mod shell;

@@ -58,7 +58,7 @@ fn init_logging(detached: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info".into()),
+                .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info,audit=info".into()),
         )
         .with_writer(|| background::StderrTee)
         .with_ansi(std::io::stderr().is_terminal())
