@@ -9,11 +9,12 @@ use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
     KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request, SignProof,
-    WireError, encode_err, encode_ok,
+    StatusReply, WireError, encode_err, encode_ok,
 };
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
+use crate::lock::Lock;
 use crate::locked::LockedBytes;
 use crate::nonces::Nonces;
 use crate::peer::Peer;
@@ -28,6 +29,8 @@ pub struct State {
     pub software_persistent: bool,
     /// Servers' `DPoP-Nonce` values, per key and origin.
     pub nonces: Nonces,
+    /// `lock` / `unlock`.
+    pub lock: Lock,
 }
 
 impl State {
@@ -37,6 +40,7 @@ impl State {
             keyring,
             software_persistent,
             nonces: Nonces::new(),
+            lock: Lock::new(),
         }
     }
 }
@@ -61,6 +65,21 @@ pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8
             },
         )),
         Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
+        Op::Status {} => Ok(encode_ok(&id, status(state))),
+        Op::Lock(req) => {
+            let done = state.lock.lock(Zeroizing::new(req.passphrase)).await;
+            if done.is_ok() {
+                info!("locked");
+            }
+            done.map(|()| encode_ok(&id, EmptyReply {}))
+        }
+        Op::Unlock(req) => {
+            let done = state.lock.unlock(Zeroizing::new(req.passphrase)).await;
+            if done.is_ok() {
+                info!("unlocked");
+            }
+            done.map(|()| encode_ok(&id, EmptyReply {}))
+        }
         Op::SignProof(req) => sign(state, peer, req)
             .await
             .map(|proof| encode_ok(&id, proof)),
@@ -89,6 +108,19 @@ fn hello(state: &State) -> HelloReply {
             .iter()
             .map(|b| b.to_string())
             .collect(),
+        software_persistent: state.software_persistent,
+    }
+}
+
+fn status(state: &State) -> StatusReply {
+    let hello = hello(state);
+    StatusReply {
+        agent: hello.agent,
+        protocol: hello.protocol,
+        pid: std::process::id(),
+        backends: hello.backends,
+        locked: state.lock.is_locked(),
+        keys: state.keyring.list().len(),
         software_persistent: state.software_persistent,
     }
 }
@@ -152,6 +184,7 @@ async fn sign_checked(
     req: &SignProof,
     htu: &Htu,
 ) -> Result<ProofReply, WireError> {
+    state.lock.check()?;
     let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -240,6 +273,7 @@ async fn blocking_change(
 }
 
 async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     let alg = req.alg.unwrap_or(dpop_jose::Algorithm::ES256);
@@ -247,6 +281,7 @@ async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError
 }
 
 async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     // The PEM stays for the whole import (scrypt for a key file, a token round trip): on
@@ -259,6 +294,7 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
 }
 
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     // Without a backend, the keyring takes it from the URI's scheme.
     let backend = match req.backend.as_deref() {
@@ -281,6 +317,7 @@ fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError
 }
 
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let keyring = state.keyring.clone();
     let label = req.label;
     let info = tokio::task::spawn_blocking(move || keyring.delete(&label))

@@ -8,7 +8,7 @@
 //! - [`socket`]: where the socket lives and how it is bound safely;
 //! - [`server`]: accept loop, peer check ([`peer`]: who the client is), limits, shutdown; [`connection`]: JSON Lines framing;
 //! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
-//!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin;
+//!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin; [`lock`]: lock and unlock;
 //! - [`background`]: `eval "$(dpop-agent)"`, `--reuse`; [`shell`]: its sh and csh lines;
 //!   [`stop`]: `-k`; [`pin`]: the PIN prompt and the
 //!   secrets the background start hands to its child;
@@ -20,6 +20,7 @@ pub mod background;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
+pub mod lock;
 pub mod locked;
 pub mod nonces;
 pub mod peer;

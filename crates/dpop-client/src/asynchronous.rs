@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
-use dpop_protocol::{HelloReply, KeyDescription};
+use dpop_protocol::{HelloReply, KeyDescription, StatusReply};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -148,5 +148,21 @@ impl Client {
         nonce: &str,
     ) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce)).await
+    }
+
+    /// The agent's pid, version, backends, lock state and key count.
+    pub async fn status(&mut self) -> Result<StatusReply, Error> {
+        self.run(Call::status()).await
+    }
+
+    /// Locks the agent: it refuses every signing and key-changing request (`locked`) until
+    /// [`unlock`](Self::unlock) with the same passphrase.
+    pub async fn lock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::lock(passphrase)).await
+    }
+
+    /// Unlocks the agent. A wrong passphrase is answered late, later after each wrong one.
+    pub async fn unlock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::unlock(passphrase)).await
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
-use dpop_protocol::{HelloReply, KeyDescription};
+use dpop_protocol::{HelloReply, KeyDescription, StatusReply};
 
 use crate::exchange::{Call, Exchange};
 use crate::peer::check_agent;
@@ -137,5 +137,21 @@ impl Client {
     /// a response carries.
     pub fn report_nonce(&mut self, key: &str, origin: &str, nonce: &str) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce))
+    }
+
+    /// The agent's pid, version, backends, lock state and key count.
+    pub fn status(&mut self) -> Result<StatusReply, Error> {
+        self.run(Call::status())
+    }
+
+    /// Locks the agent: it refuses every signing and key-changing request (`locked`) until
+    /// [`unlock`](Self::unlock) with the same passphrase.
+    pub fn lock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::lock(passphrase))
+    }
+
+    /// Unlocks the agent. A wrong passphrase is answered late, later after each wrong one.
+    pub fn unlock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::unlock(passphrase))
     }
 }

@@ -4,7 +4,8 @@
 use dpop_jose::Algorithm;
 use dpop_protocol::{
     AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
-    ListKeysReply, Op, ProofReply, Reply, ReportNonce, Request, SignProof,
+    ListKeysReply, LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SignProof,
+    StatusReply,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -112,7 +113,34 @@ impl Call<String> {
     }
 }
 
+impl Call<StatusReply> {
+    pub(crate) fn status() -> Self {
+        Call {
+            op: Op::Status {},
+            output: body,
+        }
+    }
+}
+
 impl Call<()> {
+    pub(crate) fn lock(passphrase: &str) -> Self {
+        Call {
+            op: Op::Lock(LockRequest {
+                passphrase: passphrase.to_owned(),
+            }),
+            output: |_| Ok(()),
+        }
+    }
+
+    pub(crate) fn unlock(passphrase: &str) -> Self {
+        Call {
+            op: Op::Unlock(LockRequest {
+                passphrase: passphrase.to_owned(),
+            }),
+            output: |_| Ok(()),
+        }
+    }
+
     pub(crate) fn report_nonce(key: &str, origin: &str, nonce: &str) -> Self {
         Call {
             op: Op::ReportNonce(ReportNonce {
@@ -162,11 +190,13 @@ impl Exchange {
     }
 }
 
-/// The secret a request carries, if any: a private key to import, an access token.
+/// The secret a request carries, if any: a private key to import, an access token, a lock
+/// passphrase.
 fn secret_mut(op: &mut Op) -> Option<&mut String> {
     match op {
         Op::ImportKey(import) => Some(&mut import.pem),
         Op::SignProof(sign) => sign.access_token.as_mut(),
+        Op::Lock(lock) | Op::Unlock(lock) => Some(&mut lock.passphrase),
         _ => None,
     }
 }

@@ -58,6 +58,10 @@ pub enum ErrorCode {
     /// The agent serves as many connections as it allows; it closes this one. Try again
     /// later.
     Busy,
+    /// The agent is locked: signing and key changes wait for `unlock`.
+    Locked,
+    /// `unlock` of an agent that is not locked.
+    NotLocked,
     /// A code this client does not know (a newer agent).
     #[serde(other)]
     Unknown,

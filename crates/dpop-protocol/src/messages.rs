@@ -35,10 +35,16 @@ pub enum Op {
     SignProof(SignProof),
     /// Remember a server's `DPoP-Nonce` for a key's proofs to that origin.
     ReportNonce(ReportNonce),
+    /// The agent's state: pid, version, backends, lock, key count.
+    Status {},
+    /// Refuse every signing and key-changing request until `unlock` with the same passphrase.
+    Lock(LockRequest),
+    /// Undo `lock`.
+    Unlock(LockRequest),
 }
 
 /// The op names, for telling an unknown op from a malformed known one.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 11] = [
     "hello",
     "list_keys",
     "generate_key",
@@ -47,6 +53,9 @@ pub const OPS: [&str; 8] = [
     "delete_key",
     "sign_proof",
     "report_nonce",
+    "status",
+    "lock",
+    "unlock",
 ];
 
 /// `generate_key`.
@@ -147,6 +156,20 @@ pub struct ReportNonce {
     pub nonce: String,
 }
 
+/// `lock` and `unlock`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// The lock passphrase (not the key store's): chosen at `lock`, needed for `unlock`.
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for LockRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockRequest").finish_non_exhaustive()
+    }
+}
+
 /// Longest `DPoP-Nonce` the agent takes (in `sign_proof` and `report_nonce`).
 pub const MAX_NONCE_LEN: usize = dpop_jose::MAX_NONCE_LEN;
 
@@ -202,6 +225,25 @@ pub struct HelloReply {
     #[serde(default)]
     pub compiled_backends: Vec<String>,
     /// Whether software keys are saved to disk (a passphrase was given).
+    pub software_persistent: bool,
+}
+
+/// Reply to `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Agent name and version.
+    pub agent: String,
+    /// Protocol version.
+    pub protocol: u32,
+    /// The agent's process id.
+    pub pid: u32,
+    /// Configured backends.
+    pub backends: Vec<String>,
+    /// Whether the agent is locked (`lock`).
+    pub locked: bool,
+    /// How many keys it serves.
+    pub keys: usize,
+    /// Whether software keys are saved to disk.
     pub software_persistent: bool,
 }
 
