@@ -65,6 +65,11 @@ pub struct Args {
     #[arg(long)]
     pub ephemeral: bool,
 
+    /// Default lifetime of keys added without one, like ssh-agent's -t: 600, 10m, 8h, 1h30m.
+    /// After it, the key refuses to sign (`key_expired`); a saved key stays on disk.
+    #[arg(short = 't', long = "lifetime", value_name = "LIFE")]
+    pub lifetime: Option<String>,
+
     /// PKCS#11 module to load (enables the pkcs11 backend).
     #[arg(long, value_name = "PATH")]
     pub pkcs11_module: Option<PathBuf>,
@@ -118,6 +123,7 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
     ephemeral: Option<bool>,
+    lifetime: Option<String>,
     pkcs11_module: Option<PathBuf>,
     pkcs11_token: Option<String>,
     pkcs11_serial: Option<String>,
@@ -223,6 +229,10 @@ pub struct Settings {
     pub pkcs11: Option<Pkcs11Settings>,
     pub tpm_tcti: Option<String>,
     pub log_file: Option<PathBuf>,
+    /// `-t`: the lifetime of keys added without one, in seconds.
+    pub default_lifetime: Option<u64>,
+    /// The confirm-on-use program: `DPOP_ASKPASS`, else `SSH_ASKPASS`.
+    pub askpass: Option<PathBuf>,
     /// See [`Args::private_socket`].
     pub private_socket: Option<PathBuf>,
 }
@@ -417,6 +427,14 @@ impl Settings {
             pkcs11,
             tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
             log_file: args.log_file.clone().or(file.log_file),
+            default_lifetime: match args.lifetime.clone().or(file.lifetime) {
+                Some(text) => Some(
+                    dpop_protocol::parse_lifetime(&text)
+                        .map_err(|e| anyhow::anyhow!("-t / lifetime: {e}"))?,
+                ),
+                None => None,
+            },
+            askpass: env_path("DPOP_ASKPASS").or_else(|| env_path("SSH_ASKPASS")),
             private_socket: args.private_socket.clone(),
         })
     }

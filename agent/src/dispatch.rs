@@ -8,8 +8,8 @@ use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
-    KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request, SignProof,
-    StatusReply, WireError, encode_err, encode_ok,
+    KeyPolicy, KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request,
+    SetPolicy, SignProof, StatusReply, WireError, encode_err, encode_ok,
 };
 use tracing::{debug, info};
 use zeroize::Zeroizing;
@@ -18,6 +18,7 @@ use crate::lock::Lock;
 use crate::locked::LockedBytes;
 use crate::nonces::Nonces;
 use crate::peer::Peer;
+use crate::policy::{self, Policies};
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
@@ -31,16 +32,38 @@ pub struct State {
     pub nonces: Nonces,
     /// `lock` / `unlock`.
     pub lock: Lock,
+    /// Every key's policy.
+    pub policies: Policies,
+    /// `-t`: the lifetime of keys added without one (seconds).
+    pub default_lifetime: Option<u64>,
 }
 
 impl State {
-    /// The shared state of an agent serving `keyring`.
+    /// The shared state of an agent serving `keyring`, with policies kept in memory only and
+    /// no askpass program (see [`State::with_policies`]).
     pub fn new(keyring: Arc<Keyring>, software_persistent: bool) -> State {
         State {
             keyring,
             software_persistent,
             nonces: Nonces::new(),
             lock: Lock::new(),
+            policies: Policies::open(None, None).expect("memory-only policies"),
+            default_lifetime: None,
+        }
+    }
+
+    /// With these policies and default key lifetime.
+    pub fn with_policies(mut self, policies: Policies, default_lifetime: Option<u64>) -> State {
+        self.policies = policies;
+        self.default_lifetime = default_lifetime;
+        self
+    }
+
+    /// A key's public description with its policy.
+    fn describe(&self, info: &KeyInfo) -> KeyDescription {
+        KeyDescription {
+            policy: self.policies.get(info.label.as_str()),
+            ..describe(info)
         }
     }
 }
@@ -59,13 +82,14 @@ pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8
                     .iter()
                     .map(|info| KeyDescription {
                         nonce_origins: state.nonces.origins(info.label.as_str()),
-                        ..describe(info)
+                        ..state.describe(info)
                     })
                     .collect(),
             },
         )),
         Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
         Op::Status {} => Ok(encode_ok(&id, status(state))),
+        Op::SetPolicy(req) => set_policy(state, req).map(|key| encode_ok(&id, key)),
         Op::Lock(req) => {
             let done = state.lock.lock(Zeroizing::new(req.passphrase)).await;
             if done.is_ok() {
@@ -135,6 +159,7 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
         persistent: info.persistent,
         location: info.location.clone(),
         nonce_origins: Vec::new(),
+        policy: KeyPolicy::default(),
     }
 }
 
@@ -152,7 +177,7 @@ async fn sign(state: &State, peer: &Peer, req: SignProof) -> Result<ProofReply, 
     let htu = Htu::from_url(&req.htu);
     let key = state.keyring.get(&req.key);
     let result = match (&key, &htu) {
-        (Ok(key), Ok(htu)) => sign_checked(state, key, &req, htu).await,
+        (Ok(key), Ok(htu)) => sign_checked(state, key, &req, htu, peer).await,
         (Err(e), _) => Err(keys_error(e)),
         (_, Err(e)) => Err(jose_err(e)),
     };
@@ -183,13 +208,21 @@ async fn sign_checked(
     key: &SignerRef,
     req: &SignProof,
     htu: &Htu,
+    peer: &Peer,
 ) -> Result<ProofReply, WireError> {
     state.lock.check()?;
     let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
-        .as_secs() as i64;
+    let now = unix_now()?;
+    state
+        .policies
+        .check(&policy::Request {
+            label: &req.key,
+            jkt: &key.meta().info().jkt,
+            origin: htu.origin(),
+            peer,
+            now,
+        })
+        .await?;
     // An explicit nonce wins; otherwise the one a server last sent for this origin. A nonce
     // never goes to another origin than the one that issued it.
     let stored;
@@ -255,9 +288,32 @@ fn parse_backend(backend: Option<&str>) -> Result<BackendKind, WireError> {
         .map_err(|e| keys_error(&e))
 }
 
-/// Runs a keyring change on the blocking pool: backends touch disks and tokens.
+fn unix_now() -> Result<i64, WireError> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
+        .as_secs() as i64)
+}
+
+/// The policy a new key gets: the one asked for (checked before the key is made), with the
+/// agent's default lifetime (`-t`) when it names none.
+fn new_key_policy(state: &State, asked: Option<KeyPolicy>) -> Result<KeyPolicy, WireError> {
+    let mut policy = asked.unwrap_or_default();
+    Policies::validate(&policy)?;
+    if policy.expires_at.is_none()
+        && let Some(lifetime) = state.default_lifetime
+    {
+        policy.expires_at = Some(unix_now()?.saturating_add_unsigned(lifetime));
+    }
+    Ok(policy)
+}
+
+/// Runs a keyring change on the blocking pool (backends touch disks and tokens), then sets
+/// the new key's policy; a key whose policy cannot be saved is removed again, so no key is
+/// ever served without the policy it was made with.
 async fn blocking_change(
     state: &State,
+    policy: KeyPolicy,
     change: impl FnOnce(&Keyring) -> Result<SignerRef, dpop_keys::Error> + Send + 'static,
 ) -> Result<KeyReply, WireError> {
     let keyring = state.keyring.clone();
@@ -266,9 +322,32 @@ async fn blocking_change(
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
         .map_err(|e| keys_error(&e))?;
     let info = key.meta().info();
+    if !policy.is_empty()
+        && let Err(e) = state
+            .policies
+            .set(&info.label, &info.jkt, info.persistent, policy)
+    {
+        let keyring = state.keyring.clone();
+        let label = info.label.to_string();
+        let _ = tokio::task::spawn_blocking(move || keyring.delete(&label)).await;
+        return Err(e);
+    }
     info!(label = %info.label, backend = %info.backend, alg = %info.alg, jkt = %info.jkt, "key added");
     Ok(KeyReply {
-        key: describe(info),
+        key: state.describe(info),
+    })
+}
+
+fn set_policy(state: &State, req: SetPolicy) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
+    let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
+    let info = key.meta().info();
+    state
+        .policies
+        .set(&info.label, &info.jkt, info.persistent, req.policy)?;
+    info!(label = %info.label, "policy set");
+    Ok(KeyReply {
+        key: state.describe(info),
     })
 }
 
@@ -277,7 +356,8 @@ async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     let alg = req.alg.unwrap_or(dpop_jose::Algorithm::ES256);
-    blocking_change(state, move |k| k.generate(backend, &label, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| k.generate(backend, &label, alg)).await
 }
 
 async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
@@ -290,7 +370,11 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
     let pem = LockedBytes::copy_from(&pem)
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("secret buffer: {e}")))?;
     let alg = req.alg;
-    blocking_change(state, move |k| k.import_pem(backend, &label, &pem, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| {
+        k.import_pem(backend, &label, &pem, alg)
+    })
+    .await
 }
 
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
@@ -303,7 +387,8 @@ async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     };
     let alg = req.alg;
     let uri = req.uri;
-    blocking_change(state, move |k| k.adopt(backend, &uri, &label, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| k.adopt(backend, &uri, &label, alg)).await
 }
 
 fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError> {
@@ -325,6 +410,7 @@ async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
         .map_err(|e| keys_error(&e))?;
     state.nonces.forget_key(info.label.as_str());
+    state.policies.forget(&info.label);
     info!(label = %info.label, backend = %info.backend, "key deleted");
     Ok(KeyReply {
         key: describe(&info),

@@ -21,6 +21,7 @@ use tracing::info;
 use dpop_agent::backends::{self, PinPrompt};
 use dpop_agent::config::{Args, HandedSecrets, Settings};
 use dpop_agent::dispatch::State;
+use dpop_agent::policy::Policies;
 use dpop_agent::shell::Shell;
 use dpop_agent::{background, pin, server, socket, stop};
 
@@ -88,10 +89,21 @@ fn run(args: &Args) -> Result<()> {
     } else {
         PinPrompt::Terminal
     };
-    let state = Arc::new(State::new(
-        Arc::new(backends::open(&settings, prompt)?),
-        settings.passphrase.is_some(),
-    ));
+    let keyring = Arc::new(backends::open(&settings, prompt)?);
+    let policies = Policies::open(
+        Some(settings.data_dir.join("policies")),
+        settings.askpass.clone(),
+    )?;
+    let served: Vec<(String, String)> = keyring
+        .list()
+        .iter()
+        .map(|k| (k.label.to_string(), k.jkt.clone()))
+        .collect();
+    policies.load(&served)?;
+    let state = Arc::new(
+        State::new(keyring, settings.passphrase.is_some())
+            .with_policies(policies, settings.default_lifetime),
+    );
 
     // Before the socket exists and before the runtime's threads (which inherit the mask): a
     // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
@@ -199,6 +211,13 @@ fn check_config(args: &Args) -> Result<()> {
     }
     if let Some(path) = &settings.log_file {
         println!("log file (background): {}", path.display());
+    }
+    if let Some(seconds) = settings.default_lifetime {
+        println!("default key lifetime: {seconds} s");
+    }
+    match &settings.askpass {
+        Some(path) => println!("confirm-on-use asks with: {}", path.display()),
+        None => println!("confirm-on-use: no DPOP_ASKPASS or SSH_ASKPASS (confirm keys refuse)"),
     }
     println!("configuration OK");
     Ok(())

@@ -27,14 +27,21 @@ fn locked_agent_refuses_signing_and_key_changes_until_unlocked() {
     let mut other = agent.client();
     let code = |e: dpop_client::Error| e.code();
     assert_eq!(
-        code(other.sign_proof("k", &ProofRequest::new("GET", URL)).unwrap_err()),
+        code(
+            other
+                .sign_proof("k", &ProofRequest::new("GET", URL))
+                .unwrap_err()
+        ),
         Some(ErrorCode::Locked)
     );
     assert_eq!(
         code(other.generate_key("k2", None, None).unwrap_err()),
         Some(ErrorCode::Locked)
     );
-    assert_eq!(code(other.delete_key("k").unwrap_err()), Some(ErrorCode::Locked));
+    assert_eq!(
+        code(other.delete_key("k").unwrap_err()),
+        Some(ErrorCode::Locked)
+    );
     assert_eq!(
         code(other.lock("again").unwrap_err()),
         Some(ErrorCode::Locked),

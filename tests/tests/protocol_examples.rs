@@ -13,7 +13,11 @@ fn run_example(
     file: &str,
     args: &[&str],
 ) -> std::process::Output {
-    let package = if interpreter == "node" { "nodejs" } else { "python3" };
+    let package = if interpreter == "node" {
+        "nodejs"
+    } else {
+        "python3"
+    };
     require_tool(interpreter, &["--version"], package);
     Command::new(interpreter)
         .arg(workspace_root().join("docs/examples").join(file))

@@ -3,8 +3,8 @@
 
 use dpop_jose::Algorithm;
 use dpop_protocol::{
-    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
-    ListKeysReply, LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SignProof,
+    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyPolicy, KeyReply,
+    ListKeysReply, LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SetPolicy, SignProof,
     StatusReply,
 };
 use serde::de::DeserializeOwned;
@@ -53,11 +53,17 @@ impl Call<KeyDescription> {
         }
     }
 
-    pub(crate) fn generate_key(label: &str, backend: Option<&str>, alg: Option<Algorithm>) -> Self {
+    pub(crate) fn generate_key(
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
+    ) -> Self {
         Call::key_op(Op::GenerateKey(GenerateKey {
             label: label.to_owned(),
             backend: backend.map(str::to_owned),
             alg,
+            policy: policy.cloned(),
         }))
     }
 
@@ -66,22 +72,37 @@ impl Call<KeyDescription> {
         backend: Option<&str>,
         pem: &str,
         alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
     ) -> Self {
         Call::key_op(Op::ImportKey(ImportKey {
             label: label.to_owned(),
             backend: backend.map(str::to_owned),
             pem: pem.to_owned(),
             alg,
+            policy: policy.cloned(),
         }))
     }
 
-    pub(crate) fn adopt_key(uri: &str, label: &str, alg: Option<Algorithm>) -> Self {
+    pub(crate) fn adopt_key(
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
+    ) -> Self {
         Call::key_op(Op::AdoptKey(AdoptKey {
             label: label.to_owned(),
             uri: uri.to_owned(),
             // The agent tells the backend from the URI's scheme.
             backend: None,
             alg,
+            policy: policy.cloned(),
+        }))
+    }
+
+    pub(crate) fn set_policy(key: &str, policy: &KeyPolicy) -> Self {
+        Call::key_op(Op::SetPolicy(SetPolicy {
+            key: key.to_owned(),
+            policy: policy.clone(),
         }))
     }
 

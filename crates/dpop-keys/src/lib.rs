@@ -39,7 +39,7 @@ mod kind;
 mod label;
 pub mod pem;
 pub mod pkcs11;
-mod records;
+pub mod records;
 pub mod software;
 mod store_key;
 

@@ -41,10 +41,12 @@ pub enum Op {
     Lock(LockRequest),
     /// Undo `lock`.
     Unlock(LockRequest),
+    /// Replace a key's policy.
+    SetPolicy(SetPolicy),
 }
 
 /// The op names, for telling an unknown op from a malformed known one.
-pub const OPS: [&str; 11] = [
+pub const OPS: [&str; 12] = [
     "hello",
     "list_keys",
     "generate_key",
@@ -56,6 +58,7 @@ pub const OPS: [&str; 11] = [
     "status",
     "lock",
     "unlock",
+    "set_policy",
 ];
 
 /// `generate_key`.
@@ -70,6 +73,9 @@ pub struct GenerateKey {
     /// Algorithm (default ES256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The new key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 /// `import_key`.
@@ -86,6 +92,9 @@ pub struct ImportKey {
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 impl std::fmt::Debug for ImportKey {
@@ -94,6 +103,7 @@ impl std::fmt::Debug for ImportKey {
             .field("label", &self.label)
             .field("backend", &self.backend)
             .field("alg", &self.alg)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +123,9 @@ pub struct AdoptKey {
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 /// `delete_key`.
@@ -154,6 +167,47 @@ pub struct ReportNonce {
     pub origin: String,
     /// The `DPoP-Nonce` value (RFC 9449 section 8 syntax, at most [`MAX_NONCE_LEN`] bytes).
     pub nonce: String,
+}
+
+/// What a key may be used for, enforced by the agent. Empty lists allow everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicy {
+    /// Origins whose proofs the key signs: `https://api.example.com`, `https://*.example.com`
+    /// (any subdomain, not the domain itself), `http://localhost:8080`. Any other origin is
+    /// refused with `origin_not_allowed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    /// Absolute paths of the client executables that may use the key (Linux:
+    /// `/proc/<pid>/exe` of the peer). Others are refused with `client_not_allowed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_clients: Vec<String>,
+    /// When the key stops signing (Unix seconds): `key_expired` after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Ask the user (`DPOP_ASKPASS` / `SSH_ASKPASS`) before each signature.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// With `confirm`: a yes is remembered for this many seconds for the same client process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_remember_secs: Option<u64>,
+}
+
+impl KeyPolicy {
+    /// True when the policy allows everything (nothing to show or store).
+    pub fn is_empty(&self) -> bool {
+        self == &KeyPolicy::default()
+    }
+}
+
+/// `set_policy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicy {
+    /// The key's label.
+    pub key: String,
+    /// Its new policy, replacing the old one.
+    pub policy: KeyPolicy,
 }
 
 /// `lock` and `unlock`.
@@ -210,6 +264,9 @@ pub struct KeyDescription {
     /// Origins for which the agent holds a server nonce for this key (`list_keys` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nonce_origins: Vec<String>,
+    /// The key's policy (absent: none).
+    #[serde(default, skip_serializing_if = "KeyPolicy::is_empty")]
+    pub policy: KeyPolicy,
 }
 
 /// Reply to `hello`.
