@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dpop_jose::Htu;
@@ -166,7 +166,7 @@ pub struct Request<'a> {
 /// Every key's policy.
 pub struct Policies {
     store: Option<RecordStore>,
-    by_label: RwLock<HashMap<String, Checked>>,
+    by_label: RwLock<HashMap<String, Arc<Checked>>>,
     /// Yes answers remembered: (label, client pid, client executable) until when.
     confirmed: Mutex<HashMap<(String, i32, PathBuf), Instant>>,
     /// One question on the screen at a time.
@@ -210,7 +210,8 @@ impl Policies {
             }
             let checked = Checked::new(record.policy, jkt)
                 .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
-            self.write_map().insert(record.label.to_string(), checked);
+            self.write_map()
+                .insert(record.label.to_string(), Arc::new(checked));
             loaded += 1;
         }
         if loaded > 0 {
@@ -219,11 +220,11 @@ impl Policies {
         Ok(())
     }
 
-    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Checked>> {
+    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Checked>>> {
         self.by_label.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Checked>> {
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Checked>>> {
         self.by_label.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -267,7 +268,7 @@ impl Policies {
         if wire.is_empty() {
             map.remove(label.as_str());
         } else {
-            map.insert(label.to_string(), checked);
+            map.insert(label.to_string(), Arc::new(checked));
         }
         drop(map);
         self.forget_confirmations(label.as_str());
