@@ -347,3 +347,32 @@ fn socket_activation_with_listen_fds_and_sd_notify_readiness() {
     let log = fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(log.contains("not a listening Unix stream socket"), "{log}");
 }
+
+#[test]
+fn clients_find_the_default_socket_without_dpop_auth_sock() {
+    let agent = TestAgent::start(AgentOptions::new().default_socket_location());
+    agent.client().generate_key("found", None, None).unwrap();
+    let runtime = agent.dir().join("run");
+    let list = run_ok(
+        Command::new(&binaries().dpop)
+            .args(["keys", "list"])
+            .env_remove("DPOP_AUTH_SOCK")
+            .env("XDG_RUNTIME_DIR", &runtime),
+    );
+    assert!(stdout(&list).contains("found"), "{}", stdout(&list));
+
+    // Nothing there: the error says what to do.
+    let empty = new_temp_dir();
+    let out = Command::new(&binaries().dpop)
+        .args(["keys", "list"])
+        .env_remove("DPOP_AUTH_SOCK")
+        .env("XDG_RUNTIME_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DPOP_AUTH_SOCK") && stderr.contains("dpop-agent"),
+        "{stderr}"
+    );
+}
