@@ -43,6 +43,8 @@ pub mod binaries;
 pub mod connection;
 pub mod keys;
 pub mod process;
+pub mod redis;
+pub mod server;
 pub mod softhsm;
 pub mod verify;
 pub mod wait;
@@ -56,6 +58,8 @@ pub use process::{
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
     write_private_file,
 };
+pub use redis::{RedisServer, free_port};
+pub use server::{DpopCaller, Reply, ResourceServer, ServerOptions, TokenIssuer};
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
