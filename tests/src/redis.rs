@@ -51,6 +51,16 @@ impl RedisServer {
         self.port
     }
 
+    /// Runs `redis-cli -p <port> args...` and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = crate::run_ok(
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// What the server logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

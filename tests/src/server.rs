@@ -117,6 +117,16 @@ pub struct ResourceServer {
 impl ResourceServer {
     /// Starts one and waits until it listens; panics with its log when it does not.
     pub fn start(issuer: &TokenIssuer, options: ServerOptions) -> ResourceServer {
+        ResourceServer::try_start(issuer, options)
+            .unwrap_or_else(|log| panic!("dpop-resource-server did not start; its log:\n{log}"))
+    }
+
+    /// Starts one and waits until it listens, or returns its log when it exits first or
+    /// does not listen within [`PROCESS_TIMEOUT`].
+    pub fn try_start(
+        issuer: &TokenIssuer,
+        options: ServerOptions,
+    ) -> Result<ResourceServer, String> {
         let dir = new_temp_dir();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
         let mut command = Command::new(&binaries().resource_server);
@@ -159,11 +169,14 @@ impl ResourceServer {
             child: Some((child, guard)),
         };
         match rx.recv_timeout(PROCESS_TIMEOUT) {
-            Ok(line) if line.starts_with("listening on ") => server,
-            other => panic!(
-                "dpop-resource-server did not start ({other:?}); its log:\n{}",
-                server.log()
-            ),
+            Ok(line) if line.starts_with("listening on ") => Ok(server),
+            // Standard output closed (it exited) or nothing in time: stop it, then read
+            // everything it logged.
+            _ => {
+                let mut server = server;
+                server.stop();
+                Err(server.log())
+            }
         }
     }
 
@@ -183,12 +196,19 @@ impl ResourceServer {
     }
 }
 
-impl Drop for ResourceServer {
-    fn drop(&mut self) {
+impl ResourceServer {
+    /// Kills it (when still running) and waits until it is gone.
+    pub fn stop(&mut self) {
         if let Some((mut child, _guard)) = self.child.take() {
             let _ = child.kill();
             let _ = wait_timeout(&mut child, PROCESS_TIMEOUT);
         }
+    }
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -129,3 +129,50 @@ async fn a_redis_outage_fails_closed_or_open_as_configured_and_heals() {
         closed.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_keeps_a_hash_of_each_pair_until_the_iat_window_ends() {
+    let redis = RedisServer::start();
+    let issuer = TokenIssuer::new();
+    let caller = DpopCaller::new();
+    let server = ResourceServer::start(&issuer, fleet_member(&redis, &[]));
+    let token = issuer.token("alice", Some(&caller.jkt));
+    let nonce = nonce_from(&caller, &server, &token).await;
+    let proof = proof(&caller, &token, Some(&nonce)).await;
+    assert_eq!(send(&caller, &server, &token, &proof).await.status, 200);
+
+    let keys = redis.cli(&["--scan", "--pattern", "dpop:jti:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "one pair recorded: {keys:?}");
+    // The key is the pair's hash: neither jti nor jkt appears in it.
+    let (_, claims) = dpop_tests::decode_jws(&proof);
+    let jti = claims["jti"].as_str().unwrap();
+    assert!(
+        !keys[0].contains(jti) && !keys[0].contains(&caller.jkt),
+        "{}",
+        keys[0]
+    );
+    // iat + 60 s + 5 s (RFC 9449 preset), counted from now: at most 65 s, and more than a
+    // few seconds less only if the test machine stalled.
+    let ttl: i64 = redis.cli(&["ttl", keys[0]]).trim().parse().unwrap();
+    assert!((50..=65).contains(&ttl), "TTL {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_at_start_is_an_error_not_a_panic() {
+    let issuer = TokenIssuer::new();
+    // Nothing listens there.
+    let url = format!("redis://127.0.0.1:{}", dpop_tests::free_port());
+    let log = match ResourceServer::try_start(
+        &issuer,
+        ServerOptions {
+            redis: Some(url),
+            ..ServerOptions::default()
+        },
+    ) {
+        Ok(_) => panic!("the server started without its Redis"),
+        Err(log) => log,
+    };
+    assert!(log.contains("connecting to Redis"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
