@@ -266,4 +266,36 @@ mod tests {
             assert!(PublicUrl::new(base).is_err(), "{base}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever a client or proxy sends, rebuilding never panics, an untrusted peer
+        /// always gets the configured URL, and a trusted one a URL that parses.
+        #[test]
+        fn any_forwarding_headers_are_handled(
+            forwarded in "\\PC{0,60}",
+            proto in "\\PC{0,12}",
+            host in "\\PC{0,40}",
+            path in "/[!-~]{0,30}",
+        ) {
+            let url = PublicUrl::new("https://api.example.com/p").unwrap().trust_proxies([PROXY]);
+            let mut h = HeaderMap::new();
+            for (name, value) in [("forwarded", &forwarded), ("x-forwarded-proto", &proto), ("x-forwarded-host", &host)] {
+                if let Ok(v) = http::HeaderValue::from_str(value) {
+                    h.append(name, v);
+                }
+            }
+            let untrusted = url.request_url(&path, &h, Some(CLIENT)).unwrap();
+            proptest::prop_assert!(untrusted.starts_with("https://api.example.com/p/"));
+            if let Ok(rebuilt) = url.request_url(&path, &h, Some(PROXY)) {
+                let path = path.split(['?', '#']).next().unwrap();
+                let rest = rebuilt
+                    .strip_prefix("https://")
+                    .or_else(|| rebuilt.strip_prefix("http://"));
+                proptest::prop_assert!(rest.is_some(), "{}", rebuilt);
+                let (authority, tail) = rest.unwrap().split_once('/').unwrap();
+                proptest::prop_assert!(authority.parse::<Authority>().is_ok(), "{}", rebuilt);
+                proptest::prop_assert_eq!(format!("/{tail}"), format!("/p{path}"));
+            }
+        }
+    }
 }
