@@ -104,6 +104,8 @@ pub struct ServerOptions {
     pub public_url: Option<String>,
     /// More arguments (`--require-nonce`, `--preset fapi2`, ...).
     pub args: Vec<String>,
+    /// `--jwks URL` instead of the issuer's JWKS file.
+    pub jwks_url: Option<String>,
 }
 
 /// A running `dpop-resource-server` on a free loopback port, reading `jwks`, with
@@ -132,7 +134,10 @@ impl ResourceServer {
         let mut command = Command::new(&binaries().resource_server);
         command
             .arg("--jwks")
-            .arg(issuer.jwks_path())
+            .arg(match &options.jwks_url {
+                Some(url) => url.into(),
+                None => issuer.jwks_path(),
+            })
             .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .args(&options.args)
             .env_remove("DPOP_NONCE_SECRET")

@@ -21,6 +21,7 @@ fn fleet_member(redis: &RedisServer, extra: &[&str]) -> ServerOptions {
         nonce_secret: Some(SECRET.to_owned()),
         public_url: Some(PUBLIC.to_owned()),
         args,
+        ..ServerOptions::default()
     }
 }
 

@@ -399,3 +399,47 @@ async fn the_fapi2_preset_requires_nonces() {
     let reply = caller.get(&url, &token, reply.dpop_nonce.as_deref()).await;
     assert_eq!(reply.status, 200, "{reply:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_jwks_can_come_from_an_http_url() {
+    use dpop_tests::{KillOnDrop, free_port, wait_until};
+    use std::process::{Command, Stdio};
+
+    let issuer = TokenIssuer::new();
+    let caller = DpopCaller::new();
+    // A real HTTP server for the JWKS: Python's (python3 is already needed by the suite).
+    let port = free_port();
+    let dir = issuer.jwks_path().parent().unwrap().to_owned();
+    let mut http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .arg("--directory")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 runs (install python3)");
+    let _guard = KillOnDrop(http.id());
+    wait_until(
+        "python3 -m http.server listens",
+        dpop_tests::PROCESS_TIMEOUT,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let server = ResourceServer::start(
+        &issuer,
+        ServerOptions {
+            jwks_url: Some(format!("http://127.0.0.1:{port}/jwks.json")),
+            ..ServerOptions::default()
+        },
+    );
+    let token = issuer.token("alice", Some(&caller.jkt));
+    let reply = caller.get(&server.url("/"), &token, None).await;
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", server.log());
+    let _ = http.kill();
+    let _ = http.wait();
+}
