@@ -234,3 +234,122 @@ pub enum ConfigError {
     #[error("no signature algorithm allowed")]
     NoAlgorithms,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpop_jose::Error as Jose;
+
+    fn rejection(error: Error, endpoint: Endpoint, nonce: Option<&str>) -> Rejection {
+        let challenge = Arc::new(Challenge::new(&[dpop_jose::Algorithm::ES256]));
+        Rejection::new(error, endpoint, challenge, nonce.map(str::to_owned), None)
+    }
+
+    #[test]
+    fn every_error_maps_to_its_code_and_status() {
+        let proof_errors = [
+            Jose::MalformedProof("x"),
+            Jose::DuplicateMember { part: "header" },
+            Jose::CriticalHeader,
+            Jose::WrongType,
+            Jose::UnsupportedAlgorithm {
+                alg: "HS256".into(),
+            },
+            Jose::PrivateKeyInJwk { member: "d".into() },
+            Jose::InvalidJwk { reason: "x".into() },
+            Jose::BadSignature,
+            Jose::BadClaim("jti"),
+            Jose::JtiTooLong { len: 300, max: 256 },
+            Jose::MethodMismatch {
+                expected: "GET".into(),
+                got: "POST".into(),
+            },
+            Jose::UrlMismatch {
+                expected: "a".into(),
+                got: "b".into(),
+            },
+            Jose::IatOutOfWindow { iat: 0, now: 100 },
+            Jose::AthMissing,
+            Jose::AthMismatch,
+            Jose::Replayed,
+        ];
+        for e in proof_errors {
+            let text = e.to_string();
+            let r = rejection(Error::Proof(e), Endpoint::Resource, None);
+            assert_eq!(r.error_code(), Some("invalid_dpop_proof"), "{text}");
+            assert_eq!(r.status(), 401, "{text}");
+        }
+        let cases: [(Error, Option<&str>, Option<&str>, u16); 12] = [
+            (Error::NoCredentials, None, None, 401),
+            (
+                Error::MalformedAuthorization("x"),
+                None,
+                Some("invalid_request"),
+                400,
+            ),
+            (Error::MultipleProofs, None, Some("invalid_dpop_proof"), 401),
+            (Error::MissingProof, None, Some("invalid_dpop_proof"), 401),
+            (Error::ProofNotAscii, None, Some("invalid_dpop_proof"), 401),
+            (Error::BearerDowngrade, None, Some("invalid_token"), 401),
+            (
+                Error::InvalidToken("x".into()),
+                None,
+                Some("invalid_token"),
+                401,
+            ),
+            (
+                Error::Proof(Jose::JktMismatch {
+                    expected: "a".into(),
+                    got: "b".into(),
+                }),
+                None,
+                Some("invalid_token"),
+                401,
+            ),
+            (
+                Error::Proof(Jose::UseNonce),
+                Some("n"),
+                Some("use_dpop_nonce"),
+                401,
+            ),
+            (
+                Error::Replay(ReplayError::Full),
+                Some("n"),
+                Some("use_dpop_nonce"),
+                401,
+            ),
+            (
+                Error::Replay(ReplayError::Full),
+                None,
+                Some("temporarily_unavailable"),
+                503,
+            ),
+            (
+                Error::Replay(ReplayError::Unavailable {
+                    reason: "down".into(),
+                }),
+                None,
+                Some("temporarily_unavailable"),
+                503,
+            ),
+        ];
+        for (error, nonce, code, status) in cases {
+            let text = error.to_string();
+            let r = rejection(error, Endpoint::Resource, nonce);
+            assert_eq!(r.error_code(), code, "{text}");
+            assert_eq!(r.status(), status, "{text}");
+            assert_eq!(r.www_authenticate().is_some(), status != 503, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_token_endpoint_answers_400_without_a_challenge() {
+        let r = rejection(Error::Proof(Jose::BadSignature), Endpoint::Token, None);
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.www_authenticate(), None);
+        assert_eq!(r.body()["error"], "invalid_dpop_proof");
+        let response = r.to_response();
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+}
