@@ -141,6 +141,7 @@ impl ResourceServer {
             .args(["--issuer", ISSUER, "--audience", AUDIENCE])
             .args(&options.args)
             .env_remove("DPOP_NONCE_SECRET")
+            .env_remove("DPOP_REDIS_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -51,8 +51,9 @@ struct Args {
     #[arg(long, value_enum, default_value_t = PresetArg::Rfc9449)]
     preset: PresetArg,
     /// Redis URL for replay state shared by instances (redis://127.0.0.1:6379); without it,
-    /// replay state is in this process's memory.
-    #[arg(long)]
+    /// replay state is in this process's memory. A URL with a password belongs in
+    /// `DPOP_REDIS_URL`, not on the command line, which other users can read.
+    #[arg(long, env = "DPOP_REDIS_URL", hide_env_values = true)]
     redis: Option<String>,
     /// Longest a Redis check may take, in milliseconds.
     #[arg(long, default_value_t = 500)]
