@@ -31,8 +31,8 @@ impl Default for RedisOptions {
 /// Each pair is stored once with `SET key 1 NX EX ttl`, `ttl` running until the end of the
 /// proof's `iat` window: Redis answers `OK` for a new pair and nothing for a replay, in one
 /// atomic round trip. Keys hold a SHA-256 of the pair, never the proof. The connection is
-/// re-established after Redis restarts; while it is down every check fails within
-/// [`RedisOptions::timeout`].
+/// re-established after Redis restarts; while it is down every check fails, at once when
+/// Redis refuses connections and after [`RedisOptions::timeout`] when it does not answer.
 #[derive(Clone)]
 pub struct RedisReplayStore {
     connection: ConnectionManager,
@@ -59,11 +59,10 @@ impl RedisReplayStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.timeout)
             .set_response_timeout(options.timeout)
-            // One quick retry: a fleet answers 503 at once rather than queue requests
-            // behind a long reconnect backoff.
-            .set_number_of_retries(1)
-            .set_factor(10)
-            .set_max_delay(50);
+            // No retry loop: its backoff (with jitter of up to a second) would make every
+            // request wait for the timeout while Redis is down. A check that finds the
+            // connection gone starts one new attempt, which the next check uses.
+            .set_number_of_retries(0);
         let connect = ConnectionManager::new_with_config(client, config);
         let connection = tokio::time::timeout(options.timeout, connect)
             .await
