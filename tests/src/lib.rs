@@ -16,16 +16,22 @@
 //!   [`AgentOptions::pkcs11`] starts an agent on it; [`SoftHsm::for_this_process`] is the
 //!   SoftHSM2 of a test binary that loads the module itself (dpop-keys' tests).
 //! - [`wait_until`] and [`poll_until`] are the suite's one poll loop with a deadline.
+//! - [`RedisServer`] runs a real `redis-server` on a free loopback port (stoppable,
+//!   restartable on the same port); [`ResourceServer`] runs the example resource server,
+//!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
+//!   requests with proofs from a real agent.
 //!
 //! One module per concern, everything re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
 //! (openssl-made keys), [`softhsm`] (PKCS#11 tokens), [`verify`] (checking proofs),
-//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks).
+//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks),
+//! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients).
 //!
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
 //! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
-//! opensc`); tests fail with a message saying what is missing rather than skip.
+//! opensc`), and `redis-server` for the server kit's tests (`apt-get install redis-server`);
+//! tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -43,6 +49,8 @@ pub mod binaries;
 pub mod connection;
 pub mod keys;
 pub mod process;
+pub mod redis;
+pub mod server;
 pub mod softhsm;
 pub mod verify;
 pub mod wait;
@@ -56,6 +64,8 @@ pub use process::{
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
     write_private_file,
 };
+pub use redis::{RedisServer, free_port};
+pub use server::{DpopCaller, Reply, ResourceServer, ServerOptions, TokenIssuer};
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
