@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::info;
 
@@ -74,9 +74,6 @@ fn run(args: &Args) -> Result<()> {
         (Some(path), true) => Some(background::open_log_file(path)?),
         _ => None,
     };
-    if settings.tpm_tcti.is_some() {
-        bail!("the tpm backend is not available in this build yet");
-    }
     let prompt = if args.detached {
         PinPrompt::LaunchPipe
     } else {

@@ -15,6 +15,10 @@
 //! - [`SoftHsmToken`] makes a throw-away SoftHSM2 token with its own `SOFTHSM2_CONF`, and
 //!   [`AgentOptions::pkcs11`] starts an agent on it; [`SoftHsm::for_this_process`] is the
 //!   SoftHSM2 of a test binary that loads the module itself (dpop-keys' tests).
+//! - [`Swtpm`] runs a throw-away software TPM (`swtpm socket` on free loopback ports, its own
+//!   state directory), and [`AgentOptions::tpm`] starts an agent on it. With this package's
+//!   feature `tpm` (on in `--all-features` runs), the binaries are built with dpop-agent's
+//!   `tpm` feature and [`Swtpm::context`] opens the TPM with tss-esapi.
 //! - [`wait_until`] and [`poll_until`] are the suite's one poll loop with a deadline.
 //!
 //! One module per concern, everything re-exported here: [`mod@binaries`] (building the
@@ -25,7 +29,8 @@
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
 //! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
-//! opensc`); tests fail with a message saying what is missing rather than skip.
+//! opensc`), and swtpm for the TPM tests (`apt-get install swtpm swtpm-tools`, and
+//! `libtss2-dev` to build); tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -44,6 +49,7 @@ pub mod connection;
 pub mod keys;
 pub mod process;
 pub mod softhsm;
+pub mod swtpm;
 pub mod verify;
 pub mod wait;
 
@@ -57,6 +63,7 @@ pub use process::{
     write_private_file,
 };
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
+pub use swtpm::Swtpm;
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
 
@@ -65,3 +72,5 @@ pub(crate) use process::require_command;
 pub use dpop_client;
 pub use dpop_jose;
 pub use dpop_protocol;
+#[cfg(feature = "tpm")]
+pub use tss_esapi;
