@@ -57,3 +57,191 @@ fn every_tpm_algorithm_signs_verifiable_proofs() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("Ed25519"), "{stderr}");
 }
+
+/// Keys survive agent restarts (same jkt, still signing), and the TPM reports what the
+/// backend promises: the key cannot leave this TPM (fixedTPM, fixedParent), the TPM made it
+/// (sensitiveDataOrigin), and it only signs (not decrypt, not restricted). The record holds
+/// the public area and the SRK-wrapped private blob, 0600.
+#[test]
+fn tpm_keys_persist_and_cannot_leave_the_tpm() {
+    let swtpm = Swtpm::start();
+    let mut agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let es256 = generate(&agent, "p-es256", "ES256");
+    let rs256 = generate(&agent, "p-rs256", "RS256");
+    agent.restart();
+    let listed = list(&agent);
+    for key in [&es256, &rs256] {
+        assert!(
+            listed.contains(key),
+            "{key:?} missing after restart: {listed:?}"
+        );
+        assert_signs(&agent, key);
+    }
+    let record_path = agent.data_dir().join("tpm/p-es256.json");
+    assert_eq!(dpop_tests::mode(&record_path), 0o600);
+    let record = direct::record(&agent.data_dir(), "p-es256");
+    assert_eq!(record["origin"], "generated");
+    assert_eq!(record["alg"], "ES256");
+
+    agent.stop();
+    let mut ctx = swtpm.context();
+    for label in ["p-es256", "p-rs256"] {
+        let attributes =
+            direct::load_and_read_public(&mut ctx, &agent.data_dir(), label).object_attributes();
+        assert!(
+            attributes.fixed_tpm() && attributes.fixed_parent(),
+            "{label}: {attributes:?}"
+        );
+        assert!(attributes.sensitive_data_origin(), "{label}");
+        assert!(
+            attributes.sign_encrypt() && attributes.user_with_auth(),
+            "{label}"
+        );
+        assert!(!attributes.decrypt() && !attributes.restricted(), "{label}");
+    }
+}
+
+/// A persistent key another program made is adopted by handle when the agent allows it,
+/// signs, survives a restart, and stays in the TPM when the agent forgets it. Without
+/// `--tpm-allow-adopt` clients are refused.
+#[test]
+fn a_persistent_tpm_key_is_adopted_by_handle() {
+    const HANDLE: u32 = 0x8100_0101;
+    let swtpm = Swtpm::start();
+    direct::persistent_p256_key(&mut swtpm.context(), HANDLE);
+    let uri = "tpm:handle=0x81000101";
+
+    let mut agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let refused = agent.dpop(&["keys", "adopt", uri, "--label", "adopted"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("permission_denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--tpm-allow-adopt"), "{stderr}");
+
+    agent.restart_with(AgentOptions::new().tpm(&swtpm).arg("--tpm-allow-adopt"));
+    let key = parse_key(&agent.dpop_ok(&["keys", "adopt", uri, "--label", "adopted", "--json"]));
+    assert_eq!(
+        (key.backend.as_str(), key.alg.to_string().as_str()),
+        ("tpm", "ES256")
+    );
+    assert_eq!(key.location.as_deref(), Some(uri));
+    assert_signs(&agent, &key);
+    let twice = agent.dpop(&["keys", "adopt", uri, "--label", "again"]);
+    let stderr = String::from_utf8_lossy(&twice.stderr);
+    assert!(
+        stderr.contains("key_exists") && stderr.contains("adopted"),
+        "{stderr}"
+    );
+    let nothing = agent.dpop(&["keys", "adopt", "tpm:handle=0x81000777", "--label", "none"]);
+    assert!(!nothing.status.success());
+
+    agent.restart();
+    assert!(list(&agent).contains(&key));
+    assert_signs(&agent, &key);
+    agent.dpop_ok(&["keys", "delete", "adopted"]);
+    agent.stop();
+    assert!(
+        direct::persistent_exists(&mut swtpm.context(), HANDLE),
+        "forgetting an adopted key must leave it in the TPM"
+    );
+}
+
+/// An EC PEM key is imported with TPM2_Import: its public key is the file's, it signs, and
+/// the TPM marks it as not bound to this TPM (an imported key cannot be fixedTPM). RSA keys
+/// are refused with a reason.
+#[test]
+fn an_ec_pem_key_is_imported_into_the_tpm() {
+    let swtpm = Swtpm::start();
+    let mut agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let pem = agent.dir().join("import.pem");
+    dpop_tests::openssl_ec_pem(&pem);
+    let pem_text = std::fs::read_to_string(&pem).unwrap();
+    let key = parse_key(&agent.dpop_ok(&[
+        "keys",
+        "import",
+        pem.to_str().unwrap(),
+        "--label",
+        "imported",
+        "--backend",
+        "tpm",
+        "--json",
+    ]));
+    // The same key in the software backend has the same thumbprint.
+    let software = agent
+        .client()
+        .import_key("soft-copy", None, &pem_text, None)
+        .expect("software import");
+    assert_eq!(key.jkt, software.jkt);
+    assert_signs(&agent, &key);
+    assert_eq!(
+        direct::record(&agent.data_dir(), "imported")["origin"],
+        "imported"
+    );
+
+    let rsa = agent.dir().join("rsa.pem");
+    dpop_tests::openssl_rsa_pem(&rsa);
+    let refused = agent.dpop(&[
+        "keys",
+        "import",
+        rsa.to_str().unwrap(),
+        "--label",
+        "rsa",
+        "--backend",
+        "tpm",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("generate RSA keys in the TPM"),
+        "{stderr}"
+    );
+
+    agent.stop();
+    let attributes =
+        direct::load_and_read_public(&mut swtpm.context(), &agent.data_dir(), "imported")
+            .object_attributes();
+    assert!(
+        !attributes.fixed_tpm() && !attributes.fixed_parent(),
+        "{attributes:?}"
+    );
+    assert!(attributes.sign_encrypt() && !attributes.decrypt());
+}
+
+/// A key whose wrapped private blob was damaged is reported at start-up and answers with a
+/// clear error; the other TPM keys are unaffected.
+#[test]
+fn a_damaged_key_blob_spoils_only_its_own_key() {
+    let swtpm = Swtpm::start();
+    let mut agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let good = generate(&agent, "good", "ES256");
+    generate(&agent, "damaged", "ES256");
+    agent.stop();
+
+    let path = agent.data_dir().join("tpm/damaged.json");
+    let mut record = direct::record(&agent.data_dir(), "damaged");
+    let mut private = direct::blob(&record, "private");
+    // Inside the encrypted sensitive area, past the size and the integrity HMAC's size.
+    let middle = private.len() / 2;
+    private[middle] ^= 0x5a;
+    use base64::Engine;
+    record["private"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(&private)
+        .into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+
+    agent.restart();
+    let reply = sign_reply(&agent, "damaged");
+    assert_eq!(dpop_tests::error_code(&reply), "backend_error", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("damaged") && message.contains("TPM2_Load"),
+        "{message}"
+    );
+    assert!(
+        agent.stderr_log().contains("TPM key not loaded"),
+        "{}",
+        agent.stderr_log()
+    );
+    assert_signs(&agent, &good);
+}

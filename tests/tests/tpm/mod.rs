@@ -65,3 +65,171 @@ pub fn sign_reply(agent: &TestAgent, label: &str) -> Value {
 pub fn list(agent: &TestAgent) -> Vec<KeyDescription> {
     agent.client().list_keys().expect("list_keys")
 }
+
+/// What the tests read from the TPM themselves, through tss-esapi (no agent may be connected
+/// to the swtpm meanwhile: it serves one client at a time).
+pub mod direct {
+    use std::path::Path;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use dpop_tests::tss_esapi::{
+        self, Context,
+        attributes::ObjectAttributesBuilder,
+        handles::KeyHandle,
+        interface_types::{
+            algorithm::{HashingAlgorithm, PublicAlgorithm},
+            ecc::EccCurve,
+            resource_handles::Hierarchy,
+            session_handles::AuthSession,
+        },
+        structures::{
+            EccPoint, EccScheme, HashScheme, Private, Public, PublicBuilder,
+            PublicEccParametersBuilder, SymmetricDefinitionObject,
+        },
+        traits::UnMarshall,
+    };
+    use serde_json::Value;
+
+    /// The well-known SRK template (TCG provisioning guidance: ECC P-256, AES-128-CFB,
+    /// restricted decryption, empty unique), written out here independently of the backend.
+    pub fn srk(ctx: &mut Context) -> KeyHandle {
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_no_da(true)
+            .with_restricted(true)
+            .with_decrypt(true)
+            .build()
+            .unwrap();
+        let template = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_restricted_decryption_key(
+                    SymmetricDefinitionObject::AES_128_CFB,
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap();
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+        })
+        .expect("creating the SRK")
+        .key_handle
+    }
+
+    /// The record of a key in the agent's data directory.
+    pub fn record(data_dir: &Path, label: &str) -> Value {
+        let path = data_dir.join(format!("tpm/{label}.json"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("a JSON record")
+    }
+
+    /// Decodes one of a record's base64url blobs.
+    pub fn blob(record: &Value, field: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(
+                record[field]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no {field}: {record}")),
+            )
+            .expect("base64url")
+    }
+
+    /// Loads a recorded key under the SRK and returns what the TPM says its public area is.
+    pub fn load_and_read_public(ctx: &mut Context, data_dir: &Path, label: &str) -> Public {
+        let record = record(data_dir, label);
+        let public = Public::unmarshall(&blob(&record, "public")).expect("a public area");
+        let private = Private::try_from(blob(&record, "private")).expect("a private blob");
+        let srk = srk(ctx);
+        let key = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.load(srk, private, public)
+            })
+            .expect("loading the recorded key");
+        let (public, _, _) = ctx.read_public(key).expect("reading the public area");
+        // swtpm has three object slots: leave them free.
+        ctx.flush_context(key.into()).expect("unloading the key");
+        ctx.flush_context(srk.into()).expect("unloading the SRK");
+        public
+    }
+
+    /// Makes an ECC P-256 signing key and makes it persistent at `handle` (the owner's
+    /// EvictControl), as another application would have.
+    pub fn persistent_p256_key(ctx: &mut Context, handle: u32) {
+        use tss_esapi::handles::{ObjectHandle, PersistentTpmHandle};
+        use tss_esapi::interface_types::{
+            dynamic_handles::Persistent, resource_handles::Provision,
+        };
+        let srk = srk(ctx);
+        let attributes = ObjectAttributesBuilder::new()
+            .with_fixed_tpm(true)
+            .with_fixed_parent(true)
+            .with_sensitive_data_origin(true)
+            .with_user_with_auth(true)
+            .with_sign_encrypt(true)
+            .build()
+            .unwrap();
+        let template = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attributes)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()
+            .unwrap();
+        let created = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.create(srk, template, None, None, None, None)
+            })
+            .expect("creating the key to adopt");
+        let key = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.load(srk, created.out_private, created.out_public)
+            })
+            .expect("loading the key to adopt");
+        let persistent = Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap());
+        ctx.execute_with_session(Some(AuthSession::Password), |c| {
+            c.evict_control(Provision::Owner, ObjectHandle::from(key), persistent)
+        })
+        .expect("making the key persistent");
+    }
+
+    /// Whether a persistent object exists at `handle`.
+    pub fn persistent_exists(ctx: &mut Context, handle: u32) -> bool {
+        use tss_esapi::handles::{PersistentTpmHandle, TpmHandle};
+        let handle = TpmHandle::Persistent(PersistentTpmHandle::new(handle).unwrap());
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(handle))
+            .is_ok()
+    }
+
+    /// TPM_PT_LOCKOUT_COUNTER and TPM_PT_MAX_AUTH_FAIL (GetCapability).
+    pub fn lockout_counter_and_max(ctx: &mut Context) -> (u32, u32) {
+        use tss_esapi::constants::PropertyTag;
+        let get = |ctx: &mut Context, tag| {
+            ctx.get_tpm_property(tag)
+                .expect("TPM2_GetCapability")
+                .unwrap_or_else(|| panic!("the TPM reports no {tag:?}"))
+        };
+        (
+            get(ctx, PropertyTag::LockoutCounter),
+            get(ctx, PropertyTag::MaxAuthFail),
+        )
+    }
+}

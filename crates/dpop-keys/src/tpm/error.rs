@@ -11,8 +11,10 @@ use crate::Error;
 pub(super) enum Fault {
     /// The connection is gone (TPM restarted, resource manager stopped): make a new context.
     Lost,
-    /// The TPM no longer has our objects loaded (reset, or out of object memory): reload.
+    /// The TPM no longer has our objects loaded (a reset): reconnect and reload.
     Evicted,
+    /// The TPM has no room for another loaded object: unload one of ours and try again.
+    ObjectMemory,
     /// The key's auth value was refused: never sent again (dictionary attack protection).
     AuthFail,
     /// The TPM is in dictionary attack lockout.
@@ -83,7 +85,8 @@ fn fault_of(rc: u32) -> Fault {
     if rc & 0x800 != 0 {
         // Format zero warnings (TPM_RC_WARN).
         return match rc & 0x7f {
-            0x02 | 0x06 | 0x10..=0x16 => Fault::Evicted, // OBJECT_MEMORY, OBJECT_HANDLES, REFERENCE_Hx
+            0x02 | 0x06 => Fault::ObjectMemory, // OBJECT_MEMORY, OBJECT_HANDLES
+            0x10..=0x16 => Fault::Evicted,      // REFERENCE_Hx
             0x21 => Fault::Lockout,
             _ => Fault::Other,
         };
@@ -111,7 +114,7 @@ impl TpmError {
     pub(super) fn into_error(self, tcti: &str, label: Option<&str>) -> Error {
         let key = label.map(|l| format!(" (key {l:?})")).unwrap_or_default();
         match self.fault {
-            Fault::Lost | Fault::Evicted => Error::TpmUnavailable {
+            Fault::Lost | Fault::Evicted | Fault::ObjectMemory => Error::TpmUnavailable {
                 tcti: tcti.to_owned(),
                 reason: format!("{} failed{key}: {}", self.command, self.reason),
             },
@@ -119,7 +122,15 @@ impl TpmError {
                 label: label.unwrap_or_default().to_owned(),
             },
             Fault::Lockout => Error::TpmLockout,
-            Fault::BadBlob | Fault::Unsupported | Fault::Other => Error::Tpm {
+            Fault::BadBlob => Error::Tpm {
+                command: self.command,
+                reason: format!(
+                    "the TPM refuses the key{key}: its wrapped private blob is damaged, or was \
+                     made by another TPM or before this TPM was cleared ({})",
+                    self.reason
+                ),
+            },
+            Fault::Unsupported | Fault::Other => Error::Tpm {
                 command: self.command,
                 reason: format!("{}{key}", self.reason),
             },
@@ -145,7 +156,7 @@ mod tests {
         assert_eq!(fault_of(0x98e), Fault::AuthFail);
         assert_eq!(fault_of(0x9a2), Fault::AuthFail);
         assert_eq!(fault_of(0x921), Fault::Lockout);
-        assert_eq!(fault_of(0x902), Fault::Evicted);
+        assert_eq!(fault_of(0x902), Fault::ObjectMemory);
         assert_eq!(fault_of(0x910), Fault::Evicted);
         assert_eq!(fault_of(0x18b), Fault::Evicted);
         assert_eq!(fault_of(0x19f), Fault::BadBlob);

@@ -13,13 +13,14 @@ use std::str::FromStr;
 use std::sync::mpsc;
 
 use tss_esapi::Context;
-use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK, TPM2_TRANSIENT_FIRST};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, Digest, EncryptedSecret, HashcheckTicket, Private, Public, Signature, SignatureScheme,
-    SymmetricDefinitionObject,
+    Auth, CapabilityData, Digest, EncryptedSecret, HashcheckTicket, Private, Public, Signature,
+    SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
@@ -53,7 +54,21 @@ struct Slot {
 struct Conn {
     ctx: Context,
     srk: Option<KeyHandle>,
-    loaded: HashMap<KeyId, KeyHandle>,
+    /// Loaded keys, with when each was last used (a counter), to unload the least recently
+    /// used one when the TPM runs out of object slots (swtpm and TPMs without a resource
+    /// manager have three).
+    loaded: HashMap<KeyId, Loaded>,
+    uses: u64,
+}
+
+/// A key in the context.
+struct Loaded {
+    handle: KeyHandle,
+    /// The use counter when it was last used.
+    used: u64,
+    /// Loaded from a blob (occupies an object slot until flushed); false for a persistent
+    /// key, which the TPM keeps itself.
+    transient: bool,
 }
 
 impl Conn {
@@ -76,21 +91,50 @@ impl Conn {
         Ok(created.key_handle)
     }
 
+    /// Unloads the least recently used key (not the SRK); false when none is loaded.
+    fn unload_one(&mut self) -> bool {
+        let Some((&id, _)) = self
+            .loaded
+            .iter()
+            .filter(|(_, l)| l.transient)
+            .min_by_key(|(_, l)| l.used)
+        else {
+            return false;
+        };
+        let loaded = self.loaded.remove(&id).expect("found above");
+        if let Err(e) = self.ctx.flush_context(loaded.handle.into()) {
+            tracing::debug!(error = %e, "unloading a TPM key to make room");
+        }
+        true
+    }
+
+    /// Loads a blob under the SRK, unloading other keys while the TPM has no room.
+    fn load_blob(&mut self, public: &Public, private: &Private) -> Result<KeyHandle, TpmError> {
+        loop {
+            let srk = self.srk()?;
+            let (private, public) = (private.clone(), public.clone());
+            match self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.load(srk, private, public)
+                })
+                .map_err(|e| TpmError::new("TPM2_Load", e))
+            {
+                Err(e) if e.fault == Fault::ObjectMemory && self.unload_one() => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// The key's handle, loading it first if needed.
     fn handle(&mut self, id: KeyId, slot: &Slot) -> Result<KeyHandle, TpmError> {
-        if let Some(handle) = self.loaded.get(&id) {
-            return Ok(*handle);
+        self.uses += 1;
+        if let Some(loaded) = self.loaded.get_mut(&id) {
+            loaded.used = self.uses;
+            return Ok(loaded.handle);
         }
         let handle = match &slot.source {
-            KeySource::Blob { public, private } => {
-                let srk = self.srk()?;
-                let (private, public) = (private.clone(), public.clone());
-                self.ctx
-                    .execute_with_session(Some(AuthSession::Password), |c| {
-                        c.load(srk, private, public)
-                    })
-                    .map_err(|e| TpmError::new("TPM2_Load", e))?
-            }
+            KeySource::Blob { public, private } => self.load_blob(public, private)?,
             KeySource::Persistent(handle) => {
                 let tpm_handle = PersistentTpmHandle::new(*handle)
                     .map(TpmHandle::Persistent)
@@ -107,7 +151,15 @@ impl Conn {
                 .tr_set_auth(handle.into(), auth.clone())
                 .map_err(|e| TpmError::new("setting the key's auth value", e))?;
         }
-        self.loaded.insert(id, handle);
+        let transient = matches!(slot.source, KeySource::Blob { .. });
+        self.loaded.insert(
+            id,
+            Loaded {
+                handle,
+                used: self.uses,
+                transient,
+            },
+        );
         Ok(handle)
     }
 }
@@ -121,14 +173,36 @@ pub(super) struct Tpm {
     next_id: KeyId,
 }
 
+/// Flushes transient objects that an earlier process left behind. Only a direct connection
+/// (swtpm, `/dev/tpm0`: one client at a time) sees them, and they fill the TPM's few object
+/// slots; through a resource manager (`/dev/tpmrm0`, tpm2-abrmd) a new connection sees none.
+fn flush_stale_objects(ctx: &mut Context) {
+    let listed = ctx.execute_without_session(|c| {
+        c.get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 64)
+    });
+    let Ok((CapabilityData::Handles(handles), _)) = listed else {
+        return;
+    };
+    for handle in handles.iter().copied() {
+        if let TpmHandle::Transient(_) = handle
+            && let Ok(object) = ctx.execute_without_session(|c| c.tr_from_tpm_public(handle))
+            && let Err(e) = ctx.flush_context(object)
+        {
+            tracing::debug!(error = %e, "flushing a stale TPM object");
+        }
+    }
+}
+
 fn connect<'a>(tcti: &TctiNameConf, conn: &'a mut Option<Conn>) -> Result<&'a mut Conn, TpmError> {
     if conn.is_none() {
-        let ctx =
+        let mut ctx =
             Context::new(tcti.clone()).map_err(|e| TpmError::new("connecting to the TPM", e))?;
+        flush_stale_objects(&mut ctx);
         *conn = Some(Conn {
             ctx,
             srk: None,
             loaded: HashMap::new(),
+            uses: 0,
         });
     }
     Ok(conn.as_mut().expect("connected above"))
@@ -165,7 +239,7 @@ impl Tpm {
         for _ in 0..2 {
             let result = connect(&self.tcti, &mut self.conn).and_then(|c| op(c, &self.slots));
             match result {
-                Err(e) if matches!(e.fault, Fault::Lost | Fault::Evicted) => {
+                Err(e) if matches!(e.fault, Fault::Lost | Fault::Evicted | Fault::ObjectMemory) => {
                     tracing::info!(
                         command = e.command,
                         "TPM connection or objects lost ({}); reconnecting",
@@ -212,11 +286,13 @@ impl Tpm {
             return;
         };
         if let Some(conn) = &mut self.conn
-            && let Some(handle) = conn.loaded.remove(&id)
+            && let Some(loaded) = conn.loaded.remove(&id)
         {
             let result = match slot.source {
-                KeySource::Blob { .. } => conn.ctx.flush_context(handle.into()),
-                KeySource::Persistent(_) => conn.ctx.tr_close(&mut ObjectHandle::from(handle)),
+                KeySource::Blob { .. } => conn.ctx.flush_context(loaded.handle.into()),
+                KeySource::Persistent(_) => {
+                    conn.ctx.tr_close(&mut ObjectHandle::from(loaded.handle))
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "unloading a forgotten TPM key");
@@ -338,10 +414,23 @@ impl Tpm {
 /// A job for the worker.
 type Job = Box<dyn FnOnce(&mut Tpm) + Send>;
 
-/// The handle on the worker thread; dropping it ends the thread (after the jobs queued).
+/// The handle on the worker thread; dropping it ends the thread after the jobs queued and
+/// waits for it, so the context is closed (and our objects flushed) before the process ends.
 pub(super) struct Worker {
     jobs: mpsc::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
     tcti: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Worker {
@@ -356,7 +445,7 @@ impl Worker {
         })?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let name = tcti.to_owned();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("dpop-tpm".into())
             .spawn(move || {
                 let mut tpm = Tpm::new(name, conf);
@@ -370,6 +459,7 @@ impl Worker {
             })?;
         Ok(Worker {
             jobs,
+            thread: Some(thread),
             tcti: tcti.to_owned(),
         })
     }
