@@ -1,1 +1,147 @@
+//! TPM faults under a running agent, on a real swtpm (see `tpm/mod.rs`): the TPM stopped and
+//! started again (coded error while it is gone, recovery after, other backends served
+//! throughout), an agent started while the TPM is down, and a wrong auth value (coded error,
+//! never retried, so the TPM's dictionary attack counter does not reach lockout).
+
 mod tpm;
+
+use dpop_tests::{AgentOptions, Swtpm, TestAgent, error_code};
+use tpm::*;
+
+/// `sign_proof` fails with `token_not_present` while swtpm is down, software keys sign all
+/// along, and the TPM key signs again once swtpm is back (the agent reconnects, makes the SRK
+/// again and reloads the blob: the restart reset the TPM).
+#[test]
+fn the_agent_recovers_when_the_tpm_comes_back() {
+    let mut swtpm = Swtpm::start();
+    let agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let key = generate(&agent, "survivor", "ES256");
+    let software = agent.client().generate_key("soft", None, None).unwrap();
+    assert_signs(&agent, &key);
+
+    swtpm.stop();
+    for _ in 0..2 {
+        let reply = sign_reply(&agent, "survivor");
+        assert_eq!(error_code(&reply), "token_not_present", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&swtpm.tcti()), "{message}");
+    }
+    assert_signs(&agent, &software);
+    // Generating needs the TPM too.
+    let reply = agent.raw_request(
+        br#"{"id":1,"op":"generate_key","label":"late","backend":"tpm","alg":"ES256"}"#,
+    );
+    assert_eq!(error_code(&reply), "token_not_present", "{reply}");
+
+    swtpm.restart();
+    assert_signs(&agent, &key);
+    assert_signs(&agent, &software);
+    assert!(list(&agent).iter().all(|k| k.label != "late"));
+}
+
+/// An agent started while the TPM is down starts, serves its TPM keys from their records
+/// (listing, `token_not_present` for proofs) and its other backends, and uses the TPM once
+/// it is there.
+#[test]
+fn an_agent_starts_while_the_tpm_is_down() {
+    let mut swtpm = Swtpm::start();
+    let mut agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
+    let key = generate(&agent, "waiting", "ES384");
+    agent.stop();
+    swtpm.stop();
+
+    agent.restart();
+    assert!(list(&agent).contains(&key));
+    assert_eq!(
+        error_code(&sign_reply(&agent, "waiting")),
+        "token_not_present"
+    );
+    let software = agent.client().generate_key("soft", None, None).unwrap();
+    assert_signs(&agent, &software);
+    assert!(
+        agent.stderr_log().contains("TPM not ready"),
+        "{}",
+        agent.stderr_log()
+    );
+
+    swtpm.restart();
+    assert_signs(&agent, &key);
+}
+
+/// The auth value comes from a variable or a file, never the command line. A key made with
+/// one does not sign with a wrong one: `pin_incorrect`, and the TPM is asked once, not again
+/// on the next request, so its lockout counter rises by one per agent start and stays below
+/// the lockout threshold; the right value still works afterwards.
+#[test]
+fn a_wrong_auth_value_is_not_retried_into_lockout() {
+    const VAR: &str = "DPOP_TEST_TPM_AUTH";
+    const RIGHT: &str = "tpm-auth-Hv62Qe";
+    const WRONG: &str = "tpm-auth-wrong-Pz41";
+    let swtpm = Swtpm::start();
+    let with_auth = |value: &str| {
+        AgentOptions::new()
+            .tpm(&swtpm)
+            .arg("--tpm-auth-env")
+            .arg(VAR)
+            .env(VAR, value)
+    };
+    let mut agent = TestAgent::start(with_auth(RIGHT));
+    let key = generate(&agent, "guarded", "ES256");
+    assert_signs(&agent, &key);
+    assert_eq!(direct::record(&agent.data_dir(), "guarded")["auth"], true);
+    agent.stop();
+    let (before, max) = direct::lockout_counter_and_max(&mut swtpm.context());
+    assert!(
+        max >= 3,
+        "a TPM that locks out after {max} failures leaves no room for the test"
+    );
+
+    for run in 1..=2 {
+        agent.restart_with(with_auth(WRONG));
+        for _ in 0..3 {
+            let reply = sign_reply(&agent, "guarded");
+            assert_eq!(error_code(&reply), "pin_incorrect", "{reply}");
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(
+                !message.contains(WRONG) && !message.contains(RIGHT),
+                "{message}"
+            );
+        }
+        agent.stop();
+        let (counter, _) = direct::lockout_counter_and_max(&mut swtpm.context());
+        assert_eq!(
+            counter,
+            before + run,
+            "one failed authorization per agent run"
+        );
+        assert!(counter < max);
+    }
+    for secret in [RIGHT, WRONG] {
+        assert!(
+            !agent.stderr_log().contains(secret),
+            "the auth value was logged"
+        );
+    }
+
+    // A file works like the variable; the right value still signs.
+    let file = agent.dir().join("tpm-auth");
+    dpop_tests::write_private_file(&file, format!("{RIGHT}\n").as_bytes());
+    agent.restart_with(
+        AgentOptions::new()
+            .tpm(&swtpm)
+            .arg("--tpm-auth-file")
+            .arg(&file),
+    );
+    assert_signs(&agent, &key);
+
+    // Without any auth value the key says what it needs.
+    agent.restart_with(AgentOptions::new().tpm(&swtpm));
+    let reply = sign_reply(&agent, "guarded");
+    assert_eq!(error_code(&reply), "pin_incorrect", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--tpm-auth-env")
+    );
+}

@@ -247,21 +247,32 @@ impl Backend for TpmBackend {
         for path in self.records.list()? {
             let loaded = self.records.read::<TpmRecord>(&path).and_then(|record| {
                 let source = record.source(&path)?;
-                let auth = self.auth_for(&record.label, record.auth);
+                // A key whose auth value the agent lacks is still listed; its proofs say why
+                // they fail.
+                let (auth, auth_missing) = match self.auth_for(&record.label, record.auth) {
+                    Ok(auth) => (auth, false),
+                    Err(Error::TpmAuthRequired { .. }) => (None, true),
+                    Err(e) => return Err(e),
+                };
                 let public = match &source {
                     KeySource::Blob { public, .. } => public.clone(),
                     KeySource::Persistent(_) => {
                         // Served from the record's JWK; the TPM reads the area on first use.
-                        return self.serve_adopted_record(&record, source, auth?);
+                        return self.serve_adopted_record(&record, source, auth, auth_missing);
                     }
                 };
-                let (id, signer) = self.serve(&record.label, record.alg, source, auth?, &public)?;
+                let (id, mut signer) =
+                    self.serve(&record.label, record.alg, source, auth, &public)?;
+                Arc::get_mut(&mut signer)
+                    .expect("not shared yet")
+                    .auth_missing = auth_missing;
                 Ok((id, signer as SignerRef))
             });
             match loaded {
                 Ok((id, signer)) => {
                     let label = signer.meta().info().label.to_string();
                     if let Err(e) = self.worker.run(move |tpm| tpm.load(id)) {
+                        // Also when the TPM is down: the key is served and signing says so.
                         tracing::warn!(key = %label, "TPM key not loaded: {e}");
                     }
                     signers.push(signer);
@@ -358,6 +369,7 @@ impl TpmBackend {
         record: &TpmRecord,
         source: KeySource,
         auth: Option<Auth>,
+        auth_missing: bool,
     ) -> Result<(KeyId, SignerRef), Error> {
         let kind = KeyKind::for_alg(record.alg);
         let meta = KeyMeta::new(
@@ -391,6 +403,7 @@ impl TpmBackend {
                     by: "the TPM backend".into(),
                 })?,
                 hash: digest_of(record.alg),
+                auth_missing,
             }),
         ))
     }
@@ -430,6 +443,8 @@ pub struct TpmSigner {
     modulus_len: usize,
     scheme: SignatureScheme,
     hash: &'static digest::Algorithm,
+    /// The key has an auth value and the backend none: signing is refused before the TPM.
+    auth_missing: bool,
 }
 
 impl std::fmt::Debug for TpmSigner {
@@ -465,6 +480,7 @@ impl TpmSigner {
             id,
             kind,
             modulus_len,
+            auth_missing: false,
         })
     }
 }
@@ -476,6 +492,11 @@ impl KeySigner for TpmSigner {
 
     /// Hashes here, signs the digest in the TPM.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.auth_missing {
+            return Err(Error::TpmAuthRequired {
+                label: self.meta.info().label.to_string(),
+            });
+        }
         let digest = digest::digest(self.hash, message);
         let (id, scheme) = (self.id, self.scheme);
         let signature = self
