@@ -22,7 +22,7 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
         | E::Pkcs11UriMismatch { .. }
         | E::UnknownUriScheme { .. }
         | E::InvalidTpmUri { .. } => ErrorCode::InvalidUri,
-        E::Pkcs11NoSingleKey { .. } => ErrorCode::KeyNotFound,
+        E::Pkcs11NoSingleKey { .. } | E::TpmNoKeyAtHandle { .. } => ErrorCode::KeyNotFound,
         E::KeyAlreadyManaged { .. } => ErrorCode::KeyExists,
         E::AdoptNotAllowed { .. } => ErrorCode::PermissionDenied,
         E::PinIncorrect => ErrorCode::PinIncorrect,

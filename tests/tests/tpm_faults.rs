@@ -145,3 +145,20 @@ fn a_wrong_auth_value_is_not_retried_into_lockout() {
             .contains("--tpm-auth-env")
     );
 }
+
+/// A TCTI that does not parse is reported and the agent serves its other backends; TPM
+/// requests say the backend is not configured.
+#[test]
+fn a_bad_tcti_does_not_stop_the_agent() {
+    let agent = TestAgent::start(AgentOptions::new().arg("--tpm-tcti").arg("bogus:x"));
+    let software = agent.client().generate_key("soft", None, None).unwrap();
+    assert_signs(&agent, &software);
+    let log = agent.stderr_log();
+    assert!(
+        log.contains("TPM backend not started") && log.contains("bogus:x"),
+        "{log}"
+    );
+    let reply = agent
+        .raw_request(br#"{"id":1,"op":"generate_key","label":"t","backend":"tpm","alg":"ES256"}"#);
+    assert_eq!(error_code(&reply), "backend_not_configured", "{reply}");
+}

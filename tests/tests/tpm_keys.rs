@@ -135,7 +135,11 @@ fn a_persistent_tpm_key_is_adopted_by_handle() {
         "{stderr}"
     );
     let nothing = agent.dpop(&["keys", "adopt", "tpm:handle=0x81000777", "--label", "none"]);
-    assert!(!nothing.status.success());
+    let stderr = String::from_utf8_lossy(&nothing.stderr);
+    assert!(
+        stderr.contains("key_not_found") && stderr.contains("0x81000777"),
+        "{stderr}"
+    );
 
     agent.restart();
     assert!(list(&agent).contains(&key));

@@ -225,6 +225,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A `tpm:handle=` URI names a handle where the TPM has no persistent object.
+    #[error("the TPM has no persistent key at handle {handle}")]
+    TpmNoKeyAtHandle {
+        /// The handle, `0x81......`.
+        handle: String,
+    },
     /// Any other TPM failure, the command named.
     #[error("TPM {command} failed: {reason}")]
     Tpm {

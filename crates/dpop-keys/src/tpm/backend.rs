@@ -330,6 +330,11 @@ impl Backend for TpmBackend {
         // Reads the public area before anything is served: a handle with no key, or with a
         // key we cannot sign with, is refused here.
         let public = self.worker.run(move |tpm| {
+            if !tpm.persistent_exists(handle)? {
+                return Err(Error::TpmNoKeyAtHandle {
+                    handle: handle_text(handle),
+                });
+            }
             let id = tpm.add(&name, source, None);
             let public = tpm.read_public(id);
             tpm.forget(id);

@@ -316,6 +316,23 @@ impl Tpm {
             .map_err(|e| self.error(e, Some(&label)))
     }
 
+    /// Whether a persistent object exists at `handle` (TPM2_GetCapability, so that asking
+    /// about an empty handle is not mistaken for a lost connection).
+    pub(super) fn persistent_exists(&mut self, handle: u32) -> Result<bool, Error> {
+        self.retrying(|c, _| {
+            c.ctx
+                .execute_without_session(|ctx| {
+                    ctx.get_capability(CapabilityType::Handles, handle, 1)
+                })
+                .map_err(|e| TpmError::new("TPM2_GetCapability", e))
+        })
+        .map(|(data, _)| match data {
+            CapabilityData::Handles(handles) => handles.iter().any(|h| u32::from(*h) == handle),
+            _ => false,
+        })
+        .map_err(|e| self.error(e, None))
+    }
+
     /// The public area of a loaded key, as the TPM has it.
     pub(super) fn read_public(&mut self, id: KeyId) -> Result<Public, Error> {
         let label = self.label(id)?.to_owned();
