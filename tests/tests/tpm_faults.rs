@@ -162,3 +162,104 @@ fn a_bad_tcti_does_not_stop_the_agent() {
         .raw_request(br#"{"id":1,"op":"generate_key","label":"t","backend":"tpm","alg":"ES256"}"#);
     assert_eq!(error_code(&reply), "backend_not_configured", "{reply}");
 }
+
+/// The background start (`eval "$(dpop-agent ...)"`) with the TPM named in the config file:
+/// the auth value read from the variable reaches the detached agent over its pipe (new keys get
+/// it), and is in neither process's environment afterwards.
+#[test]
+fn a_background_agent_gets_the_auth_value_through_the_config_file() {
+    use std::process::Command;
+
+    use dpop_tests::{KillOnDrop, binaries, new_temp_dir, run_ok};
+
+    const VAR: &str = "DPOP_TEST_TPM_AUTH_BG";
+    const AUTH: &str = "tpm-auth-bg-Wm38Lk";
+    let swtpm = Swtpm::start();
+    let dir = new_temp_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tpm_tcti = \"{}\"\ntpm_auth_env = \"{VAR}\"\n",
+            swtpm.tcti()
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("agent.sock");
+    let data = dir.path().join("data");
+    let script = r#"eval "$("$0" -a "$1" --data-dir "$2" --config "$3")" >/dev/null || exit 9
+"$4" keys generate --label bg --backend tpm >/dev/null || exit 10
+"$4" proof --key bg -X GET --url https://api.example.com/x || exit 11
+printf 'PID=%s\n' "$DPOP_AGENT_PID""#;
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&binaries().agent)
+            .arg(&socket)
+            .arg(&data)
+            .arg(&config)
+            .arg(&binaries().dpop)
+            .env(VAR, AUTH)
+            .env_remove("DPOP_AUTH_SOCK")
+            .env_remove("DPOP_AGENT_PID"),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pid: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no agent pid: {stdout}"));
+    let _guard = KillOnDrop(pid);
+    let proof = stdout.lines().next().unwrap();
+    dpop_tests::verify_proof(proof, "GET", "https://api.example.com/x", None);
+
+    // The agent is non-dumpable: only root reads its environment (and must be able to).
+    let environ = match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(environ) => environ,
+        Err(e) => {
+            assert!(
+                !dpop_tests::is_root(),
+                "root cannot read the agent's environment: {e}"
+            );
+            Vec::new()
+        }
+    };
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(AUTH),
+        "the auth value is in the agent's environment"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("tpm/bg.json")).unwrap()).unwrap();
+    assert_eq!(record["auth"], true, "{record}");
+    run_ok(
+        Command::new(&binaries().agent)
+            .arg("-k")
+            .env("DPOP_AUTH_SOCK", &socket),
+    );
+}
+
+/// Auth value sources are checked before anything starts.
+#[test]
+fn conflicting_auth_sources_are_refused() {
+    let swtpm = Swtpm::start();
+    let Err(both) = TestAgent::try_start(
+        AgentOptions::new()
+            .tpm(&swtpm)
+            .arg("--tpm-auth-env")
+            .arg("X")
+            .arg("--tpm-auth-prompt"),
+    ) else {
+        panic!("two auth sources are refused");
+    };
+    assert!(both.stderr.contains("--tpm-auth-prompt"), "{}", both.stderr);
+    let Err(without_tpm) = TestAgent::try_start(AgentOptions::new().arg("--tpm-auth-env").arg("X"))
+    else {
+        panic!("an auth value without a TPM is refused");
+    };
+    assert!(
+        without_tpm.stderr.contains("needs --tpm"),
+        "{}",
+        without_tpm.stderr
+    );
+}
