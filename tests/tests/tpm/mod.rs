@@ -233,3 +233,118 @@ pub mod direct {
         )
     }
 }
+
+/// An RSASSA-PSS (SHA-256) signature of `message` by a fresh RSA 2048 key in the TPM, made
+/// here with tss-esapi: (modulus, signature).
+pub fn tpm_pss_signature(
+    ctx: &mut dpop_tests::tss_esapi::Context,
+    message: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    use dpop_tests::tss_esapi::{
+        attributes::ObjectAttributesBuilder,
+        constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
+        interface_types::{
+            algorithm::{HashingAlgorithm, PublicAlgorithm},
+            key_bits::RsaKeyBits,
+            session_handles::AuthSession,
+        },
+        structures::{
+            Digest, HashScheme, HashcheckTicket, PublicBuilder, PublicKeyRsa,
+            PublicRsaParametersBuilder, RsaExponent, RsaScheme, Signature, SignatureScheme,
+        },
+        tss2_esys::TPMT_TK_HASHCHECK,
+    };
+    let srk = direct::srk(ctx);
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+        .unwrap();
+    let hash_scheme = HashScheme::new(HashingAlgorithm::Sha256);
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Rsa)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_rsa_parameters(
+            PublicRsaParametersBuilder::new_unrestricted_signing_key(
+                RsaScheme::RsaPss(hash_scheme),
+                RsaKeyBits::Rsa2048,
+                RsaExponent::default(),
+            )
+            .build()
+            .unwrap(),
+        )
+        .with_rsa_unique_identifier(PublicKeyRsa::default())
+        .build()
+        .unwrap();
+    let created = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create(srk, template, None, None, None, None)
+        })
+        .expect("creating a PSS key");
+    let modulus = match &created.out_public {
+        dpop_tests::tss_esapi::structures::Public::Rsa { unique, .. } => unique.value().to_vec(),
+        _ => unreachable!("an RSA template"),
+    };
+    let key = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.load(srk, created.out_private, created.out_public)
+        })
+        .expect("loading the PSS key");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+    let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+    .unwrap();
+    let signature = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.sign(
+                key,
+                Digest::try_from(digest.as_ref()).unwrap(),
+                SignatureScheme::RsaPss { hash_scheme },
+                ticket,
+            )
+        })
+        .expect("signing with the PSS key");
+    ctx.flush_context(key.into()).unwrap();
+    ctx.flush_context(srk.into()).unwrap();
+    let Signature::RsaPss(signature) = signature else {
+        panic!("not a PSS signature: {signature:?}");
+    };
+    (modulus, signature.signature().value().to_vec())
+}
+
+/// Python's `cryptography` (jwcrypto's backend, independent of aws-lc-rs) on a PSS signature:
+/// (valid with any salt length, valid with salt length = hash length).
+pub fn python_pss_verdicts(modulus: &[u8], signature: &[u8], message: &[u8]) -> (bool, bool) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+n, sig, msg = (bytes.fromhex(a) for a in sys.argv[1:4])
+key = rsa.RSAPublicNumbers(65537, int.from_bytes(n, "big")).public_key()
+def ok(salt):
+    try:
+        key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt), hashes.SHA256())
+        return "yes"
+    except Exception:
+        return "no"
+print(ok(padding.PSS.AUTO), ok(padding.PSS.DIGEST_LENGTH))
+"#;
+    let out = dpop_tests::run_ok(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args([hex(modulus), hex(signature), hex(message)]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdicts: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(verdicts.len(), 2, "{text}");
+    (verdicts[0] == "yes", verdicts[1] == "yes")
+}

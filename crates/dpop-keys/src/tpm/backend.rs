@@ -177,9 +177,11 @@ impl TpmBackend {
             e => e,
         }
         .to_be_bytes();
+        // Minimal big-endian: aws-lc-rs refuses an exponent with leading zero bytes.
+        let first = exponent.iter().position(|&b| b != 0).unwrap_or(3);
         let components = signature::RsaPublicKeyComponents {
             n: unique.value(),
-            e: &exponent[..],
+            e: &exponent[first..],
         };
         let signed = signer.sign(PSS_PROBE)?;
         components
