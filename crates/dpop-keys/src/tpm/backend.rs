@@ -62,12 +62,6 @@ impl TpmBackend {
         self.worker.tcti()
     }
 
-    /// The public area of a served key, as the TPM reports it (TPM2_ReadPublic).
-    pub fn read_public(&self, label: &KeyLabel) -> Result<Public, Error> {
-        let id = self.id(label)?;
-        self.worker.run(move |tpm| tpm.read_public(id))
-    }
-
     fn id(&self, label: &KeyLabel) -> Result<KeyId, Error> {
         self.ids
             .lock()

@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::error::wrapper;
 use super::templates;
 use crate::pem::{DerFormat, parse_private_key_pem};
-use crate::{Algorithm, Error, KeyKind};
+use crate::{Algorithm, Error};
 
 fn invalid(reason: impl Into<String>) -> Error {
     Error::InvalidKey {
@@ -35,7 +35,7 @@ pub(super) fn duplicate(
         return Err(Error::Unsupported {
             what: format!(
                 "importing {:?} keys into the TPM (EC P-256 and P-384 keys import; generate \
-                 RSA keys in the TPM instead)",
+                 RSA keys in the TPM instead; TPM 2.0 has no Ed25519)",
                 parsed.kind
             ),
         });
@@ -55,7 +55,6 @@ pub(super) fn duplicate(
     );
     let scalar = scalar(parsed.format, &parsed.der, len)?;
     let public = templates::key(alg, false, Some(unique))?;
-    debug_assert!(matches!(parsed.kind, KeyKind::P256 | KeyKind::P384));
     let sensitive = Sensitive::Ecc {
         auth_value: auth.unwrap_or_default(),
         seed_value: Digest::default(),
