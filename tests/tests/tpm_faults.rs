@@ -263,3 +263,43 @@ fn conflicting_auth_sources_are_refused() {
         without_tpm.stderr
     );
 }
+
+/// A TPM in dictionary attack lockout answers `pin_locked`, also for the right auth value.
+/// The lockout is reached on purpose here: one key per allowed failure, each refused once
+/// (the agent never asks twice for the same key).
+#[test]
+fn a_tpm_in_lockout_answers_pin_locked() {
+    const VAR: &str = "DPOP_TEST_TPM_AUTH_LOCK";
+    let swtpm = Swtpm::start();
+    let (counter, max) = direct::lockout_counter_and_max(&mut swtpm.context());
+    assert!(
+        max <= 64,
+        "swtpm allows {max} failures; the test makes one key per failure"
+    );
+    let with_auth = |value: &str| {
+        AgentOptions::new()
+            .tpm(&swtpm)
+            .arg("--tpm-auth-env")
+            .arg(VAR)
+            .env(VAR, value)
+    };
+    let mut agent = TestAgent::start(with_auth("right-Jr52"));
+    let labels: Vec<String> = (counter..max).map(|i| format!("k{i}")).collect();
+    for label in &labels {
+        agent
+            .client()
+            .generate_key(label, Some("tpm"), None)
+            .expect("a TPM key");
+    }
+    agent.restart_with(with_auth("wrong-Jr52"));
+    for label in &labels {
+        let reply = sign_reply(&agent, label);
+        let code = error_code(&reply);
+        assert!(code == "pin_incorrect" || code == "pin_locked", "{reply}");
+    }
+    agent.restart_with(with_auth("right-Jr52"));
+    let reply = sign_reply(&agent, &labels[0]);
+    assert_eq!(error_code(&reply), "pin_locked", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("lockout"), "{message}");
+}
