@@ -60,7 +60,7 @@ pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_
 pub use process::{
     KillOnDrop, OTHER_USER, command_as_other_user, files_under, is_root, mode, new_temp_dir,
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
-    write_private_file,
+    with_terminal, write_private_file,
 };
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use swtpm::Swtpm;

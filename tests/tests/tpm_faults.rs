@@ -303,3 +303,59 @@ fn a_tpm_in_lockout_answers_pin_locked() {
     let message = reply["error"]["message"].as_str().unwrap();
     assert!(message.contains("lockout"), "{message}");
 }
+
+/// `--tpm-auth-prompt` in a background start: the launcher asks on its terminal (no echo)
+/// and hands the value to the detached agent, whose new keys get it.
+#[test]
+fn the_auth_value_can_be_typed_at_the_terminal() {
+    use std::process::Command;
+
+    use dpop_tests::{binaries, new_temp_dir, wait_until, with_terminal};
+
+    const TYPED: &str = "typed-auth-Qn47";
+    let swtpm = Swtpm::start();
+    let dir = new_temp_dir();
+    let socket = dir.path().join("agent.sock");
+    let quote =
+        |p: &std::path::Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let command = format!(
+        "{} -a {} --data-dir {} --tpm-tcti {} --tpm-auth-prompt",
+        quote(&binaries().agent),
+        quote(&socket),
+        quote(&dir.path().join("data")),
+        swtpm.tcti()
+    );
+    let (mut launcher, prompt) = with_terminal(&command, &[], "Auth value for the TPM keys", TYPED);
+    assert!(!prompt.contains(TYPED), "{prompt}");
+    let status = launcher.wait().expect("the launcher exits");
+    assert!(status.success(), "the launcher failed: {status}");
+    wait_until(
+        "the background agent listens",
+        dpop_tests::PROCESS_TIMEOUT,
+        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+    );
+    let mut client = dpop_client::blocking::Client::connect(&socket).expect("connect");
+    let key = client
+        .generate_key("typed", Some("tpm"), None)
+        .expect("a TPM key");
+    let proof = client
+        .sign_proof("typed", &dpop_client::ProofRequest::new("GET", URL))
+        .expect("proof");
+    assert_eq!(
+        dpop_tests::verify_proof(&proof, "GET", URL, None).jkt,
+        key.jkt
+    );
+    let record = direct::record(&dir.path().join("data"), "typed");
+    assert_eq!(record["auth"], true, "{record}");
+    drop(client);
+    let stopped = Command::new(&binaries().agent)
+        .arg("-k")
+        .env("DPOP_AUTH_SOCK", &socket)
+        .output()
+        .expect("dpop-agent -k");
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+}
