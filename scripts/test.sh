@@ -48,3 +48,6 @@ echo "== cargo test"
 cargo test --workspace --all-features --no-fail-fast
 echo "== benchmarks, smoke run (cargo bench measures)"
 cargo test -p dpop-tests --benches
+# The TPM bench needs the feature (libtss2 to build, swtpm to run), like the TPM tests above.
+echo "== TPM benchmark, smoke run"
+cargo test -p dpop-tests --features tpm --bench tpm

@@ -82,6 +82,11 @@ fn launch(settings: &Settings, location: &SocketLocation, shell: Shell) -> Resul
             },
             None => None,
         },
+        tpm_auth: match settings.tpm.as_ref().and_then(|t| t.auth.as_ref()) {
+            Some(PinFrom::Read(auth)) => Some(auth.clone()),
+            Some(PinFrom::Prompt) => Some(pin::prompt_tpm_auth()?),
+            Some(PinFrom::Source(_)) | None => None,
+        },
     };
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);

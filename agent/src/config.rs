@@ -110,9 +110,32 @@ pub struct Args {
     #[arg(long, hide = true, value_name = "SOCKET")]
     pub private_socket: Option<PathBuf>,
 
-    /// TPM TCTI (reserved for the tpm backend).
+    /// Use the TPM 2.0 at the default TCTI (device:/dev/tpmrm0, the kernel's resource
+    /// manager); --tpm-tcti names another.
+    #[arg(long)]
+    pub tpm: bool,
+
+    /// TPM TCTI (enables the tpm backend): device:/dev/tpmrm0, tabrmd:, or
+    /// swtpm:host=H,port=P.
     #[arg(long, value_name = "TCTI")]
     pub tpm_tcti: Option<String>,
+
+    /// Environment variable that holds the TPM keys' auth value (new keys get it; keys made
+    /// with one need it).
+    #[arg(long, value_name = "VAR")]
+    pub tpm_auth_env: Option<String>,
+
+    /// File that holds the TPM keys' auth value.
+    #[arg(long, value_name = "FILE")]
+    pub tpm_auth_file: Option<PathBuf>,
+
+    /// Ask for the TPM keys' auth value on the terminal at start-up.
+    #[arg(long)]
+    pub tpm_auth_prompt: bool,
+
+    /// Let clients adopt persistent TPM keys by handle (`dpop keys adopt tpm:handle=0x81..`).
+    #[arg(long)]
+    pub tpm_allow_adopt: bool,
 }
 
 /// The TOML file; keys are the long flag names with `_`.
@@ -130,7 +153,12 @@ pub struct FileConfig {
     pkcs11_pin_env: Option<String>,
     pkcs11_pin_file: Option<PathBuf>,
     pkcs11_allow_adopt: Option<bool>,
+    tpm: Option<bool>,
     tpm_tcti: Option<String>,
+    tpm_auth_env: Option<String>,
+    tpm_auth_file: Option<PathBuf>,
+    tpm_auth_prompt: Option<bool>,
+    tpm_allow_adopt: Option<bool>,
     log_file: Option<PathBuf>,
     /// Existing token keys to adopt at start-up (`[[pkcs11_adopt]]` tables).
     #[serde(default)]
@@ -216,6 +244,17 @@ pub struct Pkcs11Settings {
     pub allow_adopt: bool,
 }
 
+/// TPM settings.
+#[derive(Debug, Clone)]
+pub struct TpmSettings {
+    /// The TCTI (`device:/dev/tpmrm0` unless configured).
+    pub tcti: String,
+    /// Where the keys' auth value comes from; `None`: keys without one.
+    pub auth: Option<PinFrom>,
+    /// Whether clients may adopt persistent TPM keys (`--tpm-allow-adopt`).
+    pub allow_adopt: bool,
+}
+
 /// Everything the agent runs with.
 #[derive(Debug)]
 pub struct Settings {
@@ -227,7 +266,7 @@ pub struct Settings {
     /// The file the passphrase was read from (`None`: the environment, or none at all).
     pub passphrase_file: Option<PathBuf>,
     pub pkcs11: Option<Pkcs11Settings>,
-    pub tpm_tcti: Option<String>,
+    pub tpm: Option<TpmSettings>,
     pub log_file: Option<PathBuf>,
     /// `-t`: the lifetime of keys added without one, in seconds.
     pub default_lifetime: Option<u64>,
@@ -325,6 +364,8 @@ pub struct HandedSecrets {
     pub passphrase: Option<SecretString>,
     /// The PKCS#11 PIN (from `--pkcs11-pin-env`'s variable or the prompt).
     pub pin: Option<SecretString>,
+    /// The TPM keys' auth value (from `--tpm-auth-env`'s variable or the prompt).
+    pub tpm_auth: Option<SecretString>,
 }
 
 impl Settings {
@@ -418,6 +459,45 @@ impl Settings {
                 })
             }
         };
+        let tpm_tcti = args.tpm_tcti.clone().or(file.tpm_tcti);
+        let tpm = if tpm_tcti.is_some() || args.tpm || file.tpm.unwrap_or(false) {
+            let prompt = args.tpm_auth_prompt || file.tpm_auth_prompt.unwrap_or(false);
+            let auth = match (
+                args.tpm_auth_env.clone().or(file.tpm_auth_env),
+                args.tpm_auth_file.clone().or(file.tpm_auth_file),
+                prompt,
+            ) {
+                (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => bail!(
+                    "give one of --tpm-auth-env, --tpm-auth-file and --tpm-auth-prompt, not several"
+                ),
+                (_, _, _) if handed.tpm_auth.is_some() => {
+                    Some(PinFrom::Read(handed.tpm_auth.expect("checked")))
+                }
+                (Some(var), None, false) => {
+                    let auth = PinSource::Env(var.clone()).resolve();
+                    wipe_env_var(&var);
+                    Some(PinFrom::Read(auth.map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}",
+                            e.to_string().replace("PKCS#11 PIN", "TPM auth value")
+                        )
+                    })?))
+                }
+                (None, Some(path), false) => Some(PinFrom::Source(PinSource::File(path))),
+                (None, None, true) => Some(PinFrom::Prompt),
+                (None, None, false) => None,
+            };
+            Some(TpmSettings {
+                tcti: tpm_tcti.unwrap_or_else(|| dpop_keys::tpm::DEFAULT_TCTI.to_owned()),
+                auth,
+                allow_adopt: args.tpm_allow_adopt || file.tpm_allow_adopt.unwrap_or(false),
+            })
+        } else {
+            if args.tpm_auth_env.is_some() || args.tpm_auth_file.is_some() || args.tpm_auth_prompt {
+                bail!("--tpm-auth-* needs --tpm or --tpm-tcti");
+            }
+            None
+        };
         Ok(Settings {
             config_file: config_path,
             socket: args.socket.clone().or(file.socket),
@@ -425,7 +505,7 @@ impl Settings {
             passphrase,
             passphrase_file,
             pkcs11,
-            tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
+            tpm,
             log_file: args.log_file.clone().or(file.log_file),
             default_lifetime: match args.lifetime.clone().or(file.lifetime) {
                 Some(text) => Some(

@@ -81,9 +81,6 @@ fn run(args: &Args) -> Result<()> {
         (Some(path), true) => Some(background::open_log_file(path)?),
         _ => None,
     };
-    if settings.tpm_tcti.is_some() {
-        bail!("the tpm backend is not available in this build yet");
-    }
     let prompt = if args.detached {
         PinPrompt::LaunchPipe
     } else {
@@ -206,8 +203,8 @@ fn check_config(args: &Args) -> Result<()> {
             p11.adopt.len()
         );
     }
-    if let Some(tcti) = &settings.tpm_tcti {
-        println!("tpm: {tcti}");
+    if let Some(tpm) = &settings.tpm {
+        println!("tpm: {}", tpm.tcti);
     }
     if let Some(path) = &settings.log_file {
         println!("log file (background): {}", path.display());

@@ -28,7 +28,8 @@ pub fn workspace_root() -> PathBuf {
 /// The binaries under test, built on first use.
 ///
 /// The first call runs `$CARGO build -p dpop-agent -p dpop-cli -p dpop-resource-server` in the
-/// workspace root, into the target directory and profile of the running test or bench executable
+/// workspace root (with `--features dpop-agent/tpm` when this package's feature `tpm` is on),
+/// into the target directory and profile of the running test or bench executable
 /// (`target/<profile>/deps/<exe>`: `debug` builds the dev profile, `release` adds `--release`,
 /// anything else is passed as `--profile`). Panics with cargo's output when the build fails.
 /// With `DPOP_TEST_BIN_DIR` set (absolute, or relative to the workspace root), nothing is built
@@ -79,6 +80,13 @@ fn build_binaries() -> Binaries {
         .current_dir(workspace_root())
         .args(["build", "--quiet", "-p", "dpop-agent", "-p", "dpop-cli"])
         .args(["-p", "dpop-resource-server"])
+        // The TPM tests need an agent with the TPM backend, which needs libtss2 to build.
+        .args(
+            cfg!(feature = "tpm")
+                .then_some(["--features", "dpop-agent/tpm"])
+                .into_iter()
+                .flatten(),
+        )
         .arg("--target-dir")
         .arg(target_dir);
     match profile.as_str() {
