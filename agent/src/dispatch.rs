@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dpop_jose::{Claims, Htu, Method, sign_proof};
+use dpop_jose::{Claims, Htu, Method, finish_proof, sign_proof, signing_input};
 use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
@@ -249,6 +249,11 @@ async fn sign_checked(
     .and_then(|c| c.with_nonce(nonce))
     .map_err(|e| jose_err(&e))?;
     debug!(key = %req.key, htm = %claims.htm, htu = %claims.htu, "sign_proof");
+    if key.is_blocking()
+        && let Some(proof) = sign_detached(key, &claims).await
+    {
+        return proof.map(|proof| ProofReply { proof });
+    }
     let proof = if key.is_blocking() {
         let sign = || {
             let started = Instant::now();
@@ -281,6 +286,30 @@ async fn sign_checked(
             },
             _ => jose_err(&e),
         })
+}
+
+/// A signer with a thread of its own (a TPM) signs while this task awaits its answer: no
+/// runtime thread blocks, none is handed over. `None` for signers that cannot.
+async fn sign_detached(key: &SignerRef, claims: &Claims) -> Option<Result<String, WireError>> {
+    let header = key.meta().header();
+    let input = signing_input(header, claims);
+    let started = Instant::now();
+    let answer = match key.sign_detached(input.as_bytes())? {
+        Ok(answer) => answer,
+        Err(e) => return Some(Err(keys_error(&e))),
+    };
+    let signature = match answer.await {
+        Ok(Ok(signature)) => signature,
+        Ok(Err(e)) => return Some(Err(keys_error(&e))),
+        Err(_) => {
+            return Some(Err(WireError::new(
+                ErrorCode::BackendError,
+                "the signer stopped before answering",
+            )));
+        }
+    };
+    key.meta().observe_sign_time(started.elapsed());
+    Some(finish_proof(header, input, &signature).map_err(|e| jose_err(&e)))
 }
 
 fn parse_label(label: &str) -> Result<KeyLabel, WireError> {

@@ -59,7 +59,10 @@ pub use error::Error;
 #[cfg(feature = "htu")]
 pub use htu::{Htu, normalize_uri};
 pub use jwk::Jwk;
-pub use proof::{Claims, MAX_NONCE_LEN, Method, ProofHeader, Signer, check_nonce, sign_proof};
+pub use proof::{
+    Claims, MAX_NONCE_LEN, Method, ProofHeader, Signer, check_nonce, finish_proof, sign_proof,
+    signing_input,
+};
 #[cfg(feature = "crypto")]
 pub use proof::{ath, new_jti};
 #[cfg(feature = "lru")]

@@ -213,18 +213,36 @@ pub trait Signer {
 /// Signs a compact DPoP proof: `header.claims.signature`.
 pub fn sign_proof<S: Signer + ?Sized>(signer: &S, claims: &Claims) -> Result<String, Error> {
     let header = signer.header();
+    let input = signing_input(header, claims);
+    let signature = signer
+        .sign(input.as_bytes())
+        .map_err(|e| Error::Signer(Box::new(e)))?;
+    finish_proof(header, input, &signature)
+}
+
+/// The part of a proof that is signed (`header.claims`, base64url), for a signer that works
+/// apart from [`sign_proof`] (one that answers later, on a thread of its own); the proof is
+/// then [`finish_proof`].
+pub fn signing_input(header: &ProofHeader, claims: &Claims) -> String {
     let claims = serde_json::to_vec(claims).expect("claims serialize");
-    let mut proof = String::with_capacity(header.encoded().len() + claims.len() * 4 / 3 + 100);
-    proof.push_str(header.encoded());
-    proof.push('.');
+    let mut input = String::with_capacity(header.encoded().len() + claims.len() * 4 / 3 + 100);
+    input.push_str(header.encoded());
+    input.push('.');
     base64::Engine::encode_string(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
         &claims,
-        &mut proof,
+        &mut input,
     );
-    let signature = signer
-        .sign(proof.as_bytes())
-        .map_err(|e| Error::Signer(Box::new(e)))?;
+    input
+}
+
+/// The compact proof from [`signing_input`] and its JWS signature; the signature's length is
+/// checked against the header's algorithm.
+pub fn finish_proof(
+    header: &ProofHeader,
+    input: String,
+    signature: &[u8],
+) -> Result<String, Error> {
     if let Some(expected) = header.alg().signature_len()
         && signature.len() != expected
     {
@@ -234,10 +252,11 @@ pub fn sign_proof<S: Signer + ?Sized>(signer: &S, claims: &Claims) -> Result<Str
             expected,
         });
     }
+    let mut proof = input;
     proof.push('.');
     base64::Engine::encode_string(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        &signature,
+        signature,
         &mut proof,
     );
     Ok(proof)

@@ -266,6 +266,14 @@ pub trait KeySigner: Send + Sync + fmt::Debug {
     /// should move it off their executor; false for in-memory keys, which sign in microseconds.
     fn is_blocking(&self) -> bool;
 
+    /// For a signer that does its work on a thread of its own (a TPM): starts signing
+    /// `message` and returns at once; the JWS signature arrives on the receiver, so an async
+    /// caller awaits it instead of blocking a thread. `None`: call [`sign`](Self::sign).
+    fn sign_detached(&self, message: &[u8]) -> Option<Result<SignReceiver, Error>> {
+        let _ = message;
+        None
+    }
+
     /// For a key whose private part is in this process's memory (a software key): a stand-in
     /// that holds it sealed under `key` and cannot sign, for a locked agent. `None` for keys
     /// that never leave their hardware.
@@ -296,6 +304,9 @@ impl dpop_jose::Signer for dyn KeySigner {
 
 /// A shared signer.
 pub type SignerRef = Arc<dyn KeySigner>;
+
+/// Where a [`KeySigner::sign_detached`] signature arrives.
+pub type SignReceiver = tokio::sync::oneshot::Receiver<Result<Vec<u8>, Error>>;
 
 /// What an adoption may take beyond an ordinary signing key. The defaults are what a client
 /// of the agent gets; more is for keys the agent's own configuration names.

@@ -13,7 +13,7 @@ use super::{TpmConfig, templates};
 use crate::records::RecordStore;
 use crate::{
     AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyKind, KeyLabel, KeyMeta, KeySigner,
-    SignerRef,
+    SignReceiver, SignerRef,
 };
 
 /// Keys in one TPM 2.0, used through a worker thread that owns the tss-esapi context.
@@ -508,6 +508,21 @@ impl KeySigner for TpmSigner {
 
     fn is_blocking(&self) -> bool {
         true
+    }
+
+    fn sign_detached(&self, message: &[u8]) -> Option<Result<SignReceiver, Error>> {
+        if self.auth_missing {
+            return Some(Err(Error::TpmAuthRequired {
+                label: self.meta.info().label.to_string(),
+            }));
+        }
+        let digest = digest::digest(self.hash, message);
+        let (id, scheme, kind, modulus_len) = (self.id, self.scheme, self.kind, self.modulus_len);
+        // The JWS encoding happens on the TPM thread too: the answer is the final signature.
+        Some(self.worker.run_detached(move |tpm| {
+            let signature = tpm.sign(id, digest.as_ref(), scheme)?;
+            templates::jws_signature(&signature, kind, modulus_len)
+        }))
     }
 }
 

@@ -503,4 +503,22 @@ impl Worker {
             .map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
+
+    /// Like [`run`](Self::run), without waiting: the result arrives on the receiver (which
+    /// reports a stopped thread as a closed channel).
+    pub(super) fn run_detached<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Tpm) -> Result<T, Error> + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, Error>>, Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move |tpm| {
+                let _ = reply.send(job(tpm));
+            }))
+            .map_err(|_| Error::Tpm {
+                command: "reaching the TPM thread",
+                reason: "the thread stopped".into(),
+            })?;
+        Ok(answer)
+    }
 }
