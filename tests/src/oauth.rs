@@ -47,6 +47,20 @@ pub struct OAuthOptions {
     pub algs: Vec<String>,
     /// Client secrets by client id (`None`: a public client).
     pub clients: HashMap<String, Option<String>>,
+    /// The resource server also takes tokens of another authorization server, asking its
+    /// RFC 7662 introspection endpoint.
+    pub introspection: Option<Introspection>,
+}
+
+/// An introspection endpoint and the resource server's credentials there (Basic).
+#[derive(Clone, Debug)]
+pub struct Introspection {
+    /// The endpoint.
+    pub url: String,
+    /// The resource server's client id.
+    pub client_id: String,
+    /// Its secret.
+    pub secret: String,
 }
 
 impl Default for OAuthOptions {
@@ -72,6 +86,7 @@ impl Default for OAuthOptions {
                     Some("s3cret:with&odd=chars".to_owned()),
                 ),
             ]),
+            introspection: None,
         }
     }
 }
@@ -772,6 +787,29 @@ async fn device_authorization(
     )
 }
 
+/// Asks the other server about `token`: its `cnf.jkt`, scope and expiry when active.
+async fn introspect(
+    endpoint: &Introspection,
+    token: &str,
+) -> Option<(Option<String>, String, i64)> {
+    let response = reqwest::Client::new()
+        .post(&endpoint.url)
+        .basic_auth(&endpoint.client_id, Some(&endpoint.secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .ok()?;
+    let answer: Value = response.json().await.ok()?;
+    if answer["active"] != json!(true) {
+        return None;
+    }
+    Some((
+        answer["cnf"]["jkt"].as_str().map(str::to_owned),
+        answer["scope"].as_str().unwrap_or_default().to_owned(),
+        answer["exp"].as_i64().unwrap_or(i64::MAX),
+    ))
+}
+
 async fn api(
     State(shared): State<Shared>,
     method: Method,
@@ -795,12 +833,19 @@ async fn api(
         );
         return response;
     };
-    let bound = {
+    let (bound, introspection) = {
         let inner = shared.0.lock().expect("state");
-        inner
-            .access
-            .get(&token)
-            .map(|(g, exp)| (g.jkt.clone(), g.scope.clone(), *exp))
+        (
+            inner
+                .access
+                .get(&token)
+                .map(|(g, exp)| (g.jkt.clone(), g.scope.clone(), *exp)),
+            inner.options.introspection.clone(),
+        )
+    };
+    let bound = match (bound, introspection) {
+        (None, Some(endpoint)) => introspect(&endpoint, &token).await,
+        (bound, _) => bound,
     };
     let invalid_token = |description: &str| {
         let mut response = (StatusCode::UNAUTHORIZED, "").into_response();
