@@ -107,6 +107,9 @@ pub(crate) struct TokenCommand {
     /// Print the whole token response as JSON (access and refresh tokens included).
     #[arg(long)]
     json: bool,
+    /// Say on standard error how many use_dpop_nonce challenges were answered.
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
 /// `dpop request`'s arguments.
@@ -313,6 +316,12 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
             client.device_poll(&http, &device, &params).await?
         }
     };
+    if cmd.verbose {
+        eprintln!(
+            "* answered {} use_dpop_nonce challenge(s) with the server's DPoP-Nonce",
+            http.nonce_retries()
+        );
+    }
     if let Some(name) = &cmd.save {
         let record = CachedToken::new(name, &token, &key, &client, cmd.secret_source(), &params)?;
         let path = TokenCache::default_location()?.save(&record)?;
@@ -524,6 +533,9 @@ async fn request_async(socket: &Option<PathBuf>, cmd: RequestCommand) -> Result<
         .await?;
     let status = response.status();
     let head = format_head(&response);
+    if cmd.verbose && http.nonce_retries() > 0 {
+        eprintln!("* use_dpop_nonce: retried once with the server's DPoP-Nonce");
+    }
     if cmd.verbose {
         for line in head.lines() {
             eprintln!("< {line}");

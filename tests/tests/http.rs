@@ -527,3 +527,67 @@ fn run_interactive_with(
         stderr: (seen + &rest.join("\n")).into_bytes(),
     }
 }
+
+#[test]
+fn the_library_gets_a_token_and_calls_the_api_with_one_retry_each() {
+    use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams, discover};
+
+    let s = setup(OAuthOptions::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let agent = dpop_client::Client::connect(s.agent.socket())
+            .await
+            .unwrap();
+        let http = DpopClient::new(agent, "k").unwrap();
+        let metadata = discover(http.reqwest(), &s.server.issuer).await.unwrap();
+        metadata.check_alg("k", "ES256").unwrap();
+        let oauth = OAuthClient::from_metadata(
+            &metadata,
+            "confidential",
+            ClientAuth::SecretBasic(SECRET.to_owned().into()),
+        )
+        .unwrap();
+        let token = oauth
+            .client_credentials(&http, &TokenParams::default().scope("read"))
+            .await
+            .unwrap();
+        assert!(token.is_dpop());
+        assert!(!format!("{token:?}").contains(token.access_token()));
+        assert_eq!(http.nonce_retries(), 1);
+
+        let request = http.reqwest().get(s.api("/api/lib")).build().unwrap();
+        let response = http
+            .send(request, Some(token.access_token()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(http.nonce_retries(), 2);
+        // The nonce that came with the answer is in the agent: no more retries.
+        for _ in 0..5 {
+            let request = http.reqwest().get(s.api("/api/lib")).build().unwrap();
+            let response = http
+                .send(request, Some(token.access_token()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        assert_eq!(http.nonce_retries(), 2);
+        // A rotation the client did not see: one retry, then the new nonce.
+        s.server.rotate_nonces();
+        let request = http.reqwest().get(s.api("/api/lib")).build().unwrap();
+        assert_eq!(
+            http.send(request, Some(token.access_token()))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(http.nonce_retries(), 3);
+    });
+    let counts = s.server.counts();
+    assert_eq!(counts.rs_nonce_challenges, 2);
+    assert_eq!(counts.client_auth, ["client_secret_basic"]);
+}

@@ -67,7 +67,11 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
         "the agent keeps oidc-provider's nonce: {:?}",
         keys[0].nonce_origins
     );
-    let (body, _) = dpop_ok(&agent, &["request", &api, "--token", "cc"]);
+    let (body, stderr) = dpop_ok(&agent, &["request", &api, "--token", "cc", "-v"]);
+    assert!(
+        stderr.contains("retried once with the server's DPoP-Nonce"),
+        "{stderr}"
+    );
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["path"], "/api/items");
     assert_eq!(echo["scope"], "api:read");

@@ -393,6 +393,84 @@ fn check_name(name: &str) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    fn record(name: &str) -> CachedToken {
+        CachedToken {
+            name: name.into(),
+            access_token: "at-secret".into(),
+            token_type: "DPoP".into(),
+            expires_at: Some(100),
+            refresh_token: Some("rt-secret".into()),
+            scope: None,
+            key: "k".into(),
+            jkt: "jkt".into(),
+            token_url: "https://as.example/token".into(),
+            client_id: "c".into(),
+            client_auth: "none".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            resources: Vec::new(),
+            audience: None,
+            allow_bearer: false,
+        }
+    }
+
+    #[test]
+    fn saves_private_files_atomically_and_lists_and_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TokenCache::new(dir.path().join("tokens"));
+        assert!(cache.list().unwrap().is_empty());
+        let path = cache.save(&record("one")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(cache.dir()), 0o700);
+        let mut two = record("two");
+        two.expires_at = None;
+        cache.save(&two).unwrap();
+        // Saving again replaces; no temporary file is left behind.
+        cache.save(&record("one")).unwrap();
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2);
+        let names: Vec<_> = cache
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(names, ["one", "two"]);
+        let one = cache.load("one").unwrap();
+        assert_eq!(one.access_token(), "at-secret");
+        assert!(one.is_expired(100 - EXPIRY_MARGIN) && !one.is_expired(0));
+        assert!(!cache.load("two").unwrap().is_expired(i64::MAX - 1));
+        let debug = format!("{one:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        cache.delete("one").unwrap();
+        assert!(matches!(cache.load("one"), Err(Error::NoSuchToken(_))));
+        assert!(matches!(cache.delete("one"), Err(Error::NoSuchToken(_))));
+        fs::write(cache.dir().join("bad.json"), b"{").unwrap();
+        assert!(matches!(cache.load("bad"), Err(Error::CacheFormat { .. })));
+    }
+
+    #[test]
+    fn the_key_check_tells_gone_from_replaced() {
+        let token = record("t");
+        let key = |label: &str, jkt: &str| -> KeyDescription {
+            serde_json::from_value(serde_json::json!({
+                "label": label, "alg": "ES256", "backend": "software",
+                "jwk": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
+                "jkt": jkt, "persistent": false,
+            }))
+            .unwrap()
+        };
+        token.check_key(&[key("k", "jkt")]).unwrap();
+        assert!(matches!(
+            token.check_key(&[key("other", "jkt")]),
+            Err(Error::KeyGone { .. })
+        ));
+        assert!(matches!(
+            token.check_key(&[key("k", "new")]),
+            Err(Error::KeyReplaced { .. })
+        ));
+    }
+
     #[test]
     fn names_are_file_names_only() {
         for good in ["api", "a.b_c-1"] {

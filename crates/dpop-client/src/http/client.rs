@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
 use reqwest::{Method, Request, Response, StatusCode};
@@ -30,6 +31,7 @@ pub struct DpopClient {
     http: reqwest::Client,
     agent: Mutex<crate::Client>,
     key: String,
+    nonce_retries: AtomicU32,
 }
 
 impl std::fmt::Debug for DpopClient {
@@ -62,12 +64,18 @@ impl DpopClient {
             http,
             agent: Mutex::new(agent),
             key: key.into(),
+            nonce_retries: AtomicU32::new(0),
         }
     }
 
     /// The key's label.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// How many `use_dpop_nonce` challenges this client has answered with a retry.
+    pub fn nonce_retries(&self) -> u32 {
+        self.nonce_retries.load(Ordering::Relaxed)
     }
 
     /// The inner reqwest client, to build requests for [`send`](Self::send).
@@ -162,6 +170,7 @@ impl DpopClient {
             return Ok(response);
         };
         let retry = retry.ok_or(Error::BodyNotReplayable)?;
+        self.nonce_retries.fetch_add(1, Ordering::Relaxed);
         // The nonce just received, explicitly: the answer to this challenge, whatever another
         // process may have reported for the origin meanwhile.
         let response = self.send_signed(retry, access_token, Some(&nonce)).await?;

@@ -536,7 +536,8 @@ impl OAuthClient {
 }
 
 fn config(e: oauth2::ConfigurationError) -> Error {
-    Error::Config(format!("this grant needs the {e}"))
+    // "No token endpoint URL specified": say where one comes from.
+    Error::Config(format!("{e} (give --issuer, or the endpoint's URL)"))
 }
 
 fn token_error(e: RequestTokenError<Error, BasicErrorResponse>) -> Error {
