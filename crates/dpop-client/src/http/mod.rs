@@ -17,25 +17,18 @@
 //!   them; [`LoopbackRedirect`] receives the authorization code on 127.0.0.1 (RFC 8252).
 //!
 //! ```no_run
-//! use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams};
+//! use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams, discover};
 //!
 //! # async fn demo() -> Result<(), dpop_client::http::Error> {
-//! let agent = dpop_client::Client::connect_env().await?;
-//! let http = DpopClient::new(agent, "my-key")?;
-//! let oauth = OAuthClient::new(
-//!     "https://as.example.com/token".parse()?,
-//!     "my-client",
-//!     ClientAuth::None,
-//! );
+//! let http = DpopClient::new(dpop_client::Client::connect_env().await?, "api")?;
+//! let metadata = discover(http.reqwest(), "https://as.example.com").await?;
+//! metadata.check_alg("api", "ES256")?;
+//! let oauth = OAuthClient::from_metadata(&metadata, "my-client", ClientAuth::None)?;
 //! let token = oauth
 //!     .client_credentials(&http, &TokenParams::default().scope("read"))
 //!     .await?;
-//! let response = http
-//!     .send(
-//!         http.reqwest().get("https://api.example.com/items").build()?,
-//!         Some(token.access_token()),
-//!     )
-//!     .await?;
+//! let request = http.reqwest().get("https://api.example.com/v1/items").build()?;
+//! let response = http.send(request, Some(token.access_token())).await?;
 //! println!("{}", response.status());
 //! # Ok(()) }
 //! ```
