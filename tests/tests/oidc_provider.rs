@@ -2,7 +2,8 @@
 //! required (tests/interop/oidc-provider). `dpop token` gets DPoP-bound tokens from it with
 //! client_credentials and refresh_token, answering its nonce challenge, and `dpop request`
 //! spends them at the test resource server, which checks them by introspection at
-//! oidc-provider (`cnf.jkt` included). Fails when node or the npm package is missing.
+//! oidc-provider (`cnf.jkt` included), and at oidc-provider's own userinfo endpoint. Fails
+//! when node or the npm package is missing.
 
 use dpop_tests::{
     AgentOptions, OAuthOptions, OAuthServer, OIDC_CLIENT_SECRET, OidcProvider, TestAgent,
@@ -81,10 +82,11 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
     // and the resource server requires the proof key to match it).
     let file = agent.dir().join("refresh-token");
     std::fs::write(&file, &provider.refresh_token).unwrap();
-    let (stdout, _) = dpop_ok(
+    let (stdout, stderr) = dpop_ok(
         &agent,
         &[
             "token",
+            "-v",
             "--grant",
             "refresh_token",
             "--key",
@@ -100,6 +102,8 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
             "--json",
         ],
     );
+    // Another process, and the agent already holds oidc-provider's nonce: no challenge.
+    assert!(stderr.contains("answered 0 use_dpop_nonce"), "{stderr}");
     let token: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(token["token_type"], "DPoP");
     assert!(token["refresh_token"].is_string(), "{token}");
@@ -115,6 +119,21 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
         ],
     );
     assert!(body.contains("\"path\":\"/api/items\""), "{body}");
+    // oidc-provider's own resource: userinfo takes the DPoP-bound token with a proof.
+    let userinfo = format!("{}/me", provider.issuer);
+    let (body, _) = dpop_ok(
+        &agent,
+        &[
+            "request",
+            &userinfo,
+            "--access-token-file",
+            access.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["sub"],
+        "alice"
+    );
 
     // The same token from another key's proof is refused: it is bound to k.
     agent.client().generate_key("other", None, None).unwrap();
