@@ -19,6 +19,9 @@ use zeroize::Zeroizing;
 
 use crate::{StdoutError, print_json, read_input};
 
+/// How long `dpop token --grant authorization_code` waits for the browser.
+const AUTHORIZATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub(crate) enum Grant {
@@ -121,7 +124,7 @@ pub(crate) struct RequestCommand {
     #[arg(short = 'X', long)]
     method: Option<String>,
     /// Key label, when no --token names it (may be left out when the agent has one key).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token")]
     key: Option<String>,
     /// Saved token to send (refreshed when expired).
     #[arg(long, value_name = "NAME", conflicts_with = "access_token_file")]
@@ -167,6 +170,9 @@ pub(crate) enum TokensCommand {
     Delete {
         /// The token's name.
         name: String,
+        /// Machine-readable JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -293,7 +299,14 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
             if !cmd.no_browser {
                 open_browser(start.url.as_str());
             }
-            let redirected = redirect.wait().await?;
+            let redirected = tokio::time::timeout(AUTHORIZATION_TIMEOUT, redirect.wait())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no authorization came back within {} minutes",
+                        AUTHORIZATION_TIMEOUT.as_secs() / 60
+                    )
+                })??;
             let state = redirected.state.clone();
             client
                 .exchange_code(&http, start, &redirected.code, &state, &params)
@@ -427,9 +440,13 @@ pub(crate) fn tokens(cmd: TokensCommand) -> Result<()> {
                 }
             }
         }
-        TokensCommand::Delete { name } => {
+        TokensCommand::Delete { name, json } => {
             cache.delete(&name)?;
-            eprintln!("deleted token {name}");
+            if json {
+                print_json(&json!({ "deleted": name }))?;
+            } else {
+                outln!("deleted token {name}")?;
+            }
         }
     }
     Ok(())

@@ -113,6 +113,10 @@ pub struct Counts {
     /// Every client authentication seen at `/token`: `none`, `client_secret_basic`,
     /// `client_secret_post`.
     pub client_auth: Vec<String>,
+    /// Every `resource` parameter (RFC 8707) seen at `/token`.
+    pub resources: Vec<String>,
+    /// Every `audience` parameter seen at `/token`.
+    pub audiences: Vec<String>,
 }
 
 struct Nonce {
@@ -490,6 +494,14 @@ fn check_proof(
     }
 }
 
+/// Every value of a repeatable form parameter.
+fn form_all(body: &Bytes, name: &str) -> Vec<String> {
+    url::form_urlencoded::parse(body)
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
 fn form_map(body: &Bytes) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
@@ -570,6 +582,8 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         return invalid_client();
     };
     inner.counts.client_auth.push(method.to_owned());
+    inner.counts.resources.extend(form_all(&body, "resource"));
+    inner.counts.audiences.extend(form_all(&body, "audience"));
     let scope_of = |form: &HashMap<String, String>| form.get("scope").cloned().unwrap_or_default();
     let (scope, with_refresh) = match grant_type.as_str() {
         "client_credentials" => (scope_of(&form), false),

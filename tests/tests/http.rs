@@ -66,6 +66,12 @@ impl Setup {
             SECRET_VAR,
             "--scope",
             "read write",
+            "--resource",
+            "https://rs.example/a",
+            "--resource",
+            "https://rs.example/b",
+            "--audience",
+            "rs",
             "--save",
             name,
         ])
@@ -102,6 +108,11 @@ fn client_credentials_then_request_each_answer_one_nonce_challenge() {
     assert_eq!(saved["jkt"], s.jkt.as_str());
     assert_eq!(s.server.token_jkt(token).as_deref(), Some(s.jkt.as_str()));
     let counts = s.server.counts();
+    assert_eq!(
+        counts.resources,
+        ["https://rs.example/a", "https://rs.example/b"]
+    );
+    assert_eq!(counts.audiences, ["rs"]);
     // One challenge, one retry with its nonce: two requests, no more.
     assert_eq!(counts.as_nonce_challenges, 1);
     assert_eq!(counts.token_requests["client_credentials"], 2);
@@ -286,14 +297,17 @@ fn bearer_tokens_are_refused_unless_allowed_and_discovery_checks_the_algorithm()
         ..OAuthOptions::default()
     });
     let token_url = s.server.token_url();
+    // The secret from a file this time (its line break is not part of it).
+    let secret_file = s.agent.dir().join("client-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
     let args = [
         "token",
         "--token-url",
         &token_url,
         "--client-id",
         "confidential",
-        "--client-secret-env",
-        SECRET_VAR,
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
     ];
     let out = s.dpop(&args);
     assert!(

@@ -223,7 +223,9 @@ impl DpopClient {
             return Ok(None);
         };
         let mut agent = self.agent.lock().await;
-        match agent.report_nonce(&self.key, url.as_str(), nonce).await {
+        // The agent keeps nonces per origin; the path and query are none of its business.
+        let origin = url.origin().ascii_serialization();
+        match agent.report_nonce(&self.key, &origin, nonce).await {
             Ok(()) => Ok(Some(nonce.to_owned())),
             // A nonce outside the syntax is the server's fault; a proof could not carry it.
             Err(e) if e.code() == Some(dpop_protocol::ErrorCode::InvalidNonce) => Ok(None),
