@@ -605,3 +605,51 @@ fn the_library_gets_a_token_and_calls_the_api_with_one_retry_each() {
     assert_eq!(counts.rs_nonce_challenges, 2);
     assert_eq!(counts.client_auth, ["client_secret_basic"]);
 }
+
+#[test]
+fn a_token_source_requests_again_only_when_the_token_expires() {
+    use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams, TokenSource};
+
+    let s = setup(OAuthOptions::default());
+    // Tokens that live 20 s, inside the 30 s renewal margin: renewed on every use.
+    let short = OAuthServer::start(OAuthOptions {
+        token_lifetime: 20,
+        ..OAuthOptions::default()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let agent = dpop_client::Client::connect(s.agent.socket())
+            .await
+            .unwrap();
+        let http = DpopClient::new(agent, "k").unwrap();
+        let source = |server: &OAuthServer| {
+            TokenSource::client_credentials(
+                OAuthClient::new(
+                    server.token_url().parse().unwrap(),
+                    "public",
+                    ClientAuth::None,
+                ),
+                TokenParams::default(),
+            )
+        };
+        let long_lived = source(&s.server);
+        let first = long_lived.access_token(&http).await.unwrap();
+        let second = long_lived.access_token(&http).await.unwrap();
+        assert_eq!(*first, *second);
+        let renewed = source(&short);
+        let first = renewed.access_token(&http).await.unwrap();
+        let second = renewed.access_token(&http).await.unwrap();
+        assert_ne!(*first, *second);
+        assert_eq!(short.token_jkt(&second).as_deref(), Some(s.jkt.as_str()));
+    });
+    // Successful requests only (the nonce challenges are counted apart).
+    let issued = |server: &OAuthServer| {
+        let c = server.counts();
+        c.token_requests["client_credentials"] - c.as_nonce_challenges
+    };
+    assert_eq!(issued(&s.server), 1);
+    assert_eq!(issued(&short), 2);
+}

@@ -13,6 +13,8 @@
 //!   (optionally pushed, RFC 9126, and with `dpop_jkt`) and `device_code` (RFC 8628).
 //! - [`discover`] reads RFC 8414 / OpenID Connect metadata and [`ServerMetadata::check_alg`]
 //!   refuses a key whose algorithm the server does not accept.
+//! - [`TokenSource`] keeps a token in memory and renews it (refresh token, or a new
+//!   `client_credentials` request) when it expires.
 //! - [`TokenCache`] keeps tokens in 0600 files bound to their key's thumbprint and refreshes
 //!   them; [`LoopbackRedirect`] receives the authorization code on 127.0.0.1 (RFC 8252).
 //!
@@ -38,6 +40,7 @@ mod challenge;
 mod client;
 mod discovery;
 mod loopback;
+mod source;
 mod token;
 
 pub use cache::{CachedToken, ClientSecretSource, TokenCache};
@@ -45,6 +48,7 @@ pub use challenge::{Challenge, OAuthErrorBody};
 pub use client::DpopClient;
 pub use discovery::{ServerMetadata, discover};
 pub use loopback::{LoopbackRedirect, Redirected};
+pub use source::TokenSource;
 pub use token::{
     AuthorizationStart, ClientAuth, DeviceAuthorization, OAuthClient, Token, TokenParams,
 };
@@ -181,6 +185,10 @@ pub enum Error {
         /// The thumbprint of the key with that label now.
         now: String,
     },
+    /// A [`TokenSource`]'s token expired, has no refresh token and came from a grant that
+    /// cannot be repeated without the user.
+    #[error("the access token expired and has no refresh token")]
+    SourceExpired,
     /// The cached token expired and cannot be refreshed.
     #[error("saved token {0:?} expired and has no refresh token: get a new one with dpop token")]
     Expired(String),

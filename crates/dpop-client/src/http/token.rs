@@ -130,6 +130,13 @@ impl Token {
         self.refresh_token.as_deref().map(String::as_str)
     }
 
+    /// The same token with this refresh token (a refresh answer without a new one keeps
+    /// the old).
+    pub(crate) fn with_refresh_token(mut self, refresh_token: &str) -> Token {
+        self.refresh_token = Some(Zeroizing::new(refresh_token.to_owned()));
+        self
+    }
+
     /// Whether `token_type` is `DPoP` (case-insensitive, RFC 6749 section 5.1).
     pub fn is_dpop(&self) -> bool {
         self.token_type.eq_ignore_ascii_case("DPoP")
