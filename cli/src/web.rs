@@ -135,7 +135,7 @@ pub(crate) struct RequestCommand {
     /// Extra header, 'Name: value' (repeatable).
     #[arg(short = 'H', long = "header", value_name = "HEADER")]
     headers: Vec<String>,
-    /// Body; @FILE reads a file (form content type unless -H sets one).
+    /// Body; @FILE reads a file, @- standard input (form content type unless -H sets one).
     #[arg(
         short = 'd',
         long,
@@ -143,7 +143,7 @@ pub(crate) struct RequestCommand {
         allow_hyphen_values = true
     )]
     data: Option<String>,
-    /// Body sent as is; @FILE reads a file.
+    /// Body sent as is; @FILE reads a file, @- standard input.
     #[arg(long, allow_hyphen_values = true)]
     data_binary: Option<String>,
     /// Put the status line and headers before the body on standard output.
@@ -456,15 +456,21 @@ pub(crate) fn request(socket: &Option<PathBuf>, cmd: RequestCommand) -> Result<E
     runtime()?.block_on(request_async(socket, cmd))
 }
 
+/// The body of -d / --data-binary: the text itself, `@FILE`, or `@-` for standard input.
 fn read_body(arg: &str, what: &str) -> Result<Vec<u8>> {
     match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)
+                .with_context(|| format!("reading the {what} from standard input"))?;
+            Ok(body)
+        }
         Some(path) => {
             std::fs::read(path).with_context(|| format!("reading the {what} from {path}"))
         }
         None => Ok(arg.as_bytes().to_vec()),
     }
 }
-
 async fn request_async(socket: &Option<PathBuf>, cmd: RequestCommand) -> Result<ExitCode> {
     let mut agent = connect(socket).await?;
     let (key_label, saved) = match &cmd.token {

@@ -252,6 +252,31 @@ fn request_sends_bodies_follows_same_origin_redirects_and_refuses_others() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("another origin"), "{}", stderr(&out));
 
+    // A body from standard input, sent again on the retry that a fresh nonce rotation forces.
+    s.server.rotate_nonces();
+    let challenges = s.server.counts().rs_nonce_challenges;
+    let mut child = s
+        .agent
+        .dpop_command()
+        .args([
+            "request",
+            &s.api("/api/in"),
+            "--token",
+            "api",
+            "--data-binary",
+            "@-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from\nstdin").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let echo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echo["body"], "from\nstdin");
+    assert_eq!(s.server.counts().rs_nonce_challenges, challenges + 1);
+
     let file = s.agent.dir().join("body.json");
     s.dpop_ok(&[
         "request",

@@ -248,10 +248,12 @@ async fn use_dpop_nonce(response: Response) -> Result<(Response, bool), Error> {
                 .any(|c| c.is_dpop() && c.param("error") == Some("use_dpop_nonce"));
             Ok((response, challenged))
         }
+        // Only a small JSON body can be an OAuth error; anything else is left unread.
         StatusCode::BAD_REQUEST
-            if response
-                .content_length()
-                .is_none_or(|n| n <= MAX_ERROR_BODY as u64) =>
+            if is_json(&response)
+                && response
+                    .content_length()
+                    .is_none_or(|n| n <= MAX_ERROR_BODY as u64) =>
         {
             let status = response.status();
             let version = response.version();
@@ -267,6 +269,18 @@ async fn use_dpop_nonce(response: Response) -> Result<(Response, bool), Error> {
         }
         _ => Ok((response, false)),
     }
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| {
+            let media = media.trim().to_ascii_lowercase();
+            media == "application/json" || media.ends_with("+json")
+        })
 }
 
 /// The oauth2 crate's HTTP hook: token, device and PAR requests go through the proofs, the
