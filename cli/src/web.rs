@@ -276,7 +276,10 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
     }
     let params = cmd.params();
     let token = match cmd.grant {
-        Grant::ClientCredentials => client.client_credentials(&http, &params).await?,
+        Grant::ClientCredentials => client
+            .client_credentials(&http, &params)
+            .await
+            .map_err(explain)?,
         Grant::RefreshToken => {
             let file = cmd
                 .refresh_token_file
@@ -287,14 +290,18 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
             if refresh.is_empty() {
                 bail!("the refresh token file {} is empty", file.display());
             }
-            client.refresh(&http, refresh, &params).await?
+            client
+                .refresh(&http, refresh, &params)
+                .await
+                .map_err(explain)?
         }
         Grant::AuthorizationCode => {
             let redirect = LoopbackRedirect::bind().await?;
             let jkt = (!cmd.no_dpop_jkt).then_some(key.jkt.as_str());
             let start = client
                 .start_authorization(&http, redirect.redirect_uri(), &params, jkt, cmd.par)
-                .await?;
+                .await
+                .map_err(explain)?;
             eprintln!("Open this URL in a browser to authorize:\n{}", start.url);
             if !cmd.no_browser {
                 open_browser(start.url.as_str());
@@ -310,10 +317,14 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
             let state = redirected.state.clone();
             client
                 .exchange_code(&http, start, &redirected.code, &state, &params)
-                .await?
+                .await
+                .map_err(explain)?
         }
         Grant::DeviceCode => {
-            let device = client.device_authorization(&http, &params).await?;
+            let device = client
+                .device_authorization(&http, &params)
+                .await
+                .map_err(explain)?;
             match device.verification_uri_complete() {
                 Some(complete) => eprintln!(
                     "To authorize, open {complete}\n(or open {} and enter the code {})",
@@ -326,7 +337,10 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
                     device.user_code()
                 ),
             }
-            client.device_poll(&http, &device, &params).await?
+            client
+                .device_poll(&http, &device, &params)
+                .await
+                .map_err(explain)?
         }
     };
     if cmd.verbose {
@@ -354,6 +368,18 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
     }
     print_token(&token, cmd.json, cmd.save.is_some() && !cmd.print)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A token endpoint's refusal, with what a `use_dpop_nonce` at this point means.
+fn explain(e: dpop_client::http::Error) -> anyhow::Error {
+    let nonce_refused =
+        matches!(&e, dpop_client::http::Error::OAuth(body) if body.error == "use_dpop_nonce");
+    let e = anyhow::Error::new(e);
+    if nonce_refused {
+        e.context("the authorization server refused the nonce it had just sent, after one retry")
+    } else {
+        e
+    }
 }
 
 fn print_token(token: &Token, json: bool, without_secrets: bool) -> Result<(), StdoutError> {

@@ -172,7 +172,11 @@ fn a_server_that_always_wants_a_nonce_gets_one_retry_only() {
 
     let out = s.client_credentials("again");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("use_dpop_nonce"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("use_dpop_nonce") && err.contains("after one retry"),
+        "{err}"
+    );
     let after = s.server.counts();
     assert_eq!(
         after.token_requests["client_credentials"] - before.token_requests["client_credentials"],
