@@ -497,6 +497,7 @@ fn read_body(arg: &str, what: &str) -> Result<Vec<u8>> {
         None => Ok(arg.as_bytes().to_vec()),
     }
 }
+
 async fn request_async(socket: &Option<PathBuf>, cmd: RequestCommand) -> Result<ExitCode> {
     let mut agent = connect(socket).await?;
     let (key_label, saved) = match &cmd.token {
