@@ -287,8 +287,7 @@ fn is_json(response: &Response) -> bool {
 /// nonce store and the retry.
 impl<'c> oauth2::AsyncHttpClient<'c> for DpopClient {
     type Error = Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, Error>> + Send + Sync + 'c>>;
+    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, Error>> + Send + 'c>>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
