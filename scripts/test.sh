@@ -15,6 +15,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# The server kit's tests (issue 15) start a real redis-server on loopback.
+if ! dpkg -s redis-server >/dev/null 2>&1; then
+    echo "== installing redis-server"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
 if ! python3 -c 'import jwcrypto' 2>/dev/null; then
     echo "== installing jwcrypto (independent JOSE implementation for interop tests)"
     python3 -m pip install -q jwcrypto 2>/dev/null \
@@ -52,3 +60,6 @@ echo "== cargo test"
 cargo test --workspace --all-features --no-fail-fast
 echo "== benchmarks, smoke run (cargo bench measures)"
 cargo test -p dpop-tests --benches
+# The TPM bench needs the feature (libtss2 to build, swtpm to run), like the TPM tests above.
+echo "== TPM benchmark, smoke run"
+cargo test -p dpop-tests --features tpm --bench tpm

@@ -1,6 +1,7 @@
 //! Opens the backends that the settings ask for and puts them in one [`Keyring`]: software
 //! always, the PKCS#11 token when a module is configured (its PIN asked once, never retried),
-//! and the config file's `[[pkcs11_adopt]]` keys.
+//! the TPM when a TCTI is configured, and the config file's `[[pkcs11_adopt]]` keys. A TPM
+//! that cannot be opened is reported and the agent serves the other backends.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{AdoptOptions, Backend, BackendKind, KeyLabel, Keyring};
 use tracing::{info, warn};
 
-use crate::config::{AdoptEntry, Pkcs11Settings, Settings};
+use crate::config::{AdoptEntry, Pkcs11Settings, Settings, TpmSettings};
 
 /// Where a PIN that no file or variable holds comes from.
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +30,22 @@ pub fn open(settings: &Settings, prompt: PinPrompt) -> Result<Keyring> {
     if let Some(p11) = &settings.pkcs11 {
         backends.push(pkcs11(p11, &settings.data_dir, prompt)?);
     }
-    let allow_adopt = settings.pkcs11.as_ref().is_some_and(|p| p.allow_adopt);
-    let keyring = Keyring::new(backends).allow_client_adopt(allow_adopt);
+    if let Some(tpm_settings) = &settings.tpm {
+        match tpm(tpm_settings, &settings.data_dir, prompt) {
+            Ok(backend) => backends.push(backend),
+            // The other backends still serve; requests for TPM keys say it is not configured.
+            Err(e) => tracing::error!("TPM backend not started: {e:#}"),
+        }
+    }
+    let keyring = Keyring::new(backends)
+        .allow_client_adopt_in(
+            BackendKind::Pkcs11,
+            settings.pkcs11.as_ref().is_some_and(|p| p.allow_adopt),
+        )
+        .allow_client_adopt_in(
+            BackendKind::Tpm,
+            settings.tpm.as_ref().is_some_and(|t| t.allow_adopt),
+        );
     for (backend, problem) in keyring.load() {
         if matches!(problem, dpop_keys::Error::WrongPassphrase { .. }) {
             bail!("{problem}; not starting");
@@ -111,6 +126,44 @@ fn pkcs11(p11: &Pkcs11Settings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backen
         backend: BackendKind::Pkcs11,
     };
     bail!("cannot use {}: {missing}", p11.module.display())
+}
+
+/// Opens the TPM backend. An unreachable TPM is no error here (keys answer
+/// `token_not_present` until it is back); a bad TCTI or auth source is.
+#[cfg(feature = "tpm")]
+fn tpm(settings: &TpmSettings, data_dir: &Path, prompt: PinPrompt) -> Result<Arc<dyn Backend>> {
+    use dpop_keys::tpm::{TpmBackend, TpmConfig};
+
+    use crate::{config::PinFrom, pin};
+
+    let auth = match (&settings.auth, prompt) {
+        (None, _) => None,
+        (Some(PinFrom::Source(source)), _) => Some(source.resolve().map_err(|e| {
+            anyhow::anyhow!("{}", e.to_string().replace("PKCS#11 PIN", "TPM auth value"))
+        })?),
+        (Some(PinFrom::Read(auth)), _) => Some(auth.clone()),
+        (Some(PinFrom::Prompt), PinPrompt::LaunchPipe) => {
+            bail!("the background start passed no TPM auth value")
+        }
+        (Some(PinFrom::Prompt), PinPrompt::Terminal) => Some(pin::prompt_tpm_auth()?),
+    };
+    dpop_keys::create_private_dir(data_dir)?;
+    let config = TpmConfig {
+        auth,
+        ..TpmConfig::new(&settings.tcti, data_dir.join("tpm"))
+    };
+    let backend = TpmBackend::open(config)?;
+    info!(tcti = %backend.tcti(), "TPM backend ready");
+    Ok(Arc::new(backend))
+}
+
+/// Built without the backend: say so.
+#[cfg(not(feature = "tpm"))]
+fn tpm(settings: &TpmSettings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
+    let missing = dpop_keys::Error::BackendNotCompiled {
+        backend: BackendKind::Tpm,
+    };
+    bail!("cannot use the TPM at {}: {missing}", settings.tcti)
 }
 
 /// Adopts the config file's `[[pkcs11_adopt]]` keys that are not served yet. A key that

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::Duration;
@@ -20,7 +20,9 @@ use anyhow::{Context, Result, bail};
 use crate::backends::token_selector;
 use crate::config::{Args, HandedSecrets, PinFrom, Settings};
 use crate::pin;
-use crate::socket::SocketLocation;
+use crate::shell::Shell;
+use crate::socket::{SocketLocation, default_socket_path};
+use crate::stop::live_agent;
 
 /// How long the parent waits for the rest of the child's start-up log once it is ready (the
 /// child closes the pipe when it detaches; this only guards against a module that forked a
@@ -32,8 +34,15 @@ pub fn start(args: &Args) -> Result<()> {
     // The settings the child will load, config file included, so the socket printed below is
     // the one it binds. This reads the secret variables and wipes them from our environment.
     let settings = Settings::load(args, HandedSecrets::default())?;
+    let shell = Shell::choose(args.csh, args.sh);
+    if args.reuse
+        && let Some((socket, pid)) = reusable_agent(&settings)
+    {
+        print!("{}", shell.set_lines(&socket, pid.unsigned_abs()));
+        return Ok(());
+    }
     let location = settings.socket_location()?;
-    let started = launch(&settings, &location);
+    let started = launch(&settings, &location, shell);
     if started.is_err() {
         // The child is gone: a private directory we made would be left behind.
         if let SocketLocation::Private(_) = location {
@@ -43,7 +52,20 @@ pub fn start(args: &Args) -> Result<()> {
     started
 }
 
-fn launch(settings: &Settings, location: &SocketLocation) -> Result<()> {
+/// `--reuse`: a live agent of ours on `DPOP_AUTH_SOCK`, or on the socket this start would
+/// bind (configured, or the default under `$XDG_RUNTIME_DIR`).
+fn reusable_agent(settings: &Settings) -> Option<(PathBuf, i32)> {
+    let from_env = std::env::var_os("DPOP_AUTH_SOCK")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    let configured = settings.socket.clone().or_else(default_socket_path);
+    [from_env, configured]
+        .into_iter()
+        .flatten()
+        .find_map(|socket| Some((socket.clone(), live_agent(&socket)?)))
+}
+
+fn launch(settings: &Settings, location: &SocketLocation, shell: Shell) -> Result<()> {
     let socket = location.path();
     let handed = HandedSecrets {
         // A passphrase file the child reads itself (and warns about, in its log).
@@ -60,11 +82,17 @@ fn launch(settings: &Settings, location: &SocketLocation) -> Result<()> {
             },
             None => None,
         },
+        tpm_auth: match settings.tpm.as_ref().and_then(|t| t.auth.as_ref()) {
+            Some(PinFrom::Read(auth)) => Some(auth.clone()),
+            Some(PinFrom::Prompt) => Some(pin::prompt_tpm_auth()?),
+            Some(PinFrom::Source(_)) | None => None,
+        },
     };
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        // `--reuse` was for this process; the child must start (and `-D` conflicts with it).
+        .args(std::env::args_os().skip(1).filter(|a| a != "--reuse"))
         .arg("-D")
         .arg("--detached");
     if let SocketLocation::Private(path) = location {
@@ -115,11 +143,7 @@ fn launch(settings: &Settings, location: &SocketLocation) -> Result<()> {
             eprintln!("dpop-agent: {warning}");
         }
     }
-    let sock = shell_quote(&socket);
-    let pid = child.id();
-    println!("DPOP_AUTH_SOCK={sock}; export DPOP_AUTH_SOCK;");
-    println!("DPOP_AGENT_PID={pid}; export DPOP_AGENT_PID;");
-    println!("echo Agent pid {pid};");
+    print!("{}", shell.set_lines(&socket, child.id()));
     Ok(())
 }
 
@@ -132,11 +156,6 @@ fn startup_warning(line: &str) -> Option<String> {
     // Drop the target (`dpop_agent::backends: `).
     let message = rest.split_once(": ").map_or(rest, |(_, m)| m);
     Some(format!("{level}: {}", message.trim()))
-}
-
-fn shell_quote(path: &Path) -> String {
-    let s = path.to_string_lossy();
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// What the detached child logged before detaching, for the log file; `None` when not kept

@@ -20,9 +20,29 @@ pub struct Args {
     #[arg(short = 'D', long = "foreground")]
     pub foreground: bool,
 
-    /// Stop the agent named by DPOP_AUTH_SOCK (or DPOP_AGENT_PID).
+    /// Stop the agent named by DPOP_AUTH_SOCK (or DPOP_AGENT_PID), wait until it is gone, and
+    /// print the shell commands that forget it.
     #[arg(short = 'k', long = "kill")]
     pub kill: bool,
+
+    /// Print C shell commands (`setenv`); the default when $SHELL ends in csh.
+    #[arg(short = 'c', conflicts_with = "sh")]
+    pub csh: bool,
+
+    /// Print Bourne shell commands (`VAR=value; export VAR;`); the default otherwise.
+    #[arg(short = 's')]
+    pub sh: bool,
+
+    /// When an agent of ours already listens on DPOP_AUTH_SOCK or on the configured (or
+    /// default) socket, print its environment and exit instead of starting another: for shell
+    /// profiles and CI jobs that may run twice.
+    #[arg(long, conflicts_with_all = ["foreground", "kill"])]
+    pub reuse: bool,
+
+    /// Check the configuration file and flags, print what the agent would use (never a
+    /// secret), and exit.
+    #[arg(long, conflicts_with = "kill")]
+    pub check_config: bool,
 
     /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
     /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory).
@@ -44,6 +64,11 @@ pub struct Args {
     /// Keep software keys in memory only, even with a passphrase.
     #[arg(long)]
     pub ephemeral: bool,
+
+    /// Default lifetime of keys added without one, like ssh-agent's -t: 600, 10m, 8h, 1h30m.
+    /// After it, the key refuses to sign (`key_expired`); a saved key stays on disk.
+    #[arg(short = 't', long = "lifetime", value_name = "LIFE")]
+    pub lifetime: Option<String>,
 
     /// PKCS#11 module to load (enables the pkcs11 backend).
     #[arg(long, value_name = "PATH")]
@@ -85,9 +110,32 @@ pub struct Args {
     #[arg(long, hide = true, value_name = "SOCKET")]
     pub private_socket: Option<PathBuf>,
 
-    /// TPM TCTI (reserved for the tpm backend).
+    /// Use the TPM 2.0 at the default TCTI (device:/dev/tpmrm0, the kernel's resource
+    /// manager); --tpm-tcti names another.
+    #[arg(long)]
+    pub tpm: bool,
+
+    /// TPM TCTI (enables the tpm backend): device:/dev/tpmrm0, tabrmd:, or
+    /// swtpm:host=H,port=P.
     #[arg(long, value_name = "TCTI")]
     pub tpm_tcti: Option<String>,
+
+    /// Environment variable that holds the TPM keys' auth value (new keys get it; keys made
+    /// with one need it).
+    #[arg(long, value_name = "VAR")]
+    pub tpm_auth_env: Option<String>,
+
+    /// File that holds the TPM keys' auth value.
+    #[arg(long, value_name = "FILE")]
+    pub tpm_auth_file: Option<PathBuf>,
+
+    /// Ask for the TPM keys' auth value on the terminal at start-up.
+    #[arg(long)]
+    pub tpm_auth_prompt: bool,
+
+    /// Let clients adopt persistent TPM keys by handle (`dpop keys adopt tpm:handle=0x81..`).
+    #[arg(long)]
+    pub tpm_allow_adopt: bool,
 }
 
 /// The TOML file; keys are the long flag names with `_`.
@@ -98,17 +146,60 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
     ephemeral: Option<bool>,
+    lifetime: Option<String>,
     pkcs11_module: Option<PathBuf>,
     pkcs11_token: Option<String>,
     pkcs11_serial: Option<String>,
     pkcs11_pin_env: Option<String>,
     pkcs11_pin_file: Option<PathBuf>,
     pkcs11_allow_adopt: Option<bool>,
+    tpm: Option<bool>,
     tpm_tcti: Option<String>,
+    tpm_auth_env: Option<String>,
+    tpm_auth_file: Option<PathBuf>,
+    tpm_auth_prompt: Option<bool>,
+    tpm_allow_adopt: Option<bool>,
     log_file: Option<PathBuf>,
     /// Existing token keys to adopt at start-up (`[[pkcs11_adopt]]` tables).
     #[serde(default)]
     pkcs11_adopt: Vec<AdoptEntry>,
+}
+
+impl FileConfig {
+    /// Expands a leading `~/` in every path to `$HOME` (the shell does it for flags, nobody
+    /// does it for a TOML file).
+    fn expand_home(mut self) -> Result<FileConfig> {
+        for path in [
+            &mut self.socket,
+            &mut self.data_dir,
+            &mut self.passphrase_file,
+            &mut self.pkcs11_module,
+            &mut self.pkcs11_pin_file,
+            &mut self.log_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = expand_home(path)?;
+        }
+        Ok(self)
+    }
+}
+
+/// `~` or `~/rest` with `$HOME`; other paths as they are. `~user` is refused rather than
+/// taken as a relative directory named `~user`.
+fn expand_home(path: &Path) -> Result<PathBuf> {
+    let Ok(rest) = path.strip_prefix("~") else {
+        if path.to_string_lossy().starts_with('~') {
+            bail!(
+                "{}: only ~ and ~/ are expanded (to $HOME), not ~user",
+                path.display()
+            );
+        }
+        return Ok(path.to_owned());
+    };
+    let home = env_path("HOME").context("a path starts with ~ but HOME is not set")?;
+    Ok(home.join(rest))
 }
 
 /// A `[[pkcs11_adopt]]` table: an existing token key (a YubiKey's PIV key, say) to serve
@@ -153,17 +244,34 @@ pub struct Pkcs11Settings {
     pub allow_adopt: bool,
 }
 
+/// TPM settings.
+#[derive(Debug, Clone)]
+pub struct TpmSettings {
+    /// The TCTI (`device:/dev/tpmrm0` unless configured).
+    pub tcti: String,
+    /// Where the keys' auth value comes from; `None`: keys without one.
+    pub auth: Option<PinFrom>,
+    /// Whether clients may adopt persistent TPM keys (`--tpm-allow-adopt`).
+    pub allow_adopt: bool,
+}
+
 /// Everything the agent runs with.
 #[derive(Debug)]
 pub struct Settings {
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub passphrase: Option<SecretString>,
     /// The file the passphrase was read from (`None`: the environment, or none at all).
     pub passphrase_file: Option<PathBuf>,
     pub pkcs11: Option<Pkcs11Settings>,
-    pub tpm_tcti: Option<String>,
+    pub tpm: Option<TpmSettings>,
     pub log_file: Option<PathBuf>,
+    /// `-t`: the lifetime of keys added without one, in seconds.
+    pub default_lifetime: Option<u64>,
+    /// The confirm-on-use program: `DPOP_ASKPASS`, else `SSH_ASKPASS`.
+    pub askpass: Option<PathBuf>,
     /// See [`Args::private_socket`].
     pub private_socket: Option<PathBuf>,
 }
@@ -256,6 +364,8 @@ pub struct HandedSecrets {
     pub passphrase: Option<SecretString>,
     /// The PKCS#11 PIN (from `--pkcs11-pin-env`'s variable or the prompt).
     pub pin: Option<SecretString>,
+    /// The TPM keys' auth value (from `--tpm-auth-env`'s variable or the prompt).
+    pub tpm_auth: Option<SecretString>,
 }
 
 impl Settings {
@@ -276,6 +386,8 @@ impl Settings {
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
+                    .expand_home()
+                    .with_context(|| format!("in config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -347,14 +459,62 @@ impl Settings {
                 })
             }
         };
+        let tpm_tcti = args.tpm_tcti.clone().or(file.tpm_tcti);
+        let tpm = if tpm_tcti.is_some() || args.tpm || file.tpm.unwrap_or(false) {
+            let prompt = args.tpm_auth_prompt || file.tpm_auth_prompt.unwrap_or(false);
+            let auth = match (
+                args.tpm_auth_env.clone().or(file.tpm_auth_env),
+                args.tpm_auth_file.clone().or(file.tpm_auth_file),
+                prompt,
+            ) {
+                (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => bail!(
+                    "give one of --tpm-auth-env, --tpm-auth-file and --tpm-auth-prompt, not several"
+                ),
+                (_, _, _) if handed.tpm_auth.is_some() => {
+                    Some(PinFrom::Read(handed.tpm_auth.expect("checked")))
+                }
+                (Some(var), None, false) => {
+                    let auth = PinSource::Env(var.clone()).resolve();
+                    wipe_env_var(&var);
+                    Some(PinFrom::Read(auth.map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}",
+                            e.to_string().replace("PKCS#11 PIN", "TPM auth value")
+                        )
+                    })?))
+                }
+                (None, Some(path), false) => Some(PinFrom::Source(PinSource::File(path))),
+                (None, None, true) => Some(PinFrom::Prompt),
+                (None, None, false) => None,
+            };
+            Some(TpmSettings {
+                tcti: tpm_tcti.unwrap_or_else(|| dpop_keys::tpm::DEFAULT_TCTI.to_owned()),
+                auth,
+                allow_adopt: args.tpm_allow_adopt || file.tpm_allow_adopt.unwrap_or(false),
+            })
+        } else {
+            if args.tpm_auth_env.is_some() || args.tpm_auth_file.is_some() || args.tpm_auth_prompt {
+                bail!("--tpm-auth-* needs --tpm or --tpm-tcti");
+            }
+            None
+        };
         Ok(Settings {
+            config_file: config_path,
             socket: args.socket.clone().or(file.socket),
             data_dir,
             passphrase,
             passphrase_file,
             pkcs11,
-            tpm_tcti: args.tpm_tcti.clone().or(file.tpm_tcti),
+            tpm,
             log_file: args.log_file.clone().or(file.log_file),
+            default_lifetime: match args.lifetime.clone().or(file.lifetime) {
+                Some(text) => Some(
+                    dpop_protocol::parse_lifetime(&text)
+                        .map_err(|e| anyhow::anyhow!("-t / lifetime: {e}"))?,
+                ),
+                None => None,
+            },
+            askpass: env_path("DPOP_ASKPASS").or_else(|| env_path("SSH_ASKPASS")),
             private_socket: args.private_socket.clone(),
         })
     }
@@ -368,5 +528,39 @@ impl Settings {
             (None, Some(path)) => Ok(SocketLocation::Private(path.clone())),
             (None, None) => crate::socket::default_location(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_line() {
+        let err = toml::from_str::<FileConfig>("data_dir = \"/d\"\n\ndata-dir = \"/e\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("data-dir"), "{err}");
+    }
+
+    #[test]
+    fn home_is_expanded_in_paths() {
+        let home = env_path("HOME").expect("HOME is set in tests");
+        assert_eq!(expand_home(Path::new("~/keys")).unwrap(), home.join("keys"));
+        assert_eq!(expand_home(Path::new("~")).unwrap(), home);
+        assert_eq!(
+            expand_home(Path::new("/etc/~x")).unwrap(),
+            PathBuf::from("/etc/~x")
+        );
+        let err = expand_home(Path::new("~root/keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("~user"), "{err}");
+        let file: FileConfig = toml::from_str("log_file = \"~/agent.log\"").unwrap();
+        assert_eq!(
+            file.expand_home().unwrap().log_file,
+            Some(home.join("agent.log"))
+        );
     }
 }

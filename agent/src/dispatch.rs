@@ -1,5 +1,6 @@
 //! One function per op. The agent, never the client, sets `iat` and `jti`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -7,14 +8,17 @@ use dpop_jose::{Claims, Htu, Method, sign_proof};
 use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
-    KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request, SignProof,
-    WireError, encode_err, encode_ok,
+    KeyPolicy, KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request,
+    SetPolicy, SignProof, StatusReply, WireError, encode_err, encode_ok,
 };
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
+use crate::lock::Lock;
 use crate::locked::LockedBytes;
 use crate::nonces::Nonces;
+use crate::peer::Peer;
+use crate::policy::{self, Policies};
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
@@ -26,21 +30,46 @@ pub struct State {
     pub software_persistent: bool,
     /// Servers' `DPoP-Nonce` values, per key and origin.
     pub nonces: Nonces,
+    /// `lock` / `unlock`.
+    pub lock: Lock,
+    /// Every key's policy.
+    pub policies: Policies,
+    /// `-t`: the lifetime of keys added without one (seconds).
+    pub default_lifetime: Option<u64>,
 }
 
 impl State {
-    /// The shared state of an agent serving `keyring`.
+    /// The shared state of an agent serving `keyring`, with policies kept in memory only and
+    /// no askpass program (see [`State::with_policies`]).
     pub fn new(keyring: Arc<Keyring>, software_persistent: bool) -> State {
         State {
             keyring,
             software_persistent,
             nonces: Nonces::new(),
+            lock: Lock::new(),
+            policies: Policies::open(None, None).expect("memory-only policies"),
+            default_lifetime: None,
+        }
+    }
+
+    /// With these policies and default key lifetime.
+    pub fn with_policies(mut self, policies: Policies, default_lifetime: Option<u64>) -> State {
+        self.policies = policies;
+        self.default_lifetime = default_lifetime;
+        self
+    }
+
+    /// A key's public description with its policy.
+    fn describe(&self, info: &KeyInfo) -> KeyDescription {
+        KeyDescription {
+            policy: self.policies.get(info.label.as_str()),
+            ..describe(info)
         }
     }
 }
 
-/// Answers one request with one reply line.
-pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
+/// Answers one request from `peer` with one reply line.
+pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8> {
     let id = request.id;
     let result = match request.op {
         Op::Hello {} => Ok(encode_ok(&id, hello(state))),
@@ -53,13 +82,31 @@ pub async fn handle(state: &Arc<State>, request: Request) -> Vec<u8> {
                     .iter()
                     .map(|info| KeyDescription {
                         nonce_origins: state.nonces.origins(info.label.as_str()),
-                        ..describe(info)
+                        ..state.describe(info)
                     })
                     .collect(),
             },
         )),
         Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
-        Op::SignProof(req) => sign(state, req).await.map(|proof| encode_ok(&id, proof)),
+        Op::Status {} => Ok(encode_ok(&id, status(state))),
+        Op::SetPolicy(req) => set_policy(state, req).map(|key| encode_ok(&id, key)),
+        Op::Lock(req) => {
+            let done = state.lock.lock(Zeroizing::new(req.passphrase)).await;
+            if done.is_ok() {
+                info!("locked");
+            }
+            done.map(|()| encode_ok(&id, EmptyReply {}))
+        }
+        Op::Unlock(req) => {
+            let done = state.lock.unlock(Zeroizing::new(req.passphrase)).await;
+            if done.is_ok() {
+                info!("unlocked");
+            }
+            done.map(|()| encode_ok(&id, EmptyReply {}))
+        }
+        Op::SignProof(req) => sign(state, peer, req)
+            .await
+            .map(|proof| encode_ok(&id, proof)),
         Op::GenerateKey(req) => generate(state, req).await.map(|key| encode_ok(&id, key)),
         Op::ImportKey(req) => import(state, req).await.map(|key| encode_ok(&id, key)),
         Op::AdoptKey(req) => adopt(state, req).await.map(|key| encode_ok(&id, key)),
@@ -89,6 +136,19 @@ fn hello(state: &State) -> HelloReply {
     }
 }
 
+fn status(state: &State) -> StatusReply {
+    let hello = hello(state);
+    StatusReply {
+        agent: hello.agent,
+        protocol: hello.protocol,
+        pid: std::process::id(),
+        backends: hello.backends,
+        locked: state.lock.is_locked(),
+        keys: state.keyring.list().len(),
+        software_persistent: state.software_persistent,
+    }
+}
+
 pub fn describe(info: &KeyInfo) -> KeyDescription {
     KeyDescription {
         label: info.label.to_string(),
@@ -99,6 +159,7 @@ pub fn describe(info: &KeyInfo) -> KeyDescription {
         persistent: info.persistent,
         location: info.location.clone(),
         nonce_origins: Vec::new(),
+        policy: KeyPolicy::default(),
     }
 }
 
@@ -110,14 +171,58 @@ fn bad_request(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::BadRequest, message)
 }
 
-async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
-    let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
+/// `sign_proof`, with its audit line: every decision, allowed or refused and why, with the
+/// key, the request's method and origin, and the client; never the token or the proof.
+async fn sign(state: &State, peer: &Peer, req: SignProof) -> Result<ProofReply, WireError> {
+    let htu = Htu::from_url(&req.htu);
+    let key = state.keyring.get(&req.key);
+    let result = match (&key, &htu) {
+        (Ok(key), Ok(htu)) => sign_checked(state, key, &req, htu, peer).await,
+        (Err(e), _) => Err(keys_error(e)),
+        (_, Err(e)) => Err(jose_err(e)),
+    };
+    let origin = htu.as_ref().map_or("(invalid URL)", |h| h.origin());
+    let jkt = key.as_ref().map_or("", |k| k.meta().info().jkt.as_str());
+    let exe = peer
+        .exe()
+        .map_or(Cow::Borrowed("unknown"), |p| p.to_string_lossy());
+    let pid = peer.pid.unwrap_or(0);
+    match &result {
+        Ok(_) => info!(
+            target: "audit",
+            key = %req.key, jkt = %jkt, htm = %req.htm, origin = %origin, pid, exe = %exe,
+            "sign_proof allowed"
+        ),
+        Err(e) => info!(
+            target: "audit",
+            key = %req.key, jkt = %jkt, htm = %req.htm, origin = %origin, pid, exe = %exe,
+            code = %e.code, reason = %e.message,
+            "sign_proof refused"
+        ),
+    }
+    result
+}
+
+async fn sign_checked(
+    state: &State,
+    key: &SignerRef,
+    req: &SignProof,
+    htu: &Htu,
+    peer: &Peer,
+) -> Result<ProofReply, WireError> {
+    state.lock.check()?;
     let method = Method::new(&req.htm).map_err(|e| jose_err(&e))?;
-    let htu = Htu::from_url(&req.htu).map_err(|e| jose_err(&e))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
-        .as_secs() as i64;
+    let now = unix_now()?;
+    state
+        .policies
+        .check(&policy::Request {
+            label: &req.key,
+            jkt: &key.meta().info().jkt,
+            origin: htu.origin(),
+            peer,
+            now,
+        })
+        .await?;
     // An explicit nonce wins; otherwise the one a server last sent for this origin. A nonce
     // never goes to another origin than the one that issued it.
     let stored;
@@ -128,11 +233,11 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
             stored.as_deref()
         }
     };
-    let claims = Claims::new(&method, &htu, now);
-    let claims = match (&req.access_token, req.ath) {
+    let claims = Claims::new(&method, htu, now);
+    let claims = match (&req.access_token, &req.ath) {
         (Some(_), Some(_)) => return Err(bad_request("give access_token or ath, not both")),
         (Some(token), None) => claims.with_access_token(token),
-        (None, Some(ath)) => claims.with_ath(ath),
+        (None, Some(ath)) => claims.with_ath(ath.clone()),
         (None, None) => Ok(claims),
     }
     .and_then(|c| c.with_nonce(nonce))
@@ -141,7 +246,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
     let proof = if key.is_blocking() {
         let sign = || {
             let started = Instant::now();
-            let proof = sign_proof(&*key, &claims);
+            let proof = sign_proof(&**key, &claims);
             key.meta().observe_sign_time(started.elapsed());
             proof
         };
@@ -159,7 +264,7 @@ async fn sign(state: &State, req: SignProof) -> Result<ProofReply, WireError> {
             tokio::task::block_in_place(sign)
         }
     } else {
-        sign_proof(&*key, &claims)
+        sign_proof(&**key, &claims)
     };
     proof
         .map(|proof| ProofReply { proof })
@@ -183,9 +288,32 @@ fn parse_backend(backend: Option<&str>) -> Result<BackendKind, WireError> {
         .map_err(|e| keys_error(&e))
 }
 
-/// Runs a keyring change on the blocking pool: backends touch disks and tokens.
+fn unix_now() -> Result<i64, WireError> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "system clock is before 1970"))?
+        .as_secs() as i64)
+}
+
+/// The policy a new key gets: the one asked for (checked before the key is made), with the
+/// agent's default lifetime (`-t`) when it names none.
+fn new_key_policy(state: &State, asked: Option<KeyPolicy>) -> Result<KeyPolicy, WireError> {
+    let mut policy = asked.unwrap_or_default();
+    Policies::validate(&policy)?;
+    if policy.expires_at.is_none()
+        && let Some(lifetime) = state.default_lifetime
+    {
+        policy.expires_at = Some(unix_now()?.saturating_add_unsigned(lifetime));
+    }
+    Ok(policy)
+}
+
+/// Runs a keyring change on the blocking pool (backends touch disks and tokens), then sets
+/// the new key's policy; a key whose policy cannot be saved is removed again, so no key is
+/// ever served without the policy it was made with.
 async fn blocking_change(
     state: &State,
+    policy: KeyPolicy,
     change: impl FnOnce(&Keyring) -> Result<SignerRef, dpop_keys::Error> + Send + 'static,
 ) -> Result<KeyReply, WireError> {
     let keyring = state.keyring.clone();
@@ -194,20 +322,46 @@ async fn blocking_change(
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
         .map_err(|e| keys_error(&e))?;
     let info = key.meta().info();
+    if !policy.is_empty()
+        && let Err(e) = state
+            .policies
+            .set(&info.label, &info.jkt, info.persistent, policy)
+    {
+        let keyring = state.keyring.clone();
+        let label = info.label.to_string();
+        let _ = tokio::task::spawn_blocking(move || keyring.delete(&label)).await;
+        return Err(e);
+    }
     info!(label = %info.label, backend = %info.backend, alg = %info.alg, jkt = %info.jkt, "key added");
     Ok(KeyReply {
-        key: describe(info),
+        key: state.describe(info),
+    })
+}
+
+fn set_policy(state: &State, req: SetPolicy) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
+    let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
+    let info = key.meta().info();
+    state
+        .policies
+        .set(&info.label, &info.jkt, info.persistent, req.policy)?;
+    info!(label = %info.label, "policy set");
+    Ok(KeyReply {
+        key: state.describe(info),
     })
 }
 
 async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     let alg = req.alg.unwrap_or(dpop_jose::Algorithm::ES256);
-    blocking_change(state, move |k| k.generate(backend, &label, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| k.generate(backend, &label, alg)).await
 }
 
 async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     // The PEM stays for the whole import (scrypt for a key file, a token round trip): on
@@ -216,10 +370,15 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
     let pem = LockedBytes::copy_from(&pem)
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("secret buffer: {e}")))?;
     let alg = req.alg;
-    blocking_change(state, move |k| k.import_pem(backend, &label, &pem, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| {
+        k.import_pem(backend, &label, &pem, alg)
+    })
+    .await
 }
 
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let label = parse_label(&req.label)?;
     // Without a backend, the keyring takes it from the URI's scheme.
     let backend = match req.backend.as_deref() {
@@ -228,7 +387,8 @@ async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
     };
     let alg = req.alg;
     let uri = req.uri;
-    blocking_change(state, move |k| k.adopt(backend, &uri, &label, alg)).await
+    let policy = new_key_policy(state, req.policy)?;
+    blocking_change(state, policy, move |k| k.adopt(backend, &uri, &label, alg)).await
 }
 
 fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError> {
@@ -242,6 +402,7 @@ fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError
 }
 
 async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
+    state.lock.check()?;
     let keyring = state.keyring.clone();
     let label = req.label;
     let info = tokio::task::spawn_blocking(move || keyring.delete(&label))
@@ -249,6 +410,7 @@ async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
         .map_err(|_| WireError::new(ErrorCode::Internal, "key task failed"))?
         .map_err(|e| keys_error(&e))?;
     state.nonces.forget_key(info.label.as_str());
+    state.policies.forget(&info.label);
     info!(label = %info.label, backend = %info.backend, "key deleted");
     Ok(KeyReply {
         key: describe(&info),

@@ -5,12 +5,15 @@
 //!
 //! - [`config`]: flags and the TOML file, merged into [`config::Settings`];
 //! - [`backends`]: opens the key backends into one keyring, adopts configured keys;
-//! - [`socket`]: where the socket lives and how it is bound safely;
-//! - [`server`]: accept loop, peer check, limits, shutdown; [`connection`]: JSON Lines framing;
-//! - [`dispatch`]: one function per op; [`wire_error`]: backend errors as wire codes;
-//!   [`nonces`]: servers' `DPoP-Nonce` values, per key and origin;
-//! - [`background`]: `eval "$(dpop-agent)"`; [`stop`]: `-k`; [`pin`]: the PIN prompt and the
-//!   secrets the background start hands to its child;
+//! - [`socket`]: where the socket lives, how it is bound safely, socket activation;
+//! - [`server`]: accept loop, peer check ([`peer`]: who the client is), limits, shutdown;
+//!   [`connection`]: JSON Lines framing;
+//! - [`dispatch`]: one function per op; [`policy`]: per-key policies, enforced before
+//!   signing; [`lock`]: lock and unlock; [`nonces`]: servers' `DPoP-Nonce` values, per key and
+//!   origin; [`wire_error`]: backend errors as wire codes;
+//! - [`background`]: `eval "$(dpop-agent)"`, `--reuse`; [`shell`]: its sh and csh lines;
+//!   [`stop`]: `-k`; [`pin`]: the PIN prompt and the secrets the background start hands to
+//!   its child;
 //! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees;
 //!   [`locked`]: secret bytes on locked, undumpable pages.
 
@@ -19,10 +22,14 @@ pub mod background;
 pub mod config;
 pub mod connection;
 pub mod dispatch;
+pub mod lock;
 pub mod locked;
 pub mod nonces;
+pub mod peer;
 pub mod pin;
+pub mod policy;
 pub mod server;
+pub mod shell;
 pub mod socket;
 pub mod stop;
 pub mod wipe_alloc;

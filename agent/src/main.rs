@@ -10,6 +10,7 @@
 //! crate's library (`src/lib.rs`).
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ use tracing::info;
 use dpop_agent::backends::{self, PinPrompt};
 use dpop_agent::config::{Args, HandedSecrets, Settings};
 use dpop_agent::dispatch::State;
+use dpop_agent::policy::Policies;
+use dpop_agent::shell::Shell;
 use dpop_agent::{background, pin, server, socket, stop};
 
 fn main() -> ExitCode {
@@ -29,7 +32,9 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let result = if args.kill {
-        stop::kill_agent()
+        stop::kill_agent(Shell::choose(args.csh, args.sh))
+    } else if args.check_config {
+        check_config(&args)
     } else if args.foreground {
         init_logging(args.detached);
         run(&args)
@@ -54,7 +59,7 @@ fn init_logging(detached: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info".into()),
+                .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info,audit=info".into()),
         )
         .with_writer(|| background::StderrTee)
         .with_ansi(std::io::stderr().is_terminal())
@@ -63,6 +68,8 @@ fn init_logging(detached: bool) {
 
 /// The agent itself, in the foreground (`-D`) or as the background start's child.
 fn run(args: &Args) -> Result<()> {
+    // First, while single-threaded: it clears the activation variables.
+    let activated = socket::activated_listener()?;
     let handed = if args.detached {
         receive_handed_secrets()?
     } else {
@@ -74,36 +81,57 @@ fn run(args: &Args) -> Result<()> {
         (Some(path), true) => Some(background::open_log_file(path)?),
         _ => None,
     };
-    if settings.tpm_tcti.is_some() {
-        bail!("the tpm backend is not available in this build yet");
-    }
     let prompt = if args.detached {
         PinPrompt::LaunchPipe
     } else {
         PinPrompt::Terminal
     };
-    let state = Arc::new(State::new(
-        Arc::new(backends::open(&settings, prompt)?),
-        settings.passphrase.is_some(),
-    ));
+    let keyring = Arc::new(backends::open(&settings, prompt)?);
+    let policies = Policies::open(
+        Some(settings.data_dir.join("policies")),
+        settings.askpass.clone(),
+    )?;
+    let served: Vec<(String, String)> = keyring
+        .list()
+        .iter()
+        .map(|k| (k.label.to_string(), k.jkt.clone()))
+        .collect();
+    policies.load(&served)?;
+    let state = Arc::new(
+        State::new(keyring, settings.passphrase.is_some())
+            .with_policies(policies, settings.default_lifetime),
+    );
 
     // Before the socket exists and before the runtime's threads (which inherit the mask): a
     // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
     // Not earlier: Ctrl-C at the PIN prompt must still end the agent at once.
     server::hold_shutdown_signals().context("holding back shutdown signals")?;
-    // Bind before starting the runtime's threads: umask is process-wide.
-    let location = settings.socket_location()?;
-    let std_listener = match socket::bind(&location) {
-        Ok(listener) => listener,
-        Err(e) => {
-            if let socket::SocketLocation::Private(_) = location {
-                location.remove();
+    let (std_listener, location) = match activated {
+        // systemd made the socket (mode and directory from the .socket unit) and keeps it.
+        Some(listener) => (listener, None),
+        None => {
+            // Bind before starting the runtime's threads: umask is process-wide.
+            let location = settings.socket_location()?;
+            match socket::bind(&location) {
+                Ok(listener) => (listener, Some(location)),
+                Err(e) => {
+                    if let socket::SocketLocation::Private(_) = location {
+                        location.remove();
+                    }
+                    return Err(e);
+                }
             }
-            return Err(e);
         }
     };
     std_listener.set_nonblocking(true)?;
-    let socket_path = location.path();
+    let socket_path = match &location {
+        Some(location) => location.path(),
+        None => std_listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned))
+            .unwrap_or_else(|| "(socket activation)".into()),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,16 +139,85 @@ fn run(args: &Args) -> Result<()> {
     let result = runtime.block_on(async {
         let shutdown = server::shutdown_on_signal().context("installing signal handlers")?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        info!(socket = %socket_path.display(), pid = std::process::id(), "listening");
+        info!(
+            socket = %socket_path.display(),
+            pid = std::process::id(),
+            activated = location.is_none(),
+            "listening"
+        );
         if args.detached {
             background::detach_output(log_file)?;
         }
+        // Type=notify units: ready once it listens. Without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "could not tell systemd that the agent is ready");
+        }
         server::serve(listener, state, shutdown).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         anyhow::Ok(())
     });
-    location.remove();
+    if let Some(location) = location {
+        location.remove();
+    }
     info!("stopped");
     result
+}
+
+/// `--check-config`: loads the settings as a start would, checks the files they name, and
+/// prints what the agent would use. Secrets are read (to check them) but never printed.
+fn check_config(args: &Args) -> Result<()> {
+    let settings = Settings::load(args, HandedSecrets::default())?;
+    match &settings.config_file {
+        Some(path) => println!("config file: {}", path.display()),
+        None => println!("config file: none (flags and defaults only)"),
+    }
+    match &settings.socket {
+        Some(path) => println!("socket: {}", path.display()),
+        None => match socket::default_socket_path() {
+            Some(path) => println!("socket: {} (default)", path.display()),
+            None => println!("socket: a new private directory under $TMPDIR (default)"),
+        },
+    }
+    println!("data directory: {}", settings.data_dir.display());
+    match (&settings.passphrase, &settings.passphrase_file) {
+        (Some(_), Some(file)) => {
+            println!("software keys: saved, passphrase from {}", file.display())
+        }
+        (Some(_), None) => println!("software keys: saved, passphrase from DPOP_AGENT_PASSPHRASE"),
+        (None, _) => println!("software keys: memory only (no passphrase)"),
+    }
+    if let Some(p11) = &settings.pkcs11 {
+        if !p11.module.is_file() {
+            bail!("pkcs11_module {} is not a file", p11.module.display());
+        }
+        if let dpop_agent::config::PinFrom::Source(dpop_keys::pkcs11::PinSource::File(path)) =
+            &p11.pin
+            && !path.is_file()
+        {
+            bail!("pkcs11_pin_file {} is not a file", path.display());
+        }
+        println!(
+            "pkcs11: module {}, {}, {} key(s) to adopt at start",
+            p11.module.display(),
+            backends::token_selector(p11),
+            p11.adopt.len()
+        );
+    }
+    if let Some(tpm) = &settings.tpm {
+        println!("tpm: {}", tpm.tcti);
+    }
+    if let Some(path) = &settings.log_file {
+        println!("log file (background): {}", path.display());
+    }
+    if let Some(seconds) = settings.default_lifetime {
+        println!("default key lifetime: {seconds} s");
+    }
+    match &settings.askpass {
+        Some(path) => println!("confirm-on-use asks with: {}", path.display()),
+        None => println!("confirm-on-use: no DPOP_ASKPASS or SSH_ASKPASS (confirm keys refuse)"),
+    }
+    println!("configuration OK");
+    Ok(())
 }
 
 /// Like ssh-agent: no core dumps, no ptrace and no /proc/<pid>/{mem,environ} for other

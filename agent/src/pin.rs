@@ -29,9 +29,24 @@ pub fn prompt(token: &TokenSelector) -> Result<SecretString> {
     Ok(SecretString::from(pin))
 }
 
+/// Asks for the TPM keys' auth value at the terminal, without echo.
+pub fn prompt_tpm_auth() -> Result<SecretString> {
+    let auth = rpassword::prompt_password("Auth value for the TPM keys: ").context(
+        "reading the TPM auth value from the terminal (or use --tpm-auth-env / --tpm-auth-file)",
+    )?;
+    if auth.is_empty() {
+        bail!("empty TPM auth value");
+    }
+    Ok(SecretString::from(auth))
+}
+
 /// Writes `secrets` for the child to [`receive`], in one write.
 pub fn hand_over(mut out: impl Write, secrets: &HandedSecrets) -> std::io::Result<()> {
-    let fields = [("passphrase", &secrets.passphrase), ("pin", &secrets.pin)];
+    let fields = [
+        ("passphrase", &secrets.passphrase),
+        ("pin", &secrets.pin),
+        ("tpm_auth", &secrets.tpm_auth),
+    ];
     let size = fields
         .iter()
         .filter_map(|(_, s)| s.as_ref())
@@ -91,6 +106,7 @@ fn parse(mut rest: &[u8]) -> Result<HandedSecrets> {
         match name {
             "passphrase" => secrets.passphrase = Some(secret),
             "pin" => secrets.pin = Some(secret),
+            "tpm_auth" => secrets.tpm_auth = Some(secret),
             other => bail!("unknown secret {other:?} in the background start's hand-over"),
         }
     }
@@ -105,6 +121,7 @@ mod tests {
         let sent = HandedSecrets {
             passphrase: Some(SecretString::from("pass\nphrase with end\n")),
             pin: Some(SecretString::from("12 34")),
+            tpm_auth: Some(SecretString::from("tpm\0auth")),
         };
         let mut pipe = Vec::new();
         hand_over(&mut pipe, &sent).unwrap();
@@ -114,11 +131,12 @@ mod tests {
             "pass\nphrase with end\n"
         );
         assert_eq!(got.pin.unwrap().expose_secret(), "12 34");
+        assert_eq!(got.tpm_auth.unwrap().expose_secret(), "tpm\0auth");
 
         let mut pipe = Vec::new();
         hand_over(&mut pipe, &HandedSecrets::default()).unwrap();
         let none = receive(pipe.as_slice()).unwrap();
-        assert!(none.passphrase.is_none() && none.pin.is_none());
+        assert!(none.passphrase.is_none() && none.pin.is_none() && none.tpm_auth.is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::connection::{Connection, Frame};
 use crate::dispatch::{State, handle};
+use crate::peer::Peer;
 
 /// Connections served at once; the next one is answered `busy` and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -180,10 +181,10 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
 
 /// Same user as the agent, or root (who can read the agent's memory anyway, as ssh-agent
 /// also allows).
-fn peer_allowed(stream: &UnixStream) -> Result<u32, String> {
+fn peer_allowed(stream: &UnixStream) -> Result<Peer, String> {
     let me = crate::socket::euid();
     match stream.peer_cred() {
-        Ok(cred) if cred.uid() == me || cred.uid() == 0 => Ok(cred.uid()),
+        Ok(cred) if cred.uid() == me || cred.uid() == 0 => Ok(Peer::new(cred.uid(), cred.pid())),
         Ok(cred) => Err(format!("uid {} (pid {:?})", cred.uid(), cred.pid())),
         Err(e) => Err(format!("unknown peer ({e})")),
     }
@@ -213,8 +214,8 @@ async fn serve_connection(
     spin: impl Fn() -> Duration,
     idle: Duration,
 ) {
-    let uid = match peer_allowed(&stream) {
-        Ok(uid) => uid,
+    let peer = match peer_allowed(&stream) {
+        Ok(peer) => peer,
         Err(who) => {
             warn!("refused connection from {who}: not the agent's user");
             let mut conn = Connection::new(stream);
@@ -232,7 +233,7 @@ async fn serve_connection(
             return;
         }
     };
-    debug!(uid, "client connected");
+    debug!(uid = peer.uid, pid = ?peer.pid, "client connected");
     let mut conn = Connection::new(stream);
     let idle_deadline = tokio::time::sleep(idle);
     tokio::pin!(idle_deadline);
@@ -250,7 +251,7 @@ async fn serve_connection(
         };
         let reply = match frame {
             Ok(Frame::Line(line)) => match parse_request(line) {
-                Ok(request) => handle(&state, request).await,
+                Ok(request) => handle(&state, &peer, request).await,
                 Err(bad) => {
                     debug!(code = ?bad.error.code, "bad request");
                     encode_err(bad.id, bad.error)

@@ -8,14 +8,85 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+/// The listening socket that systemd passed (socket activation: `LISTEN_PID` is us and
+/// `LISTEN_FDS` is 1), or `None` when not socket-activated. The variables are removed, so no
+/// child inherits them. Call it while single-threaded (it changes the environment).
+pub fn activated_listener() -> Result<Option<UnixListener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fds: Vec<_> = sd_notify::listen_fds()
+        .context("reading LISTEN_FDS (socket activation)")?
+        .collect();
+    // SAFETY: single-threaded (see above).
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => bail!(
+            "socket activation passed {} sockets; dpop-agent listens on one (ListenStream= once)",
+            more.len()
+        ),
+    };
+    // SAFETY: the service manager passed this descriptor to us alone (LISTEN_PID is our
+    // pid), open; nothing else in the process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    check_listening_unix_stream(&owned)?;
+    Ok(Some(UnixListener::from(owned)))
+}
+
+/// Refuses a passed socket that is not a listening Unix stream socket (a `ListenDatagram=`
+/// or TCP `ListenStream=` in the unit): the peer check needs Unix credentials.
+fn check_listening_unix_stream(fd: &impl std::os::fd::AsRawFd) -> Result<()> {
+    let int_opt = |level, name| -> Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "the socket passed by socket activation: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(value)
+    };
+    let domain = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let kind = int_opt(libc::SOL_SOCKET, libc::SO_TYPE)?;
+    let listening = int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)?;
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM || listening == 0 {
+        bail!(
+            "the socket passed by socket activation is not a listening Unix stream socket \
+             (use ListenStream=%t/dpop-agent/agent.sock in the .socket unit)"
+        );
+    }
+    Ok(())
+}
+
+/// The default socket when there is a runtime directory:
+/// `$XDG_RUNTIME_DIR/dpop-agent/agent.sock` (without one, every agent has a socket of its own).
+pub fn default_socket_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
+}
+
 /// Where the socket goes when no path is configured: `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`,
 /// or, without a runtime directory, `agent.<pid>` in a fresh private directory (see
 /// [`SocketLocation::Private`]), created here.
 pub fn default_location() -> Result<SocketLocation> {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(runtime) => Ok(SocketLocation::Default(
-            PathBuf::from(runtime).join("dpop-agent/agent.sock"),
-        )),
+    match default_socket_path() {
+        Some(path) => Ok(SocketLocation::Default(path)),
         None => {
             let dir = make_private_temp_dir()?;
             Ok(SocketLocation::Private(

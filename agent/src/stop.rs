@@ -3,11 +3,18 @@
 //! process; `DPOP_AGENT_PID` is used only when no socket is set.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// Sends SIGTERM to the agent and prints the shell lines that forget it.
-pub fn kill_agent() -> Result<()> {
+use crate::shell::Shell;
+
+/// How long `-k` waits for the agent to be gone.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends SIGTERM to the agent, waits until it is gone (its socket removed), and prints the
+/// shell lines that forget it.
+pub fn kill_agent(shell: Shell) -> Result<()> {
     let pid: i32 = match std::env::var_os("DPOP_AUTH_SOCK").filter(|s| !s.is_empty()) {
         Some(sock) => {
             let stream = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
@@ -35,10 +42,52 @@ pub fn kill_agent() -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    println!("unset DPOP_AUTH_SOCK;");
-    println!("unset DPOP_AGENT_PID;");
-    println!("echo Agent pid {pid} killed;");
+    let deadline = Instant::now() + STOP_WAIT;
+    while !process_gone(pid) {
+        if Instant::now() > deadline {
+            bail!(
+                "agent pid {pid} did not stop within {} s",
+                STOP_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    print!("{}", shell.unset_lines(pid));
     Ok(())
+}
+
+/// Whether `pid` has exited: no such process, or a zombie that its parent has not reaped yet
+/// (the agent has let go of everything by then).
+fn process_gone(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    // /proc/<pid>/stat: "pid (comm) STATE ..."; comm may hold spaces and parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state == 'Z' || state == 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// The agent listening on `socket`, if it is ours and answers `hello`: its process id.
+/// For `--reuse`.
+pub fn live_agent(socket: &Path) -> Option<i32> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let cred = peer_credentials(&stream).ok()?;
+    if cred.uid != crate::socket::euid() {
+        return None;
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"{\"id\":1,\"op\":\"hello\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).ok()?;
+    let reply: serde_json::Value = serde_json::from_str(&line).ok()?;
+    (reply["ok"] == true && reply["agent"].as_str()?.starts_with("dpop-agent/")).then_some(cred.pid)
 }
 
 fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Result<libc::ucred> {

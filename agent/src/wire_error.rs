@@ -18,15 +18,20 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
         E::Unsupported { .. } => ErrorCode::Unsupported,
         E::InvalidKey { .. } => ErrorCode::InvalidKey,
         E::WrongPassphrase { .. } => ErrorCode::WrongPassphrase,
-        E::InvalidPkcs11Uri { .. } | E::Pkcs11UriMismatch { .. } | E::UnknownUriScheme { .. } => {
-            ErrorCode::InvalidUri
-        }
-        E::Pkcs11NoSingleKey { .. } => ErrorCode::KeyNotFound,
+        E::InvalidPkcs11Uri { .. }
+        | E::Pkcs11UriMismatch { .. }
+        | E::UnknownUriScheme { .. }
+        | E::InvalidTpmUri { .. } => ErrorCode::InvalidUri,
+        E::Pkcs11NoSingleKey { .. } | E::TpmNoKeyAtHandle { .. } => ErrorCode::KeyNotFound,
         E::KeyAlreadyManaged { .. } => ErrorCode::KeyExists,
         E::AdoptNotAllowed { .. } => ErrorCode::PermissionDenied,
         E::PinIncorrect => ErrorCode::PinIncorrect,
         E::PinLocked => ErrorCode::PinLocked,
         E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,
+        // The TPM's counterparts of a token's states.
+        E::TpmAuthFail { .. } | E::TpmAuthRequired { .. } => ErrorCode::PinIncorrect,
+        E::TpmLockout => ErrorCode::PinLocked,
+        E::TpmUnavailable { .. } => ErrorCode::TokenNotPresent,
         E::Jose(j) => j.into(),
         _ => ErrorCode::BackendError,
     }
@@ -50,6 +55,18 @@ mod tests {
             ErrorCode::PinIncorrect
         );
         assert_eq!(code(dpop_keys::Error::PinLocked), ErrorCode::PinLocked);
+        assert_eq!(
+            code(dpop_keys::Error::TpmAuthFail { label: "k".into() }),
+            ErrorCode::PinIncorrect
+        );
+        assert_eq!(code(dpop_keys::Error::TpmLockout), ErrorCode::PinLocked);
+        assert_eq!(
+            code(dpop_keys::Error::TpmUnavailable {
+                tcti: "device:/dev/tpmrm0".into(),
+                reason: "gone".into()
+            }),
+            ErrorCode::TokenNotPresent
+        );
         assert_eq!(
             code(dpop_keys::Error::Jose(dpop_jose::Error::InvalidNonce)),
             ErrorCode::InvalidNonce

@@ -142,9 +142,9 @@ enum KeysCommand {
         #[command(flatten)]
         out: Output,
     },
-    /// Adopt an existing PKCS#11 key by RFC 7512 URI.
+    /// Adopt an existing PKCS#11 key by RFC 7512 URI, or a persistent TPM key by handle.
     Adopt {
-        /// pkcs11:token=...;object=...;type=private
+        /// pkcs11:token=...;object=...;type=private, or tpm:handle=0x81000001
         uri: String,
         /// The label to file it under.
         #[arg(long)]

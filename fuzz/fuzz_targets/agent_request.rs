@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use dpop_agent::dispatch::{State, handle};
+use dpop_agent::peer::Peer;
 use dpop_jose::Algorithm;
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{BackendKind, KeyLabel, Keyring};
@@ -109,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 }
                 let id = request.id.clone();
-                let reply = runtime().block_on(handle(state, request));
+                let reply = runtime().block_on(handle(state, &Peer::new(0, None), request));
                 check_reply(&reply, &id, &secrets);
             }
             Err(bad) => {

@@ -130,13 +130,34 @@ pub fn through_agent(
         access_token: access_token.map(str::to_owned),
     };
     let name = format!("agent over the socket, {clients} client(s)");
-    drive(agent, clients, per_client, Some(proof), name)
+    let spin = (clients == 1).then_some(Duration::from_micros(200));
+    drive(agent, clients, per_client, Some(proof), name, spin)
+}
+
+/// As [`through_agent`], but a single client waits for replies without polling: for a
+/// backend whose signatures take another process's CPU (a software TPM) and a slow signature,
+/// where polling would take a core from the signer.
+pub fn through_agent_waiting(
+    agent: &TestAgent,
+    clients: usize,
+    per_client: usize,
+    key: &str,
+    url: &str,
+) -> Run {
+    let proof = ProofRequest {
+        key: key.to_owned(),
+        url: url.to_owned(),
+        access_token: None,
+    };
+    let name = format!("agent over the socket, {clients} waiting client(s)");
+    drive(agent, clients, per_client, Some(proof), name, None)
 }
 
 /// As [`through_agent`], with `hello` instead of `sign_proof`: the cost of the transport alone.
 pub fn hellos_through_agent(agent: &TestAgent, clients: usize, per_client: usize) -> Run {
     let name = format!("agent hello (transport only), {clients} client(s)");
-    drive(agent, clients, per_client, None, name)
+    let spin = (clients == 1).then_some(Duration::from_micros(200));
+    drive(agent, clients, per_client, None, name, spin)
 }
 
 #[derive(Clone)]
@@ -175,6 +196,7 @@ fn drive(
     per_client: usize,
     proof: Option<ProofRequest>,
     name: String,
+    spin: Option<Duration>,
 ) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,8 +206,8 @@ fn drive(
         let mut connected = Vec::new();
         for _ in 0..clients {
             let mut c = agent.async_client().await;
-            if clients == 1 {
-                c.set_spin(Duration::from_micros(200));
+            if let Some(spin) = spin {
+                c.set_spin(spin);
             }
             // Warm the connection (and the agent's task) before timing.
             one_request(&mut c, proof.as_ref())

@@ -13,6 +13,8 @@ pub struct Binaries {
     pub agent: PathBuf,
     /// The `dpop` command line.
     pub dpop: PathBuf,
+    /// The example resource server (`examples/resource-server`).
+    pub resource_server: PathBuf,
 }
 
 /// The workspace root (the directory that holds the top-level `Cargo.toml`).
@@ -25,8 +27,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// The binaries under test, built on first use.
 ///
-/// The first call runs `$CARGO build -p dpop-agent -p dpop-cli` in the workspace root, into the
-/// target directory and profile of the running test or bench executable
+/// The first call runs `$CARGO build -p dpop-agent -p dpop-cli -p dpop-resource-server` in the
+/// workspace root (with `--features dpop-agent/tpm` when this package's feature `tpm` is on),
+/// into the target directory and profile of the running test or bench executable
 /// (`target/<profile>/deps/<exe>`: `debug` builds the dev profile, `release` adds `--release`,
 /// anything else is passed as `--profile`). Panics with cargo's output when the build fails.
 /// With `DPOP_TEST_BIN_DIR` set (absolute, or relative to the workspace root), nothing is built
@@ -41,8 +44,9 @@ fn build_binaries() -> Binaries {
         let bins = Binaries {
             agent: dir.join("dpop-agent"),
             dpop: dir.join("dpop"),
+            resource_server: dir.join("dpop-resource-server"),
         };
-        for path in [&bins.agent, &bins.dpop] {
+        for path in [&bins.agent, &bins.dpop, &bins.resource_server] {
             assert!(
                 path.is_file(),
                 "binary under test {} does not exist",
@@ -75,6 +79,14 @@ fn build_binaries() -> Binaries {
     command
         .current_dir(workspace_root())
         .args(["build", "--quiet", "-p", "dpop-agent", "-p", "dpop-cli"])
+        .args(["-p", "dpop-resource-server"])
+        // The TPM tests need an agent with the TPM backend, which needs libtss2 to build.
+        .args(
+            cfg!(feature = "tpm")
+                .then_some(["--features", "dpop-agent/tpm"])
+                .into_iter()
+                .flatten(),
+        )
         .arg("--target-dir")
         .arg(target_dir);
     match profile.as_str() {
@@ -94,7 +106,7 @@ fn build_binaries() -> Binaries {
     });
     assert!(
         output.status.success(),
-        "building dpop-agent and dpop failed ({:?}, {}):\n{}{}",
+        "building dpop-agent, dpop and dpop-resource-server failed ({:?}, {}):\n{}{}",
         command,
         output.status,
         String::from_utf8_lossy(&output.stdout),

@@ -15,17 +15,28 @@
 //! - [`SoftHsmToken`] makes a throw-away SoftHSM2 token with its own `SOFTHSM2_CONF`, and
 //!   [`AgentOptions::pkcs11`] starts an agent on it; [`SoftHsm::for_this_process`] is the
 //!   SoftHSM2 of a test binary that loads the module itself (dpop-keys' tests).
+//! - [`Swtpm`] runs a throw-away software TPM (`swtpm socket` on free loopback ports, its own
+//!   state directory), and [`AgentOptions::tpm`] starts an agent on it. With this package's
+//!   feature `tpm` (on in `--all-features` runs), the binaries are built with dpop-agent's
+//!   `tpm` feature and [`Swtpm::context`] opens the TPM with tss-esapi.
 //! - [`wait_until`] and [`poll_until`] are the suite's one poll loop with a deadline.
+//! - [`RedisServer`] runs a real `redis-server` on a free loopback port (stoppable,
+//!   restartable on the same port); [`ResourceServer`] runs the example resource server,
+//!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
+//!   requests with proofs from a real agent.
 //!
 //! One module per concern, everything re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
 //! (openssl-made keys), [`softhsm`] (PKCS#11 tokens), [`verify`] (checking proofs),
-//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks).
+//! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks),
+//! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients).
 //!
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
 //! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
-//! opensc`); tests fail with a message saying what is missing rather than skip.
+//! opensc`), swtpm for the TPM tests (`apt-get install swtpm swtpm-tools`, and `libtss2-dev`
+//! to build), and `redis-server` for the server kit's tests (`apt-get install redis-server`);
+//! tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -45,7 +56,10 @@ pub mod keys;
 pub mod oauth;
 pub mod oidc_provider;
 pub mod process;
+pub mod redis;
+pub mod server;
 pub mod softhsm;
+pub mod swtpm;
 pub mod verify;
 pub mod wait;
 
@@ -58,9 +72,12 @@ pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};
 pub use process::{
     KillOnDrop, OTHER_USER, command_as_other_user, files_under, is_root, mode, new_temp_dir,
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
-    write_private_file,
+    with_terminal, write_private_file,
 };
+pub use redis::{RedisServer, free_port};
+pub use server::{DpopCaller, Reply, ResourceServer, ServerOptions, TokenIssuer};
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
+pub use swtpm::Swtpm;
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
 
@@ -69,3 +86,5 @@ pub(crate) use process::require_command;
 pub use dpop_client;
 pub use dpop_jose;
 pub use dpop_protocol;
+#[cfg(feature = "tpm")]
+pub use tss_esapi;

@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -200,4 +200,58 @@ pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Runs `command` (a shell command line) under a pseudo-terminal (`script`) with `env` added,
+/// types `answer` once the terminal shows `prompt` (up to its closing ": "), and returns the
+/// `script` process and everything it printed up to the prompt. For secrets that the agent
+/// asks for on its terminal.
+pub fn with_terminal(
+    command: &str,
+    env: &[(&str, &OsStr)],
+    prompt: &str,
+    answer: &str,
+) -> (Child, String) {
+    use std::io::Read;
+    require_tool("script", &["--version"], "bsdutils");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", command, "/dev/null"])
+        .envs(env.iter().copied())
+        .env_remove("DPOP_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running script(1)");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    // The whole prompt, up to its closing ": ", may arrive in several reads.
+    let whole_prompt = |seen: &[u8]| {
+        let text = String::from_utf8_lossy(seen);
+        text.find(prompt)
+            .is_some_and(|at| text[at..].contains(": "))
+    };
+    while !whole_prompt(&seen) {
+        let n = stdout.read(&mut buf).expect("reading the terminal");
+        assert!(
+            n > 0,
+            "no prompt {prompt:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let stdin = child.stdin.as_mut().expect("piped");
+    stdin
+        .write_all(format!("{answer}\n").as_bytes())
+        .expect("typing the answer");
+    stdin.flush().expect("typing the answer");
+    // Keep reading in the background so the terminal never blocks the agent.
+    let rest = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stdout.read_to_end(&mut text);
+        text
+    });
+    drop(rest); // detached: it ends when the terminal closes
+    (child, String::from_utf8_lossy(&seen).into_owned())
 }

@@ -471,12 +471,20 @@ fn keys_persist_across_restart_with_a_passphrase() {
             file.display()
         );
         let text = std::fs::read_to_string(&file).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(
-            text.contains("ENCRYPTED PRIVATE KEY"),
-            "key file holds an encrypted PKCS#8: {}",
+            record["sealed"].is_string() && !text.contains("PRIVATE KEY"),
+            "key file holds its PKCS#8 sealed under the store key, nothing in clear: {}",
             file.display()
         );
     }
+    let store = agent.data_dir().join("software/store.scrypt");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the store file (salt, scrypt parameters, check value) is 0600"
+    );
     assert!(
         !agent.data_dir().join("software/doomed.json").exists(),
         "delete removes the key file"
@@ -553,6 +561,21 @@ fn wrong_passphrase_refuses_to_start_and_leaves_key_files_alone() {
     let key = agent.client().generate_key("precious", None, None).unwrap();
     let file = agent.data_dir().join("software/precious.json");
     let before = std::fs::read(&file).expect("key file written");
+    let listing = |dir: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let software = agent.data_dir().join("software");
+    // The key file and the store file (salt, scrypt parameters, check value).
+    let files_before = listing(&software);
+    assert_eq!(files_before.len(), 2);
     agent.stop();
     let log_before = agent.stderr_log().len();
 
@@ -582,14 +605,9 @@ fn wrong_passphrase_refuses_to_start_and_leaves_key_files_alone() {
         before,
         "the key file is byte-for-byte unchanged"
     );
-    let files: Vec<_> = std::fs::read_dir(agent.data_dir().join("software"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        files,
-        ["precious.json"],
-        "no other file appeared in the key directory"
+    assert!(
+        listing(&software) == files_before,
+        "no file in the key directory appeared or changed"
     );
 
     agent.restart_with(AgentOptions::new().passphrase_env("the right passphrase"));

@@ -5,12 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use dpop_tests::{
     AgentOptions, PROCESS_TIMEOUT, SoftHsmToken, TestAgent, new_temp_dir, pkcs11_module,
-    require_tool, verify_proof, wait_until, write_private_file,
+    verify_proof, wait_until, write_private_file,
 };
 
 /// A wrong PIN: the agent refuses to start, says the token refused the PIN, never shows it,
@@ -238,47 +238,16 @@ fn pin_never_appears_in_logs_or_output() {
     }
 }
 
-/// Runs `command` under a pseudo-terminal (`script`), types `pin` once the agent asks for it,
-/// and returns the `script` process and everything it printed up to the prompt.
+/// Runs `command` under a pseudo-terminal, types `pin` once the agent asks for it, and
+/// returns the `script` process and everything it printed up to the prompt.
 fn with_terminal(command: &str, token: &SoftHsmToken, pin: &str) -> (std::process::Child, String) {
-    use std::io::{Read, Write};
-    require_tool("script", &["--version"], "bsdutils");
-    let mut child = Command::new("script")
-        .args(["-q", "-e", "-c", command, "/dev/null"])
-        .env("SOFTHSM2_CONF", token.conf())
-        .env_remove("DPOP_AUTH_SOCK")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running script(1)");
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    // The whole prompt, up to its closing ": ", may arrive in several reads.
-    let whole_prompt = |seen: &[u8]| {
-        let text = String::from_utf8_lossy(seen);
-        text.find("PIN for the PKCS#11")
-            .is_some_and(|at| text[at..].contains(": "))
-    };
-    while !whole_prompt(&seen) {
-        let n = stdout.read(&mut buf).expect("reading the terminal");
-        assert!(n > 0, "no PIN prompt: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let stdin = child.stdin.as_mut().expect("piped");
-    stdin
-        .write_all(format!("{pin}\n").as_bytes())
-        .expect("typing the PIN");
-    stdin.flush().expect("typing the PIN");
-    // Keep reading in the background so the terminal never blocks the agent.
-    let rest = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stdout.read_to_end(&mut text);
-        text
-    });
-    drop(rest); // detached: it ends when the terminal closes
-    (child, String::from_utf8_lossy(&seen).into_owned())
+    let conf = token.conf();
+    dpop_tests::with_terminal(
+        command,
+        &[("SOFTHSM2_CONF", conf.as_os_str())],
+        "PIN for the PKCS#11",
+        pin,
+    )
 }
 
 fn quote(path: &Path) -> String {

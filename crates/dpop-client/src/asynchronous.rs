@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
-use dpop_protocol::{HelloReply, KeyDescription};
+use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -97,7 +97,8 @@ impl Client {
         backend: Option<&str>,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg)).await
+        self.run(Call::generate_key(label, backend, alg, None))
+            .await
     }
 
     /// Imports a PEM private key.
@@ -108,7 +109,8 @@ impl Client {
         pem: &str,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg)).await
+        self.run(Call::import_key(label, backend, pem, alg, None))
+            .await
     }
 
     /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI); the agent picks the backend
@@ -119,7 +121,7 @@ impl Client {
         label: &str,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg)).await
+        self.run(Call::adopt_key(uri, label, alg, None)).await
     }
 
     /// Deletes a key (adopted keys are only forgotten).
@@ -148,5 +150,67 @@ impl Client {
         nonce: &str,
     ) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce)).await
+    }
+
+    /// [`generate_key`](Self::generate_key) with a policy, set in the same request.
+    pub async fn generate_key_with_policy(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::generate_key(label, backend, alg, Some(policy)))
+            .await
+    }
+
+    /// [`import_key`](Self::import_key) with a policy, set in the same request.
+    pub async fn import_key_with_policy(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        pem: &str,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::import_key(label, backend, pem, alg, Some(policy)))
+            .await
+    }
+
+    /// [`adopt_key`](Self::adopt_key) with a policy, set in the same request.
+    pub async fn adopt_key_with_policy(
+        &mut self,
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::adopt_key(uri, label, alg, Some(policy)))
+            .await
+    }
+
+    /// Replaces `key`'s policy; returns the key with its new policy.
+    pub async fn set_policy(
+        &mut self,
+        key: &str,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::set_policy(key, policy)).await
+    }
+
+    /// The agent's pid, version, backends, lock state and key count.
+    pub async fn status(&mut self) -> Result<StatusReply, Error> {
+        self.run(Call::status()).await
+    }
+
+    /// Locks the agent: it refuses every signing and key-changing request (`locked`) until
+    /// [`unlock`](Self::unlock) with the same passphrase.
+    pub async fn lock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::lock(passphrase)).await
+    }
+
+    /// Unlocks the agent. A wrong passphrase is answered late, later after each wrong one.
+    pub async fn unlock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::unlock(passphrase)).await
     }
 }

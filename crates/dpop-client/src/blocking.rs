@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
-use dpop_protocol::{HelloReply, KeyDescription};
+use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 
 use crate::exchange::{Call, Exchange};
 use crate::peer::check_agent;
@@ -96,7 +96,7 @@ impl Client {
         backend: Option<&str>,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg))
+        self.run(Call::generate_key(label, backend, alg, None))
     }
 
     /// Imports a PEM private key.
@@ -107,7 +107,7 @@ impl Client {
         pem: &str,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg))
+        self.run(Call::import_key(label, backend, pem, alg, None))
     }
 
     /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI); the agent picks the backend
@@ -118,7 +118,7 @@ impl Client {
         label: &str,
         alg: Option<Algorithm>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg))
+        self.run(Call::adopt_key(uri, label, alg, None))
     }
 
     /// Deletes a key (adopted keys are only forgotten).
@@ -137,5 +137,60 @@ impl Client {
     /// a response carries.
     pub fn report_nonce(&mut self, key: &str, origin: &str, nonce: &str) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce))
+    }
+
+    /// [`generate_key`](Self::generate_key) with a policy, set in the same request.
+    pub fn generate_key_with_policy(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::generate_key(label, backend, alg, Some(policy)))
+    }
+
+    /// [`import_key`](Self::import_key) with a policy, set in the same request.
+    pub fn import_key_with_policy(
+        &mut self,
+        label: &str,
+        backend: Option<&str>,
+        pem: &str,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::import_key(label, backend, pem, alg, Some(policy)))
+    }
+
+    /// [`adopt_key`](Self::adopt_key) with a policy, set in the same request.
+    pub fn adopt_key_with_policy(
+        &mut self,
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+        policy: &KeyPolicy,
+    ) -> Result<KeyDescription, Error> {
+        self.run(Call::adopt_key(uri, label, alg, Some(policy)))
+    }
+
+    /// Replaces `key`'s policy; returns the key with its new policy.
+    pub fn set_policy(&mut self, key: &str, policy: &KeyPolicy) -> Result<KeyDescription, Error> {
+        self.run(Call::set_policy(key, policy))
+    }
+
+    /// The agent's pid, version, backends, lock state and key count.
+    pub fn status(&mut self) -> Result<StatusReply, Error> {
+        self.run(Call::status())
+    }
+
+    /// Locks the agent: it refuses every signing and key-changing request (`locked`) until
+    /// [`unlock`](Self::unlock) with the same passphrase.
+    pub fn lock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::lock(passphrase))
+    }
+
+    /// Unlocks the agent. A wrong passphrase is answered late, later after each wrong one.
+    pub fn unlock(&mut self, passphrase: &str) -> Result<(), Error> {
+        self.run(Call::unlock(passphrase))
     }
 }

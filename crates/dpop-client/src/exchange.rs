@@ -3,8 +3,9 @@
 
 use dpop_jose::Algorithm;
 use dpop_protocol::{
-    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyReply,
-    ListKeysReply, Op, ProofReply, Reply, ReportNonce, Request, SignProof,
+    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyPolicy, KeyReply,
+    ListKeysReply, LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SetPolicy, SignProof,
+    StatusReply,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -52,11 +53,17 @@ impl Call<KeyDescription> {
         }
     }
 
-    pub(crate) fn generate_key(label: &str, backend: Option<&str>, alg: Option<Algorithm>) -> Self {
+    pub(crate) fn generate_key(
+        label: &str,
+        backend: Option<&str>,
+        alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
+    ) -> Self {
         Call::key_op(Op::GenerateKey(GenerateKey {
             label: label.to_owned(),
             backend: backend.map(str::to_owned),
             alg,
+            policy: policy.cloned(),
         }))
     }
 
@@ -65,22 +72,37 @@ impl Call<KeyDescription> {
         backend: Option<&str>,
         pem: &str,
         alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
     ) -> Self {
         Call::key_op(Op::ImportKey(ImportKey {
             label: label.to_owned(),
             backend: backend.map(str::to_owned),
             pem: pem.to_owned(),
             alg,
+            policy: policy.cloned(),
         }))
     }
 
-    pub(crate) fn adopt_key(uri: &str, label: &str, alg: Option<Algorithm>) -> Self {
+    pub(crate) fn adopt_key(
+        uri: &str,
+        label: &str,
+        alg: Option<Algorithm>,
+        policy: Option<&KeyPolicy>,
+    ) -> Self {
         Call::key_op(Op::AdoptKey(AdoptKey {
             label: label.to_owned(),
             uri: uri.to_owned(),
             // The agent tells the backend from the URI's scheme.
             backend: None,
             alg,
+            policy: policy.cloned(),
+        }))
+    }
+
+    pub(crate) fn set_policy(key: &str, policy: &KeyPolicy) -> Self {
+        Call::key_op(Op::SetPolicy(SetPolicy {
+            key: key.to_owned(),
+            policy: policy.clone(),
         }))
     }
 
@@ -112,7 +134,34 @@ impl Call<String> {
     }
 }
 
+impl Call<StatusReply> {
+    pub(crate) fn status() -> Self {
+        Call {
+            op: Op::Status {},
+            output: body,
+        }
+    }
+}
+
 impl Call<()> {
+    pub(crate) fn lock(passphrase: &str) -> Self {
+        Call {
+            op: Op::Lock(LockRequest {
+                passphrase: passphrase.to_owned(),
+            }),
+            output: |_| Ok(()),
+        }
+    }
+
+    pub(crate) fn unlock(passphrase: &str) -> Self {
+        Call {
+            op: Op::Unlock(LockRequest {
+                passphrase: passphrase.to_owned(),
+            }),
+            output: |_| Ok(()),
+        }
+    }
+
     pub(crate) fn report_nonce(key: &str, origin: &str, nonce: &str) -> Self {
         Call {
             op: Op::ReportNonce(ReportNonce {
@@ -162,11 +211,13 @@ impl Exchange {
     }
 }
 
-/// The secret a request carries, if any: a private key to import, an access token.
+/// The secret a request carries, if any: a private key to import, an access token, a lock
+/// passphrase.
 fn secret_mut(op: &mut Op) -> Option<&mut String> {
     match op {
         Op::ImportKey(import) => Some(&mut import.pem),
         Op::SignProof(sign) => sign.access_token.as_mut(),
+        Op::Lock(lock) | Op::Unlock(lock) => Some(&mut lock.passphrase),
         _ => None,
     }
 }

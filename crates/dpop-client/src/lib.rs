@@ -61,8 +61,10 @@ const MAX_REPLY: u64 = 4 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// `DPOP_AUTH_SOCK` is not set.
-    #[error("DPOP_AUTH_SOCK is not set: start an agent with eval \"$(dpop-agent)\"")]
+    /// `DPOP_AUTH_SOCK` is not set and no agent socket is at the default place.
+    #[error(
+        "DPOP_AUTH_SOCK is not set and no agent listens at $XDG_RUNTIME_DIR/dpop-agent/agent.sock: start one with eval \"$(dpop-agent)\""
+    )]
     NoSocket,
     /// The socket could not be reached.
     #[error("cannot connect to the agent at {path}")]
@@ -120,10 +122,16 @@ impl Error {
     }
 }
 
-/// The socket named by `DPOP_AUTH_SOCK`.
+/// The agent's socket: the one `DPOP_AUTH_SOCK` names, else the agent's default
+/// `$XDG_RUNTIME_DIR/dpop-agent/agent.sock` when it exists (an agent started without `-a`, or
+/// the systemd socket unit), as ssh clients look for `SSH_AUTH_SOCK`.
 pub fn socket_from_env() -> Result<PathBuf, Error> {
-    std::env::var_os(SOCKET_ENV)
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
+    if let Some(socket) = std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(socket));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
+        .filter(|socket| socket.exists())
         .ok_or(Error::NoSocket)
 }

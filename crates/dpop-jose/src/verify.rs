@@ -376,6 +376,25 @@ fn claim_error(proof: &str) -> Error {
     Error::BadClaim("claims")
 }
 
+impl Jwk {
+    /// Checks a JWS signature (`r||s` for ECDSA) over `message` by this key with `alg`,
+    /// through aws-lc-rs: what [`verify()`] does for a proof, for other JWS such as a JWT
+    /// access token checked against a JWKS.
+    pub fn verify_signature(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), Error> {
+        if !self.fits(alg) {
+            return Err(Error::InvalidJwk {
+                reason: format!("key cannot make {alg} signatures"),
+            });
+        }
+        verify_signature(alg, self, message, signature)
+    }
+}
+
 fn verify_signature(
     alg: Algorithm,
     jwk: &Jwk,

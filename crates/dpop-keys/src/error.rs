@@ -54,10 +54,10 @@ pub enum Error {
         /// Which backend.
         backend: crate::BackendKind,
     },
-    /// A key URI's scheme names no backend this version knows (only `pkcs11:` today).
+    /// A key URI's scheme names no backend this version knows (`pkcs11:`, `tpm:`).
     #[error(
-        "cannot tell the backend from the key URI's scheme {scheme:?} (known: pkcs11:); \
-         name the backend or give a pkcs11: URI"
+        "cannot tell the backend from the key URI's scheme {scheme:?} (known: pkcs11:, tpm:); \
+         name the backend or give a pkcs11: or tpm: URI"
     )]
     UnknownUriScheme {
         /// The scheme (empty when the URI has none), cut at 32 characters.
@@ -181,6 +181,62 @@ pub enum Error {
         /// The PKCS#11 function.
         function: &'static str,
         /// The return value or cause.
+        reason: String,
+    },
+    /// The TPM cannot be reached (no device, resource manager or simulator at the TCTI, or
+    /// the link broke and reconnecting failed too), or lost the key and could not load it
+    /// again. The next request tries again.
+    #[error("the TPM at {tcti} is not available: {reason}")]
+    TpmUnavailable {
+        /// The TCTI.
+        tcti: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The TPM refused the key's auth value. Not sent again until the agent restarts: the
+    /// TPM counts failures and locks out after a few (dictionary attack protection).
+    #[error(
+        "the TPM refused the auth value of key {label:?} (not tried again: the TPM locks out \
+         after repeated failures); restart the agent with the right value"
+    )]
+    TpmAuthFail {
+        /// The key.
+        label: String,
+    },
+    /// The key has an auth value and the backend was given none.
+    #[error(
+        "key {label:?} has a TPM auth value, and the agent was started without one \
+         (--tpm-auth-env or --tpm-auth-file)"
+    )]
+    TpmAuthRequired {
+        /// The key.
+        label: String,
+    },
+    /// The TPM is in dictionary attack lockout: it refuses keys with auth values until its
+    /// lockout time passes or the lockout is reset with the lockout hierarchy's auth.
+    #[error(
+        "the TPM is in dictionary attack lockout after too many wrong auth values; wait for \
+         its recovery time or reset the lockout (tpm2_dictionarylockout -c)"
+    )]
+    TpmLockout,
+    /// A `tpm:` key URI could not be parsed.
+    #[error("invalid TPM key URI: {reason}")]
+    InvalidTpmUri {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `tpm:handle=` URI names a handle where the TPM has no persistent object.
+    #[error("the TPM has no persistent key at handle {handle}")]
+    TpmNoKeyAtHandle {
+        /// The handle, `0x81......`.
+        handle: String,
+    },
+    /// Any other TPM failure, the command named.
+    #[error("TPM {command} failed: {reason}")]
+    Tpm {
+        /// The TPM command or step.
+        command: &'static str,
+        /// The response code or cause.
         reason: String,
     },
     /// A cryptographic operation failed (should not happen with valid keys).

@@ -83,3 +83,36 @@ pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Er
     }
     Ok(())
 }
+
+/// Replaces `path` atomically with a 0600 file holding `bytes` (temporary name, fsync,
+/// rename): a failure at any point leaves the old file as it was.
+pub(crate) fn replace_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating key file"))?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io("replacing key file"))?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -9,8 +9,8 @@ pub struct Keyring {
     backends: Vec<Arc<dyn Backend>>,
     keys: RwLock<HashMap<String, SignerRef>>,
     changes: Mutex<()>,
-    /// Whether [`adopt`](Self::adopt) (a client's request) may adopt keys at all.
-    client_adopt: bool,
+    /// The backends from which [`adopt`](Self::adopt) (a client's request) may adopt keys.
+    client_adopt: Vec<BackendKind>,
 }
 
 impl Keyring {
@@ -21,7 +21,7 @@ impl Keyring {
             backends,
             keys: RwLock::new(HashMap::new()),
             changes: Mutex::new(()),
-            client_adopt: false,
+            client_adopt: Vec::new(),
         }
     }
 
@@ -29,7 +29,21 @@ impl Keyring {
     /// on the token may belong to another application, and any client of the agent could
     /// otherwise make it sign proofs).
     pub fn allow_client_adopt(mut self, allowed: bool) -> Keyring {
-        self.client_adopt = allowed;
+        self.client_adopt = if allowed {
+            BackendKind::ALL.to_vec()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// Lets clients adopt existing keys of one backend only (`--pkcs11-allow-adopt`,
+    /// `--tpm-allow-adopt`).
+    pub fn allow_client_adopt_in(mut self, backend: BackendKind, allowed: bool) -> Keyring {
+        self.client_adopt.retain(|&kind| kind != backend);
+        if allowed {
+            self.client_adopt.push(backend);
+        }
         self
     }
 
@@ -159,12 +173,17 @@ impl Keyring {
         alg: Option<Algorithm>,
     ) -> Result<SignerRef, Error> {
         let backend = self.adopting_backend(backend, uri)?;
-        if !self.client_adopt {
+        if !self.client_adopt.contains(&backend.kind()) {
+            let reason = if backend.kind() == BackendKind::Tpm {
+                "clients may not adopt existing TPM keys from this agent; enable it with the \
+                 agent option --tpm-allow-adopt (tpm_allow_adopt = true)"
+            } else {
+                "clients may not adopt existing keys from this agent; enable it with \
+                 the agent option --pkcs11-allow-adopt (pkcs11_allow_adopt = true), or \
+                 name the key in a [[pkcs11_adopt]] table of the agent's config file"
+            };
             return Err(Error::AdoptNotAllowed {
-                reason: "clients may not adopt existing keys from this agent; enable it with \
-                         the agent option --pkcs11-allow-adopt (pkcs11_allow_adopt = true), or \
-                         name the key in a [[pkcs11_adopt]] table of the agent's config file"
-                    .into(),
+                reason: reason.into(),
             });
         }
         self.add(label, || {
@@ -261,6 +280,37 @@ mod tests {
             .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        // tpm: goes to the TPM backend, which this keyring lacks too.
+        let err = keyring()
+            .adopt(None, "tpm:handle=0x81000001", &label, None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BackendNotConfigured {
+                    backend: BackendKind::Tpm
+                } | Error::BackendNotCompiled {
+                    backend: BackendKind::Tpm
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_adoption_is_allowed_per_backend() {
+        let label = KeyLabel::new("k").unwrap();
+        // Allowed for PKCS#11 only: the software backend still refuses clients.
+        let err = keyring()
+            .allow_client_adopt_in(BackendKind::Pkcs11, true)
+            .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::AdoptNotAllowed { .. }), "{err}");
+        let err = keyring()
+            .allow_client_adopt_in(BackendKind::Software, true)
+            .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     }
 
     #[test]
@@ -288,21 +338,28 @@ mod tests {
     #[test]
     fn a_backend_not_compiled_in_names_its_feature() {
         assert!(BackendKind::Software.is_compiled());
-        assert!(!BackendKind::Tpm.is_compiled());
+        assert_eq!(
+            BackendKind::Tpm.is_compiled(),
+            cfg!(feature = "tpm"),
+            "compiled() follows the features"
+        );
         assert_eq!(
             BackendKind::Pkcs11.is_compiled(),
             cfg!(feature = "pkcs11"),
             "compiled() follows the features"
         );
+        assert_eq!(BackendKind::Tpm.cargo_feature(), Some("tpm"));
         let label = KeyLabel::new("k").unwrap();
+        // A keyring without a TPM backend: not compiled in, or compiled but not configured.
         let err = keyring()
             .generate(BackendKind::Tpm, &label, Algorithm::ES256)
             .unwrap_err();
-        assert!(matches!(err, Error::BackendNotCompiled { .. }), "{err}");
-        assert!(
-            err.to_string().contains("not available in this version"),
-            "{err}"
-        );
+        if cfg!(feature = "tpm") {
+            assert!(matches!(err, Error::BackendNotConfigured { .. }), "{err}");
+        } else {
+            assert!(matches!(err, Error::BackendNotCompiled { .. }), "{err}");
+            assert!(err.to_string().contains("feature `tpm`"), "{err}");
+        }
         let message = Error::BackendNotCompiled {
             backend: BackendKind::Pkcs11,
         }

@@ -6,11 +6,14 @@
 //! them. The [`Keyring`] puts the backends together under unique labels.
 //!
 //! Backends, one cargo feature each (like Parsec's providers):
-//! - [`software::SoftwareBackend`], always compiled: aws-lc-rs keys, kept as encrypted PKCS#8
-//!   files (0600) or in memory only; secret bytes are zeroized.
+//! - [`software::SoftwareBackend`], always compiled: aws-lc-rs keys, kept as PKCS#8 files
+//!   (0600) sealed under a key derived once per passphrase, or in memory only; secret bytes
+//!   are zeroized.
 //! - `pkcs11::Pkcs11Backend`, feature `pkcs11` (on by default, pulls in cryptoki): keys
 //!   generated on, imported into or adopted from a PKCS#11 token (HSM, YubiKey, SoftHSM2),
 //!   which signs; a pool of logged-in sessions.
+//! - `tpm::TpmBackend`, feature `tpm` (off by default: links tpm2-tss): keys made in, imported
+//!   into or adopted from a TPM 2.0, which signs; one worker thread owns the TPM context.
 //!
 //! [`BackendKind::compiled`] tells which backends a build has; asking the [`Keyring`] for one
 //! that is not compiled in is [`Error::BackendNotCompiled`], which names the feature to build
@@ -38,8 +41,10 @@ mod kind;
 mod label;
 pub mod pem;
 pub mod pkcs11;
-mod records;
+pub mod records;
 pub mod software;
+mod store_key;
+pub mod tpm;
 
 use std::fmt;
 use std::sync::Arc;
@@ -77,6 +82,8 @@ impl BackendKind {
             BackendKind::Software,
             #[cfg(feature = "pkcs11")]
             BackendKind::Pkcs11,
+            #[cfg(feature = "tpm")]
+            BackendKind::Tpm,
         ];
         COMPILED
     }
@@ -87,19 +94,22 @@ impl BackendKind {
     }
 
     /// The cargo feature of dpop-keys that compiles the backend in; `None` for the software
-    /// backend (always there) and for TPM (not available in this version).
+    /// backend (always there).
     pub fn cargo_feature(self) -> Option<&'static str> {
         match self {
             BackendKind::Pkcs11 => Some("pkcs11"),
-            BackendKind::Software | BackendKind::Tpm => None,
+            BackendKind::Tpm => Some("tpm"),
+            BackendKind::Software => None,
         }
     }
 
-    /// The backend a key URI names by its scheme: `pkcs11:` (RFC 7512, any case) is PKCS#11.
-    /// Any other scheme, or none, is [`Error::UnknownUriScheme`].
+    /// The backend a key URI names by its scheme: `pkcs11:` (RFC 7512, any case) is PKCS#11,
+    /// `tpm:` (`tpm:handle=0x81000001`) the TPM. Any other scheme, or none, is
+    /// [`Error::UnknownUriScheme`].
     pub fn from_uri(uri: &str) -> Result<BackendKind, Error> {
         match uri.split_once(':') {
             Some((scheme, _)) if scheme.eq_ignore_ascii_case("pkcs11") => Ok(BackendKind::Pkcs11),
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("tpm") => Ok(BackendKind::Tpm),
             Some((scheme, _)) => Err(Error::UnknownUriScheme {
                 scheme: scheme.chars().take(32).collect(),
             }),

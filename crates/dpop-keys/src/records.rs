@@ -2,11 +2,8 @@
 //! private directory (0700), written atomically as a new 0600 file that never replaces an
 //! existing one. The backend decides what a record holds (the software backend an encrypted
 //! PKCS#8, the PKCS#11 backend where the key is on the token); the store checks once that a
-//! record's file name is its label, so a renamed file cannot pass for another key.
-
-// Without the pkcs11 feature, the software backend alone needs less of the store than the
-// PKCS#11 backend does (it deletes without setting aside, loads by listing).
-#![cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
+//! record's file name is its label, so a renamed file cannot pass for another key. The agent
+//! keeps its key policies in one too.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,41 +11,41 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::fsutil::{create_private_dir, write_new_private_file};
+use crate::fsutil::{create_private_dir, replace_private_file, write_new_private_file};
 use crate::{Error, KeyLabel};
 
 /// A record a backend keeps in a [`RecordStore`]: it knows the label it is filed under.
-pub(crate) trait Record: Serialize + DeserializeOwned {
+pub trait Record: Serialize + DeserializeOwned {
     /// The label inside the record, which must match its file name.
     fn label(&self) -> &KeyLabel;
 }
 
 /// Key records in one directory.
 #[derive(Clone, Debug)]
-pub(crate) struct RecordStore {
+pub struct RecordStore {
     dir: PathBuf,
 }
 
 impl RecordStore {
     /// Records in `dir`, created 0700 if missing; an existing directory must be ours and not
     /// writable by others.
-    pub(crate) fn open(dir: PathBuf) -> Result<RecordStore, Error> {
+    pub fn open(dir: PathBuf) -> Result<RecordStore, Error> {
         create_private_dir(&dir)?;
         Ok(RecordStore { dir })
     }
 
     /// The directory.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Where the record of `label` lives.
-    pub(crate) fn path(&self, label: &KeyLabel) -> PathBuf {
+    pub fn path(&self, label: &KeyLabel) -> PathBuf {
         self.dir.join(format!("{label}.json"))
     }
 
     /// Fails with [`Error::KeyExists`] when `label` has a record already.
-    pub(crate) fn check_free(&self, label: &KeyLabel) -> Result<(), Error> {
+    pub fn check_free(&self, label: &KeyLabel) -> Result<(), Error> {
         if self.path(label).exists() {
             return Err(Error::KeyExists {
                 label: label.to_string(),
@@ -59,18 +56,25 @@ impl RecordStore {
 
     /// Files a new record under its label (pretty JSON, as the stores have always written).
     /// Never replaces an existing record: that is [`Error::KeyExists`].
-    pub(crate) fn write_new<R: Record>(&self, record: &R) -> Result<(), Error> {
+    pub fn write_new<R: Record>(&self, record: &R) -> Result<(), Error> {
         let json = serde_json::to_vec_pretty(record).expect("key records serialize");
         write_new_private_file(&self.path(record.label()), &json)
     }
 
+    /// Rewrites the existing record of `record`'s label in one atomic step (a format
+    /// migration): a failure leaves the old record in place.
+    pub fn replace<R: Record>(&self, record: &R) -> Result<(), Error> {
+        let json = serde_json::to_vec_pretty(record).expect("key records serialize");
+        replace_private_file(&self.path(record.label()), &json)
+    }
+
     /// The record files, sorted by name so keys load in a stable order.
-    pub(crate) fn list(&self) -> Result<Vec<PathBuf>, Error> {
+    pub fn list(&self) -> Result<Vec<PathBuf>, Error> {
         json_files(&self.dir)
     }
 
     /// Reads and checks the record at `path` (one of [`list`](Self::list)).
-    pub(crate) fn read<R: Record>(&self, path: &Path) -> Result<R, Error> {
+    pub fn read<R: Record>(&self, path: &Path) -> Result<R, Error> {
         let bytes = fs::read(path).map_err(|source| Error::Io {
             action: "reading key record",
             path: path.to_owned(),
@@ -88,7 +92,7 @@ impl RecordStore {
     }
 
     /// Reads the record of `label`: [`Error::KeyNotFound`] when there is none.
-    pub(crate) fn load<R: Record>(&self, label: &KeyLabel) -> Result<R, Error> {
+    pub fn load<R: Record>(&self, label: &KeyLabel) -> Result<R, Error> {
         let path = self.path(label);
         if !path.exists() {
             return Err(Error::KeyNotFound {
@@ -99,7 +103,7 @@ impl RecordStore {
     }
 
     /// Removes the record of `label`.
-    pub(crate) fn remove(&self, label: &KeyLabel) -> Result<(), Error> {
+    pub fn remove(&self, label: &KeyLabel) -> Result<(), Error> {
         let path = self.path(label);
         fs::remove_file(&path).map_err(|source| Error::Io {
             action: "removing key record",
@@ -111,7 +115,7 @@ impl RecordStore {
     /// Moves the record of `label` aside (it no longer lists or loads), for a removal that
     /// must first undo something outside the store: a crash in between then leaves no record
     /// of a key that is gone. [`SetAside::restore`] puts it back, [`SetAside::remove`] ends it.
-    pub(crate) fn set_aside(&self, label: &KeyLabel) -> Result<SetAside, Error> {
+    pub fn set_aside(&self, label: &KeyLabel) -> Result<SetAside, Error> {
         let path = self.path(label);
         let aside = path.with_extension("json.deleting");
         fs::rename(&path, &aside).map_err(|source| Error::Io {
@@ -125,21 +129,21 @@ impl RecordStore {
 
 /// A record moved aside by [`RecordStore::set_aside`].
 #[must_use = "a record set aside is either restored or removed"]
-pub(crate) struct SetAside {
+pub struct SetAside {
     path: PathBuf,
     aside: PathBuf,
 }
 
 impl SetAside {
     /// Puts the record back where it was.
-    pub(crate) fn restore(self) {
+    pub fn restore(self) {
         if let Err(io) = fs::rename(&self.aside, &self.path) {
             tracing::error!(error = %io, path = %self.path.display(), "could not restore the key record");
         }
     }
 
     /// Removes the record for good.
-    pub(crate) fn remove(self) -> Result<(), Error> {
+    pub fn remove(self) -> Result<(), Error> {
         fs::remove_file(&self.aside).map_err(|source| Error::Io {
             action: "removing key record",
             path: self.aside,
@@ -150,7 +154,7 @@ impl SetAside {
 
 /// How many records sit in `dir`, without opening it as a store (0 when it cannot be read):
 /// the software backend without a passphrase reports the key files it leaves unloaded.
-pub(crate) fn count_in(dir: &Path) -> usize {
+pub fn count_in(dir: &Path) -> usize {
     json_files(dir).map_or(0, |paths| paths.len())
 }
 

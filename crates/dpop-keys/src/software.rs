@@ -1,30 +1,37 @@
 //! The software backend: aws-lc-rs keys in the agent's memory.
 //!
-//! With a passphrase each key lives in `<dir>/<label>.json`: its algorithm and an encrypted
-//! PKCS#8 PEM (PBES2: scrypt N=2^15 r=8 p=1, AES-256-GCM, so a wrong passphrase is detected, not
-//! decoded into garbage). Files are written 0600 to a temporary name and renamed into place, so
-//! a failure never leaves half a key. Without a passphrase keys are kept in memory only.
+//! With a passphrase each key lives in `<dir>/<label>.json`: its label, algorithm and its
+//! PKCS#8 sealed with AES-256-GCM under the store key ([`crate::store_key`]: one scrypt
+//! derivation per start, not one per key). Files are written 0600 to a temporary name and
+//! linked or renamed into place, so a failure never leaves half a key. Key files of the first
+//! format (version 1: a PBES2 `ENCRYPTED PRIVATE KEY`, scrypt per file) still load, and are
+//! rewritten in the new format on the first start that loads them. Without a passphrase keys
+//! are kept in memory only.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaEncoding, RsaKeyPair};
 use pkcs8::der::Decode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::pem::{DerFormat, parse_private_key_pem};
 use crate::records::{self, Record, RecordStore};
+use crate::store_key::{StoreKey, store_file};
 use crate::{
     Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, KeyMeta, KeySigner, SignerRef,
 };
 
-/// scrypt cost: 2^15 * 8 * 128 bytes = 32 MiB and tens of milliseconds per key.
-const SCRYPT_LOG_N: u8 = 15;
+/// The key file format written now: the PKCS#8 sealed under the store key.
+const SEALED_VERSION: u32 = 2;
+/// The first format: a PBES2 (scrypt + AES-256-GCM) `ENCRYPTED PRIVATE KEY` per file.
+const PBES2_VERSION: u32 = 1;
 
 /// Software keys, persisted under a passphrase or kept in memory only.
 pub struct SoftwareBackend {
@@ -36,6 +43,8 @@ pub struct SoftwareBackend {
 struct Store {
     records: RecordStore,
     passphrase: SecretString,
+    /// Derived on first use (start-up's `load`), then kept.
+    key: Mutex<Option<Arc<StoreKey>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,13 +52,90 @@ struct KeyFile {
     version: u32,
     label: KeyLabel,
     alg: Algorithm,
-    /// `ENCRYPTED PRIVATE KEY` PEM.
-    pkcs8: String,
+    /// Version 1: `ENCRYPTED PRIVATE KEY` PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pkcs8: Option<String>,
+    /// Version 2: base64url of nonce || AES-256-GCM(PKCS#8 DER) under the store key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
 }
 
 impl Record for KeyFile {
     fn label(&self) -> &KeyLabel {
         &self.label
+    }
+}
+
+impl Store {
+    /// The store key: derived once, from the store file, or made with a new store file.
+    fn key(&self) -> Result<Arc<StoreKey>, Error> {
+        let mut slot = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = &*slot {
+            return Ok(key.clone());
+        }
+        let dir = self.records.dir();
+        let key = if store_file(dir).exists() {
+            StoreKey::open(dir, &self.passphrase)?
+        } else {
+            self.check_before_new_store()?;
+            StoreKey::create(dir, &self.passphrase)?
+        };
+        let key = Arc::new(key);
+        *slot = Some(key.clone());
+        Ok(key)
+    }
+
+    /// Before a store file is made for this passphrase: sealed key files need the store
+    /// file they were sealed under, and key files of the first format must open with the
+    /// passphrase, or a mistyped one would become the store's for good.
+    fn check_before_new_store(&self) -> Result<(), Error> {
+        let mut first_pbes2 = None;
+        for path in self.records.list()? {
+            let file: KeyFile = self.records.read(&path)?;
+            if file.sealed.is_some() {
+                return Err(Error::CorruptStore {
+                    path: store_file(self.records.dir()),
+                    reason: format!(
+                        "missing, and {} was sealed under it: restore the file from a backup",
+                        path.display()
+                    ),
+                });
+            }
+            if first_pbes2.is_none()
+                && let Some(pem) = file.pkcs8
+            {
+                first_pbes2 = Some((pem, path));
+            }
+        }
+        if let Some((pem, path)) = first_pbes2 {
+            decrypt_pkcs8(&pem, &self.passphrase, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites a first-format key file sealed under the store key. A failure leaves the old
+    /// file in place (it still loads) and is tried again at the next start.
+    fn migrate(&self, key: &StoreKey, file: &KeyFile, der: &[u8], path: &Path) {
+        let sealed = match key.seal_key(&file.label, file.alg, der) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "key file left in the first format");
+                return;
+            }
+        };
+        let new = KeyFile {
+            version: SEALED_VERSION,
+            label: file.label.clone(),
+            alg: file.alg,
+            pkcs8: None,
+            sealed: Some(sealed),
+        };
+        match self.records.replace(&new) {
+            Ok(()) => info!(path = %path.display(), "key file rewritten under the store key"),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "key file left in the first format")
+            }
+        }
     }
 }
 
@@ -60,6 +146,7 @@ impl SoftwareBackend {
             store: Some(Store {
                 records: RecordStore::open(dir)?,
                 passphrase,
+                key: Mutex::new(None),
             }),
             unloaded_dir: None,
         })
@@ -111,15 +198,15 @@ impl SoftwareBackend {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        // Before the scrypt work, which takes tens of milliseconds.
         store.records.check_free(label)?;
+        let store_key = store.key()?;
         let pkcs8 = key.pkcs8()?;
-        let pem = encrypt_pkcs8(&pkcs8, &store.passphrase)?;
         let file = KeyFile {
-            version: 1,
+            version: SEALED_VERSION,
             label: label.clone(),
             alg: key.alg,
-            pkcs8: pem,
+            pkcs8: None,
+            sealed: Some(store_key.seal_key(label, key.alg, &pkcs8)?),
         };
         store.records.write_new(&file)
     }
@@ -138,14 +225,34 @@ impl Backend for SoftwareBackend {
         let Some(store) = &self.store else {
             return Ok(Vec::new());
         };
+        let paths = store.records.list()?;
+        if paths.is_empty() && !store_file(store.records.dir()).exists() {
+            // Nothing to open: the store key is made with the first key.
+            return Ok(Vec::new());
+        }
+        let store_key = store.key()?;
         let mut keys: Vec<SignerRef> = Vec::new();
-        for path in store.records.list()? {
+        for path in paths {
             let file: KeyFile = store.records.read(&path)?;
             let corrupt = |reason: String| Error::CorruptStore {
                 path: path.clone(),
                 reason,
             };
-            let der = decrypt_pkcs8(&file.pkcs8, &store.passphrase, &path)?;
+            let der = match (file.version, &file.sealed, &file.pkcs8) {
+                (SEALED_VERSION, Some(sealed), None) => {
+                    store_key.open_key(&file.label, file.alg, sealed, &path)?
+                }
+                (PBES2_VERSION, None, Some(pem)) => {
+                    let der = decrypt_pkcs8(pem, &store.passphrase, &path)?;
+                    store.migrate(&store_key, &file, &der, &path);
+                    der
+                }
+                (version, ..) => {
+                    return Err(corrupt(format!(
+                        "not a key file of a known version (version {version})"
+                    )));
+                }
+            };
             let key = SoftKey::from_pkcs8(file.alg, &der).map_err(|e| corrupt(e.to_string()))?;
             keys.push(key.into_signer(file.label, true)?);
         }
@@ -366,27 +473,6 @@ impl KeySigner for SoftwareSigner {
     }
 }
 
-fn encrypt_pkcs8(der: &[u8], passphrase: &SecretString) -> Result<String, Error> {
-    let rng = SystemRandom::new();
-    let mut salt = [0u8; 16];
-    let mut nonce = [0u8; 12];
-    rng.fill(&mut salt).map_err(crypto("random salt"))?;
-    rng.fill(&mut nonce).map_err(crypto("random nonce"))?;
-    let params = pkcs8::pkcs5::scrypt::Params::new(SCRYPT_LOG_N, 8, 1)
-        .map_err(|_| Error::Crypto("scrypt parameters"))?;
-    let pbes2 = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256gcm(params, &salt, nonce)
-        .map_err(|_| Error::Crypto("PBES2 parameters"))?;
-    let info =
-        pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| Error::Crypto("PKCS#8 re-encoding"))?;
-    let encrypted = info
-        .encrypt_with_params(pbes2, passphrase.expose_secret().as_bytes())
-        .map_err(|_| Error::Crypto("encrypting the key"))?;
-    encrypted
-        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
-        .map(|pem| pem.to_string())
-        .map_err(|_| Error::Crypto("PEM encoding"))
-}
-
 fn decrypt_pkcs8(
     pem: &str,
     passphrase: &SecretString,
@@ -413,7 +499,33 @@ fn decrypt_pkcs8(
 
 #[cfg(test)]
 mod tests {
+    use aws_lc_rs::rand::SecureRandom;
+
     use super::*;
+    use crate::store_key::{SCRYPT_LOG_N, STORE_FILE as STORE_FILE_NAME};
+
+    /// Writes a key file of the first format (a PBES2 `ENCRYPTED PRIVATE KEY`), as agents
+    /// before the store key did.
+    fn encrypt_pkcs8(der: &[u8], passphrase: &SecretString) -> Result<String, Error> {
+        let rng = SystemRandom::new();
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 12];
+        rng.fill(&mut salt).map_err(crypto("random salt"))?;
+        rng.fill(&mut nonce).map_err(crypto("random nonce"))?;
+        let params = pkcs8::pkcs5::scrypt::Params::new(SCRYPT_LOG_N, 8, 1)
+            .map_err(|_| Error::Crypto("scrypt parameters"))?;
+        let pbes2 = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256gcm(params, &salt, nonce)
+            .map_err(|_| Error::Crypto("PBES2 parameters"))?;
+        let info = pkcs8::PrivateKeyInfoRef::from_der(der)
+            .map_err(|_| Error::Crypto("PKCS#8 re-encoding"))?;
+        let encrypted = info
+            .encrypt_with_params(pbes2, passphrase.expose_secret().as_bytes())
+            .map_err(|_| Error::Crypto("encrypting the key"))?;
+        encrypted
+            .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+            .map(|pem| pem.to_string())
+            .map_err(|_| Error::Crypto("PEM encoding"))
+    }
 
     fn label(s: &str) -> KeyLabel {
         KeyLabel::new(s).unwrap()
@@ -464,5 +576,104 @@ mod tests {
             .unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].meta().info().jkt, saved.meta().info().jkt);
+    }
+
+    fn first_format_file(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
+        let key = SoftKey::generate(Algorithm::ES256).unwrap();
+        let jkt = key.jwk().unwrap().thumbprint();
+        let file = KeyFile {
+            version: PBES2_VERSION,
+            label: label(name),
+            alg: Algorithm::ES256,
+            pkcs8: Some(
+                encrypt_pkcs8(&key.pkcs8().unwrap(), &SecretString::from(passphrase)).unwrap(),
+            ),
+            sealed: None,
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+        (path, jkt)
+    }
+
+    fn version_of(path: &Path) -> serde_json::Value {
+        let file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        file["version"].clone()
+    }
+
+    /// Key files of the first format load, are rewritten under the store key, and load the
+    /// same keys again; a wrong passphrase makes no store file.
+    #[test]
+    fn first_format_files_migrate_without_losing_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("software");
+        let (a, jkt_a) = first_format_file(&keys, "a", "pass");
+        let (b, jkt_b) = first_format_file(&keys, "b", "pass");
+
+        let wrong = SoftwareBackend::persistent(keys.clone(), SecretString::from("typo"))
+            .unwrap()
+            .load()
+            .map(|keys| keys.len())
+            .expect_err("a wrong passphrase is refused");
+        assert!(matches!(wrong, Error::WrongPassphrase { .. }), "{wrong:?}");
+        assert!(
+            !store_file(&keys).exists(),
+            "no store file for a wrong passphrase"
+        );
+        assert_eq!(version_of(&a), PBES2_VERSION);
+
+        // A stale temporary file makes a's rewrite fail: a stays as it was and still loads.
+        let stale = a.with_extension("json.tmp");
+        std::fs::write(&stale, b"crash leftovers").unwrap();
+        let jkts = |backend: &SoftwareBackend| -> Vec<String> {
+            backend
+                .load()
+                .unwrap()
+                .iter()
+                .map(|k| k.meta().info().jkt.clone())
+                .collect()
+        };
+        let backend =
+            SoftwareBackend::persistent(keys.clone(), SecretString::from("pass")).unwrap();
+        assert_eq!(jkts(&backend), [jkt_a.clone(), jkt_b.clone()]);
+        assert_eq!(
+            version_of(&a),
+            PBES2_VERSION,
+            "a failed rewrite leaves the old file"
+        );
+        assert_eq!(version_of(&b), SEALED_VERSION);
+        let b_text = std::fs::read_to_string(&b).unwrap();
+        assert!(
+            !b_text.contains("PRIVATE KEY") && b_text.contains("sealed"),
+            "{b_text}"
+        );
+
+        std::fs::remove_file(&stale).unwrap();
+        let backend =
+            SoftwareBackend::persistent(keys.clone(), SecretString::from("pass")).unwrap();
+        assert_eq!(jkts(&backend), [jkt_a.clone(), jkt_b.clone()]);
+        assert_eq!(version_of(&a), SEALED_VERSION);
+        // A new key goes in the new format under the same store key.
+        let c = backend.generate(&label("c"), Algorithm::EdDSA).unwrap();
+        let backend =
+            SoftwareBackend::persistent(keys.clone(), SecretString::from("pass")).unwrap();
+        assert_eq!(jkts(&backend), [jkt_a, jkt_b, c.meta().info().jkt.clone()]);
+
+        // The store file is what the sealed files need: without it they are named, not lost.
+        std::fs::rename(store_file(&keys), dir.path().join("store.backup")).unwrap();
+        let err = SoftwareBackend::persistent(keys.clone(), SecretString::from("pass"))
+            .unwrap()
+            .load()
+            .map(|keys| keys.len())
+            .expect_err("sealed files without their store file");
+        assert!(
+            matches!(&err, Error::CorruptStore { path, .. } if path.ends_with(STORE_FILE_NAME)),
+            "{err:?}"
+        );
+        assert!(
+            !store_file(&keys).exists(),
+            "no new store file over sealed keys"
+        );
     }
 }

@@ -58,6 +58,20 @@ pub enum ErrorCode {
     /// The agent serves as many connections as it allows; it closes this one. Try again
     /// later.
     Busy,
+    /// The agent is locked: signing and key changes wait for `unlock`.
+    Locked,
+    /// `unlock` of an agent that is not locked.
+    NotLocked,
+    /// The key's policy does not allow the request's origin.
+    OriginNotAllowed,
+    /// The key's policy does not allow this client executable.
+    ClientNotAllowed,
+    /// The key's lifetime is over.
+    KeyExpired,
+    /// The user said no (or nobody answered) when asked to confirm the signature.
+    ConfirmDenied,
+    /// A policy that cannot be used (a bad origin pattern, a relative client path).
+    InvalidPolicy,
     /// A code this client does not know (a newer agent).
     #[serde(other)]
     Unknown,

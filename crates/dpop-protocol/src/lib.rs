@@ -18,9 +18,11 @@
 //! ```
 
 mod codes;
+mod lifetime;
 mod messages;
 
 pub use codes::{ErrorCode, WireError};
+pub use lifetime::parse_lifetime;
 pub use messages::*;
 
 /// Protocol version spoken by this crate, reported by `hello`.

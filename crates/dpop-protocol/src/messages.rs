@@ -35,10 +35,18 @@ pub enum Op {
     SignProof(SignProof),
     /// Remember a server's `DPoP-Nonce` for a key's proofs to that origin.
     ReportNonce(ReportNonce),
+    /// The agent's state: pid, version, backends, lock, key count.
+    Status {},
+    /// Refuse every signing and key-changing request until `unlock` with the same passphrase.
+    Lock(LockRequest),
+    /// Undo `lock`.
+    Unlock(LockRequest),
+    /// Replace a key's policy.
+    SetPolicy(SetPolicy),
 }
 
 /// The op names, for telling an unknown op from a malformed known one.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 12] = [
     "hello",
     "list_keys",
     "generate_key",
@@ -47,6 +55,10 @@ pub const OPS: [&str; 8] = [
     "delete_key",
     "sign_proof",
     "report_nonce",
+    "status",
+    "lock",
+    "unlock",
+    "set_policy",
 ];
 
 /// `generate_key`.
@@ -61,6 +73,9 @@ pub struct GenerateKey {
     /// Algorithm (default ES256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The new key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 /// `import_key`.
@@ -77,6 +92,9 @@ pub struct ImportKey {
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 impl std::fmt::Debug for ImportKey {
@@ -85,6 +103,7 @@ impl std::fmt::Debug for ImportKey {
             .field("label", &self.label)
             .field("backend", &self.backend)
             .field("alg", &self.alg)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +123,9 @@ pub struct AdoptKey {
     /// For RSA keys: RS256 (default) or PS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<Algorithm>,
+    /// The key's policy (default: none, or the agent's default lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
 }
 
 /// `delete_key`.
@@ -147,6 +169,61 @@ pub struct ReportNonce {
     pub nonce: String,
 }
 
+/// What a key may be used for, enforced by the agent. Empty lists allow everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicy {
+    /// Origins whose proofs the key signs: `https://api.example.com`, `https://*.example.com`
+    /// (any subdomain, not the domain itself), `http://localhost:8080`. Any other origin is
+    /// refused with `origin_not_allowed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    /// Absolute paths of the client executables that may use the key (Linux:
+    /// `/proc/<pid>/exe` of the peer). Others are refused with `client_not_allowed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_clients: Vec<String>,
+    /// When the key stops signing (Unix seconds): `key_expired` after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Ask the user (`DPOP_ASKPASS` / `SSH_ASKPASS`) before each signature.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// With `confirm`: a yes is remembered for this many seconds for the same client process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_remember_secs: Option<u64>,
+}
+
+impl KeyPolicy {
+    /// True when the policy allows everything (nothing to show or store).
+    pub fn is_empty(&self) -> bool {
+        self == &KeyPolicy::default()
+    }
+}
+
+/// `set_policy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicy {
+    /// The key's label.
+    pub key: String,
+    /// Its new policy, replacing the old one.
+    pub policy: KeyPolicy,
+}
+
+/// `lock` and `unlock`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// The lock passphrase (not the key store's): chosen at `lock`, needed for `unlock`.
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for LockRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockRequest").finish_non_exhaustive()
+    }
+}
+
 /// Longest `DPoP-Nonce` the agent takes (in `sign_proof` and `report_nonce`).
 pub const MAX_NONCE_LEN: usize = dpop_jose::MAX_NONCE_LEN;
 
@@ -187,6 +264,9 @@ pub struct KeyDescription {
     /// Origins for which the agent holds a server nonce for this key (`list_keys` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nonce_origins: Vec<String>,
+    /// The key's policy (absent: none).
+    #[serde(default, skip_serializing_if = "KeyPolicy::is_empty")]
+    pub policy: KeyPolicy,
 }
 
 /// Reply to `hello`.
@@ -202,6 +282,25 @@ pub struct HelloReply {
     #[serde(default)]
     pub compiled_backends: Vec<String>,
     /// Whether software keys are saved to disk (a passphrase was given).
+    pub software_persistent: bool,
+}
+
+/// Reply to `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Agent name and version.
+    pub agent: String,
+    /// Protocol version.
+    pub protocol: u32,
+    /// The agent's process id.
+    pub pid: u32,
+    /// Configured backends.
+    pub backends: Vec<String>,
+    /// Whether the agent is locked (`lock`).
+    pub locked: bool,
+    /// How many keys it serves.
+    pub keys: usize,
+    /// Whether software keys are saved to disk.
     pub software_persistent: bool,
 }
 

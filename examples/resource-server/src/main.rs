@@ -1,0 +1,194 @@
+//! `dpop-resource-server`: an example resource server on dpop-server. It accepts requests
+//! with a JWT access token (checked against a JWKS file or URL) bound to the DPoP proof's key
+//! by `cnf.jkt`, and answers any path with what it verified, as JSON. Several instances share
+//! replay state through Redis (`--redis`) and accept each other's nonces when they share the
+//! nonce secret (`DPOP_NONCE_SECRET` or `--nonce-secret-file`, never the command line).
+
+mod jwt;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Json;
+use axum::http::{Method, Uri};
+use clap::{Parser, ValueEnum};
+use dpop_server::{
+    Dpop, DpopLayer, HmacNonces, MemoryReplayStore, Preset, PublicUrl, RedisOptions,
+    RedisReplayStore, ReplayFailure, ReplayStore, Verifier,
+};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// The environment variable that may hold the nonce secret.
+const NONCE_SECRET_ENV: &str = "DPOP_NONCE_SECRET";
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one; the address is printed on start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The public base URL clients use (e.g. https://api.example.com/prefix): scheme, host,
+    /// port and path prefix of every request's htu.
+    #[arg(long)]
+    public_url: String,
+    /// Reverse proxies whose Forwarded / X-Forwarded-Proto / X-Forwarded-Host are trusted.
+    #[arg(long = "trusted-proxy")]
+    trusted_proxies: Vec<IpAddr>,
+    /// JWKS with the access-token signing keys: a file, or an http(s) URL fetched at start.
+    #[arg(long)]
+    jwks: String,
+    /// Required `iss` of access tokens.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Required `aud` of access tokens.
+    #[arg(long)]
+    audience: Option<String>,
+    /// Verification preset.
+    #[arg(long, value_enum, default_value_t = PresetArg::Rfc9449)]
+    preset: PresetArg,
+    /// Redis URL for replay state shared by instances (redis://127.0.0.1:6379); without it,
+    /// replay state is in this process's memory. A URL with a password belongs in
+    /// `DPOP_REDIS_URL`, not on the command line, which other users can read.
+    #[arg(long, env = "DPOP_REDIS_URL", hide_env_values = true)]
+    redis: Option<String>,
+    /// Longest a Redis check may take, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    redis_timeout_ms: u64,
+    /// Accept proofs unrecorded while Redis fails (default: refuse them with 503).
+    #[arg(long)]
+    replay_fail_open: bool,
+    /// File holding the nonce secret (at least 32 bytes; surrounding white space ignored).
+    /// Without it, `DPOP_NONCE_SECRET` is read; without either, no nonces are issued.
+    #[arg(long)]
+    nonce_secret_file: Option<PathBuf>,
+    /// Nonce rotation interval in seconds.
+    #[arg(long, default_value_t = 60)]
+    nonce_interval: u64,
+    /// Require nonces (the fapi2 preset always does).
+    #[arg(long)]
+    require_nonce: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    Rfc9449,
+    Fapi2,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let jwks = load_jwks(&args.jwks).await?;
+    let tokens = jwt::JwtTokens::from_jwks(&jwks, args.issuer.clone(), args.audience.clone())
+        .with_context(|| format!("reading the JWKS {}", args.jwks))?;
+
+    let preset = match args.preset {
+        PresetArg::Rfc9449 => Preset::Rfc9449,
+        PresetArg::Fapi2 => Preset::Fapi2,
+    };
+    let public_url = PublicUrl::new(&args.public_url)?.trust_proxies(args.trusted_proxies.clone());
+    let mut builder = Verifier::builder(preset)
+        .public_url(public_url)
+        .require_nonces(args.require_nonce)
+        .replay_failure(if args.replay_fail_open {
+            ReplayFailure::Open
+        } else {
+            ReplayFailure::Closed
+        });
+    if let Some(secret) = nonce_secret(&args)? {
+        builder = builder.nonces(HmacNonces::new(
+            &secret,
+            Duration::from_secs(args.nonce_interval),
+        )?);
+    }
+    let replay: Arc<dyn ReplayStore> = match &args.redis {
+        Some(url) => {
+            let options = RedisOptions {
+                timeout: Duration::from_millis(args.redis_timeout_ms),
+                ..RedisOptions::default()
+            };
+            Arc::new(
+                RedisReplayStore::connect(url, options)
+                    .await
+                    .context("connecting to Redis")?,
+            )
+        }
+        None => Arc::new(MemoryReplayStore::new(
+            std::num::NonZeroUsize::new(100_000).expect("non-zero"),
+        )),
+    };
+    let verifier = Arc::new(builder.replay_store(replay).build()?);
+
+    let app = axum::Router::new()
+        .fallback(resource)
+        .layer(DpopLayer::new(verifier, Arc::new(tokens)));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    // The one line on standard output: tests and scripts read the bound address from it.
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Every path answers with what the layer verified.
+async fn resource(method: Method, uri: Uri, Dpop(verified): Dpop) -> Json<Value> {
+    let token = verified.token.map(|t| t.claims).unwrap_or_default();
+    Json(json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "jkt": verified.jkt,
+        "alg": verified.proof.alg.as_str(),
+        "sub": token["sub"],
+    }))
+}
+
+async fn load_jwks(source: &str) -> anyhow::Result<Vec<u8>> {
+    if source.starts_with("https://") || source.starts_with("http://") {
+        let response = reqwest::get(source)
+            .await
+            .and_then(|r| r.error_for_status())
+            .with_context(|| format!("fetching the JWKS {source}"))?;
+        Ok(response.bytes().await?.to_vec())
+    } else {
+        tokio::fs::read(source)
+            .await
+            .with_context(|| format!("reading the JWKS file {source}"))
+    }
+}
+
+fn nonce_secret(args: &Args) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+    let raw = match &args.nonce_secret_file {
+        Some(path) => Zeroizing::new(
+            std::fs::read(path)
+                .with_context(|| format!("reading the nonce secret file {}", path.display()))?,
+        ),
+        None => match std::env::var_os(NONCE_SECRET_ENV) {
+            Some(value) => Zeroizing::new(value.into_encoded_bytes()),
+            None => return Ok(None),
+        },
+    };
+    let trimmed = Zeroizing::new(raw.trim_ascii().to_vec());
+    if trimmed.is_empty() {
+        bail!("the nonce secret is empty");
+    }
+    Ok(Some(trimmed))
+}

@@ -1,0 +1,306 @@
+//! Per-key policies enforced by the real agent: allowed origins (exact and `*.` subdomains),
+//! allowed client executables, expiry (`set_policy` and the agent's `-t`), confirm-on-use
+//! through a scripted askpass answering yes or no, persistence across restarts, and refusals of
+//! bad policies that leave nothing behind.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use dpop_client::ProofRequest;
+use dpop_protocol::{ErrorCode, KeyPolicy};
+use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, unix_now, verify_proof};
+
+fn sign(agent: &TestAgent, key: &str, url: &str) -> Result<String, dpop_client::Error> {
+    agent
+        .client()
+        .sign_proof(key, &ProofRequest::new("GET", url))
+}
+
+fn code(result: Result<String, dpop_client::Error>) -> Option<ErrorCode> {
+    result.unwrap_err().code()
+}
+
+#[test]
+fn origins_exact_and_subdomains() {
+    let agent = TestAgent::start(AgentOptions::new());
+    let policy = KeyPolicy {
+        allow_origins: vec![
+            "https://API.example.com".into(),
+            "https://*.svc.example.com".into(),
+        ],
+        ..KeyPolicy::default()
+    };
+    let key = agent
+        .client()
+        .generate_key_with_policy("k", None, None, &policy)
+        .unwrap();
+    assert_eq!(key.policy.allow_origins, policy.allow_origins);
+    for url in [
+        "https://api.example.com/v1/items",
+        "https://api.example.com:443/x",
+        "https://a.svc.example.com/x",
+        "https://a.b.svc.example.com/x",
+    ] {
+        verify_proof(&sign(&agent, "k", url).unwrap(), "GET", url, None);
+    }
+    for url in [
+        "https://evil.example.com/x",
+        "http://api.example.com/x",
+        "https://api.example.com:8443/x",
+        "https://svc.example.com/x",
+        "https://a.svc.example.com.evil.org/x",
+    ] {
+        let err = sign(&agent, "k", url).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::OriginNotAllowed), "{url}");
+        assert!(
+            err.to_string().contains("https://*.svc.example.com"),
+            "{err}"
+        );
+    }
+    // list_keys shows the policy; an empty one lifts it.
+    let listed = agent.client().list_keys().unwrap();
+    assert_eq!(listed[0].policy, policy);
+    let cleared = agent
+        .client()
+        .set_policy("k", &KeyPolicy::default())
+        .unwrap();
+    assert!(cleared.policy.is_empty());
+    sign(&agent, "k", "https://evil.example.com/x").unwrap();
+}
+
+#[test]
+fn client_executables() {
+    let agent = TestAgent::start(AgentOptions::new());
+    let me = std::env::current_exe().unwrap();
+    let policy = KeyPolicy {
+        allow_clients: vec![me.to_string_lossy().into_owned()],
+        ..KeyPolicy::default()
+    };
+    agent
+        .client()
+        .generate_key_with_policy("mine", None, None, &policy)
+        .unwrap();
+    sign(&agent, "mine", "https://rs.example/").unwrap();
+    // Another program (the dpop CLI) is refused, and told which programs may.
+    let out = agent.dpop(&[
+        "proof",
+        "--key",
+        "mine",
+        "-X",
+        "GET",
+        "--url",
+        "https://rs.example/",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("client_not_allowed"), "{stderr}");
+    assert!(stderr.contains(&*me.to_string_lossy()), "{stderr}");
+
+    // Relative or missing programs are not a policy.
+    for bad in ["dpop", "/nonexistent/dpop"] {
+        let err = agent
+            .client()
+            .set_policy(
+                "mine",
+                &KeyPolicy {
+                    allow_clients: vec![bad.into()],
+                    ..KeyPolicy::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidPolicy), "{bad}");
+    }
+}
+
+#[test]
+fn expiry_by_policy_and_by_default_lifetime() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.client().generate_key("k", None, None).unwrap();
+    let expired = KeyPolicy {
+        expires_at: Some(unix_now() - 1),
+        ..KeyPolicy::default()
+    };
+    agent.client().set_policy("k", &expired).unwrap();
+    assert_eq!(
+        code(sign(&agent, "k", "https://rs.example/")),
+        Some(ErrorCode::KeyExpired)
+    );
+    let later = KeyPolicy {
+        expires_at: Some(unix_now() + 3600),
+        ..KeyPolicy::default()
+    };
+    agent.client().set_policy("k", &later).unwrap();
+    sign(&agent, "k", "https://rs.example/").unwrap();
+
+    // -t 1: keys added without a lifetime get one second.
+    let agent = TestAgent::start(AgentOptions::new().arg("-t").arg("1s"));
+    let key = agent.client().generate_key("short", None, None).unwrap();
+    let expires_at = key.policy.expires_at.expect("the default lifetime applies");
+    assert!(
+        (unix_now()..=unix_now() + 2).contains(&expires_at),
+        "{expires_at}"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        code(sign(&agent, "short", "https://rs.example/")),
+        Some(ErrorCode::KeyExpired)
+    );
+    let bad = TestAgent::try_start(AgentOptions::new().arg("-t").arg("soon"));
+    let Err(failure) = bad else {
+        panic!("a bad lifetime stops the start")
+    };
+    assert!(failure.stderr.contains("lifetime"), "{}", failure.stderr);
+}
+
+/// An askpass that answers `answer` (exit status) and appends its question to `log`.
+fn askpass(dir: &Path, name: &str, answer: u8) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let log = dir.join(format!("{name}.log"));
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nprintf '%s|%s\\n' \"$SSH_ASKPASS_PROMPT\" \"$1\" >> '{}'\nexit {answer}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+    path
+}
+
+fn questions(dir: &Path, name: &str) -> Vec<String> {
+    fs::read_to_string(dir.join(format!("{name}.log")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn confirm_on_use_asks_through_askpass() {
+    let dir = new_temp_dir();
+    let yes = askpass(dir.path(), "yes", 0);
+    let no = askpass(dir.path(), "no", 1);
+    let confirm = KeyPolicy {
+        confirm: true,
+        ..KeyPolicy::default()
+    };
+
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &yes));
+    agent
+        .client()
+        .generate_key_with_policy("asked", None, None, &confirm)
+        .unwrap();
+    sign(&agent, "asked", "https://api.example.com/v1").unwrap();
+    sign(&agent, "asked", "https://api.example.com/v2").unwrap();
+    let asked = questions(dir.path(), "yes");
+    assert_eq!(asked.len(), 2, "asked for each signature: {asked:?}");
+    let me = std::env::current_exe().unwrap();
+    assert!(asked[0].starts_with("confirm|"), "{asked:?}");
+    for part in [
+        "\"asked\"",
+        "https://api.example.com",
+        &*me.to_string_lossy(),
+        &format!("pid {}", std::process::id()),
+    ] {
+        assert!(asked[0].contains(part), "{part:?} in {}", asked[0]);
+    }
+    assert!(
+        !asked[0].contains("/v1"),
+        "the question names the origin, not the path"
+    );
+
+    // Remembered for the same client for a while: one more question, then none.
+    let remember = KeyPolicy {
+        confirm: true,
+        confirm_remember_secs: Some(600),
+        ..KeyPolicy::default()
+    };
+    agent.client().set_policy("asked", &remember).unwrap();
+    let mut client = agent.client();
+    for _ in 0..3 {
+        client
+            .sign_proof(
+                "asked",
+                &ProofRequest::new("GET", "https://api.example.com/"),
+            )
+            .unwrap();
+    }
+    assert_eq!(questions(dir.path(), "yes").len(), 3);
+
+    // An askpass that says no.
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &no));
+    agent
+        .client()
+        .generate_key_with_policy("asked", None, None, &confirm)
+        .unwrap();
+    assert_eq!(
+        code(sign(&agent, "asked", "https://api.example.com/")),
+        Some(ErrorCode::ConfirmDenied)
+    );
+    assert_eq!(questions(dir.path(), "no").len(), 1);
+    assert!(agent.stderr_log().contains("code=confirm_denied"));
+
+    // No askpass at all: refused, saying why.
+    let agent = TestAgent::start(AgentOptions::new());
+    agent
+        .client()
+        .generate_key_with_policy("asked", None, None, &confirm)
+        .unwrap();
+    let err = sign(&agent, "asked", "https://api.example.com/").unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ConfirmDenied));
+    assert!(err.to_string().contains("ASKPASS"), "{err}");
+}
+
+#[test]
+fn policies_persist_with_their_key_and_go_with_it() {
+    let mut agent = TestAgent::start(AgentOptions::new().passphrase_env("pass"));
+    let policy = KeyPolicy {
+        allow_origins: vec!["https://api.example.com".into()],
+        ..KeyPolicy::default()
+    };
+    agent
+        .client()
+        .generate_key_with_policy("kept", None, None, &policy)
+        .unwrap();
+    let record = agent.data_dir().join("policies/kept.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&record).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    agent.restart();
+    assert_eq!(agent.client().list_keys().unwrap()[0].policy, policy);
+    assert_eq!(
+        code(sign(&agent, "kept", "https://other.example/")),
+        Some(ErrorCode::OriginNotAllowed)
+    );
+
+    // A bad policy makes no key.
+    let bad = KeyPolicy {
+        allow_origins: vec!["https://api.example.com/path".into()],
+        ..KeyPolicy::default()
+    };
+    let err = agent
+        .client()
+        .generate_key_with_policy("never", None, None, &bad)
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPolicy));
+    assert_eq!(agent.client().list_keys().unwrap().len(), 1);
+
+    // Deleting the key deletes its policy: a new key under the label has none.
+    agent.client().delete_key("kept").unwrap();
+    assert!(!record.exists());
+    agent.client().generate_key("kept", None, None).unwrap();
+    sign(&agent, "kept", "https://other.example/").unwrap();
+    agent.restart();
+    sign(&agent, "kept", "https://other.example/").unwrap();
+
+    // Locked: no policy changes.
+    agent.client().lock("l").unwrap();
+    let err = agent.client().set_policy("kept", &policy).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Locked));
+}
