@@ -91,14 +91,20 @@ pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8
         Op::Status {} => Ok(encode_ok(&id, status(state))),
         Op::SetPolicy(req) => set_policy(state, req).map(|key| encode_ok(&id, key)),
         Op::Lock(req) => {
-            let done = state.lock.lock(Zeroizing::new(req.passphrase)).await;
+            let done = state
+                .lock
+                .lock(Zeroizing::new(req.passphrase), &state.keyring)
+                .await;
             if done.is_ok() {
                 info!("locked");
             }
             done.map(|()| encode_ok(&id, EmptyReply {}))
         }
         Op::Unlock(req) => {
-            let done = state.lock.unlock(Zeroizing::new(req.passphrase)).await;
+            let done = state
+                .lock
+                .unlock(Zeroizing::new(req.passphrase), &state.keyring)
+                .await;
             if done.is_ok() {
                 info!("unlocked");
             }

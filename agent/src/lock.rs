@@ -4,11 +4,18 @@
 //! The passphrase is kept only as a salted scrypt hash and compared in constant time. Each
 //! wrong `unlock` makes the next answer wait longer (0.1 s doubling to 10 s), and attempts queue
 //! behind each other, so guessing over the socket is slow even for a same-user process.
+//!
+//! Locking also seals what would let a memory dump sign: every software key and the software
+//! store's key-encryption key are sealed (AES-256-GCM) under a second key from the same scrypt
+//! derivation, which is not kept; `unlock` derives it again from the passphrase.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use dpop_keys::{Keyring, SealingKey};
 use dpop_protocol::{ErrorCode, WireError};
 use zeroize::Zeroizing;
 
@@ -32,13 +39,24 @@ struct Hashed {
     hash: Zeroizing<[u8; 32]>,
 }
 
-fn derive(passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>, WireError> {
+/// The passphrase's check hash and its sealing key: the two halves of one scrypt output.
+fn derive(passphrase: &[u8], salt: &[u8]) -> Result<(Zeroizing<[u8; 32]>, SealingKey), WireError> {
     let params = scrypt::Params::new(SCRYPT_LOG_N, 8, 1)
         .map_err(|_| WireError::new(ErrorCode::Internal, "scrypt parameters"))?;
-    let mut out = Zeroizing::new([0u8; 32]);
+    let mut out = Zeroizing::new([0u8; 64]);
     scrypt::scrypt(passphrase, salt, &params, &mut out[..])
         .map_err(|_| WireError::new(ErrorCode::Internal, "scrypt"))?;
-    Ok(out)
+    let mut hash = Zeroizing::new([0u8; 32]);
+    hash.copy_from_slice(&out[..32]);
+    let mut sealing = Zeroizing::new([0u8; 32]);
+    sealing.copy_from_slice(&out[32..]);
+    let sealing = SealingKey::new(&sealing)
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok((hash, sealing))
+}
+
+fn task_failed<E>(_: E) -> WireError {
+    WireError::new(ErrorCode::Internal, "lock task failed")
 }
 
 /// The wait before answering after `failures` wrong passphrases in a row.
@@ -69,8 +87,13 @@ impl Lock {
         Ok(())
     }
 
-    /// Locks with `passphrase` (its scrypt hash is kept, not the passphrase).
-    pub async fn lock(&self, passphrase: Zeroizing<String>) -> Result<(), WireError> {
+    /// Locks with `passphrase` (its scrypt hash is kept, not the passphrase) and seals
+    /// `keyring`'s in-memory keys.
+    pub async fn lock(
+        &self,
+        passphrase: Zeroizing<String>,
+        keyring: &Arc<Keyring>,
+    ) -> Result<(), WireError> {
         if passphrase.is_empty() {
             return Err(WireError::new(
                 ErrorCode::BadRequest,
@@ -82,17 +105,38 @@ impl Lock {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt)
             .map_err(|_| WireError::new(ErrorCode::Internal, "random salt"))?;
-        let hash = tokio::task::spawn_blocking(move || derive(passphrase.as_bytes(), &salt))
-            .await
-            .map_err(|_| WireError::new(ErrorCode::Internal, "lock task failed"))??;
+        // Refused from here on: no request signs with a key being sealed.
+        self.locked.store(true, Ordering::Release);
+        let keyring = keyring.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let (hash, sealing) = derive(passphrase.as_bytes(), &salt)?;
+            keyring
+                .seal(&sealing)
+                .map_err(|e| WireError::new(ErrorCode::Internal, format!("sealing keys: {e}")))?;
+            Ok::<_, WireError>(hash)
+        })
+        .await
+        .map_err(task_failed)
+        .and_then(|r| r);
+        let hash = match sealed {
+            Ok(hash) => hash,
+            Err(e) => {
+                self.locked.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
         *self.hash.lock().unwrap_or_else(|p| p.into_inner()) = Some(Hashed { salt, hash });
         self.failures.store(0, Ordering::Relaxed);
-        self.locked.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Unlocks when `passphrase` is the one `lock` was given; a wrong one is answered late.
-    pub async fn unlock(&self, passphrase: Zeroizing<String>) -> Result<(), WireError> {
+    /// Unlocks when `passphrase` is the one `lock` was given, and unseals `keyring`'s keys; a
+    /// wrong one is answered late.
+    pub async fn unlock(
+        &self,
+        passphrase: Zeroizing<String>,
+        keyring: &Arc<Keyring>,
+    ) -> Result<(), WireError> {
         let _gate = self.gate.lock().await;
         let salt = match &*self.hash.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(hashed) if self.is_locked() => hashed.salt,
@@ -103,9 +147,10 @@ impl Lock {
                 ));
             }
         };
-        let candidate = tokio::task::spawn_blocking(move || derive(passphrase.as_bytes(), &salt))
-            .await
-            .map_err(|_| WireError::new(ErrorCode::Internal, "unlock task failed"))??;
+        let (candidate, sealing) =
+            tokio::task::spawn_blocking(move || derive(passphrase.as_bytes(), &salt))
+                .await
+                .map_err(task_failed)??;
         let matches = {
             let hashed = self.hash.lock().unwrap_or_else(|p| p.into_inner());
             let hashed = hashed.as_ref().expect("locked: a hash is set");
@@ -122,6 +167,11 @@ impl Lock {
                 "that passphrase does not unlock the agent",
             ));
         }
+        let keyring = keyring.clone();
+        tokio::task::spawn_blocking(move || keyring.unseal(&sealing))
+            .await
+            .map_err(task_failed)?
+            .map_err(|e| WireError::new(ErrorCode::Internal, format!("unsealing keys: {e}")))?;
         *self.hash.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.failures.store(0, Ordering::Relaxed);
         self.locked.store(false, Ordering::Release);

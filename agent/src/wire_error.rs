@@ -25,6 +25,7 @@ pub fn keys_error_code(e: &dpop_keys::Error) -> ErrorCode {
         E::Pkcs11NoSingleKey { .. } | E::TpmNoKeyAtHandle { .. } => ErrorCode::KeyNotFound,
         E::KeyAlreadyManaged { .. } => ErrorCode::KeyExists,
         E::AdoptNotAllowed { .. } => ErrorCode::PermissionDenied,
+        E::Sealed => ErrorCode::Locked,
         E::PinIncorrect => ErrorCode::PinIncorrect,
         E::PinLocked => ErrorCode::PinLocked,
         E::TokenNotPresent { .. } => ErrorCode::TokenNotPresent,

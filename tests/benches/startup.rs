@@ -92,7 +92,7 @@ fn main() {
         times[times.len() / 2]
     };
 
-    // An agent with no key yet: no store file, so no scrypt at start.
+    // An agent with no key yet: the first start makes the store file (one scrypt).
     let mut agent = TestAgent::start(AgentOptions::new().passphrase_env(PASSPHRASE));
     let dir = new_temp_dir();
     agent.stop();
@@ -151,7 +151,7 @@ fn main() {
         ms(scrypt_alone)
     );
     println!(
-        "start, no key and no store file (median)         {:>7.1} ms",
+        "start, no key (store file made: one scrypt)      {:>7.1} ms",
         ms(empty)
     );
     println!(

@@ -395,8 +395,16 @@ async fn concurrent_key_changes_are_consistent_on_disk() {
         after, before,
         "the keys on disk are exactly the keys the agent had"
     );
-    let files = std::fs::read_dir(agent.data_dir().join("software"))
+    let names: Vec<String> = std::fs::read_dir(agent.data_dir().join("software"))
         .unwrap()
-        .count();
-    assert_eq!(files, CLIENTS + 1, "one key file per key, no leftovers");
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let key_files = names.iter().filter(|n| n.ends_with(".json")).count();
+    assert_eq!(key_files, CLIENTS + 1, "one key file per key: {names:?}");
+    assert_eq!(
+        names.len(),
+        CLIENTS + 2,
+        "and the store file (store.scrypt), no leftovers: {names:?}"
+    );
+    assert!(names.iter().any(|n| n == "store.scrypt"), "{names:?}");
 }

@@ -134,3 +134,53 @@ fn imported_token_pem_does_not_stay_in_memory() {
     let agent = TestAgent::start(AgentOptions::new().pkcs11(&token));
     imported_pem_is_gone(&agent, "pkcs11");
 }
+
+/// Locking seals the decrypted software keys: while locked, the private scalar of an imported
+/// key is nowhere in the agent's memory (in the byte order of the PEM nor of aws-lc's limbs),
+/// though it was before; unlocking brings the key back, signing as before.
+#[test]
+fn locking_seals_software_keys_in_memory() {
+    let agent = TestAgent::start(AgentOptions::new().passphrase_env("correct horse battery"));
+    let dir = new_temp_dir();
+    let path = dir.path().join("key.pem");
+    openssl_pkcs8_ec_pem(&path);
+    let pem = fs::read_to_string(&path).expect("reading the PEM");
+    let scalar = dpop_tests::openssl_key_field(&path, "priv");
+    // Left-padded to 32 bytes, big-endian (PKCS#8) and reversed (little-endian limbs).
+    let mut big = vec![0u8; 32 - scalar.len()];
+    big.extend_from_slice(&scalar);
+    let little: Vec<u8> = big.iter().rev().copied().collect();
+
+    let mut client = agent.client();
+    let key = client.import_key("sealed", None, &pem, None).unwrap();
+    let url = "https://rs.example/x";
+    let proof = |client: &mut dpop_client::blocking::Client| {
+        client.sign_proof("sealed", &dpop_client::ProofRequest::new("GET", url))
+    };
+    proof(&mut client).unwrap();
+    let pid = agent.pid().expect("the agent runs");
+    let before = count_in_memory(pid, &[&big, &little, key.jkt.as_bytes()]);
+    assert!(
+        before[0] + before[1] > 0,
+        "the scan does not find the live key's scalar, so it could not tell a sealed one: {before:?}"
+    );
+
+    client.lock("lock passphrase").unwrap();
+    let locked = count_in_memory(pid, &[&big, &little, key.jkt.as_bytes()]);
+    assert!(
+        locked[2] > 0,
+        "the scan sees the agent's heap (the jkt is there)"
+    );
+    assert_eq!(
+        (locked[0], locked[1]),
+        (0, 0),
+        "the private scalar is still in memory while locked"
+    );
+    assert_eq!(client.list_keys().unwrap().len(), 1, "still listed");
+
+    client.unlock("lock passphrase").unwrap();
+    let verified = dpop_tests::verify_proof(&proof(&mut client).unwrap(), "GET", url, None);
+    assert_eq!(verified.jkt, key.jkt, "the same key signs after unlock");
+    // And a key made after unlocking is saved under the store key as before.
+    client.generate_key("after", None, None).unwrap();
+}

@@ -90,6 +90,9 @@ pub enum Error {
         /// The key file.
         path: PathBuf,
     },
+    /// The software keys are sealed while the agent is locked.
+    #[error("the software keys are sealed while the agent is locked")]
+    Sealed,
     /// A file in the data directory could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {

@@ -1,7 +1,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::{AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SignerRef};
+use crate::{
+    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SealingKey, SignerRef,
+};
 
 /// Every configured backend's keys under unique labels. Reads (the signing path) take a
 /// shared lock; changes are serialized so that a label stays unique across backends.
@@ -89,6 +91,58 @@ impl Keyring {
         keys.get(label).cloned().ok_or_else(|| Error::KeyNotFound {
             label: label.chars().take(80).collect(),
         })
+    }
+
+    /// Seals every key whose private part is in memory, and the backends' own secrets, under
+    /// `key` (the agent is locked): afterwards no usable private key or key-encryption key is
+    /// left in this process until [`unseal`](Self::unseal). The keys stay listed. All or
+    /// nothing: on failure everything is as before.
+    pub fn seal(&self, key: &SealingKey) -> Result<(), Error> {
+        self.swap_signers(
+            key,
+            |signer, key| signer.sealed(key),
+            |backend, key| backend.seal(key),
+            |backend, key| backend.unseal(key),
+        )
+    }
+
+    /// Undoes [`seal`](Self::seal) with the same key.
+    pub fn unseal(&self, key: &SealingKey) -> Result<(), Error> {
+        self.swap_signers(
+            key,
+            |signer, key| signer.unsealed(key),
+            |backend, key| backend.unseal(key),
+            |backend, key| backend.seal(key),
+        )
+    }
+
+    fn swap_signers(
+        &self,
+        key: &SealingKey,
+        swap: impl Fn(&SignerRef, &SealingKey) -> Option<Result<SignerRef, Error>>,
+        backend_step: impl Fn(&Arc<dyn Backend>, &SealingKey) -> Result<(), Error>,
+        backend_undo: impl Fn(&Arc<dyn Backend>, &SealingKey) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let _guard = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replaced = Vec::new();
+        for (label, signer) in self.keys.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Some(new) = swap(signer, key) {
+                replaced.push((label.clone(), new?));
+            }
+        }
+        for (done, backend) in self.backends.iter().enumerate() {
+            if let Err(e) = backend_step(backend, key) {
+                for backend in &self.backends[..done] {
+                    let _ = backend_undo(backend, key);
+                }
+                return Err(e);
+            }
+        }
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        for (label, signer) in replaced {
+            keys.insert(label, signer);
+        }
+        Ok(())
     }
 
     /// Every key, sorted by label.

@@ -57,6 +57,7 @@ pub use keyring::Keyring;
 pub use kind::KeyKind;
 pub use label::KeyLabel;
 use serde::{Deserialize, Serialize};
+pub use store_key::SealingKey;
 
 /// Which backend holds a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -264,6 +265,21 @@ pub trait KeySigner: Send + Sync + fmt::Debug {
     /// True when [`sign`](Self::sign) may block (a token or TPM round trip), so async callers
     /// should move it off their executor; false for in-memory keys, which sign in microseconds.
     fn is_blocking(&self) -> bool;
+
+    /// For a key whose private part is in this process's memory (a software key): a stand-in
+    /// that holds it sealed under `key` and cannot sign, for a locked agent. `None` for keys
+    /// that never leave their hardware.
+    fn sealed(&self, key: &SealingKey) -> Option<Result<SignerRef, Error>> {
+        let _ = key;
+        None
+    }
+
+    /// For a stand-in made by [`sealed`](Self::sealed): the signing key again. `None` for
+    /// every other signer.
+    fn unsealed(&self, key: &SealingKey) -> Option<Result<SignerRef, Error>> {
+        let _ = key;
+        None
+    }
 }
 
 impl dpop_jose::Signer for dyn KeySigner {
@@ -332,4 +348,17 @@ pub trait Backend: Send + Sync {
 
     /// Deletes a key. A failure leaves the key as it was.
     fn delete(&self, label: &KeyLabel) -> Result<(), Error>;
+
+    /// The agent is locked: seal under `key` whatever secret the backend keeps in memory to
+    /// open its keys (the software store's key-encryption key). Nothing by default.
+    fn seal(&self, key: &SealingKey) -> Result<(), Error> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// Undoes [`seal`](Self::seal).
+    fn unseal(&self, key: &SealingKey) -> Result<(), Error> {
+        let _ = key;
+        Ok(())
+    }
 }

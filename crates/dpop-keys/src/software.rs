@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::pem::{DerFormat, parse_private_key_pem};
 use crate::records::{self, Record, RecordStore};
-use crate::store_key::{StoreKey, store_file};
+use crate::store_key::{SealingKey, StoreKey, key_aad, store_file};
 use crate::{
     Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, KeyMeta, KeySigner, SignerRef,
 };
@@ -42,9 +42,20 @@ pub struct SoftwareBackend {
 
 struct Store {
     records: RecordStore,
-    passphrase: SecretString,
-    /// Derived on first use (start-up's `load`), then kept.
+    /// Needed until the store key is derived (and first-format files are rewritten): dropped
+    /// at the end of `load`.
+    passphrase: Mutex<Option<SecretString>>,
+    /// Derived on first use (start-up's `load`), then kept, except while sealed.
     key: Mutex<Option<Arc<StoreKey>>>,
+    /// The store key sealed under a locked agent's key (see `Backend::seal`).
+    sealed_key: Mutex<Option<Vec<u8>>>,
+}
+
+/// What the store key is bound to when a locked agent seals it.
+const SEALED_STORE_KEY_AAD: &[u8] = b"dpop-agent sealed store key";
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,16 +80,20 @@ impl Record for KeyFile {
 impl Store {
     /// The store key: derived once, from the store file, or made with a new store file.
     fn key(&self) -> Result<Arc<StoreKey>, Error> {
-        let mut slot = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = locked(&self.key);
         if let Some(key) = &*slot {
             return Ok(key.clone());
         }
+        if locked(&self.sealed_key).is_some() {
+            return Err(Error::Sealed);
+        }
+        let passphrase = locked(&self.passphrase).clone().ok_or(Error::Sealed)?;
         let dir = self.records.dir();
         let key = if store_file(dir).exists() {
-            StoreKey::open(dir, &self.passphrase)?
+            StoreKey::open(dir, &passphrase)?
         } else {
-            self.check_before_new_store()?;
-            StoreKey::create(dir, &self.passphrase)?
+            self.check_before_new_store(&passphrase)?;
+            StoreKey::create(dir, &passphrase)?
         };
         let key = Arc::new(key);
         *slot = Some(key.clone());
@@ -88,7 +103,7 @@ impl Store {
     /// Before a store file is made for this passphrase: sealed key files need the store
     /// file they were sealed under, and key files of the first format must open with the
     /// passphrase, or a mistyped one would become the store's for good.
-    fn check_before_new_store(&self) -> Result<(), Error> {
+    fn check_before_new_store(&self, passphrase: &SecretString) -> Result<(), Error> {
         let mut first_pbes2 = None;
         for path in self.records.list()? {
             let file: KeyFile = self.records.read(&path)?;
@@ -108,7 +123,7 @@ impl Store {
             }
         }
         if let Some((pem, path)) = first_pbes2 {
-            decrypt_pkcs8(&pem, &self.passphrase, &path)?;
+            decrypt_pkcs8(&pem, passphrase, &path)?;
         }
         Ok(())
     }
@@ -145,8 +160,9 @@ impl SoftwareBackend {
         Ok(SoftwareBackend {
             store: Some(Store {
                 records: RecordStore::open(dir)?,
-                passphrase,
+                passphrase: Mutex::new(Some(passphrase)),
                 key: Mutex::new(None),
+                sealed_key: Mutex::new(None),
             }),
             unloaded_dir: None,
         })
@@ -226,10 +242,7 @@ impl Backend for SoftwareBackend {
             return Ok(Vec::new());
         };
         let paths = store.records.list()?;
-        if paths.is_empty() && !store_file(store.records.dir()).exists() {
-            // Nothing to open: the store key is made with the first key.
-            return Ok(Vec::new());
-        }
+        // Derived (or made, with the store file) now, so that the passphrase can go.
         let store_key = store.key()?;
         let mut keys: Vec<SignerRef> = Vec::new();
         for path in paths {
@@ -243,7 +256,8 @@ impl Backend for SoftwareBackend {
                     store_key.open_key(&file.label, file.alg, sealed, &path)?
                 }
                 (PBES2_VERSION, None, Some(pem)) => {
-                    let der = decrypt_pkcs8(pem, &store.passphrase, &path)?;
+                    let passphrase = locked(&store.passphrase).clone().ok_or(Error::Sealed)?;
+                    let der = decrypt_pkcs8(pem, &passphrase, &path)?;
                     store.migrate(&store_key, &file, &der, &path);
                     der
                 }
@@ -256,6 +270,8 @@ impl Backend for SoftwareBackend {
             let key = SoftKey::from_pkcs8(file.alg, &der).map_err(|e| corrupt(e.to_string()))?;
             keys.push(key.into_signer(file.label, true)?);
         }
+        // Every key file opens with the store key from now on.
+        *locked(&store.passphrase) = None;
         Ok(keys)
     }
 
@@ -285,6 +301,33 @@ impl Backend for SoftwareBackend {
             return Ok(());
         };
         store.records.remove(label)
+    }
+
+    fn seal(&self, key: &SealingKey) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut slot = locked(&store.key);
+        if let Some(store_key) = slot.as_ref() {
+            let sealed = store_key.key.seal_under(key, SEALED_STORE_KEY_AAD)?;
+            *locked(&store.sealed_key) = Some(sealed);
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    fn unseal(&self, key: &SealingKey) -> Result<(), Error> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut sealed = locked(&store.sealed_key);
+        if let Some(bytes) = sealed.as_ref() {
+            let store_key = SealingKey::unseal_from(bytes, key, SEALED_STORE_KEY_AAD)
+                .ok_or(Error::Crypto("unsealing the store key"))?;
+            *locked(&store.key) = Some(Arc::new(StoreKey { key: store_key }));
+            *sealed = None;
+        }
+        Ok(())
     }
 }
 
@@ -470,6 +513,61 @@ impl KeySigner for SoftwareSigner {
 
     fn is_blocking(&self) -> bool {
         false
+    }
+
+    fn sealed(&self, key: &SealingKey) -> Option<Result<SignerRef, Error>> {
+        let info = self.meta.info();
+        let sealed = self
+            .key
+            .pkcs8()
+            .and_then(|pkcs8| key.seal(&pkcs8, &key_aad(&info.label, info.alg)));
+        Some(sealed.map(|sealed| {
+            Arc::new(SealedSigner {
+                meta: self.meta.clone(),
+                sealed,
+            }) as SignerRef
+        }))
+    }
+}
+
+/// A software key while the agent is locked: listed as before, its PKCS#8 sealed under the
+/// lock's key, unable to sign.
+struct SealedSigner {
+    meta: KeyMeta,
+    sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSigner")
+            .field("label", &self.meta.info().label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeySigner for SealedSigner {
+    fn meta(&self) -> &KeyMeta {
+        &self.meta
+    }
+
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, Error> {
+        Err(Error::Sealed)
+    }
+
+    fn is_blocking(&self) -> bool {
+        false
+    }
+
+    fn unsealed(&self, key: &SealingKey) -> Option<Result<SignerRef, Error>> {
+        let info = self.meta.info();
+        let der = match key.unseal(&self.sealed, &key_aad(&info.label, info.alg)) {
+            Some(der) => der,
+            None => return Some(Err(Error::Crypto("unsealing a software key"))),
+        };
+        Some(
+            SoftKey::from_pkcs8(info.alg, &der)
+                .and_then(|key| key.into_signer(info.label.clone(), info.persistent)),
+        )
     }
 }
 

@@ -52,9 +52,82 @@ struct StoreFile {
     check: String,
 }
 
+/// An AES-256-GCM key that seals secrets in memory or on disk: the store's key-encryption
+/// key, or the key a locked agent seals its decrypted software keys under
+/// ([`crate::Keyring::seal`]).
+pub struct SealingKey {
+    key: LessSafeKey,
+    /// Kept (wiped on drop) so that the key itself can be sealed under another one.
+    raw: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(<redacted>)")
+    }
+}
+
+impl SealingKey {
+    /// A sealing key from 32 secret bytes (derived from a passphrase, or random).
+    pub fn new(raw: &[u8; 32]) -> Result<SealingKey, Error> {
+        let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| Error::Crypto("AES key"))?;
+        Ok(SealingKey {
+            key: LessSafeKey::new(key),
+            raw: Zeroizing::new(*raw),
+        })
+    }
+
+    /// nonce || ciphertext || tag, `aad` bound.
+    pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng_fill(&mut nonce, "random nonce")?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| Error::Crypto("sealing"))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// The plaintext of [`seal`](Self::seal)'s output, or None when it does not open.
+    pub(crate) fn unseal(&self, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+        let mut buf = Zeroizing::new(sealed[NONCE_LEN..].to_vec());
+        let plain_len = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(plain_len);
+        Some(buf)
+    }
+
+    /// This key sealed under `other` (for a locked agent).
+    pub(crate) fn seal_under(&self, other: &SealingKey, aad: &[u8]) -> Result<Vec<u8>, Error> {
+        other.seal(&self.raw[..], aad)
+    }
+
+    /// A key sealed by [`seal_under`](Self::seal_under).
+    pub(crate) fn unseal_from(sealed: &[u8], other: &SealingKey, aad: &[u8]) -> Option<SealingKey> {
+        let raw = other.unseal(sealed, aad)?;
+        let raw: &[u8; 32] = raw.as_slice().try_into().ok()?;
+        SealingKey::new(raw).ok()
+    }
+}
+
 /// The key-encryption key of one store.
 pub(crate) struct StoreKey {
-    key: LessSafeKey,
+    pub(crate) key: SealingKey,
 }
 
 impl std::fmt::Debug for StoreKey {
@@ -85,9 +158,8 @@ fn derive(passphrase: &SecretString, salt: &[u8], log_n: u8) -> Result<StoreKey,
         &mut kek[..],
     )
     .map_err(|_| Error::Crypto("scrypt"))?;
-    let key = UnboundKey::new(&AES_256_GCM, &kek[..]).map_err(|_| Error::Crypto("AES key"))?;
     Ok(StoreKey {
-        key: LessSafeKey::new(key),
+        key: SealingKey::new(&kek)?,
     })
 }
 
@@ -129,7 +201,7 @@ impl StoreKey {
         let check =
             b64url_decode(&file.check).ok_or_else(|| corrupt("check is not base64url".into()))?;
         let key = derive(passphrase, &salt, file.log_n)?;
-        match key.unseal(&check, CHECK_AAD) {
+        match key.key.unseal(&check, CHECK_AAD) {
             Some(plain) if plain.as_slice() == CHECK_PLAINTEXT => Ok(key),
             _ => Err(Error::WrongPassphrase { path }),
         }
@@ -140,7 +212,7 @@ impl StoreKey {
         let mut salt = [0u8; 16];
         rng_fill(&mut salt, "random salt")?;
         let key = derive(passphrase, &salt, SCRYPT_LOG_N)?;
-        let check = key.seal(CHECK_PLAINTEXT, CHECK_AAD)?;
+        let check = key.key.seal(CHECK_PLAINTEXT, CHECK_AAD)?;
         let file = StoreFile {
             version: 1,
             kdf: "scrypt".into(),
@@ -163,41 +235,6 @@ impl StoreKey {
         Ok(key)
     }
 
-    /// nonce || ciphertext || tag.
-    fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng_fill(&mut nonce, "random nonce")?;
-        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[NONCE_LEN..],
-            )
-            .map_err(|_| Error::Crypto("sealing"))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
-    }
-
-    /// The plaintext of [`seal`](Self::seal)'s output, or None when it does not open.
-    fn unseal(&self, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return None;
-        }
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
-        let mut buf = Zeroizing::new(sealed[NONCE_LEN..].to_vec());
-        let plain_len = self
-            .key
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .ok()?
-            .len();
-        buf.truncate(plain_len);
-        Some(buf)
-    }
-
     /// Seals a key's PKCS#8 DER for its file; base64url.
     pub(crate) fn seal_key(
         &self,
@@ -205,7 +242,7 @@ impl StoreKey {
         alg: Algorithm,
         pkcs8: &[u8],
     ) -> Result<String, Error> {
-        Ok(b64url_encode(self.seal(pkcs8, &key_aad(label, alg))?))
+        Ok(b64url_encode(self.key.seal(pkcs8, &key_aad(label, alg))?))
     }
 
     /// Opens a key file's sealed PKCS#8; a file moved to another label, with its algorithm
@@ -222,14 +259,16 @@ impl StoreKey {
             reason: reason.to_owned(),
         };
         let bytes = b64url_decode(sealed).ok_or_else(|| corrupt("sealed key is not base64url"))?;
-        self.unseal(&bytes, &key_aad(label, alg)).ok_or_else(|| {
-            corrupt("the key does not open under the store key (damaged, or changed by hand)")
-        })
+        self.key
+            .unseal(&bytes, &key_aad(label, alg))
+            .ok_or_else(|| {
+                corrupt("the key does not open under the store key (damaged, or changed by hand)")
+            })
     }
 }
 
 /// What a sealed key is bound to: its label and algorithm.
-fn key_aad(label: &KeyLabel, alg: Algorithm) -> Vec<u8> {
+pub(crate) fn key_aad(label: &KeyLabel, alg: Algorithm) -> Vec<u8> {
     format!("dpop-agent key v2\n{label}\n{alg}").into_bytes()
 }
 
