@@ -29,6 +29,18 @@ if ! python3 -c 'import jwcrypto' 2>/dev/null; then
         || python3 -m pip install -q --break-system-packages jwcrypto
 fi
 
+# node oidc-provider, the independent authorization server of tests/tests/oidc_provider.rs
+# (node and npm from Debian when missing; the package at the version package-lock.json pins).
+if ! command -v npm >/dev/null 2>&1; then
+    echo "== installing nodejs and npm"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "== npm ci (tests/interop/oidc-provider)"
+(cd tests/interop/oidc-provider && npm ci --no-audit --no-fund --silent)
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

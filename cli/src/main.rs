@@ -93,6 +93,16 @@ enum Command {
         #[command(flatten)]
         out: Output,
     },
+    /// Get an OAuth access token bound to a key (client_credentials, refresh_token,
+    /// authorization_code with PKCE, device_code). Prints the access token on standard output,
+    /// or with --save NAME keeps it for `dpop request --token NAME` and prints nothing.
+    Token(Box<web::TokenCommand>),
+    /// Call an API like curl, with a DPoP proof (and `Authorization: DPoP` with a token) per
+    /// request; a use_dpop_nonce challenge is retried once. Exits 22 on HTTP >= 400.
+    Request(Box<web::RequestCommand>),
+    /// Manage saved tokens (never prints their values).
+    #[command(subcommand)]
+    Tokens(web::TokensCommand),
 }
 
 #[derive(Subcommand)]
@@ -266,6 +276,8 @@ macro_rules! outln {
 /// runtime ignores for us (the shell sees "killed by SIGPIPE" and says nothing). Resetting
 /// SIGPIPE at start instead would also kill us on a write to an agent that closed the socket,
 /// where the agent's refusal must be shown.
+mod web;
+
 fn exit_on_closed_pipe() -> ExitCode {
     #[cfg(unix)]
     // SAFETY: restores the default action of one signal and raises it in this process.
@@ -306,7 +318,11 @@ fn print_key(key: &KeyDescription, json: bool, verb: &str) -> Result<(), StdoutE
 }
 
 fn pick_key(client: &mut Client, label: Option<&str>) -> Result<KeyDescription> {
-    let keys = client.list_keys()?;
+    choose_key(client.list_keys()?, label)
+}
+
+/// The key named `label`, or the only key.
+fn choose_key(keys: Vec<KeyDescription>, label: Option<&str>) -> Result<KeyDescription> {
     match label {
         Some(label) => keys
             .into_iter()
@@ -372,6 +388,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_age,
             out,
         } => return verify(&proof, &method, &url, &token, jkt, nonce, max_age, out.json),
+        Command::Token(cmd) => return web::token(&cli.socket, *cmd),
+        Command::Request(cmd) => return web::request(&cli.socket, *cmd),
+        Command::Tokens(cmd) => web::tokens(cmd)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -455,7 +474,7 @@ fn verify(
     json: bool,
 ) -> Result<ExitCode> {
     let token = token.read()?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+    let now = unix_now();
     let options = VerifyOptions {
         max_age,
         ..VerifyOptions::default()
@@ -497,4 +516,11 @@ fn verify(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

@@ -257,6 +257,8 @@ impl TestAgent {
         let mut command = Command::new(&binaries().dpop);
         command
             .env("DPOP_AUTH_SOCK", self.socket())
+            // Saved tokens (dpop token --save) stay in the test's directory.
+            .env("XDG_STATE_HOME", self.dir().join("state"))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         command

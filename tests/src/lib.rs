@@ -53,6 +53,8 @@ pub mod bench;
 pub mod binaries;
 pub mod connection;
 pub mod keys;
+pub mod oauth;
+pub mod oidc_provider;
 pub mod process;
 pub mod redis;
 pub mod server;
@@ -65,6 +67,8 @@ pub use agent::{AgentOptions, PROCESS_TIMEOUT, Passphrase, StartFailure, TestAge
 pub use binaries::{Binaries, binaries, workspace_root};
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
+pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
+pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};
 pub use process::{
     KillOnDrop, OTHER_USER, command_as_other_user, files_under, is_root, mode, new_temp_dir,
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,

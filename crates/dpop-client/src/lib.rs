@@ -31,6 +31,8 @@
 mod asynchronous;
 #[cfg(unix)]
 pub mod blocking;
+#[cfg(all(unix, feature = "http"))]
+pub mod http;
 // Both clients are Unix-socket clients so far; elsewhere (Windows: named pipes, to come) only
 // the shared types build, and the exchange has no transport to drive it.
 #[cfg_attr(not(unix), allow(dead_code))]

@@ -1,0 +1,483 @@
+//! Saved tokens: one JSON file per token, 0600, in a 0700 directory (by default
+//! `$XDG_STATE_HOME/dpop/tokens`), each bound to the label and thumbprint of its key.
+//! Files, not the agent: tokens then outlive agent restarts, and the agent keeps holding
+//! nothing but keys and nonces.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::token::{ClientAuth, OAuthClient, Token, TokenParams};
+use super::{DpopClient, Error, unix_now};
+use dpop_protocol::KeyDescription;
+
+/// A token is refreshed this many seconds before it expires, so it does not expire in flight.
+const EXPIRY_MARGIN: i64 = 30;
+
+/// Where the client secret for refreshing comes from (never the secret itself).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientSecretSource {
+    /// An environment variable.
+    Env(String),
+    /// A file.
+    File(PathBuf),
+}
+
+impl ClientSecretSource {
+    /// Reads the secret (trailing newline dropped).
+    pub fn read(&self) -> Result<Zeroizing<String>, Error> {
+        let mut secret = match self {
+            ClientSecretSource::Env(name) => Zeroizing::new(std::env::var(name).map_err(|_| {
+                Error::Config(format!(
+                    "the client secret variable {name} is not set (or not UTF-8)"
+                ))
+            })?),
+            ClientSecretSource::File(path) => {
+                Zeroizing::new(fs::read_to_string(path).map_err(|source| Error::Cache {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+        };
+        let len = secret.trim_end_matches(['\r', '\n']).len();
+        secret.truncate(len);
+        if secret.is_empty() {
+            return Err(Error::Config("the client secret is empty".into()));
+        }
+        Ok(secret)
+    }
+}
+
+/// A saved token with what refreshing it needs. `Debug` never shows the tokens.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CachedToken {
+    /// The name it is saved under.
+    pub name: String,
+    access_token: String,
+    /// `token_type` as issued.
+    pub token_type: String,
+    /// Expiry, seconds since the epoch, when the server gave a lifetime.
+    pub expires_at: Option<i64>,
+    refresh_token: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// The label of the key the token is bound to.
+    pub key: String,
+    /// That key's RFC 7638 thumbprint when the token was issued.
+    pub jkt: String,
+    /// The token endpoint (for refreshing).
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// `none`, `client_secret_basic` or `client_secret_post`.
+    pub client_auth: String,
+    /// Where the client secret is read from when refreshing.
+    pub client_secret: Option<ClientSecretSource>,
+    /// Scopes asked for (sent again on refresh).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Resource indicators asked for.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Audience asked for.
+    pub audience: Option<String>,
+    /// Whether a bearer token was accepted.
+    #[serde(default)]
+    pub allow_bearer: bool,
+}
+
+impl Drop for CachedToken {
+    fn drop(&mut self) {
+        self.access_token.zeroize();
+        self.refresh_token.zeroize();
+    }
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("name", &self.name)
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .field("key", &self.key)
+            .field("jkt", &self.jkt)
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedToken {
+    /// A record of `token`, issued through `client` to the key `key`.
+    pub fn new(
+        name: &str,
+        token: &Token,
+        key: &KeyDescription,
+        client: &OAuthClient,
+        client_secret: Option<ClientSecretSource>,
+        params: &TokenParams,
+    ) -> Result<CachedToken, Error> {
+        check_name(name)?;
+        Ok(CachedToken {
+            name: name.to_owned(),
+            access_token: token.access_token().to_owned(),
+            token_type: token.token_type.clone(),
+            expires_at: token
+                .expires_in
+                .map(|d| unix_now().saturating_add(d.as_secs() as i64)),
+            refresh_token: token.refresh_token().map(str::to_owned),
+            scope: token.scope.clone(),
+            key: key.label.clone(),
+            jkt: key.jkt.clone(),
+            token_url: client.token_url().to_string(),
+            client_id: client.client_id().to_owned(),
+            client_auth: client.auth().method().to_owned(),
+            client_secret,
+            scopes: params.scopes.clone(),
+            resources: params.resources.clone(),
+            audience: params.audience.clone(),
+            allow_bearer: params.allow_bearer,
+        })
+    }
+
+    /// The access token.
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+
+    /// Whether a refresh token is saved.
+    pub fn has_refresh_token(&self) -> bool {
+        self.refresh_token.is_some()
+    }
+
+    /// Whether the token expired (or expires within 30 seconds).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at
+            .is_some_and(|at| at <= now.saturating_add(EXPIRY_MARGIN))
+    }
+
+    /// Refuses the token when its key is gone from `keys` or its label names another key.
+    pub fn check_key(&self, keys: &[KeyDescription]) -> Result<(), Error> {
+        match keys.iter().find(|k| k.label == self.key) {
+            None => Err(Error::KeyGone {
+                name: self.name.clone(),
+                key: self.key.clone(),
+            }),
+            Some(k) if k.jkt != self.jkt => Err(Error::KeyReplaced {
+                name: self.name.clone(),
+                key: self.key.clone(),
+                saved: self.jkt.clone(),
+                now: k.jkt.clone(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn params(&self) -> TokenParams {
+        TokenParams {
+            scopes: self.scopes.clone(),
+            resources: self.resources.clone(),
+            audience: self.audience.clone(),
+            allow_bearer: self.allow_bearer,
+        }
+    }
+
+    fn oauth_client(&self) -> Result<OAuthClient, Error> {
+        let secret = || -> Result<Zeroizing<String>, Error> {
+            self.client_secret
+                .as_ref()
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "saved token {:?} names no client secret",
+                        self.name
+                    ))
+                })?
+                .read()
+        };
+        let auth = match self.client_auth.as_str() {
+            "none" => ClientAuth::None,
+            "client_secret_basic" => ClientAuth::SecretBasic(secret()?),
+            "client_secret_post" => ClientAuth::SecretPost(secret()?),
+            other => {
+                return Err(Error::Config(format!(
+                    "saved token {:?} has unknown client authentication {other:?}",
+                    self.name
+                )));
+            }
+        };
+        Ok(OAuthClient::new(
+            self.token_url.parse()?,
+            &self.client_id,
+            auth,
+        ))
+    }
+}
+
+/// A directory of saved tokens.
+#[derive(Clone, Debug)]
+pub struct TokenCache {
+    dir: PathBuf,
+}
+
+impl TokenCache {
+    /// The cache in `dir` (created 0700 on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> TokenCache {
+        TokenCache { dir: dir.into() }
+    }
+
+    /// `$XDG_STATE_HOME/dpop/tokens`, or `~/.local/state/dpop/tokens`.
+    pub fn default_location() -> Result<TokenCache, Error> {
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|d| !d.is_empty() && Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|d| !d.is_empty())
+                    .map(|home| Path::new(&home).join(".local/state"))
+            })
+            .ok_or_else(|| {
+                Error::Config("neither XDG_STATE_HOME nor HOME is set: no place for tokens".into())
+            })?;
+        Ok(TokenCache::new(state.join("dpop").join("tokens")))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf, Error> {
+        check_name(name)?;
+        Ok(self.dir.join(format!("{name}.json")))
+    }
+
+    /// Saves `token` under its name, replacing the old file atomically (a new 0600 file
+    /// renamed over it), so a reader sees the old token or the new one, never half.
+    pub fn save(&self, token: &CachedToken) -> Result<PathBuf, Error> {
+        let path = self.path(&token.name)?;
+        let io = |source| Error::Cache {
+            path: self.dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io)?;
+        // tempfile creates it 0600.
+        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        let json =
+            Zeroizing::new(serde_json::to_vec_pretty(token).expect("token record serializes"));
+        file.write_all(&json).map_err(io)?;
+        file.as_file().sync_all().map_err(io)?;
+        file.persist(&path).map_err(|e| io(e.error))?;
+        Ok(path)
+    }
+
+    /// Loads the token saved as `name`.
+    pub fn load(&self, name: &str) -> Result<CachedToken, Error> {
+        let path = self.path(name)?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => Zeroizing::new(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NoSuchToken(name.to_owned()));
+            }
+            Err(source) => return Err(Error::Cache { path, source }),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| Error::CacheFormat {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Every saved token, by name (damaged files are skipped).
+    pub fn list(&self) -> Result<Vec<CachedToken>, Error> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Cache {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut tokens: Vec<CachedToken> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".json")?.to_owned();
+                self.load(&name).ok()
+            })
+            .collect();
+        tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tokens)
+    }
+
+    /// Deletes the token saved as `name`.
+    pub fn delete(&self, name: &str) -> Result<(), Error> {
+        let path = self.path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NoSuchToken(name.to_owned()))
+            }
+            Err(source) => Err(Error::Cache { path, source }),
+        }
+    }
+
+    /// The token saved as `name`, ready to send with `http` (whose key must be the token's):
+    /// refused when its key is gone or replaced, refreshed and saved again when expired.
+    pub async fn fresh_token(&self, name: &str, http: &DpopClient) -> Result<CachedToken, Error> {
+        let mut token = self.load(name)?;
+        if http.key() != token.key {
+            return Err(Error::Config(format!(
+                "saved token {name:?} is bound to key {:?}, not {:?}",
+                token.key,
+                http.key()
+            )));
+        }
+        let keys = http
+            .with_agent(async |agent| agent.list_keys().await)
+            .await?;
+        token.check_key(&keys)?;
+        if !token.is_expired(unix_now()) {
+            return Ok(token);
+        }
+        let Some(refresh_token) = token.refresh_token.clone().map(Zeroizing::new) else {
+            return Err(Error::Expired(name.to_owned()));
+        };
+        let params = token.params();
+        let fresh = token
+            .oauth_client()?
+            .refresh(http, &refresh_token, &params)
+            .await?;
+        token.access_token = fresh.access_token().to_owned();
+        token.token_type = fresh.token_type.clone();
+        token.expires_at = fresh
+            .expires_in
+            .map(|d| unix_now().saturating_add(d.as_secs() as i64));
+        // A server that does not rotate refresh tokens sends none: keep the old one.
+        if let Some(rotated) = fresh.refresh_token() {
+            token.refresh_token = Some(rotated.to_owned());
+        }
+        if fresh.scope.is_some() {
+            token.scope = fresh.scope.clone();
+        }
+        self.save(&token)?;
+        Ok(token)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadTokenName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> CachedToken {
+        CachedToken {
+            name: name.into(),
+            access_token: "at-secret".into(),
+            token_type: "DPoP".into(),
+            expires_at: Some(100),
+            refresh_token: Some("rt-secret".into()),
+            scope: None,
+            key: "k".into(),
+            jkt: "jkt".into(),
+            token_url: "https://as.example/token".into(),
+            client_id: "c".into(),
+            client_auth: "none".into(),
+            client_secret: None,
+            scopes: Vec::new(),
+            resources: Vec::new(),
+            audience: None,
+            allow_bearer: false,
+        }
+    }
+
+    #[test]
+    fn saves_private_files_atomically_and_lists_and_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = TokenCache::new(dir.path().join("tokens"));
+        assert!(cache.list().unwrap().is_empty());
+        let path = cache.save(&record("one")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(cache.dir()), 0o700);
+        let mut two = record("two");
+        two.expires_at = None;
+        cache.save(&two).unwrap();
+        // Saving again replaces; no temporary file is left behind.
+        cache.save(&record("one")).unwrap();
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 2);
+        let names: Vec<_> = cache
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(names, ["one", "two"]);
+        let one = cache.load("one").unwrap();
+        assert_eq!(one.access_token(), "at-secret");
+        assert!(one.is_expired(100 - EXPIRY_MARGIN) && !one.is_expired(0));
+        assert!(!cache.load("two").unwrap().is_expired(i64::MAX - 1));
+        let debug = format!("{one:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        cache.delete("one").unwrap();
+        assert!(matches!(cache.load("one"), Err(Error::NoSuchToken(_))));
+        assert!(matches!(cache.delete("one"), Err(Error::NoSuchToken(_))));
+        fs::write(cache.dir().join("bad.json"), b"{").unwrap();
+        assert!(matches!(cache.load("bad"), Err(Error::CacheFormat { .. })));
+    }
+
+    #[test]
+    fn the_key_check_tells_gone_from_replaced() {
+        let token = record("t");
+        let key = |label: &str, jkt: &str| -> KeyDescription {
+            serde_json::from_value(serde_json::json!({
+                "label": label, "alg": "ES256", "backend": "software",
+                "jwk": {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"},
+                "jkt": jkt, "persistent": false,
+            }))
+            .unwrap()
+        };
+        token.check_key(&[key("k", "jkt")]).unwrap();
+        assert!(matches!(
+            token.check_key(&[key("other", "jkt")]),
+            Err(Error::KeyGone { .. })
+        ));
+        assert!(matches!(
+            token.check_key(&[key("k", "new")]),
+            Err(Error::KeyReplaced { .. })
+        ));
+    }
+
+    #[test]
+    fn names_are_file_names_only() {
+        for good in ["api", "a.b_c-1"] {
+            check_name(good).unwrap();
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

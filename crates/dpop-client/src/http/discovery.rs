@@ -1,0 +1,130 @@
+//! Authorization server metadata: RFC 8414 `/.well-known/oauth-authorization-server`, then
+//! OpenID Connect Discovery `/.well-known/openid-configuration`.
+
+use serde::Deserialize;
+use url::Url;
+
+use super::Error;
+
+/// The metadata this crate uses (other members are ignored).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerMetadata {
+    /// The issuer identifier; must equal the one discovery started from.
+    pub issuer: String,
+    /// The token endpoint.
+    pub token_endpoint: Option<Url>,
+    /// The authorization endpoint (authorization-code grant).
+    pub authorization_endpoint: Option<Url>,
+    /// The device authorization endpoint (RFC 8628).
+    pub device_authorization_endpoint: Option<Url>,
+    /// The pushed authorization request endpoint (RFC 9126).
+    pub pushed_authorization_request_endpoint: Option<Url>,
+    /// Whether every authorization request must be pushed (RFC 9126).
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
+    /// The JWS algorithms the server accepts in DPoP proofs (RFC 9449 section 5.1).
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// Client authentication methods at the token endpoint.
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+}
+
+impl ServerMetadata {
+    /// Refuses a key of algorithm `alg` when the server lists the algorithms it accepts and
+    /// `alg` is not one of them. A server that lists none says nothing, and is not refused.
+    pub fn check_alg(&self, key: &str, alg: &str) -> Result<(), Error> {
+        match &self.dpop_signing_alg_values_supported {
+            Some(algs) if !algs.iter().any(|a| a == alg) => Err(Error::AlgorithmNotSupported {
+                key: key.to_owned(),
+                alg: alg.to_owned(),
+                supported: if algs.is_empty() {
+                    "no algorithm".to_owned()
+                } else {
+                    algs.join(", ")
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The two places metadata may be, in the order they are tried: RFC 8414 inserts the
+/// well-known segment between host and path, OpenID appends it to the issuer.
+fn metadata_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut rfc8414 = issuer.clone();
+    rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    let mut openid = issuer.clone();
+    openid.set_path(&format!("{path}/.well-known/openid-configuration"));
+    vec![rfc8414, openid]
+}
+
+/// Fetches the metadata of `issuer` (without DPoP: metadata is public) and checks that it
+/// names the same issuer (RFC 8414 section 3.3).
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ServerMetadata, Error> {
+    let fail = |reason: String| Error::Discovery {
+        issuer: issuer.to_owned(),
+        reason,
+    };
+    let issuer_url = Url::parse(issuer)?;
+    if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+        return Err(fail("an issuer has no query or fragment".into()));
+    }
+    let mut tried = Vec::new();
+    for url in metadata_urls(&issuer_url) {
+        let response = http.get(url.clone()).send().await?;
+        if !response.status().is_success() {
+            tried.push(format!("{url}: HTTP {}", response.status()));
+            continue;
+        }
+        let metadata: ServerMetadata = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("{url} is not metadata JSON: {e}")))?;
+        if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(fail(format!(
+                "{url} names issuer {:?}, not this one",
+                metadata.issuer
+            )));
+        }
+        return Ok(metadata);
+    }
+    Err(fail(format!("no metadata ({})", tried.join("; "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_urls_follow_rfc8414_then_openid() {
+        let urls = metadata_urls(&Url::parse("https://as.example.com/tenant/1/").unwrap());
+        assert_eq!(
+            urls[0].as_str(),
+            "https://as.example.com/.well-known/oauth-authorization-server/tenant/1"
+        );
+        assert_eq!(
+            urls[1].as_str(),
+            "https://as.example.com/tenant/1/.well-known/openid-configuration"
+        );
+        let root = metadata_urls(&Url::parse("https://as.example.com").unwrap());
+        assert_eq!(
+            root[0].as_str(),
+            "https://as.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    #[test]
+    fn alg_check_names_what_the_server_accepts() {
+        let metadata: ServerMetadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://as.example.com",
+            "dpop_signing_alg_values_supported": ["ES256", "PS256"],
+        }))
+        .unwrap();
+        metadata.check_alg("k", "ES256").unwrap();
+        let e = metadata.check_alg("k", "EdDSA").unwrap_err().to_string();
+        assert!(e.contains("ES256, PS256") && e.contains("EdDSA"), "{e}");
+        let silent: ServerMetadata =
+            serde_json::from_value(serde_json::json!({"issuer": "x"})).unwrap();
+        silent.check_alg("k", "EdDSA").unwrap();
+    }
+}

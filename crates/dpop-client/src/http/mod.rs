@@ -1,0 +1,202 @@
+//! DPoP over HTTP (feature `http`): token requests and API calls whose proofs come from the
+//! agent.
+//!
+//! - [`DpopClient`] wraps a [`reqwest::Client`]: every request gets a fresh `DPoP` proof from
+//!   the agent (and `Authorization: DPoP <token>` with `ath` when a token is given), every
+//!   `DPoP-Nonce` a server sends is reported to the agent, which keeps it for the key and the
+//!   origin and puts it in the next proof, and a `use_dpop_nonce` challenge (a 400 JSON error
+//!   from a token endpoint, a 401 `WWW-Authenticate: DPoP error="use_dpop_nonce"` from a
+//!   resource server) is answered by exactly one retry with a fresh proof. Redirects are
+//!   followed only within the same origin, with a new proof per hop.
+//! - [`OAuthClient`] requests tokens with the `oauth2` crate, its HTTP going through the same
+//!   [`DpopClient`]: `client_credentials`, `refresh_token`, `authorization_code` with PKCE S256
+//!   (optionally pushed, RFC 9126, and with `dpop_jkt`) and `device_code` (RFC 8628).
+//! - [`discover`] reads RFC 8414 / OpenID Connect metadata and [`ServerMetadata::check_alg`]
+//!   refuses a key whose algorithm the server does not accept.
+//! - [`TokenSource`] keeps a token in memory and renews it (refresh token, or a new
+//!   `client_credentials` request) when it expires.
+//! - [`TokenCache`] keeps tokens in 0600 files bound to their key's thumbprint and refreshes
+//!   them; [`LoopbackRedirect`] receives the authorization code on 127.0.0.1 (RFC 8252).
+//!
+//! ```no_run
+//! use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams, discover};
+//!
+//! # async fn demo() -> Result<(), dpop_client::http::Error> {
+//! let http = DpopClient::new(dpop_client::Client::connect_env().await?, "api")?;
+//! let metadata = discover(http.reqwest(), "https://as.example.com").await?;
+//! metadata.check_alg("api", "ES256")?;
+//! let oauth = OAuthClient::from_metadata(&metadata, "my-client", ClientAuth::None)?;
+//! let token = oauth
+//!     .client_credentials(&http, &TokenParams::default().scope("read"))
+//!     .await?;
+//! let request = http.reqwest().get("https://api.example.com/v1/items").build()?;
+//! let response = http.send(request, Some(token.access_token())).await?;
+//! println!("{}", response.status());
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod challenge;
+mod client;
+mod discovery;
+mod loopback;
+mod source;
+mod token;
+
+pub use cache::{CachedToken, ClientSecretSource, TokenCache};
+pub use challenge::{Challenge, OAuthErrorBody};
+pub use client::DpopClient;
+pub use discovery::{ServerMetadata, discover};
+pub use loopback::{LoopbackRedirect, Redirected};
+pub use source::TokenSource;
+pub use token::{
+    AuthorizationStart, ClientAuth, DeviceAuthorization, OAuthClient, Token, TokenParams,
+};
+
+pub use reqwest;
+pub use url::Url;
+
+use std::path::PathBuf;
+
+/// What can go wrong on the HTTP side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Talking to the agent failed.
+    #[error(transparent)]
+    Agent(#[from] crate::Error),
+    /// The HTTP request failed (connection, TLS, timeout, body).
+    #[error("HTTP request failed")]
+    Http(#[from] reqwest::Error),
+    /// A URL is not valid.
+    #[error("invalid URL")]
+    Url(#[from] url::ParseError),
+    /// A URL is valid but not usable here.
+    #[error("invalid URL {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A header value could not be built or read.
+    #[error("invalid header value: {0}")]
+    Header(String),
+    /// The server asked for a retry with a nonce, and the request body is a stream that
+    /// cannot be sent twice.
+    #[error("the server asked for a DPoP nonce, and the request body cannot be sent again")]
+    BodyNotReplayable,
+    /// A redirect to another origin: a proof and token are never sent there.
+    #[error("refusing to follow a redirect from {from} to another origin ({to})")]
+    CrossOriginRedirect {
+        /// Origin of the request.
+        from: String,
+        /// Where the server pointed.
+        to: String,
+    },
+    /// More than 10 redirects.
+    #[error("more than {0} redirects")]
+    TooManyRedirects(usize),
+    /// The authorization server answered with an OAuth error.
+    #[error("{0}")]
+    OAuth(OAuthErrorBody),
+    /// The authorization server's answer is not what OAuth says.
+    #[error("unexpected answer from the authorization server: {0}")]
+    BadResponse(String),
+    /// The client configuration lacks an endpoint the grant needs.
+    #[error("{0}")]
+    Config(String),
+    /// The token is not DPoP-bound (`token_type` is not `DPoP`).
+    #[error(
+        "the authorization server issued a {token_type:?} token, not a DPoP-bound one \
+         (it may not support DPoP for this client)"
+    )]
+    NotDpop {
+        /// The `token_type` it answered.
+        token_type: String,
+    },
+    /// Metadata discovery failed.
+    #[error("discovery at {issuer}: {reason}")]
+    Discovery {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server does not accept proofs of this key's algorithm.
+    #[error(
+        "the server accepts DPoP proofs signed with {supported} only, and key {key:?} is {alg}: \
+         use a key of one of those algorithms (dpop keys generate --alg ...)"
+    )]
+    AlgorithmNotSupported {
+        /// The key.
+        key: String,
+        /// Its algorithm.
+        alg: String,
+        /// What the server lists in `dpop_signing_alg_values_supported`.
+        supported: String,
+    },
+    /// The authorization redirect did not come back as expected.
+    #[error("authorization failed: {0}")]
+    Authorization(String),
+    /// Reading or writing the token cache failed.
+    #[error("token cache {path}: {source}")]
+    Cache {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cached token file is damaged.
+    #[error("token cache {path} is damaged: {reason}")]
+    CacheFormat {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No cached token of that name.
+    #[error("no saved token named {0:?} (dpop tokens list shows the saved ones)")]
+    NoSuchToken(String),
+    /// A token name that cannot be a file name.
+    #[error("invalid token name {0:?}: use letters, digits, '.', '_' and '-'")]
+    BadTokenName(String),
+    /// The cached token's key is no longer in the agent.
+    #[error("saved token {name:?} is bound to key {key:?}, which the agent no longer has")]
+    KeyGone {
+        /// The token's name.
+        name: String,
+        /// The key label.
+        key: String,
+    },
+    /// The cached token's key label now names another key.
+    #[error(
+        "saved token {name:?} is bound to key {key:?} with thumbprint {saved}, but that label \
+         now names a different key ({now}): the token would be refused, not sending it"
+    )]
+    KeyReplaced {
+        /// The token's name.
+        name: String,
+        /// The key label.
+        key: String,
+        /// The thumbprint the token is bound to.
+        saved: String,
+        /// The thumbprint of the key with that label now.
+        now: String,
+    },
+    /// A [`TokenSource`]'s token expired, has no refresh token and came from a grant that
+    /// cannot be repeated without the user.
+    #[error("the access token expired and has no refresh token")]
+    SourceExpired,
+    /// The cached token expired and cannot be refreshed.
+    #[error("saved token {0:?} expired and has no refresh token: get a new one with dpop token")]
+    Expired(String),
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,101 @@
+// An independent authorization server for the interop tests: node oidc-provider with DPoP
+// and nonces required (every DPoP proof must carry the server's nonce), listening on
+// 127.0.0.1 on a free port. Started by dpop_tests::OidcProvider, which reads the first line
+// of standard output: {"issuer": ..., "refresh_token": ...}. The refresh token belongs to a
+// grant made here (there is no user to log in), for the refresh_token grant test; it is
+// redeemed through oidc-provider's own token endpoint like any other.
+//
+// Clients: "dpop-client" (client_secret_basic; client_credentials and refresh_token) and
+// "resource-server" (client_secret_basic; introspection only). Secrets come from the
+// environment: DPOP_OIDC_CLIENT_SECRET, DPOP_OIDC_RS_SECRET.
+import { createServer } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import Provider from 'oidc-provider';
+import { generateKeyPair, exportJWK } from 'jose';
+
+const clientSecret = process.env.DPOP_OIDC_CLIENT_SECRET;
+const rsSecret = process.env.DPOP_OIDC_RS_SECRET;
+if (!clientSecret || !rsSecret) {
+  console.error('DPOP_OIDC_CLIENT_SECRET and DPOP_OIDC_RS_SECRET must be set');
+  process.exit(2);
+}
+
+const server = createServer();
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const { privateKey } = await generateKeyPair('RS256', { extractable: true });
+const signing = { ...(await exportJWK(privateKey)), alg: 'RS256', use: 'sig', kid: 'test' };
+
+const provider = new Provider(issuer, {
+  jwks: { keys: [signing] },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  clients: [
+    {
+      client_id: 'dpop-client',
+      client_secret: clientSecret,
+      grant_types: ['client_credentials', 'refresh_token', 'authorization_code'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      dpop_bound_access_tokens: true,
+      scope: 'openid offline_access api:read',
+    },
+    {
+      client_id: 'resource-server',
+      client_secret: rsSecret,
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+  ],
+  scopes: ['openid', 'offline_access', 'api:read'],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: {
+      enabled: true,
+      // The resource server may look at any token; a client at its own only.
+      allowedPolicy: (ctx, caller, token) =>
+        caller.clientId === 'resource-server' || caller.clientId === token.clientId,
+    },
+    dPoP: {
+      enabled: true,
+      nonceSecret: randomBytes(32),
+      requireNonce: () => true,
+    },
+  },
+  async findAccount(ctx, id) {
+    return { accountId: id, async claims() { return { sub: id }; } };
+  },
+  ttl: {
+    AccessToken: 600,
+    ClientCredentials: 600,
+    RefreshToken: 3600,
+    Grant: 3600,
+    IdToken: 600,
+  },
+});
+server.on('request', provider.callback());
+
+// A grant and refresh token for account "alice", as a finished authorization would leave.
+const client = await provider.Client.find('dpop-client');
+const grant = new provider.Grant({ accountId: 'alice', clientId: client.clientId });
+grant.addOIDCScope('openid offline_access');
+const grantId = await grant.save();
+const now = Math.floor(Date.now() / 1000);
+const refreshToken = new provider.RefreshToken({
+  accountId: 'alice',
+  client,
+  grantId,
+  gty: 'authorization_code',
+  scope: 'openid offline_access',
+  authTime: now,
+  iiat: now,
+  expiresWithSession: false,
+});
+const refreshValue = await refreshToken.save();
+
+process.stdout.write(`${JSON.stringify({ issuer, refresh_token: refreshValue })}\n`);
+process.on('SIGTERM', () => process.exit(0));
