@@ -12,7 +12,7 @@ trap 'kill "${DPOP_AGENT_PID:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 agent_env=$("$bin/dpop-agent" -a "$work/agent.sock" --data-dir "$work/data")
 eval "$agent_env" >/dev/null
 
-"$bin/dpop" keys generate --label demo >&2
+"$bin/dpop" keys generate --key demo >&2
 proof=$("$bin/dpop" proof --key demo --method GET --url https://api.example.com/v1/items \
     --access-token demo-access-token)
 echo "$proof"

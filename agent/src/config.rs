@@ -11,10 +11,18 @@ use serde::Deserialize;
 
 use crate::socket::SocketLocation;
 
+const EXAMPLES: &str = "Examples:
+  eval \"$(dpop-agent)\"                 start in the background (sh; -c for csh)
+  out=$(dpop-agent) && eval \"$out\"     the same, failing a CI job when the start fails
+  eval \"$(dpop-agent --reuse)\"         reuse a live agent, or start one
+  dpop-agent -t 8h                       keys added without a lifetime expire after 8 hours
+  dpop-agent -D --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --pkcs11-token dpop
+  eval \"$(dpop-agent -k)\"              stop it";
+
 /// dpop-agent: keeps DPoP private keys where they cannot leave and signs proofs for local
 /// clients over a Unix socket.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(name = "dpop-agent", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Args {
     /// Stay in the foreground (do not fork); logs go to standard error.
     #[arg(short = 'D', long = "foreground")]
@@ -43,6 +51,14 @@ pub struct Args {
     /// secret), and exit.
     #[arg(long, conflicts_with = "kill")]
     pub check_config: bool,
+
+    /// Print shell completions for dpop-agent (bash, zsh, fish, elvish, powershell) and exit.
+    #[arg(long, value_name = "SHELL")]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print dpop-agent's man page (roff) and exit.
+    #[arg(long)]
+    pub man: bool,
 
     /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
     /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory).

@@ -31,6 +31,21 @@ fn main() -> ExitCode {
         eprintln!("dpop-agent: warning: could not make the process non-dumpable: {e}");
     }
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        let mut command = <Args as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "dpop-agent", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    if args.man {
+        let man = clap_mangen::Man::new(<Args as clap::CommandFactory>::command());
+        return match man.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dpop-agent: writing the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = if args.kill {
         stop::kill_agent(Shell::choose(args.csh, args.sh))
     } else if args.check_config {

@@ -293,7 +293,7 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
     assert_eq!(listed(&agent, "mine-again"), None);
     assert_eq!(listed(&agent, "made-again"), None);
     // So deleting one label leaves the other whole.
-    agent.dpop_ok(&["keys", "delete", "mine"]);
+    agent.dpop_ok(&["keys", "delete", "mine", "--yes"]);
     assert_still_signs(&agent, &made);
 
     // A key that wants the PIN for every signature needs the agent's config file.

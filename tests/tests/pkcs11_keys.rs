@@ -210,7 +210,7 @@ fn adopt_by_uri() {
     assert_eq!(listed(&agent, "adopted").as_ref(), Some(&key));
 
     // Delete forgets it; the token keeps the key pair.
-    agent.dpop_ok(&["keys", "delete", "adopted"]);
+    agent.dpop_ok(&["keys", "delete", "adopted", "--yes"]);
     assert_eq!(listed(&agent, "adopted"), None);
     let objects = inspect(&token, &["objects"]);
     for class in ["private", "public"] {
@@ -354,7 +354,7 @@ fn delete_destroys_the_token_objects() {
     assert_stays_on_token(&token, &imported, false);
     assert_stays_on_token(&token, &kept, true);
     for key in [&gone, &imported] {
-        let deleted = parse_key(&agent.dpop_ok(&["keys", "delete", &key.label, "--json"]));
+        let deleted = parse_key(&agent.dpop_ok(&["keys", "delete", &key.label, "--json", "--yes"]));
         assert_eq!(deleted.jkt, key.jkt);
         assert_eq!(
             listed(&agent, &key.label),

@@ -221,7 +221,11 @@ fn pin_never_appears_in_logs_or_output() {
         "the refusal does not name pin-value: {}",
         stderr_of(&refused)
     );
-    assert!(run(&["keys", "delete", "quiet-imported"]).status.success());
+    assert!(
+        run(&["keys", "delete", "quiet-imported", "--yes"])
+            .status
+            .success()
+    );
     let mut agent = agent;
     agent.stop();
     let log = agent.stderr_log();

@@ -161,7 +161,7 @@ fn a_persistent_tpm_key_is_adopted_by_handle() {
     agent.restart();
     assert!(list(&agent).contains(&key));
     assert_signs(&agent, &key);
-    agent.dpop_ok(&["keys", "delete", "adopted"]);
+    agent.dpop_ok(&["keys", "delete", "adopted", "--yes"]);
     agent.stop();
     assert!(
         direct::persistent_exists(&mut swtpm.context(), HANDLE),

@@ -1,0 +1,212 @@
+//! The `dpop` command line as a new user meets it: names and versions, completions and man
+//! pages for both programs, one way to name a key (`--key`, the only key by default), a key
+//! list whose columns line up, a confirmed delete of a token key, status / lock / unlock, and
+//! policies set from the command line.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use dpop_tests::{AgentOptions, SoftHsmToken, TestAgent, binaries, run_ok, verify_proof};
+
+const URL: &str = "https://api.example.com/v1/items";
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `dpop ARGS` against `agent` with `input` on standard input.
+fn dpop_with_input(agent: &TestAgent, args: &[&str], input: &str) -> Output {
+    let mut child = agent
+        .dpop_command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning dpop");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn versions_completions_and_man_pages() {
+    let version = text(&run_ok(Command::new(&binaries().dpop).arg("--version")));
+    assert!(version.starts_with("dpop 0."), "{version}");
+    let version = text(&run_ok(Command::new(&binaries().agent).arg("--version")));
+    assert!(version.starts_with("dpop-agent 0."), "{version}");
+
+    for (program, args, name) in [
+        (&binaries().dpop, vec!["completions", "bash"], "dpop"),
+        (
+            &binaries().agent,
+            vec!["--completions", "bash"],
+            "dpop-agent",
+        ),
+    ] {
+        let script = text(&run_ok(Command::new(program).args(&args)));
+        let function = format!("_{}", name.replace('-', "__"));
+        assert!(
+            script.contains(&format!(
+                "complete -F {function} -o nosort -o bashdefault -o default {name}"
+            )),
+            "{script}"
+        );
+        // bash reads it without a syntax error.
+        let dir = dpop_tests::new_temp_dir();
+        let path = dir.path().join("completion.bash");
+        std::fs::write(&path, &script).unwrap();
+        run_ok(Command::new("bash").arg("-n").arg(&path));
+    }
+    let zsh = text(&run_ok(
+        Command::new(&binaries().dpop).args(["completions", "zsh"]),
+    ));
+    assert!(zsh.starts_with("#compdef dpop"), "{zsh}");
+
+    let man = text(&run_ok(Command::new(&binaries().dpop).arg("man")));
+    assert!(man.contains(".TH dpop 1"), "{man}");
+    assert!(man.contains("keys"), "the man page lists the commands");
+    let man = text(&run_ok(Command::new(&binaries().agent).arg("--man")));
+    assert!(man.contains(".TH dpop-agent 1"), "{man}");
+    assert!(man.contains("reuse"), "the man page lists the flags");
+}
+
+#[test]
+fn one_way_to_name_a_key_and_the_only_key_by_default() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.dpop_ok(&["keys", "generate", "--key", "only"]);
+    let proof = agent.dpop_ok(&["proof", "-X", "GET", "--url", URL]);
+    let key = agent.client().list_keys().unwrap().remove(0);
+    assert_eq!(verify_proof(proof.trim(), "GET", URL, None).jkt, key.jkt);
+    assert_eq!(agent.dpop_ok(&["thumbprint"]).trim(), key.jkt);
+    assert!(agent.dpop_ok(&["jwk"]).contains("\"crv\":\"P-256\""));
+
+    // The old spelling still works.
+    agent.dpop_ok(&[
+        "keys",
+        "generate",
+        "--label",
+        "a-much-longer-label-than-the-other",
+    ]);
+    let out = agent.dpop(&["proof", "-X", "GET", "--url", URL]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--key LABEL"), "{}", stderr(&out));
+    agent.dpop_ok(&["proof", "--key", "only", "-X", "GET", "--url", URL]);
+
+    // The list's columns line up whatever the label lengths.
+    let list = agent.dpop_ok(&["keys", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    let column = lines[0].find("JKT").expect("a JKT column");
+    for line in &lines[1..] {
+        let jkt = line.split_whitespace().last().unwrap();
+        assert_eq!(line.find(jkt), Some(column), "misaligned:\n{list}");
+    }
+
+    // Delete by --key, or by the label alone as before.
+    agent.dpop_ok(&["keys", "delete", "--key", "only"]);
+    agent.dpop_ok(&["keys", "delete", "a-much-longer-label-than-the-other"]);
+    assert!(agent.client().list_keys().unwrap().is_empty());
+}
+
+#[test]
+fn deleting_a_token_key_needs_a_yes() {
+    let token = SoftHsmToken::create("cli-delete", "pin-Qx83Zt7w", "so-Mf92Lk4v");
+    let agent = TestAgent::start(AgentOptions::new().pkcs11(&token));
+    agent.dpop_ok(&["keys", "generate", "--key", "hsm", "--backend", "pkcs11"]);
+    let out = agent.dpop(&["keys", "delete", "--key", "hsm"]);
+    assert!(!out.status.success(), "no terminal, no --yes: refused");
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(
+        agent.client().list_keys().unwrap().len(),
+        1,
+        "nothing deleted"
+    );
+    agent.dpop_ok(&["keys", "delete", "--key", "hsm", "--yes"]);
+    assert!(agent.client().list_keys().unwrap().is_empty());
+}
+
+#[test]
+fn status_lock_and_unlock_from_the_command_line() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.dpop_ok(&["keys", "generate", "--key", "k"]);
+    let status = agent.dpop_ok(&["status"]);
+    assert!(status.contains("locked:   no"), "{status}");
+    assert!(
+        status.contains(&format!("pid {}", agent.pid().unwrap())),
+        "{status}"
+    );
+
+    let out = dpop_with_input(&agent, &["lock"], "s3cret words\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value =
+        serde_json::from_str(&agent.dpop_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["locked"], true);
+    let out = agent.dpop(&["proof", "-X", "GET", "--url", URL]);
+    assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
+
+    let out = dpop_with_input(&agent, &["unlock"], "wrong\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("wrong_passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    let out = dpop_with_input(&agent, &["unlock"], "s3cret words\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    agent.dpop_ok(&["proof", "-X", "GET", "--url", URL]);
+}
+
+#[test]
+fn policies_from_the_command_line() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.dpop_ok(&[
+        "keys",
+        "generate",
+        "--key",
+        "api",
+        "--allow-origin",
+        "https://api.example.com",
+        "--allow-origin",
+        "https://*.svc.example.com",
+        "--lifetime",
+        "8h",
+    ]);
+    let list = agent.dpop_ok(&["keys", "list"]);
+    assert!(
+        list.contains("origins=https://api.example.com,https://*.svc.example.com"),
+        "{list}"
+    );
+    assert!(
+        list.contains("expires in 7h") || list.contains("expires in 8h"),
+        "{list}"
+    );
+    agent.dpop_ok(&["proof", "-X", "GET", "--url", URL]);
+    let out = agent.dpop(&["proof", "-X", "GET", "--url", "https://evil.example.com/"]);
+    assert!(
+        stderr(&out).contains("origin_not_allowed"),
+        "{}",
+        stderr(&out)
+    );
+
+    let shown = agent.dpop_ok(&["keys", "policy"]);
+    assert!(
+        shown.contains("allow origin  https://api.example.com"),
+        "{shown}"
+    );
+    let cleared: serde_json::Value =
+        serde_json::from_str(&agent.dpop_ok(&["keys", "policy", "--clear", "--json"])).unwrap();
+    assert_eq!(cleared["policy"], serde_json::json!({}));
+    agent.dpop_ok(&["proof", "-X", "GET", "--url", "https://evil.example.com/"]);
+
+    let out = agent.dpop(&["keys", "policy", "--lifetime", "soon"]);
+    assert!(stderr(&out).contains("not a lifetime"), "{}", stderr(&out));
+}
