@@ -443,3 +443,58 @@ async fn the_jwks_can_come_from_an_http_url() {
     let _ = http.kill();
     let _ = http.wait();
 }
+
+/// The project's own client against the example server: `dpop request` with a bound JWT,
+/// answering the server's nonce challenge once, then sending the nonce it learnt (through the
+/// agent) without a new challenge; and the server's refusal shown when the token is not bound
+/// to the key.
+#[test]
+fn dpop_request_against_the_example_server() {
+    let issuer = TokenIssuer::new();
+    let caller = DpopCaller::new();
+    let server = ResourceServer::start(&issuer, with_nonces());
+    let dir = dpop_tests::new_temp_dir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, issuer.token("alice", Some(&caller.jkt))).unwrap();
+    let url = server.url("/v1/items?page=2");
+    let request = |extra: &[&str]| {
+        let mut args = vec![
+            "request",
+            url.as_str(),
+            "--key",
+            "k",
+            "--access-token-file",
+            token_file.to_str().unwrap(),
+            "-v",
+        ];
+        args.extend_from_slice(extra);
+        caller.agent.dpop(&args)
+    };
+
+    let first = request(&[]);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}\n{}", server.log());
+    let body: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(body["sub"], "alice");
+    assert_eq!(body["jkt"], caller.jkt.as_str());
+    assert!(
+        stderr.contains("retried once"),
+        "the nonce challenge was answered: {stderr}"
+    );
+
+    // The agent holds the server's nonce now: no challenge the second time.
+    let second = request(&[]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(!stderr.contains("retried"), "{stderr}");
+
+    // A token bound to another key: the server's answer, shown, and a failing exit.
+    std::fs::write(&token_file, issuer.token("mallory", Some("another-jkt"))).unwrap();
+    let refused = request(&[]);
+    assert_eq!(refused.status.code(), Some(22));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("invalid_token"),
+        "{stderr}"
+    );
+}
