@@ -42,9 +42,18 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes a new 0600 file atomically (temporary name, fsync, link into place); never replaces
-/// an existing file.
-pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// How a finished temporary file takes its place.
+#[derive(Clone, Copy)]
+enum Place {
+    /// `link`: fails when the path exists, so nothing is ever replaced.
+    New,
+    /// `rename`: replaces the old file in one step.
+    Replace,
+}
+
+/// Writes `bytes` to a new 0600 temporary file beside `path`, fsyncs it, puts it in place,
+/// and fsyncs the directory. A failure at any point leaves `path` as it was.
+fn write_private_file(path: &Path, bytes: &[u8], place: Place) -> Result<(), Error> {
     let io = |action| {
         move |source| Error::Io {
             action,
@@ -62,19 +71,21 @@ pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Er
     let result = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .and_then(|()| fs::hard_link(&tmp, path));
+        .and_then(|()| match place {
+            Place::New => fs::hard_link(&tmp, path),
+            Place::Replace => fs::rename(&tmp, path),
+        });
+    // After a link the temporary name goes; after a rename it is gone already.
     let _ = fs::remove_file(&tmp);
-    result.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::KeyExists {
-                label: path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            }
-        } else {
-            io("writing key file")(e)
-        }
+    result.map_err(|e| match place {
+        Place::New if e.kind() == std::io::ErrorKind::AlreadyExists => Error::KeyExists {
+            label: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        },
+        Place::New => io("writing key file")(e),
+        Place::Replace => io("replacing key file")(e),
     })?;
     if let Some(parent) = path.parent()
         && let Ok(d) = fs::File::open(parent)
@@ -84,35 +95,14 @@ pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Er
     Ok(())
 }
 
+/// Writes a new 0600 file atomically (temporary name, fsync, link into place); never replaces
+/// an existing file.
+pub(crate) fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_private_file(path, bytes, Place::New)
+}
+
 /// Replaces `path` atomically with a 0600 file holding `bytes` (temporary name, fsync,
 /// rename): a failure at any point leaves the old file as it was.
 pub(crate) fn replace_private_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |action| {
-        move |source| Error::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("creating key file"))?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io("replacing key file"))?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_private_file(path, bytes, Place::Replace)
 }
