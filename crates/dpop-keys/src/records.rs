@@ -8,11 +8,26 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::fsutil::{create_private_dir, replace_private_file, write_new_private_file};
 use crate::{Error, KeyLabel};
+
+/// How a hardware backend's key came to the agent, as its record says: what deleting it does.
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Origin {
+    /// Made in the token or TPM by the agent; deleting destroys it.
+    Generated,
+    /// Imported from PEM by the agent; deleting destroys it.
+    Imported,
+    /// There before (adopted by URI or handle); deleting only forgets it.
+    Adopted,
+}
 
 /// A record a backend keeps in a [`RecordStore`]: it knows the label it is filed under.
 pub trait Record: Serialize + DeserializeOwned {

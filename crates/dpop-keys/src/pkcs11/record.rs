@@ -7,20 +7,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::objects::Locator;
+pub(crate) use crate::records::Origin;
 use crate::records::Record;
 use crate::{Algorithm, Error, Jwk, KeyLabel};
-
-/// How a key came to the token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Origin {
-    /// Made on the token by us; deleting destroys it.
-    Generated,
-    /// Imported from PEM by us; deleting destroys it.
-    Imported,
-    /// Already on the token; deleting only forgets it.
-    Adopted,
-}
 
 /// One key's record in `metadata_dir`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

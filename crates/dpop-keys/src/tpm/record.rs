@@ -9,20 +9,9 @@ use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall, UnMarshall};
 
 use super::worker::KeySource;
+pub(crate) use crate::records::Origin;
 use crate::records::Record;
 use crate::{Algorithm, Error, Jwk, KeyLabel};
-
-/// How the key came to the agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Origin {
-    /// Made in the TPM; deleting drops the blob.
-    Generated,
-    /// Imported from PEM; deleting drops the blob.
-    Imported,
-    /// A persistent key that was there before; deleting only forgets it.
-    Adopted,
-}
 
 /// One key's record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
