@@ -21,55 +21,17 @@ use dpop_tests::bench::{
 use dpop_tests::tss_esapi::{
     Context,
     constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
-    interface_types::{
-        algorithm::HashingAlgorithm, ecc::EccCurve, resource_handles::Hierarchy,
-        session_handles::AuthSession,
-    },
-    structures::{
-        Digest, EccPoint, HashScheme, HashcheckTicket, Private, Public, PublicBuilder,
-        PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
-    },
+    interface_types::{algorithm::HashingAlgorithm, session_handles::AuthSession},
+    structures::{Digest, HashScheme, HashcheckTicket, Private, Public, SignatureScheme},
     tcti_ldr::TctiNameConf,
     traits::UnMarshall,
     tss2_esys::TPMT_TK_HASHCHECK,
 };
-use dpop_tests::{AgentOptions, Swtpm, TestAgent};
+use dpop_tests::{AgentOptions, Swtpm, TestAgent, create_srk};
 
 const URL: &str = "https://api.example.com/v1/items";
 const LABEL: &str = "tpm";
 const SOFTWARE: &str = "software";
-
-/// The well-known SRK template, as the backend makes it.
-fn srk_template() -> Public {
-    use dpop_tests::tss_esapi::{
-        attributes::ObjectAttributesBuilder, interface_types::algorithm::PublicAlgorithm,
-    };
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .unwrap();
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()
-            .unwrap(),
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .unwrap()
-}
 
 /// The agent's key blob, loaded in a context of our own; `n` signatures of a digest.
 fn direct(swtpm: &Swtpm, agent: &TestAgent, n: usize) -> Run {
@@ -93,12 +55,7 @@ fn direct(swtpm: &Swtpm, agent: &TestAgent, n: usize) -> Run {
         n,
         move || {
             let mut ctx = Context::new(TctiNameConf::from_str(&tcti).unwrap()).unwrap();
-            let srk = ctx
-                .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.create_primary(Hierarchy::Owner, srk_template(), None, None, None, None)
-                })
-                .unwrap()
-                .key_handle;
+            let srk = create_srk(&mut ctx);
             let (public, private) = (public.clone(), private.clone());
             let key = ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {

@@ -78,6 +78,8 @@ pub use redis::{RedisServer, free_port};
 pub use server::{DpopCaller, Reply, ResourceServer, ServerOptions, TokenIssuer};
 pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use swtpm::Swtpm;
+#[cfg(feature = "tpm")]
+pub use swtpm::{create_srk, srk_template};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
 

@@ -152,6 +152,56 @@ impl Swtpm {
     }
 }
 
+/// The well-known SRK template (TCG provisioning guidance: ECC P-256, AES-128-CFB,
+/// restricted decryption, empty unique), written out here independently of the backend, so
+/// that tests and benches check the agent's keys against the standard, not against its own
+/// code.
+#[cfg(feature = "tpm")]
+pub fn srk_template() -> tss_esapi::structures::Public {
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::{algorithm::HashingAlgorithm, algorithm::PublicAlgorithm};
+    use tss_esapi::structures::{
+        EccPoint, PublicBuilder, PublicEccParametersBuilder, SymmetricDefinitionObject,
+    };
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .expect("SRK attributes");
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .expect("SRK parameters"),
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .expect("SRK template")
+}
+
+/// Makes the SRK from [`srk_template`] under the owner hierarchy (the same key every time).
+#[cfg(feature = "tpm")]
+pub fn create_srk(ctx: &mut tss_esapi::Context) -> tss_esapi::handles::KeyHandle {
+    use tss_esapi::interface_types::{resource_handles::Hierarchy, session_handles::AuthSession};
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.create_primary(Hierarchy::Owner, srk_template(), None, None, None, None)
+    })
+    .expect("creating the SRK")
+    .key_handle
+}
+
 impl Drop for Swtpm {
     fn drop(&mut self) {
         if let Some((mut child, guard)) = self.child.take() {

@@ -80,50 +80,49 @@ pub mod direct {
         interface_types::{
             algorithm::{HashingAlgorithm, PublicAlgorithm},
             ecc::EccCurve,
-            resource_handles::Hierarchy,
             session_handles::AuthSession,
         },
         structures::{
             EccPoint, EccScheme, HashScheme, Private, Public, PublicBuilder,
-            PublicEccParametersBuilder, SymmetricDefinitionObject,
+            PublicEccParametersBuilder,
         },
         traits::UnMarshall,
     };
     use serde_json::Value;
 
-    /// The well-known SRK template (TCG provisioning guidance: ECC P-256, AES-128-CFB,
-    /// restricted decryption, empty unique), written out here independently of the backend.
-    pub fn srk(ctx: &mut Context) -> KeyHandle {
-        let attributes = ObjectAttributesBuilder::new()
+    pub use dpop_tests::create_srk as srk;
+
+    /// Attributes of an ordinary signing key, as another application would make one.
+    pub fn signing_attributes() -> tss_esapi::attributes::ObjectAttributes {
+        ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
             .with_sensitive_data_origin(true)
             .with_user_with_auth(true)
-            .with_no_da(true)
-            .with_restricted(true)
-            .with_decrypt(true)
+            .with_sign_encrypt(true)
             .build()
-            .unwrap();
-        let template = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::Ecc)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attributes)
-            .with_ecc_parameters(
-                PublicEccParametersBuilder::new_restricted_decryption_key(
-                    SymmetricDefinitionObject::AES_128_CFB,
-                    EccCurve::NistP256,
-                )
-                .build()
-                .unwrap(),
-            )
-            .with_ecc_unique_identifier(EccPoint::default())
-            .build()
-            .unwrap();
-        ctx.execute_with_session(Some(AuthSession::Password), |c| {
-            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
-        })
-        .expect("creating the SRK")
-        .key_handle
+            .unwrap()
+    }
+
+    /// Creates a key from `template` under `srk` and loads it: its handle and public area.
+    pub fn create_and_load(
+        ctx: &mut Context,
+        srk: KeyHandle,
+        template: Public,
+        what: &str,
+    ) -> (KeyHandle, Public) {
+        let created = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.create(srk, template, None, None, None, None)
+            })
+            .unwrap_or_else(|e| panic!("creating {what}: {e}"));
+        let public = created.out_public.clone();
+        let key = ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.load(srk, created.out_private, created.out_public)
+            })
+            .unwrap_or_else(|e| panic!("loading {what}: {e}"));
+        (key, public)
     }
 
     /// The record of a key in the agent's data directory.
@@ -171,18 +170,10 @@ pub mod direct {
             dynamic_handles::Persistent, resource_handles::Provision,
         };
         let srk = srk(ctx);
-        let attributes = ObjectAttributesBuilder::new()
-            .with_fixed_tpm(true)
-            .with_fixed_parent(true)
-            .with_sensitive_data_origin(true)
-            .with_user_with_auth(true)
-            .with_sign_encrypt(true)
-            .build()
-            .unwrap();
         let template = PublicBuilder::new()
             .with_public_algorithm(PublicAlgorithm::Ecc)
             .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attributes)
+            .with_object_attributes(signing_attributes())
             .with_ecc_parameters(
                 PublicEccParametersBuilder::new_unrestricted_signing_key(
                     EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
@@ -194,16 +185,7 @@ pub mod direct {
             .with_ecc_unique_identifier(EccPoint::default())
             .build()
             .unwrap();
-        let created = ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
-                c.create(srk, template, None, None, None, None)
-            })
-            .expect("creating the key to adopt");
-        let key = ctx
-            .execute_with_session(Some(AuthSession::Password), |c| {
-                c.load(srk, created.out_private, created.out_public)
-            })
-            .expect("loading the key to adopt");
+        let (key, _) = create_and_load(ctx, srk, template, "the key to adopt");
         let persistent = Persistent::Persistent(PersistentTpmHandle::new(handle).unwrap());
         ctx.execute_with_session(Some(AuthSession::Password), |c| {
             c.evict_control(Provision::Owner, ObjectHandle::from(key), persistent)
@@ -241,7 +223,6 @@ pub fn tpm_pss_signature(
     message: &[u8],
 ) -> (Vec<u8>, Vec<u8>) {
     use dpop_tests::tss_esapi::{
-        attributes::ObjectAttributesBuilder,
         constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
         interface_types::{
             algorithm::{HashingAlgorithm, PublicAlgorithm},
@@ -255,19 +236,11 @@ pub fn tpm_pss_signature(
         tss2_esys::TPMT_TK_HASHCHECK,
     };
     let srk = direct::srk(ctx);
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_sign_encrypt(true)
-        .build()
-        .unwrap();
     let hash_scheme = HashScheme::new(HashingAlgorithm::Sha256);
     let template = PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Rsa)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
+        .with_object_attributes(direct::signing_attributes())
         .with_rsa_parameters(
             PublicRsaParametersBuilder::new_unrestricted_signing_key(
                 RsaScheme::RsaPss(hash_scheme),
@@ -280,20 +253,11 @@ pub fn tpm_pss_signature(
         .with_rsa_unique_identifier(PublicKeyRsa::default())
         .build()
         .unwrap();
-    let created = ctx
-        .execute_with_session(Some(AuthSession::Password), |c| {
-            c.create(srk, template, None, None, None, None)
-        })
-        .expect("creating a PSS key");
-    let modulus = match &created.out_public {
+    let (key, public) = direct::create_and_load(ctx, srk, template, "a PSS key");
+    let modulus = match &public {
         dpop_tests::tss_esapi::structures::Public::Rsa { unique, .. } => unique.value().to_vec(),
         _ => unreachable!("an RSA template"),
     };
-    let key = ctx
-        .execute_with_session(Some(AuthSession::Password), |c| {
-            c.load(srk, created.out_private, created.out_public)
-        })
-        .expect("loading the PSS key");
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
     let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
         tag: TPM2_ST_HASHCHECK,
