@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -167,6 +168,9 @@ pub struct Request<'a> {
 pub struct Policies {
     store: Option<RecordStore>,
     by_label: RwLock<HashMap<String, Arc<Checked>>>,
+    /// Whether any key has a policy: lets every signature of an agent without policies skip
+    /// the lock.
+    any: AtomicBool,
     /// Yes answers remembered: (label, client pid, client executable) until when.
     confirmed: Mutex<HashMap<(String, i32, PathBuf), Instant>>,
     /// One question on the screen at a time.
@@ -186,6 +190,7 @@ impl Policies {
         Ok(Policies {
             store,
             by_label: RwLock::new(HashMap::new()),
+            any: AtomicBool::new(false),
             confirmed: Mutex::new(HashMap::new()),
             asking: tokio::sync::Mutex::new(()),
             askpass,
@@ -210,8 +215,7 @@ impl Policies {
             }
             let checked = Checked::new(record.policy, jkt)
                 .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
-            self.write_map()
-                .insert(record.label.to_string(), Arc::new(checked));
+            self.change_map(|map| map.insert(record.label.to_string(), Arc::new(checked)));
             loaded += 1;
         }
         if loaded > 0 {
@@ -220,8 +224,12 @@ impl Policies {
         Ok(())
     }
 
-    fn write_map(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Checked>>> {
-        self.by_label.write().unwrap_or_else(|p| p.into_inner())
+    /// Changes the map and keeps [`any`](Self::any) in step with it.
+    fn change_map<T>(&self, change: impl FnOnce(&mut HashMap<String, Arc<Checked>>) -> T) -> T {
+        let mut map = self.by_label.write().unwrap_or_else(|p| p.into_inner());
+        let result = change(&mut map);
+        self.any.store(!map.is_empty(), Ordering::Release);
+        result
     }
 
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Checked>>> {
@@ -264,20 +272,20 @@ impl Policies {
             }
         }
         let wire = checked.wire.clone();
-        let mut map = self.write_map();
-        if wire.is_empty() {
-            map.remove(label.as_str());
-        } else {
-            map.insert(label.to_string(), Arc::new(checked));
-        }
-        drop(map);
+        self.change_map(|map| {
+            if wire.is_empty() {
+                map.remove(label.as_str());
+            } else {
+                map.insert(label.to_string(), Arc::new(checked));
+            }
+        });
         self.forget_confirmations(label.as_str());
         Ok(wire)
     }
 
     /// Drops a deleted key's policy (and its record).
     pub fn forget(&self, label: &KeyLabel) {
-        self.write_map().remove(label.as_str());
+        self.change_map(|map| map.remove(label.as_str()));
         self.forget_confirmations(label.as_str());
         if let Some(store) = &self.store
             && store.path(label).exists()
@@ -304,6 +312,9 @@ impl Policies {
 
     /// Whether `request` may be signed: expiry, origin, client, then confirmation.
     pub async fn check(&self, request: &Request<'_>) -> Result<(), WireError> {
+        if !self.any.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let policy = match self.read_map().get(request.label) {
             // A policy set for another key under this label does not apply (defensive: set
             // and load bind it to the jkt).

@@ -83,11 +83,19 @@ pub fn live_agent(socket: &Path) -> Option<i32> {
         return None;
     }
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"{\"id\":1,\"op\":\"hello\"}\n").ok()?;
+    let hello = dpop_protocol::Request {
+        id: 1.into(),
+        op: dpop_protocol::Op::Hello {},
+    };
+    stream
+        .write_all(&dpop_protocol::encode_request(&hello))
+        .ok()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line).ok()?;
-    let reply: serde_json::Value = serde_json::from_str(&line).ok()?;
-    (reply["ok"] == true && reply["agent"].as_str()?.starts_with("dpop-agent/")).then_some(cred.pid)
+    let reply: dpop_protocol::Reply = serde_json::from_str(&line).ok()?;
+    let hello: dpop_protocol::HelloReply =
+        serde_json::from_value(serde_json::Value::Object(reply.body)).ok()?;
+    (reply.ok && hello.agent.starts_with("dpop-agent/")).then_some(cred.pid)
 }
 
 fn peer_credentials(stream: &std::os::unix::net::UnixStream) -> Result<libc::ucred> {
