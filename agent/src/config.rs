@@ -9,6 +9,7 @@ use dpop_keys::pkcs11::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+#[cfg(unix)]
 use crate::socket::SocketLocation;
 
 const EXAMPLES: &str = "Examples:
@@ -61,15 +62,18 @@ pub struct Args {
     pub man: bool,
 
     /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
-    /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory).
+    /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory; on Windows a pipe,
+    /// \\.\pipe\dpop-agent-<SID>).
     #[arg(short = 'a', long = "socket", value_name = "SOCKET")]
     pub socket: Option<PathBuf>,
 
-    /// TOML configuration file (default: $XDG_CONFIG_HOME/dpop-agent/config.toml if present).
+    /// TOML configuration file (default: $XDG_CONFIG_HOME/dpop-agent/config.toml if present;
+    /// %APPDATA%\dpop-agent\config.toml on Windows).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Where keys and key records live (default: $XDG_DATA_HOME/dpop-agent).
+    /// Where keys and key records live (default: $XDG_DATA_HOME/dpop-agent;
+    /// %LOCALAPPDATA%\dpop-agent on Windows).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -214,7 +218,7 @@ fn expand_home(path: &Path) -> Result<PathBuf> {
         }
         return Ok(path.to_owned());
     };
-    let home = env_path("HOME").context("a path starts with ~ but HOME is not set")?;
+    let home = home().context("a path starts with ~ but HOME is not set")?;
     Ok(home.join(rest))
 }
 
@@ -298,20 +302,54 @@ fn env_path(var: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The home directory: `$HOME` (on Windows, else `%USERPROFILE%`).
+fn home() -> Option<PathBuf> {
+    let home = env_path("HOME");
+    #[cfg(windows)]
+    let home = home.or_else(|| env_path("USERPROFILE"));
+    home
+}
+
+#[cfg(not(windows))]
 fn home_sub(sub: &str) -> Option<PathBuf> {
-    env_path("HOME").map(|h| h.join(sub))
+    home().map(|h| h.join(sub))
+}
+
+/// Where the default configuration file's directory goes.
+#[cfg(not(windows))]
+fn config_home() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME").or_else(|| home_sub(".config"))
+}
+
+/// Where the default configuration file's directory goes (the roaming profile).
+#[cfg(windows)]
+fn config_home() -> Option<PathBuf> {
+    env_path("APPDATA")
+}
+
+/// Where the default data directory goes.
+#[cfg(not(windows))]
+fn data_home() -> Option<PathBuf> {
+    env_path("XDG_DATA_HOME").or_else(|| home_sub(".local/share"))
+}
+
+/// Where the default data directory goes: the local profile (keys do not roam), whose ACL
+/// keeps other users out.
+#[cfg(windows)]
+fn data_home() -> Option<PathBuf> {
+    env_path("LOCALAPPDATA")
 }
 
 /// Reads a secret from a file, dropping one trailing newline. A file that group or others may
 /// read gets a warning, as the PIN file does.
 pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
-    use std::os::unix::fs::PermissionsExt;
     let mut text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("reading the {what} file {}", path.display()))?,
     );
+    #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
     {
         tracing::warn!(path = %path.display(), "the {what} file is readable by group or others; chmod 600 it");
     }
@@ -344,6 +382,7 @@ fn take_env_secret(name: &str) -> Option<SecretString> {
 /// `/proc/<pid>/environ`, for the process's whole life.
 ///
 /// Call it only while this process has a single thread (the environment is not thread-safe).
+#[cfg(unix)]
 fn wipe_env_var(name: &str) {
     use zeroize::Zeroize;
     unsafe extern "C" {
@@ -371,6 +410,16 @@ fn wipe_env_var(name: &str) {
     }
 }
 
+/// Removes `name` from the environment. Windows keeps the environment block in memory that
+/// other users cannot read; the value is not overwritten there.
+///
+/// Call it only while this process has a single thread (the environment is not thread-safe).
+#[cfg(windows)]
+fn wipe_env_var(name: &str) {
+    // SAFETY: single-threaded (see above).
+    unsafe { std::env::remove_var(name) };
+}
+
 /// Secrets that the background start read (from its environment or the terminal) and handed
 /// to its child over the child's standard input, so that they are never in the child's
 /// environment; see [`crate::pin`] for the format.
@@ -391,9 +440,7 @@ impl Settings {
     /// `/proc/<pid>/environ` does not show them: call this while single-threaded.
     pub fn load(args: &Args, handed: HandedSecrets) -> Result<Settings> {
         let config_path = args.config.clone().or_else(|| {
-            let p = env_path("XDG_CONFIG_HOME")
-                .or_else(|| home_sub(".config"))?
-                .join("dpop-agent/config.toml");
+            let p = config_home()?.join("dpop-agent").join("config.toml");
             p.exists().then_some(p)
         });
         let file = match &config_path {
@@ -412,13 +459,7 @@ impl Settings {
             .data_dir
             .clone()
             .or(file.data_dir)
-            .or_else(|| {
-                Some(
-                    env_path("XDG_DATA_HOME")
-                        .or_else(|| home_sub(".local/share"))?
-                        .join("dpop-agent"),
-                )
-            })
+            .or_else(|| Some(data_home()?.join("dpop-agent")))
             .context("no data directory: pass --data-dir or set HOME")?;
 
         let env_passphrase = take_env_secret("DPOP_AGENT_PASSPHRASE");
@@ -538,11 +579,45 @@ impl Settings {
     /// Where the socket goes: the configured path, the private directory the background
     /// start made, or the default location (which may create a private directory: call this
     /// once).
+    #[cfg(unix)]
     pub fn socket_location(&self) -> Result<SocketLocation> {
         match (&self.socket, &self.private_socket) {
             (Some(path), _) => Ok(SocketLocation::Given(path.clone())),
             (None, Some(path)) => Ok(SocketLocation::Private(path.clone())),
             (None, None) => crate::socket::default_location(),
+        }
+    }
+
+    /// Where the agent would listen, for `--check-config`.
+    #[cfg(unix)]
+    pub fn socket_summary(&self) -> String {
+        match &self.socket {
+            Some(path) => path.display().to_string(),
+            None => match crate::socket::default_socket_path() {
+                Some(path) => format!("{} (default)", path.display()),
+                None => "a new private directory under $TMPDIR (default)".into(),
+            },
+        }
+    }
+
+    /// Where the agent would listen, for `--check-config`.
+    #[cfg(windows)]
+    pub fn socket_summary(&self) -> String {
+        match (&self.socket, self.pipe_name()) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Ok(name)) => format!("{name} (default)"),
+            (None, Err(e)) => format!("{e:#}"),
+        }
+    }
+
+    /// The pipe to create: the configured one, or this user's default,
+    /// `\\.\pipe\dpop-agent-<SID>`.
+    #[cfg(windows)]
+    pub fn pipe_name(&self) -> Result<String> {
+        match &self.socket {
+            Some(path) => Ok(path.to_string_lossy().into_owned()),
+            None => dpop_protocol::pipe::default_pipe_name()
+                .context("naming the default pipe (this user's SID)"),
         }
     }
 }

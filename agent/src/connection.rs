@@ -4,18 +4,19 @@
 //! that pipelines and never reads then stalls in the flush, and no further request of it is
 //! read until it reads (backpressure instead of a reply queue that grows without bound).
 //!
-//! While the agent has no more clients than cores, a connection that just answered polls its
-//! socket briefly for the next request before it sleeps: waking a sleeping thread costs more
-//! than a software-key proof on virtual machines. The poll reads with `recv(MSG_DONTWAIT)`
-//! itself, because tokio only tries the socket again after epoll reports it.
+//! On Unix, while the agent has no more clients than cores, a connection that just answered
+//! polls its socket briefly for the next request before it sleeps: waking a sleeping thread
+//! costs more than a software-key proof on virtual machines. The poll reads with
+//! `recv(MSG_DONTWAIT)` itself, because tokio only tries the socket again after epoll reports
+//! it. (A named pipe on Windows is not polled.)
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dpop_protocol::MAX_LINE;
 use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
+
+use crate::server::Stream;
 
 /// What the next read produced.
 pub enum Frame<'a> {
@@ -28,7 +29,7 @@ pub enum Frame<'a> {
 }
 
 pub struct Connection {
-    stream: UnixStream,
+    stream: Stream,
     /// Received bytes; `buf[start..]` is not consumed yet.
     buf: Vec<u8>,
     start: usize,
@@ -45,7 +46,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub const MAX_QUEUED_OUTPUT: usize = 256 * 1024;
 
 impl Connection {
-    pub fn new(stream: UnixStream) -> Connection {
+    pub fn new(stream: Stream) -> Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
@@ -105,37 +106,10 @@ impl Connection {
 
     async fn read_more(&mut self, spin: Duration) -> io::Result<usize> {
         self.buf.reserve(READ_CHUNK);
-        if !spin.is_zero() {
-            let deadline = Instant::now() + spin;
-            loop {
-                let spare = self.buf.spare_capacity_mut();
-                // SAFETY: recv writes at most spare.len() bytes into the spare capacity.
-                let n = unsafe {
-                    libc::recv(
-                        self.stream.as_raw_fd(),
-                        spare.as_mut_ptr().cast(),
-                        spare.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n >= 0 {
-                    let n = n as usize;
-                    // SAFETY: recv initialised the first n spare bytes.
-                    unsafe { self.buf.set_len(self.buf.len() + n) };
-                    return Ok(n);
-                }
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::WouldBlock {
-                    return Err(err);
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                // Spin in place: yielding to the runtime here makes it wake an idle worker
-                // every time, which costs more than the short wait (at most one core's worth
-                // of connections spin at once).
-                std::hint::spin_loop();
-            }
+        if !spin.is_zero()
+            && let Some(n) = self.spin_read(spin)?
+        {
+            return Ok(n);
         }
         loop {
             self.stream.readable().await?;
@@ -145,6 +119,49 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Reads what arrives within `spin`, polling the socket without sleeping; `None` when
+    /// nothing came.
+    #[cfg(unix)]
+    fn spin_read(&mut self, spin: Duration) -> io::Result<Option<usize>> {
+        use std::os::fd::AsRawFd;
+        let deadline = std::time::Instant::now() + spin;
+        loop {
+            let spare = self.buf.spare_capacity_mut();
+            // SAFETY: recv writes at most spare.len() bytes into the spare capacity.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                // SAFETY: recv initialised the first n spare bytes.
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+                return Ok(Some(n));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock {
+                return Err(err);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // Spin in place: yielding to the runtime here makes it wake an idle worker
+            // every time, which costs more than the short wait (at most one core's worth
+            // of connections spin at once).
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Named pipes are not polled: nothing to read yet.
+    #[cfg(windows)]
+    fn spin_read(&mut self, _spin: Duration) -> io::Result<Option<usize>> {
+        Ok(None)
     }
 
     /// Queues a reply line; sends the queue unless another request is already waiting and

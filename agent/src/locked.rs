@@ -1,12 +1,13 @@
-//! Secret bytes on pages of their own, kept out of swap (`mlock`) and out of core dumps
-//! (`MADV_DONTDUMP`, Linux) where the platform allows, and wiped before they are unmapped.
+//! Secret bytes on pages of their own, kept out of swap (`mlock`; `VirtualLock` on Windows)
+//! and out of core dumps (`MADV_DONTDUMP`, Linux) where the platform allows, and wiped before
+//! they are unmapped.
 //!
 //! For buffers that hold a secret for longer than a request's parsing: the PEM text of an
 //! `import_key` while the backend imports it (scrypt for a software key file, a token round
 //! trip for PKCS#11). Heap buffers cannot be locked one by one (a page is shared with other
 //! allocations, and `munlock` would unlock it for all of them), hence a mapping per buffer.
-//! Locking is best effort: without room under `RLIMIT_MEMLOCK` the bytes are still wiped and
-//! kept out of dumps.
+//! Locking is best effort: without room under `RLIMIT_MEMLOCK` (the working-set minimum on
+//! Windows) the bytes are still wiped and kept out of dumps.
 
 use std::io;
 use std::ptr::NonNull;
@@ -29,38 +30,13 @@ unsafe impl Sync for LockedBytes {}
 impl LockedBytes {
     /// Copies `data` into a new locked, undumpable mapping.
     pub fn copy_from(data: &[u8]) -> io::Result<LockedBytes> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .ok()
-            .filter(|p| *p > 0)
-            .unwrap_or(4096);
+        let page = sys::page_size();
         let map_len = data.len().max(1).div_ceil(page) * page;
-        // SAFETY: a new private anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        #[cfg(target_os = "linux")]
-        // SAFETY: the range is the mapping just made.
-        if unsafe { libc::madvise(ptr.as_ptr().cast(), map_len, libc::MADV_DONTDUMP) } != 0 {
-            debug!("MADV_DONTDUMP failed: {}", io::Error::last_os_error());
-        }
-        // SAFETY: the range is the mapping just made.
-        let locked = unsafe { libc::mlock(ptr.as_ptr().cast(), map_len) } == 0;
+        let ptr = sys::map(map_len)?;
+        let locked = sys::lock(ptr, map_len);
         if !locked {
             debug!(
-                "mlock of {map_len} bytes failed ({}); the secret may be swapped",
+                "locking {map_len} bytes in memory failed ({}); the secret may be swapped",
                 io::Error::last_os_error()
             );
         }
@@ -103,10 +79,123 @@ impl Drop for LockedBytes {
                 self.ptr.as_ptr(),
                 self.map_len,
             ));
-            if self.locked {
-                libc::munlock(self.ptr.as_ptr().cast(), self.map_len);
+            sys::unmap(self.ptr, self.map_len, self.locked);
+        }
+    }
+}
+
+#[cfg(unix)]
+mod sys {
+    use std::io;
+    use std::ptr::NonNull;
+
+    use tracing::debug;
+
+    pub fn page_size() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(4096)
+    }
+
+    /// A new private anonymous mapping of `len` bytes, kept out of core dumps (Linux).
+    pub fn map(len: usize) -> io::Result<NonNull<u8>> {
+        // SAFETY: a new private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        #[cfg(target_os = "linux")]
+        // SAFETY: the range is the mapping just made.
+        if unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTDUMP) } != 0 {
+            debug!("MADV_DONTDUMP failed: {}", io::Error::last_os_error());
+        }
+        Ok(ptr)
+    }
+
+    pub fn lock(ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the range is a mapping made by `map`.
+        unsafe { libc::mlock(ptr.as_ptr().cast(), len) == 0 }
+    }
+
+    /// # Safety
+    /// `ptr` and `len` are a mapping made by `map`, not used afterwards.
+    pub unsafe fn unmap(ptr: NonNull<u8>, len: usize, locked: bool) {
+        // SAFETY: per the caller.
+        unsafe {
+            if locked {
+                libc::munlock(ptr.as_ptr().cast(), len);
             }
-            libc::munmap(self.ptr.as_ptr().cast(), self.map_len);
+            libc::munmap(ptr.as_ptr().cast(), len);
+        }
+    }
+}
+
+#[cfg(windows)]
+mod sys {
+    use std::io;
+    use std::ptr::NonNull;
+
+    use windows_sys::Win32::System::Memory::{
+        MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READWRITE, VirtualAlloc, VirtualFree,
+        VirtualLock, VirtualUnlock,
+    };
+    use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
+
+    pub fn page_size() -> usize {
+        // SAFETY: GetSystemInfo fills the struct we pass.
+        let info = unsafe {
+            let mut info: SYSTEM_INFO = std::mem::zeroed();
+            GetSystemInfo(&mut info);
+            info
+        };
+        usize::try_from(info.dwPageSize)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(4096)
+    }
+
+    /// New committed private pages (Windows writes no process memory into crash dumps
+    /// unless a debugger or WER asks for a full dump).
+    pub fn map(len: usize) -> io::Result<NonNull<u8>> {
+        // SAFETY: a new allocation; no existing memory is touched.
+        let ptr = unsafe {
+            VirtualAlloc(
+                std::ptr::null(),
+                len,
+                MEM_COMMIT | MEM_RESERVE,
+                PAGE_READWRITE,
+            )
+        };
+        NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)
+    }
+
+    pub fn lock(ptr: NonNull<u8>, len: usize) -> bool {
+        // SAFETY: the range is an allocation made by `map`.
+        unsafe { VirtualLock(ptr.as_ptr().cast(), len) != 0 }
+    }
+
+    /// # Safety
+    /// `ptr` and `len` are an allocation made by `map`, not used afterwards.
+    pub unsafe fn unmap(ptr: NonNull<u8>, len: usize, locked: bool) {
+        // SAFETY: per the caller; MEM_RELEASE takes size 0 and the allocation's base.
+        unsafe {
+            if locked {
+                VirtualUnlock(ptr.as_ptr().cast(), len);
+            }
+            VirtualFree(ptr.as_ptr().cast(), 0, MEM_RELEASE);
         }
     }
 }

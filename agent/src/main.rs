@@ -1,16 +1,16 @@
 //! `dpop-agent`: the daemon that keeps DPoP private keys where they cannot leave (a PKCS#11
-//! token, or encrypted software storage) and signs proofs for local clients over a Unix socket,
-//! like ssh-agent does for SSH keys.
+//! token, a TPM, or encrypted software storage) and signs proofs for local clients over a Unix
+//! socket (a named pipe on Windows), like ssh-agent does for SSH keys.
 //!
 //! Without arguments it starts in the background and prints shell commands that set
 //! `DPOP_AUTH_SOCK`, for `eval "$(dpop-agent)"`. `-D` stays in the foreground; `-k` stops the
-//! agent named by `DPOP_AUTH_SOCK` (or, without it, `DPOP_AGENT_PID`).
+//! agent named by `DPOP_AUTH_SOCK` (or, without it, `DPOP_AGENT_PID`). On Windows the agent
+//! runs in the foreground only (`-D`), on its user's pipe, where clients find it.
 //!
 //! This file only wires: parse, settings, backends, bind, serve. The parts live in the
 //! crate's library (`src/lib.rs`).
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -22,8 +22,11 @@ use dpop_agent::backends::{self, PinPrompt};
 use dpop_agent::config::{Args, HandedSecrets, Settings};
 use dpop_agent::dispatch::State;
 use dpop_agent::policy::Policies;
+use dpop_agent::server;
+#[cfg(unix)]
 use dpop_agent::shell::Shell;
-use dpop_agent::{background, pin, server, socket, stop};
+#[cfg(unix)]
+use dpop_agent::{background, pin, socket, stop};
 
 fn main() -> ExitCode {
     // First, in every mode (the background start and -k included), before any secret is read.
@@ -47,14 +50,14 @@ fn main() -> ExitCode {
         };
     }
     let result = if args.kill {
-        stop::kill_agent(Shell::choose(args.csh, args.sh))
+        kill(&args)
     } else if args.check_config {
         check_config(&args)
     } else if args.foreground {
         init_logging(args.detached);
         run(&args)
     } else {
-        background::start(&args)
+        start_in_background(&args)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,33 +68,68 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(unix)]
+fn kill(args: &Args) -> Result<()> {
+    stop::kill_agent(Shell::choose(args.csh, args.sh))
+}
+
+#[cfg(windows)]
+fn kill(_args: &Args) -> Result<()> {
+    bail!("-k is not supported on Windows: stop the agent with Ctrl-C in its console")
+}
+
+#[cfg(unix)]
+fn start_in_background(args: &Args) -> Result<()> {
+    background::start(args)
+}
+
+#[cfg(windows)]
+fn start_in_background(_args: &Args) -> Result<()> {
+    bail!(
+        "on Windows dpop-agent runs in the foreground: start it with dpop-agent -D (clients \
+         find it on this user's pipe without DPOP_AUTH_SOCK)"
+    )
+}
+
 /// Logs go to standard error; a detached child also keeps what it logs until it detaches, for
 /// the log file (the parent repeats the warnings on its own standard error).
 fn init_logging(detached: bool) {
-    if detached {
-        background::keep_startup_log();
-    }
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "dpop_agent=info,dpop_keys=info,audit=info".into()),
         )
-        .with_writer(|| background::StderrTee)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    #[cfg(unix)]
+    {
+        if detached {
+            background::keep_startup_log();
+        }
+        subscriber.with_writer(|| background::StderrTee).init();
+    }
+    #[cfg(windows)]
+    {
+        let _ = detached; // no background start on Windows
+        subscriber.with_writer(std::io::stderr).init();
+    }
 }
 
 /// The agent itself, in the foreground (`-D`) or as the background start's child.
 fn run(args: &Args) -> Result<()> {
     // First, while single-threaded: it clears the activation variables.
+    #[cfg(unix)]
     let activated = socket::activated_listener()?;
+    #[cfg(unix)]
     let handed = if args.detached {
         receive_handed_secrets()?
     } else {
         HandedSecrets::default()
     };
+    #[cfg(windows)]
+    let handed = HandedSecrets::default();
     let settings = Settings::load(args, handed)?;
     // Before the slow part (loading keys), so that a refused log file fails the start at once.
+    #[cfg(unix)]
     let log_file = match (&settings.log_file, args.detached) {
         (Some(path), true) => Some(background::open_log_file(path)?),
         _ => None,
@@ -116,7 +154,22 @@ fn run(args: &Args) -> Result<()> {
         State::new(keyring, settings.passphrase.is_some())
             .with_policies(policies, settings.default_lifetime),
     );
+    #[cfg(unix)]
+    return serve_unix(args, &settings, state, activated, log_file);
+    #[cfg(windows)]
+    return serve_windows(&settings, state);
+}
 
+/// Binds the socket (or takes systemd's) and serves until a shutdown signal.
+#[cfg(unix)]
+fn serve_unix(
+    args: &Args,
+    settings: &Settings,
+    state: Arc<State>,
+    activated: Option<std::os::unix::net::UnixListener>,
+    log_file: Option<std::fs::File>,
+) -> Result<()> {
+    use std::path::Path;
     // Before the socket exists and before the runtime's threads (which inherit the mask): a
     // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
     // Not earlier: Ctrl-C at the PIN prompt must still end the agent at once.
@@ -178,6 +231,25 @@ fn run(args: &Args) -> Result<()> {
     result
 }
 
+/// Creates this user's pipe and serves until Ctrl-C (or logoff, or shutdown).
+#[cfg(windows)]
+fn serve_windows(settings: &Settings, state: Arc<State>) -> Result<()> {
+    let name = settings.pipe_name()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = server::shutdown_on_signal().context("installing console handlers")?;
+        let listener = dpop_agent::pipe::PipeListener::bind(&name)?;
+        info!(socket = %listener.name(), pid = std::process::id(), "listening");
+        server::serve(listener, state, shutdown).await;
+        anyhow::Ok(())
+    });
+    info!("stopped");
+    result
+}
+
 /// `--check-config`: loads the settings as a start would, checks the files they name, and
 /// prints what the agent would use. Secrets are read (to check them) but never printed.
 fn check_config(args: &Args) -> Result<()> {
@@ -186,13 +258,7 @@ fn check_config(args: &Args) -> Result<()> {
         Some(path) => println!("config file: {}", path.display()),
         None => println!("config file: none (flags and defaults only)"),
     }
-    match &settings.socket {
-        Some(path) => println!("socket: {}", path.display()),
-        None => match socket::default_socket_path() {
-            Some(path) => println!("socket: {} (default)", path.display()),
-            None => println!("socket: a new private directory under $TMPDIR (default)"),
-        },
-    }
+    println!("socket: {}", settings.socket_summary());
     println!("data directory: {}", settings.data_dir.display());
     match (&settings.passphrase, &settings.passphrase_file) {
         (Some(_), Some(file)) => {
@@ -237,6 +303,7 @@ fn check_config(args: &Args) -> Result<()> {
 
 /// Like ssh-agent: no core dumps, no ptrace and no /proc/<pid>/{mem,environ} for other
 /// processes of the same user, which could otherwise read keys, PINs and the passphrase.
+#[cfg(target_os = "linux")]
 fn make_non_dumpable() -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's flags.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
@@ -245,8 +312,17 @@ fn make_non_dumpable() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Windows has no per-process dumpable flag: any process of the same user may open the agent
+/// for reading. Keys that must not be read by the user's other programs belong in a TPM or a
+/// token.
+#[cfg(not(target_os = "linux"))]
+fn make_non_dumpable() -> std::io::Result<()> {
+    Ok(())
+}
+
 /// The detached child's secrets, from the pipe on its standard input (read unbuffered, so
 /// no copy stays in a buffer we cannot wipe); standard input is /dev/null afterwards.
+#[cfg(unix)]
 fn receive_handed_secrets() -> Result<HandedSecrets> {
     use std::os::fd::{AsRawFd, FromRawFd};
     // SAFETY: descriptor 0 is open for the process's life; ManuallyDrop never closes it.

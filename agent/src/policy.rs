@@ -18,7 +18,7 @@ use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::peer::Peer;
+use crate::peer::{Peer, same_executable};
 
 /// How long the askpass program has to answer; no answer is a no.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +115,7 @@ impl Checked {
                 ));
             }
             // The kernel names the peer's executable with every link resolved.
-            let canonical = std::fs::canonicalize(path).map_err(|e| {
+            let canonical = crate::peer::canonical_executable(path).map_err(|e| {
                 WireError::new(
                     ErrorCode::InvalidPolicy,
                     format!("allowed client {client:?}: {e}"),
@@ -344,7 +344,7 @@ impl Policies {
             let allowed = request
                 .peer
                 .exe()
-                .is_some_and(|exe| policy.clients.iter().any(|c| c == exe));
+                .is_some_and(|exe| policy.clients.iter().any(|c| same_executable(c, exe)));
             if !allowed {
                 return Err(WireError::new(
                     ErrorCode::ClientNotAllowed,

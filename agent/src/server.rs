@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use dpop_protocol::{ErrorCode, WireError, encode_err, parse_request};
 use serde_json::Value;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -19,6 +18,30 @@ use tracing::{debug, info, warn};
 use crate::connection::{Connection, Frame};
 use crate::dispatch::{State, handle};
 use crate::peer::Peer;
+
+/// A client's connection: a Unix socket, or on Windows an instance of the agent's pipe.
+#[cfg(unix)]
+pub type Stream = tokio::net::UnixStream;
+/// A client's connection: a Unix socket, or on Windows an instance of the agent's pipe.
+#[cfg(windows)]
+pub type Stream = tokio::net::windows::named_pipe::NamedPipeServer;
+
+/// Where clients connect: the agent's Unix socket, or on Windows its named pipe.
+#[cfg(unix)]
+pub type Listener = tokio::net::UnixListener;
+/// Where clients connect: the agent's Unix socket, or on Windows its named pipe.
+#[cfg(windows)]
+pub type Listener = crate::pipe::PipeListener;
+
+#[cfg(unix)]
+async fn accept(listener: &mut Listener) -> std::io::Result<Stream> {
+    listener.accept().await.map(|(stream, _)| stream)
+}
+
+#[cfg(windows)]
+async fn accept(listener: &mut Listener) -> std::io::Result<Stream> {
+    listener.accept().await
+}
 
 /// Connections served at once; the next one is answered `busy` and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -44,8 +67,10 @@ const REFUSAL_DRAIN: Duration = Duration::from_millis(500);
 const SPIN: Duration = Duration::from_micros(50);
 
 /// The signals that stop the agent.
+#[cfg(unix)]
 const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
+#[cfg(unix)]
 fn shutdown_signal_mask(how: libc::c_int) -> std::io::Result<()> {
     // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask changes only this
     // thread's mask.
@@ -67,6 +92,7 @@ fn shutdown_signal_mask(how: libc::c_int) -> std::io::Result<()> {
 /// Call it before the socket is bound and before any other thread exists: a signal that comes
 /// while the agent starts then waits for [`shutdown_on_signal`]'s handler instead of killing
 /// the agent with its socket file left behind.
+#[cfg(unix)]
 pub fn hold_shutdown_signals() -> std::io::Result<()> {
     shutdown_signal_mask(libc::SIG_BLOCK)
 }
@@ -75,6 +101,7 @@ pub fn hold_shutdown_signals() -> std::io::Result<()> {
 /// called [`hold_shutdown_signals`] (the one running the runtime's `block_on`): the handlers
 /// are in place before it returns, and then that thread takes the signals again, including one
 /// held back meanwhile.
+#[cfg(unix)]
 pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
@@ -90,6 +117,30 @@ pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
         let _ = tx.send(true);
     });
     shutdown_signal_mask(libc::SIG_UNBLOCK)?;
+    Ok(rx)
+}
+
+/// A shutdown signal that turns true on Ctrl-C or Ctrl-Break, or when the console closes or
+/// the user logs off or the system shuts down. Call it inside the runtime.
+#[cfg(windows)]
+pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_logoff, ctrl_shutdown};
+    let (tx, rx) = watch::channel(false);
+    let mut c = ctrl_c()?;
+    let mut brk = ctrl_break()?;
+    let mut close = ctrl_close()?;
+    let mut logoff = ctrl_logoff()?;
+    let mut shutdown = ctrl_shutdown()?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = c.recv() => info!("Ctrl-C"),
+            _ = brk.recv() => info!("Ctrl-Break"),
+            _ = close.recv() => info!("console closed"),
+            _ = logoff.recv() => info!("user logging off"),
+            _ = shutdown.recv() => info!("system shutting down"),
+        }
+        let _ = tx.send(true);
+    });
     Ok(rx)
 }
 
@@ -111,7 +162,7 @@ fn idle_timeout() -> Duration {
 }
 
 /// Serves until `shutdown` turns true, then lets in-flight requests finish.
-pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(mut listener: Listener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let idle = idle_timeout();
@@ -120,8 +171,8 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
     let mut tasks = JoinSet::new();
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = accept(&mut listener) => match accepted {
+                Ok(stream) => stream,
                 Err(e) => {
                     warn!("accept failed: {e}");
                     // EMFILE and friends: back off instead of spinning.
@@ -179,17 +230,6 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, mut shutdown: watc
     }
 }
 
-/// Same user as the agent, or root (who can read the agent's memory anyway, as ssh-agent
-/// also allows).
-fn peer_allowed(stream: &UnixStream) -> Result<Peer, String> {
-    let me = crate::socket::euid();
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == me || cred.uid() == 0 => Ok(Peer::new(cred.uid(), cred.pid())),
-        Ok(cred) => Err(format!("uid {} (pid {:?})", cred.uid(), cred.pid())),
-        Err(e) => Err(format!("unknown peer ({e})")),
-    }
-}
-
 fn busy_reply() -> Vec<u8> {
     encode_err(
         Value::Null,
@@ -201,20 +241,20 @@ fn busy_reply() -> Vec<u8> {
 }
 
 /// Answers a connection over the limit with one `busy` line and closes it.
-async fn refuse_busy(stream: UnixStream) {
+async fn refuse_busy(stream: Stream) {
     let mut conn = Connection::new(stream);
     let _ = conn.write(&busy_reply()).await;
     conn.refuse_and_drain(REFUSAL_DRAIN).await;
 }
 
 async fn serve_connection(
-    stream: UnixStream,
+    stream: Stream,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
     spin: impl Fn() -> Duration,
     idle: Duration,
 ) {
-    let peer = match peer_allowed(&stream) {
+    let peer = match Peer::identify(&stream) {
         Ok(peer) => peer,
         Err(who) => {
             warn!("refused connection from {who}: not the agent's user");
@@ -233,7 +273,6 @@ async fn serve_connection(
             return;
         }
     };
-    debug!(uid = peer.uid, pid = ?peer.pid, "client connected");
     let mut conn = Connection::new(stream);
     let idle_deadline = tokio::time::sleep(idle);
     tokio::pin!(idle_deadline);

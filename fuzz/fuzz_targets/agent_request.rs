@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 }
                 let id = request.id.clone();
-                let reply = runtime().block_on(handle(state, &Peer::new(0, None), request));
+                let reply = runtime().block_on(handle(state, &Peer::new(None), request));
                 check_reply(&reply, &id, &secrets);
             }
             Err(bad) => {

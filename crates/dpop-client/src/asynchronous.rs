@@ -1,24 +1,21 @@
 //! The async client (tokio).
 
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use dpop_jose::Algorithm;
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::exchange::{Call, Exchange};
-use crate::peer::check_agent;
-use crate::spin::spin_until_readable;
+use crate::transport::{AsyncStream, connect_async, spin_until_readable};
 use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
 
 /// An async connection to the agent. Requests on one client run one after another; open
 /// several clients for parallel requests.
 #[derive(Debug)]
 pub struct Client {
-    stream: BufReader<UnixStream>,
+    stream: BufReader<AsyncStream>,
     exchange: Exchange,
     line: Vec<u8>,
     spin: Duration,
@@ -27,16 +24,7 @@ pub struct Client {
 impl Client {
     /// Connects to the agent at `path`.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
-        // Before a single byte goes out: a token or a private key must not reach a listener
-        // of another user.
-        check_agent(stream.as_fd(), path)?;
+        let stream = connect_async(path.as_ref()).await?;
         Ok(Client {
             stream: BufReader::new(stream),
             exchange: Exchange::new(),
@@ -54,6 +42,7 @@ impl Client {
     /// This trades a little CPU, on the runtime's thread, for latency when one task sends
     /// requests back to back; leave it off when many tasks share few threads, or when keys
     /// live on a slow token.
+    /// On Windows (a named pipe) it does nothing.
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
     }
@@ -74,7 +63,7 @@ impl Client {
             return Err(pending.write_failed(&self.line, e));
         }
         if self.stream.buffer().is_empty() {
-            spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);
+            spin_until_readable(self.stream.get_ref(), self.spin);
         }
         self.read_reply().await?;
         pending.finish(&self.line)

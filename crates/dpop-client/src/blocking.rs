@@ -2,8 +2,6 @@
 //! `default-features = false`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,15 +9,14 @@ use dpop_jose::Algorithm;
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 
 use crate::exchange::{Call, Exchange};
-use crate::peer::check_agent;
-use crate::spin::spin_until_readable;
+use crate::transport::{Stream, connect, spin_until_readable};
 use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
 
 /// A blocking connection to the agent. Requests run one after another; open several clients
 /// for parallel requests.
 #[derive(Debug)]
 pub struct Client {
-    stream: BufReader<UnixStream>,
+    stream: BufReader<Stream>,
     exchange: Exchange,
     line: Vec<u8>,
     spin: Duration,
@@ -28,14 +25,7 @@ pub struct Client {
 impl Client {
     /// Connects to the agent at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-        // Before a single byte goes out: a token or a private key must not reach a listener
-        // of another user.
-        check_agent(stream.as_fd(), path)?;
+        let stream = connect(path.as_ref())?;
         Ok(Client {
             stream: BufReader::new(stream),
             exchange: Exchange::new(),
@@ -54,6 +44,7 @@ impl Client {
     /// Waking a sleeping thread costs more than a software-key proof takes, so a thread that
     /// sends requests back to back gets its proofs sooner with about 200 us; against a slow
     /// token (milliseconds per signature) polling only burns CPU.
+    /// On Windows (a named pipe) it does nothing.
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
     }
@@ -73,7 +64,7 @@ impl Client {
             return Err(pending.write_failed(&self.line, e));
         }
         if self.stream.buffer().is_empty() {
-            spin_until_readable(self.stream.get_ref().as_raw_fd(), self.spin);
+            spin_until_readable(self.stream.get_ref(), self.spin);
         }
         self.read_reply()?;
         pending.finish(&self.line)

@@ -1,12 +1,13 @@
 //! Clients of dpop-agent. Ask the agent for DPoP proofs (RFC 9449) and manage its keys over
-//! its Unix socket; the private keys never leave the agent.
+//! its Unix socket (a named pipe on Windows); the private keys never leave the agent.
 //!
 //! [`Client`] is async (tokio, feature `async`, on by default), [`blocking::Client`] is for
 //! synchronous code and needs no runtime (`default-features = false`). Both find the agent
 //! through `DPOP_AUTH_SOCK` (`connect_env`) or an explicit path, both talk only to an agent
-//! of their own user (or root) and refuse any other listener before sending anything
-//! ([`Error::ForeignAgent`]), and both run the same request/reply code; they differ only in
-//! how they wait for the socket. The crate compiles no cryptography: the agent signs.
+//! of their own user (or root; LocalSystem on Windows) and refuse any other listener before
+//! sending anything (`Error::ForeignAgent`), and both run the same request/reply code; they
+//! differ only in how they wait for the socket. The crate compiles no cryptography: the agent
+//! signs.
 //!
 //! ```no_run
 //! use dpop_client::ProofRequest;
@@ -20,33 +21,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Either client can poll for each reply for a moment before it sleeps (`set_spin`, off by
-//! default): that saves the wake-up of a sleeping thread, which costs more than a software-key
+//! On Unix, either client can poll for each reply for a moment before it sleeps (`set_spin`,
+//! off by default): that saves the wake-up of a sleeping thread, which costs more than a software-key
 //! proof, but burns CPU while a slow token signs.
 //!
 //! The agent closes connections that stay idle for 10 minutes; an application that keeps a
 //! client between rare requests connects again when a call returns [`Error::Closed`].
 
-#[cfg(all(unix, feature = "async"))]
+#[cfg(feature = "async")]
 mod asynchronous;
-#[cfg(unix)]
 pub mod blocking;
-#[cfg(all(unix, feature = "http"))]
-pub mod http;
-// Both clients are Unix-socket clients so far; elsewhere (Windows: named pipes, to come) only
-// the shared types build, and the exchange has no transport to drive it.
-#[cfg_attr(not(unix), allow(dead_code))]
 mod exchange;
-#[cfg(unix)]
-mod peer;
-#[cfg(unix)]
-mod spin;
+#[cfg(feature = "http")]
+pub mod http;
+mod transport;
 
 use std::path::PathBuf;
 
 use dpop_protocol::WireError;
 
-#[cfg(all(unix, feature = "async"))]
+#[cfg(feature = "async")]
 pub use asynchronous::Client;
 pub use exchange::ProofRequest;
 
@@ -54,7 +48,6 @@ pub use exchange::ProofRequest;
 pub const SOCKET_ENV: &str = "DPOP_AUTH_SOCK";
 
 /// Longest reply accepted (a `list_keys` of many RSA keys is long).
-#[cfg(unix)]
 const MAX_REPLY: u64 = 4 * 1024 * 1024;
 
 /// What can go wrong talking to the agent.
@@ -88,6 +81,19 @@ pub enum Error {
         uid: u32,
         /// Our effective uid.
         euid: u32,
+    },
+    /// Windows: the process that created the agent's pipe runs as another user (neither ours
+    /// nor LocalSystem): nothing was sent to it. Another user created the pipe first.
+    #[cfg(windows)]
+    #[error(
+        "refusing to talk to {path}: the process that created this pipe runs as {sid}, \
+         not as this user or LocalSystem"
+    )]
+    ForeignAgentUser {
+        /// The pipe's path.
+        path: PathBuf,
+        /// The SID of the pipe server's user.
+        sid: String,
     },
     /// Reading or writing the socket failed.
     #[error("talking to the agent")]
@@ -124,14 +130,11 @@ impl Error {
 
 /// The agent's socket: the one `DPOP_AUTH_SOCK` names, else the agent's default
 /// `$XDG_RUNTIME_DIR/dpop-agent/agent.sock` when it exists (an agent started without `-a`, or
-/// the systemd socket unit), as ssh clients look for `SSH_AUTH_SOCK`.
+/// the systemd socket unit), as ssh clients look for `SSH_AUTH_SOCK`. On Windows the default
+/// is this user's pipe, `\\.\pipe\dpop-agent-<SID>`.
 pub fn socket_from_env() -> Result<PathBuf, Error> {
     if let Some(socket) = std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()) {
         return Ok(PathBuf::from(socket));
     }
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
-        .filter(|socket| socket.exists())
-        .ok_or(Error::NoSocket)
+    transport::default_socket().ok_or(Error::NoSocket)
 }

@@ -1,7 +1,11 @@
 //! Private files of the key store: 0700 directories we own, 0600 files written atomically.
+//!
+//! On Windows there are no modes: the store lives under the user's profile
+//! (`%LOCALAPPDATA%`), whose inherited ACL already keeps other users out, and files take it.
 
 use std::fs;
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -18,12 +22,27 @@ pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
         }
     };
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io("creating directory"))?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        builder.mode(0o700);
+        builder.create(dir).map_err(io("creating directory"))?;
     }
+    #[cfg(unix)]
+    check_private_dir(dir)?;
+    Ok(())
+}
+
+/// An existing directory must belong to us and not be writable by others.
+#[cfg(unix)]
+fn check_private_dir(dir: &Path) -> Result<(), Error> {
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: dir.to_owned(),
+            source,
+        }
+    };
     let meta = fs::metadata(dir).map_err(io("checking directory"))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -62,12 +81,11 @@ fn write_private_file(path: &Path, bytes: &[u8], place: Place) -> Result<(), Err
         }
     };
     let tmp = path.with_extension("json.tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("creating key file"))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp).map_err(io("creating key file"))?;
     let result = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())

@@ -20,6 +20,8 @@
 mod codes;
 mod lifetime;
 mod messages;
+#[cfg(windows)]
+pub mod pipe;
 
 pub use codes::{ErrorCode, WireError};
 pub use lifetime::parse_lifetime;

@@ -1,10 +1,12 @@
 //! Saved tokens: one JSON file per token, 0600, in a 0700 directory (by default
-//! `$XDG_STATE_HOME/dpop/tokens`), each bound to the label and thumbprint of its key.
+//! `$XDG_STATE_HOME/dpop/tokens`; on Windows `%LOCALAPPDATA%\dpop\tokens`, private through
+//! the profile's ACL), each bound to the label and thumbprint of its key.
 //! Files, not the agent: tokens then outlive agent restarts, and the agent keeps holding
 //! nothing but keys and nonces.
 
 use std::fs;
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -230,6 +232,7 @@ impl TokenCache {
     }
 
     /// `$XDG_STATE_HOME/dpop/tokens`, or `~/.local/state/dpop/tokens`.
+    #[cfg(not(windows))]
     pub fn default_location() -> Result<TokenCache, Error> {
         let state = std::env::var_os("XDG_STATE_HOME")
             .filter(|d| !d.is_empty() && Path::new(d).is_absolute())
@@ -243,6 +246,17 @@ impl TokenCache {
                 Error::Config("neither XDG_STATE_HOME nor HOME is set: no place for tokens".into())
             })?;
         Ok(TokenCache::new(state.join("dpop").join("tokens")))
+    }
+
+    /// `%LOCALAPPDATA%\dpop\tokens`: the user's profile, which other users cannot read.
+    #[cfg(windows)]
+    pub fn default_location() -> Result<TokenCache, Error> {
+        let local = std::env::var_os("LOCALAPPDATA")
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| Error::Config("LOCALAPPDATA is not set: no place for tokens".into()))?;
+        Ok(TokenCache::new(
+            Path::new(&local).join("dpop").join("tokens"),
+        ))
     }
 
     /// The directory.
@@ -263,13 +277,14 @@ impl TokenCache {
             path: self.dir.clone(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io)?;
+        let mut dir = fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        dir.mode(0o700);
+        dir.create(&self.dir).map_err(io)?;
         // tempfile creates it 0600.
         let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
+        #[cfg(unix)]
         file.as_file()
             .set_permissions(fs::Permissions::from_mode(0o600))
             .map_err(io)?;

@@ -1,6 +1,7 @@
 //! Opening a token: which module and token, where the PIN comes from, how many sessions.
 
 use std::fs;
+#[cfg(unix)]
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -65,6 +66,7 @@ impl PinSource {
                     reason,
                 };
                 let bytes = Zeroizing::new(fs::read(path).map_err(|e| unavailable(e.to_string()))?);
+                #[cfg(unix)]
                 if let Ok(meta) = fs::metadata(path)
                     && meta.permissions().mode() & 0o077 != 0
                 {

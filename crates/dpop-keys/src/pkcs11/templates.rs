@@ -26,7 +26,7 @@ pub(crate) const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22
 pub(crate) const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 
 /// RSA modulus size for generated keys.
-pub(crate) const RSA_BITS: u64 = 2048;
+pub(crate) const RSA_BITS: cryptoki_sys::CK_ULONG = 2048;
 
 /// `CKA_KEY_TYPE` and `CKA_EC_PARAMS` of a key kind (no parameters for RSA).
 pub(crate) fn key_type(kind: KeyKind) -> (KeyType, Option<&'static [u8]>) {
