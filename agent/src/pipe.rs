@@ -4,15 +4,17 @@
 //! ([`OwnerOnly`]), refuses remote clients, and must be the first instance of its name: the
 //! pipe namespace is the machine's, so a name that exists already belongs to another agent or
 //! to a process (maybe another user's) that took it first, and the agent then refuses to
-//! start rather than share it. Each accepted client takes the listening instance; a new one
+//! start rather than share it. As on Unix, it first tries to connect: a pipe that answers is
+//! refused at once (and under Wine, which ignores `FILE_FLAG_FIRST_PIPE_INSTANCE`, this is
+//! the only check); the first-instance flag closes the race after it. Each accepted client takes the listening instance; a new one
 //! is made at once for the next client.
 
 use std::io;
 
 use anyhow::{Context, Result, bail};
 use dpop_protocol::pipe::OwnerOnly;
-use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
-use windows_sys::Win32::Foundation::ERROR_ACCESS_DENIED;
+use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeServer, ServerOptions};
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY};
 
 /// Where a pipe's name must start.
 const PIPE_PREFIX: &str = r"\\.\pipe\";
@@ -21,7 +23,9 @@ const PIPE_PREFIX: &str = r"\\.\pipe\";
 pub struct PipeListener {
     name: String,
     security: OwnerOnly,
-    next: NamedPipeServer,
+    /// The instance the next client connects to (`None` after the system's limit of
+    /// instances was reached; the next [`accept`](Self::accept) makes it).
+    next: Option<NamedPipeServer>,
 }
 
 impl PipeListener {
@@ -31,14 +35,23 @@ impl PipeListener {
         if !name.starts_with(PIPE_PREFIX) || name.len() == PIPE_PREFIX.len() {
             bail!("{name} is not a named pipe: on Windows the socket is \\\\.\\pipe\\<name>");
         }
+        let taken = || {
+            anyhow::anyhow!(
+                "the pipe {name} exists already: another dpop-agent of yours listens there, \
+                 or another process took the name first; pass -a with another name"
+            )
+        };
+        // Nothing is sent: the other end only sees a connection that closes.
+        match ClientOptions::new().open(name) {
+            Ok(_) => return Err(taken()),
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) => return Err(taken()),
+            Err(_) => {}
+        }
         let security =
             OwnerOnly::for_current_user().context("making the pipe's security descriptor")?;
         let first = create(name, &security, true).map_err(|e| {
             if e.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) {
-                anyhow::anyhow!(
-                    "the pipe {name} exists already: another dpop-agent of yours listens \
-                     there, or another process took the name first; pass -a with another name"
-                )
+                taken()
             } else {
                 anyhow::Error::new(e).context(format!("creating the pipe {name}"))
             }
@@ -46,7 +59,7 @@ impl PipeListener {
         Ok(PipeListener {
             name: name.to_owned(),
             security,
-            next: first,
+            next: Some(first),
         })
     }
 
@@ -55,15 +68,19 @@ impl PipeListener {
         &self.name
     }
 
-    /// Waits for a client; returns its connected instance. The next instance exists before
-    /// this one is handed out, so the name never lapses.
+    /// Waits for a client; returns its connected instance. The next instance is made before
+    /// this one is handed out (or dropped, when the client went away before the connect
+    /// finished), so the name does not lapse while clients come and go.
     pub async fn accept(&mut self) -> io::Result<NamedPipeServer> {
-        let connected = self.next.connect().await;
-        let next = create(&self.name, &self.security, false)?;
-        let taken = std::mem::replace(&mut self.next, next);
-        // A client that came and went before the connect finished leaves an instance that
-        // nobody can use: it is dropped, and the fresh one listens.
-        connected.map(|()| taken)
+        let pipe = match self.next.take() {
+            Some(pipe) => pipe,
+            None => create(&self.name, &self.security, false)?,
+        };
+        let connected = pipe.connect().await;
+        // At the system's limit of instances (255) this fails; the connected client is
+        // served all the same, and the next call tries again.
+        self.next = create(&self.name, &self.security, false).ok();
+        connected.map(|()| pipe)
     }
 }
 
