@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd; do
+# mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
+# under Wine (tests/tests/windows.rs).
+for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -38,6 +40,11 @@ if ! command -v npm >/dev/null 2>&1; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nodejs npm >/dev/null
 fi
+if ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
+    echo "== rustup target add x86_64-pc-windows-gnu"
+    rustup target add x86_64-pc-windows-gnu
+fi
+
 echo "== npm ci (tests/interop/oidc-provider)"
 (cd tests/interop/oidc-provider && npm ci --no-audit --no-fund --silent)
 
@@ -45,6 +52,9 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== Windows: clippy (cargo check and its lints) of the client, the CLI and the agent"
+cargo clippy --target x86_64-pc-windows-gnu -p dpop-client -p dpop-cli -p dpop-agent -- -D warnings
+cargo clippy --target x86_64-pc-windows-gnu -p dpop-client --no-default-features -- -D warnings
 echo "== crate boundaries: no cryptography or key backend in the protocol and client crates"
 for crate in dpop-protocol dpop-client; do
     if cargo tree -p "$crate" -e normal | grep -E 'aws-lc|cryptoki|tss-esapi'; then

@@ -21,7 +21,7 @@ const EXAMPLES: &str = "Examples:
   eval \"$(dpop-agent -k)\"              stop it";
 
 /// dpop-agent: keeps DPoP private keys where they cannot leave and signs proofs for local
-/// clients over a Unix socket.
+/// clients over a Unix socket (a named pipe on Windows).
 #[derive(Parser, Debug)]
 #[command(name = "dpop-agent", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Args {

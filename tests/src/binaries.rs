@@ -1,5 +1,5 @@
-//! The binaries under test (`dpop-agent`, `dpop`), built once per test process, and the
-//! workspace root.
+//! The binaries under test (`dpop-agent`, `dpop`), built once per test process (and their
+//! Windows builds, for the Wine tests), and the workspace root.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,111 @@ pub fn binaries() -> &'static Binaries {
     BINARIES.get_or_init(build_binaries)
 }
 
+/// The Windows binaries (`dpop-agent.exe`, `dpop.exe`), cross-built on first use for
+/// `x86_64-pc-windows-gnu` into the running test's target directory and profile, for the
+/// tests that run them under Wine. Needs `rustup target add x86_64-pc-windows-gnu` and
+/// mingw-w64; panics with cargo's output when the build fails.
+pub fn windows_binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        crate::require_tool("x86_64-w64-mingw32-gcc", &["--version"], "mingw-w64");
+        let build = Build::of_this_test();
+        let dir = build.run(
+            &[
+                "--target",
+                WINDOWS_TARGET,
+                "-p",
+                "dpop-agent",
+                "-p",
+                "dpop-cli",
+            ],
+            Some(WINDOWS_TARGET),
+        );
+        let bins = Binaries {
+            agent: dir.join("dpop-agent.exe"),
+            dpop: dir.join("dpop.exe"),
+            resource_server: PathBuf::new(),
+        };
+        for path in [&bins.agent, &bins.dpop] {
+            assert!(path.is_file(), "{} was not built", path.display());
+        }
+        bins
+    })
+}
+
+/// The Windows target the Wine tests build for.
+pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+/// The target directory and profile of the running test or bench executable.
+struct Build {
+    target_dir: PathBuf,
+    profile: String,
+}
+
+impl Build {
+    fn of_this_test() -> Build {
+        let exe = std::env::current_exe().expect("path of the running test executable");
+        // Test and bench executables live in target/<profile>/deps/.
+        let mut profile_dir = exe.parent().expect("executable has a directory").to_owned();
+        if profile_dir.file_name() == Some(OsStr::new("deps")) {
+            profile_dir.pop();
+        }
+        let profile = profile_dir
+            .file_name()
+            .and_then(OsStr::to_str)
+            .unwrap_or_else(|| panic!("cannot tell the profile from {}", exe.display()))
+            .to_owned();
+        let target_dir = profile_dir
+            .parent()
+            .unwrap_or_else(|| panic!("cannot tell the target directory from {}", exe.display()))
+            .to_owned();
+        Build {
+            target_dir,
+            profile,
+        }
+    }
+
+    /// `cargo build --quiet ARGS` in this build's target directory and profile; returns the
+    /// directory the binaries land in (under `target` when cross-building).
+    fn run(&self, args: &[&str], target: Option<&str>) -> PathBuf {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let mut command = Command::new(&cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--quiet"])
+            .args(args)
+            .arg("--target-dir")
+            .arg(&self.target_dir);
+        match self.profile.as_str() {
+            "debug" => {}
+            "release" => {
+                command.arg("--release");
+            }
+            other => {
+                command.args(["--profile", other]);
+            }
+        }
+        let output = command.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} to build the binaries under test: {e}",
+                Path::new(&cargo).display()
+            )
+        });
+        assert!(
+            output.status.success(),
+            "building the binaries under test failed ({:?}, {}):\n{}{}",
+            command,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        match target {
+            Some(target) => self.target_dir.join(target).join(&self.profile),
+            None => self.target_dir.join(&self.profile),
+        }
+    }
+}
+
 fn build_binaries() -> Binaries {
     let in_dir = |dir: &Path| {
         let bins = Binaries {
@@ -59,58 +164,17 @@ fn build_binaries() -> Binaries {
         // Relative to the workspace root, not to the test's working directory (tests/).
         return in_dir(&workspace_root().join(dir));
     }
-    let exe = std::env::current_exe().expect("path of the running test executable");
-    // Test and bench executables live in target/<profile>/deps/.
-    let mut profile_dir = exe.parent().expect("executable has a directory").to_owned();
-    if profile_dir.file_name() == Some(OsStr::new("deps")) {
-        profile_dir.pop();
+    let mut args = vec![
+        "-p",
+        "dpop-agent",
+        "-p",
+        "dpop-cli",
+        "-p",
+        "dpop-resource-server",
+    ];
+    // The TPM tests need an agent with the TPM backend, which needs libtss2 to build.
+    if cfg!(feature = "tpm") {
+        args.extend(["--features", "dpop-agent/tpm"]);
     }
-    let profile = profile_dir
-        .file_name()
-        .and_then(OsStr::to_str)
-        .unwrap_or_else(|| panic!("cannot tell the profile from {}", exe.display()))
-        .to_owned();
-    let target_dir = profile_dir
-        .parent()
-        .unwrap_or_else(|| panic!("cannot tell the target directory from {}", exe.display()));
-
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", "dpop-agent", "-p", "dpop-cli"])
-        .args(["-p", "dpop-resource-server"])
-        // The TPM tests need an agent with the TPM backend, which needs libtss2 to build.
-        .args(
-            cfg!(feature = "tpm")
-                .then_some(["--features", "dpop-agent/tpm"])
-                .into_iter()
-                .flatten(),
-        )
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            command.arg("--release");
-        }
-        other => {
-            command.args(["--profile", other]);
-        }
-    }
-    let output = command.output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {} to build the binaries under test: {e}",
-            Path::new(&cargo).display()
-        )
-    });
-    assert!(
-        output.status.success(),
-        "building dpop-agent, dpop and dpop-resource-server failed ({:?}, {}):\n{}{}",
-        command,
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    in_dir(&profile_dir)
+    in_dir(&Build::of_this_test().run(&args, None))
 }

@@ -20,6 +20,8 @@
 //!   feature `tpm` (on in `--all-features` runs), the binaries are built with dpop-agent's
 //!   `tpm` feature and [`Swtpm::context`] opens the TPM with tss-esapi.
 //! - [`wait_until`] and [`poll_until`] are the suite's one poll loop with a deadline.
+//! - [`WindowsAgent`] runs the Windows builds ([`windows_binaries`]) under Wine ([`wine()`]),
+//!   on a real named pipe.
 //! - [`RedisServer`] runs a real `redis-server` on a free loopback port (stoppable,
 //!   restartable on the same port); [`ResourceServer`] runs the example resource server,
 //!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
@@ -62,9 +64,10 @@ pub mod softhsm;
 pub mod swtpm;
 pub mod verify;
 pub mod wait;
+pub mod wine;
 
 pub use agent::{AgentOptions, PROCESS_TIMEOUT, Passphrase, StartFailure, TestAgent};
-pub use binaries::{Binaries, binaries, workspace_root};
+pub use binaries::{Binaries, WINDOWS_TARGET, binaries, windows_binaries, workspace_root};
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
@@ -82,6 +85,7 @@ pub use swtpm::Swtpm;
 pub use swtpm::{create_srk, srk_template};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
+pub use wine::{WINE_TIMEOUT, WindowsAgent, Wine, unique_pipe, windows_path, wine};
 
 pub(crate) use process::require_command;
 

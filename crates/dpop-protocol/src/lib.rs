@@ -1,7 +1,7 @@
 //! The dpop-agent wire protocol, shared by the agent and its clients.
 //!
-//! JSON Lines over a Unix socket: one UTF-8 JSON object per line, at most [`MAX_LINE`] bytes
-//! including the newline. Each [`Request`] has an `id` (echoed) and an `op`; a reply is
+//! JSON Lines over a Unix socket (a named pipe on Windows, see `pipe`): one UTF-8 JSON object
+//! per line, at most [`MAX_LINE`] bytes including the newline. Each [`Request`] has an `id` (echoed) and an `op`; a reply is
 //! `{"id":..,"ok":true,...}` or `{"id":..,"ok":false,"error":{"code":"..","message":".."}}`.
 //! Clients may pipeline; replies come back in request order and carry the id.
 //! `docs/protocol.md` is the reference for other languages.
