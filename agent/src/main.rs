@@ -160,6 +160,13 @@ fn run(args: &Args) -> Result<()> {
     return serve_windows(&settings, state);
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Binds the socket (or takes systemd's) and serves until a shutdown signal.
 #[cfg(unix)]
 fn serve_unix(
@@ -200,10 +207,7 @@ fn serve_unix(
             .and_then(|a| a.as_pathname().map(Path::to_owned))
             .unwrap_or_else(|| "(socket activation)".into()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let result = runtime.block_on(async {
         let shutdown = server::shutdown_on_signal().context("installing signal handlers")?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
@@ -235,10 +239,7 @@ fn serve_unix(
 #[cfg(windows)]
 fn serve_windows(settings: &Settings, state: Arc<State>) -> Result<()> {
     let name = settings.pipe_name()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let result = runtime.block_on(async {
         let shutdown = server::shutdown_on_signal().context("installing console handlers")?;
         let listener = dpop_agent::pipe::PipeListener::bind(&name)?;
