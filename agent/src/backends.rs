@@ -55,7 +55,7 @@ pub fn open(settings: &Settings, prompt: PinPrompt) -> Result<Keyring> {
     if let Some(p11) = &settings.pkcs11 {
         adopt_configured(&keyring, &p11.adopt);
     }
-    info!("{} key(s) loaded", keyring.list().len());
+    info!("{} key(s) loaded", keyring.len());
     Ok(keyring)
 }
 
@@ -134,13 +134,12 @@ fn pkcs11(p11: &Pkcs11Settings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backen
 fn tpm(settings: &TpmSettings, data_dir: &Path, prompt: PinPrompt) -> Result<Arc<dyn Backend>> {
     use dpop_keys::tpm::{TpmBackend, TpmConfig};
 
-    use crate::{config::PinFrom, pin};
+    use crate::config::{PinFrom, TPM_AUTH};
+    use crate::pin;
 
     let auth = match (&settings.auth, prompt) {
         (None, _) => None,
-        (Some(PinFrom::Source(source)), _) => Some(source.resolve().map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().replace("PKCS#11 PIN", "TPM auth value"))
-        })?),
+        (Some(PinFrom::Source(source)), _) => Some(source.resolve_as(TPM_AUTH)?),
         (Some(PinFrom::Read(auth)), _) => Some(auth.clone()),
         (Some(PinFrom::Prompt), PinPrompt::LaunchPipe) => {
             bail!("the background start passed no TPM auth value")

@@ -239,6 +239,9 @@ pub struct AdoptEntry {
     pub always_authenticate: bool,
 }
 
+/// What a TPM key's auth value is called in messages.
+pub const TPM_AUTH: &str = "TPM auth value";
+
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
@@ -531,14 +534,9 @@ impl Settings {
                     Some(PinFrom::Read(handed.tpm_auth.expect("checked")))
                 }
                 (Some(var), None, false) => {
-                    let auth = PinSource::Env(var.clone()).resolve();
+                    let auth = PinSource::Env(var.clone()).resolve_as(TPM_AUTH);
                     wipe_env_var(&var);
-                    Some(PinFrom::Read(auth.map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}",
-                            e.to_string().replace("PKCS#11 PIN", "TPM auth value")
-                        )
-                    })?))
+                    Some(PinFrom::Read(auth?))
                 }
                 (None, Some(path), false) => Some(PinFrom::Source(PinSource::File(path))),
                 (None, None, true) => Some(PinFrom::Prompt),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpop_jose::{Claims, Htu, Method, finish_proof, sign_proof, signing_input};
-use dpop_keys::{BackendKind, KeyInfo, KeyLabel, Keyring, SignerRef};
+use dpop_keys::{BackendKind, KeyInfo, KeyLabel, KeySigner, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
     KeyPolicy, KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request,
@@ -150,7 +150,7 @@ fn status(state: &State) -> StatusReply {
         pid: std::process::id(),
         backends: hello.backends,
         locked: state.lock.is_locked(),
-        keys: state.keyring.list().len(),
+        keys: state.keyring.len(),
         software_persistent: state.software_persistent,
     }
 }
@@ -249,67 +249,56 @@ async fn sign_checked(
     .and_then(|c| c.with_nonce(nonce))
     .map_err(|e| jose_err(&e))?;
     debug!(key = %req.key, htm = %claims.htm, htu = %claims.htu, "sign_proof");
-    if key.is_blocking()
-        && let Some(proof) = sign_detached(key, &claims).await
-    {
-        return proof.map(|proof| ProofReply { proof });
+    if !key.is_blocking() {
+        // A software key: signed in place, in microseconds.
+        return sign_proof(&**key, &claims)
+            .map(|proof| ProofReply { proof })
+            .map_err(|e| match &e {
+                dpop_jose::Error::Signer(inner) => match inner.downcast_ref::<dpop_keys::Error>() {
+                    Some(k) => keys_error(k),
+                    None => jose_err(&e),
+                },
+                _ => jose_err(&e),
+            });
     }
-    let proof = if key.is_blocking() {
-        let sign = || {
-            let started = Instant::now();
-            let proof = sign_proof(&**key, &claims);
-            key.meta().observe_sign_time(started.elapsed());
-            proof
-        };
-        if key
-            .meta()
-            .typical_sign_time()
-            .is_some_and(|t| t <= INLINE_SIGN_LIMIT)
-        {
-            // A fast token (SoftHSM2, a network HSM nearby): as cheap as a software
-            // signature, and handing it to another thread would cost more than it takes.
-            sign()
-        } else {
-            // A slow or not yet measured token (a YubiKey takes milliseconds): let the
-            // runtime move this worker's other tasks elsewhere while it waits.
-            tokio::task::block_in_place(sign)
-        }
-    } else {
-        sign_proof(&**key, &claims)
-    };
-    proof
-        .map(|proof| ProofReply { proof })
-        .map_err(|e| match &e {
-            dpop_jose::Error::Signer(inner) => match inner.downcast_ref::<dpop_keys::Error>() {
-                Some(k) => keys_error(k),
-                None => jose_err(&e),
-            },
-            _ => jose_err(&e),
-        })
-}
-
-/// A signer with a thread of its own (a TPM) signs while this task awaits its answer: no
-/// runtime thread blocks, none is handed over. `None` for signers that cannot.
-async fn sign_detached(key: &SignerRef, claims: &Claims) -> Option<Result<String, WireError>> {
+    // A token or a TPM: the signing input is made once, whichever way the signer takes it.
     let header = key.meta().header();
-    let input = signing_input(header, claims);
+    let input = signing_input(header, &claims);
     let started = Instant::now();
-    let answer = match key.sign_detached(input.as_bytes())? {
-        Ok(answer) => answer,
-        Err(e) => return Some(Err(keys_error(&e))),
-    };
-    let signature = match answer.await {
-        Ok(Ok(signature)) => signature,
-        Ok(Err(e)) => return Some(Err(keys_error(&e))),
-        Err(_) => {
-            return Some(Err(WireError::new(
-                ErrorCode::BackendError,
-                "the signer stopped before answering",
-            )));
+    let signature = match key.sign_detached(input.as_bytes()) {
+        // A signer with a thread of its own (a TPM) signs while this task awaits its answer:
+        // no runtime thread blocks, none is handed over.
+        Some(answer) => match answer.map_err(|e| keys_error(&e))?.await {
+            Ok(signed) => signed,
+            Err(_) => {
+                return Err(WireError::new(
+                    ErrorCode::BackendError,
+                    "the signer stopped before answering",
+                ));
+            }
+        },
+        None => {
+            let sign = || KeySigner::sign(&**key, input.as_bytes());
+            if key
+                .meta()
+                .typical_sign_time()
+                .is_some_and(|t| t <= INLINE_SIGN_LIMIT)
+            {
+                // A fast token (SoftHSM2, a network HSM nearby): as cheap as a software
+                // signature, and handing it to another thread would cost more than it takes.
+                sign()
+            } else {
+                // A slow or not yet measured token (a YubiKey takes milliseconds): let the
+                // runtime move this worker's other tasks elsewhere while it waits.
+                tokio::task::block_in_place(sign)
+            }
         }
     };
     key.meta().observe_sign_time(started.elapsed());
-    Some(finish_proof(header, input, &signature).map_err(|e| jose_err(&e)))
+    let signature = signature.map_err(|e| keys_error(&e))?;
+    finish_proof(header, input, &signature)
+        .map(|proof| ProofReply { proof })
+        .map_err(|e| jose_err(&e))
 }
 
 fn parse_label(label: &str) -> Result<KeyLabel, WireError> {

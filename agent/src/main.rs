@@ -144,12 +144,7 @@ fn run(args: &Args) -> Result<()> {
         Some(settings.data_dir.join("policies")),
         settings.askpass.clone(),
     )?;
-    let served: Vec<(String, String)> = keyring
-        .list()
-        .iter()
-        .map(|k| (k.label.to_string(), k.jkt.clone()))
-        .collect();
-    policies.load(&served)?;
+    policies.load(&keyring)?;
     let state = Arc::new(
         State::new(keyring, settings.passphrase.is_some())
             .with_policies(policies, settings.default_lifetime),

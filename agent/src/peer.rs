@@ -49,7 +49,7 @@ impl Peer {
         let pid = client_pid(stream).map_err(|e| format!("unknown peer ({e})"))?;
         let user = ProcessUser::of_process(pid).map_err(|e| format!("pid {pid} ({e})"))?;
         let me = ProcessUser::current().map_err(|e| format!("pid {pid} ({e})"))?;
-        if user == me || user.is_local_system() {
+        if user == *me || user.is_local_system() {
             tracing::debug!(pid, "client connected");
             Ok(Peer::new(i32::try_from(pid).ok()))
         } else {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dpop_jose::Htu;
-use dpop_keys::KeyLabel;
 use dpop_keys::records::{Record, RecordStore};
+use dpop_keys::{KeyLabel, Keyring};
 use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -197,18 +197,19 @@ impl Policies {
         })
     }
 
-    /// Loads the stored policies of the keys the agent serves (`(label, jkt)` pairs). A record
-    /// for another key under the same label is left on disk, unused, with a warning.
-    pub fn load(&self, keys: &[(String, String)]) -> anyhow::Result<()> {
+    /// Loads the stored policies of the keys `keyring` serves. A record for another key under
+    /// the same label is left on disk, unused, with a warning.
+    pub fn load(&self, keyring: &Keyring) -> anyhow::Result<()> {
         let Some(store) = &self.store else {
             return Ok(());
         };
         let mut loaded = 0;
         for path in store.list()? {
             let record: PolicyRecord = store.read(&path)?;
-            let Some((_, jkt)) = keys.iter().find(|(l, _)| l == record.label.as_str()) else {
+            let Ok(key) = keyring.get(record.label.as_str()) else {
                 continue;
             };
+            let jkt = &key.meta().info().jkt;
             if *jkt != record.jkt {
                 warn!(path = %path.display(), "policy for another key under this label: not applied");
                 continue;

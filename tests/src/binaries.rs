@@ -43,8 +43,8 @@ pub fn binaries() -> &'static Binaries {
 /// `x86_64-pc-windows-gnu` into the running test's target directory and profile, for the
 /// tests that run them under Wine. Needs `rustup target add x86_64-pc-windows-gnu` and
 /// mingw-w64; panics with cargo's output when the build fails.
-pub fn windows_binaries() -> &'static Binaries {
-    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+pub fn windows_binaries() -> &'static WindowsBinaries {
+    static BINARIES: OnceLock<WindowsBinaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         crate::require_tool("x86_64-w64-mingw32-gcc", &["--version"], "mingw-w64");
         let build = Build::of_this_test();
@@ -59,16 +59,24 @@ pub fn windows_binaries() -> &'static Binaries {
             ],
             Some(WINDOWS_TARGET),
         );
-        let bins = Binaries {
+        let bins = WindowsBinaries {
             agent: dir.join("dpop-agent.exe"),
             dpop: dir.join("dpop.exe"),
-            resource_server: PathBuf::new(),
         };
         for path in [&bins.agent, &bins.dpop] {
             assert!(path.is_file(), "{} was not built", path.display());
         }
         bins
     })
+}
+
+/// Paths of the Windows builds under test.
+#[derive(Debug, Clone)]
+pub struct WindowsBinaries {
+    /// `dpop-agent.exe`.
+    pub agent: PathBuf,
+    /// `dpop.exe`.
+    pub dpop: PathBuf,
 }
 
 /// The Windows target the Wine tests build for.

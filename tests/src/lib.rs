@@ -67,7 +67,9 @@ pub mod wait;
 pub mod wine;
 
 pub use agent::{AgentOptions, PROCESS_TIMEOUT, Passphrase, StartFailure, TestAgent};
-pub use binaries::{Binaries, WINDOWS_TARGET, binaries, windows_binaries, workspace_root};
+pub use binaries::{
+    Binaries, WINDOWS_TARGET, WindowsBinaries, binaries, windows_binaries, workspace_root,
+};
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};

@@ -126,7 +126,8 @@ pub fn unique_pipe() -> String {
 /// killed when dropped.
 pub struct WindowsAgent {
     child: Child,
-    dir: TempDir,
+    /// Taken back by [`stop`](Self::stop).
+    dir: Option<TempDir>,
     /// The pipe it was told to listen on (`None`: its default pipe).
     pipe: Option<String>,
 }
@@ -143,7 +144,7 @@ impl WindowsAgent {
         let child = WindowsAgent::spawn(dir.path(), pipe, args);
         let mut agent = WindowsAgent {
             child,
-            dir,
+            dir: Some(dir),
             pipe: pipe.map(str::to_owned),
         };
         wait_until("the Windows agent listens", WINE_TIMEOUT, || {
@@ -188,12 +189,12 @@ impl WindowsAgent {
 
     /// What the agent logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir().join("agent.log")).unwrap_or_default()
     }
 
     /// The temporary directory (the data directory is `data` in it).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("the agent is running").path()
     }
 
     /// `dpop.exe ARGS` under Wine, pointed at this agent's pipe (`DPOP_AUTH_SOCK`; left
@@ -223,10 +224,7 @@ impl WindowsAgent {
     /// Kills the agent and hands back its directory (to start another on the same keys).
     pub fn stop(mut self) -> TempDir {
         self.kill();
-        let dir = tempfile::Builder::new()
-            .tempdir()
-            .expect("a placeholder directory");
-        std::mem::replace(&mut self.dir, dir)
+        self.dir.take().expect("the agent is running")
     }
 
     fn kill(&mut self) {

@@ -124,9 +124,12 @@ pub enum Error {
         /// Which token, what happened.
         detail: String,
     },
-    /// The PKCS#11 PIN could not be read from its source (the message never holds the PIN).
-    #[error("cannot read the PKCS#11 PIN from {from}: {reason}")]
+    /// A PIN (the PKCS#11 PIN, a TPM auth value) could not be read from its source (the
+    /// message never holds the PIN).
+    #[error("cannot read the {what} from {from}: {reason}")]
     PinUnavailable {
+        /// Which secret (`PKCS#11 PIN`, `TPM auth value`).
+        what: &'static str,
         /// The source (`environment variable X`, `file F`).
         from: String,
         /// What went wrong.

@@ -17,7 +17,7 @@ pub struct Keyring {
 
 impl Keyring {
     /// A keyring over these backends, with no keys loaded yet. Clients may not adopt keys
-    /// until [`allow_client_adopt`](Self::allow_client_adopt) says so.
+    /// until [`allow_client_adopt_in`](Self::allow_client_adopt_in) says so.
     pub fn new(backends: Vec<Arc<dyn Backend>>) -> Keyring {
         Keyring {
             backends,
@@ -27,20 +27,10 @@ impl Keyring {
         }
     }
 
-    /// Lets clients adopt existing keys through [`adopt`](Self::adopt) (off by default: a key
-    /// on the token may belong to another application, and any client of the agent could
-    /// otherwise make it sign proofs).
-    pub fn allow_client_adopt(mut self, allowed: bool) -> Keyring {
-        self.client_adopt = if allowed {
-            BackendKind::ALL.to_vec()
-        } else {
-            Vec::new()
-        };
-        self
-    }
-
-    /// Lets clients adopt existing keys of one backend only (`--pkcs11-allow-adopt`,
-    /// `--tpm-allow-adopt`).
+    /// Lets clients adopt existing keys of one backend through [`adopt`](Self::adopt)
+    /// (`--pkcs11-allow-adopt`, `--tpm-allow-adopt`; off by default: a key on the token may
+    /// belong to another application, and any client of the agent could otherwise make it
+    /// sign proofs).
     pub fn allow_client_adopt_in(mut self, backend: BackendKind, allowed: bool) -> Keyring {
         self.client_adopt.retain(|&kind| kind != backend);
         if allowed {
@@ -145,6 +135,17 @@ impl Keyring {
         Ok(())
     }
 
+    /// How many keys are served (without copying their descriptions, as [`list`](Self::list)
+    /// does).
+    pub fn len(&self) -> usize {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no key is served.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every key, sorted by label.
     pub fn list(&self) -> Vec<KeyInfo> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
@@ -216,8 +217,8 @@ impl Keyring {
     }
 
     /// Adopts a key that already exists in a backend, named by a URI, for a client of the
-    /// agent: [`Error::AdoptNotAllowed`] unless [`allow_client_adopt`](Self::allow_client_adopt)
-    /// was given, and never a key that wants the PIN for each signature. `backend: None` takes
+    /// agent: [`Error::AdoptNotAllowed`] unless
+    /// [`allow_client_adopt_in`](Self::allow_client_adopt_in) allowed its backend, and never a key that wants the PIN for each signature. `backend: None` takes
     /// the backend from the URI's scheme ([`BackendKind::from_uri`]: `pkcs11:` is PKCS#11).
     pub fn adopt(
         &self,
@@ -330,7 +331,7 @@ mod tests {
         assert!(expected, "{err}");
         // The software backend adopts nothing.
         let err = keyring()
-            .allow_client_adopt(true)
+            .allow_client_adopt_in(BackendKind::Software, true)
             .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");

@@ -16,6 +16,7 @@ use std::io;
 use std::os::windows::ffi::{OsStrExt, OsStringExt};
 use std::os::windows::io::{AsHandle, AsRawHandle};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, LocalFree};
 use windows_sys::Win32::Security::Authorization::{
@@ -56,10 +57,16 @@ impl Drop for Owned {
 pub struct ProcessUser(Vec<u8>);
 
 impl ProcessUser {
-    /// The user this process runs as.
-    pub fn current() -> io::Result<ProcessUser> {
+    /// The user this process runs as, looked up once (it cannot change while the process
+    /// runs), so checking each connection costs no token query of our own.
+    pub fn current() -> io::Result<&'static ProcessUser> {
+        static CURRENT: OnceLock<ProcessUser> = OnceLock::new();
+        if let Some(user) = CURRENT.get() {
+            return Ok(user);
+        }
         // SAFETY: the pseudo-handle of the current process needs no closing.
-        ProcessUser::of_process_handle(unsafe { GetCurrentProcess() })
+        let user = ProcessUser::of_process_handle(unsafe { GetCurrentProcess() })?;
+        Ok(CURRENT.get_or_init(|| user))
     }
 
     /// The user process `pid` runs as.

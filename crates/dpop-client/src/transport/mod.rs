@@ -10,3 +10,15 @@ mod windows;
 pub(crate) use unix::*;
 #[cfg(windows)]
 pub(crate) use windows::*;
+
+use std::path::Path;
+
+use crate::Error;
+
+/// The error for a socket or pipe at `path` that cannot be reached or checked.
+fn connect_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Connect {
+        path: path.to_owned(),
+        source,
+    }
+}

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::connect_error;
 use crate::Error;
 
 /// The blocking client's connection.
@@ -15,13 +16,6 @@ pub(crate) type Stream = std::os::unix::net::UnixStream;
 /// The async client's connection.
 #[cfg(feature = "async")]
 pub(crate) type AsyncStream = tokio::net::UnixStream;
-
-fn connect_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Connect {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// Connects to the agent's socket at `path` and checks who listens there.
 pub(crate) fn connect(path: &Path) -> Result<Stream, Error> {

@@ -13,6 +13,7 @@ use dpop_protocol::pipe::{ProcessUser, default_pipe_name, server_pid};
 use windows_sys::Win32::Foundation::ERROR_PIPE_BUSY;
 use windows_sys::Win32::Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT};
 
+use super::connect_error;
 use crate::Error;
 
 /// The blocking client's connection: a pipe opened as a file.
@@ -28,13 +29,6 @@ const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// How long between two tries while the pipe is busy.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
-
-fn connect_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Connect {
-        path: path.to_owned(),
-        source,
-    }
-}
 
 fn is_busy(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32)
@@ -89,7 +83,7 @@ fn check_agent(pipe: &impl AsHandle, path: &Path) -> Result<(), Error> {
         .and_then(ProcessUser::of_process)
         .map_err(connect_error(path))?;
     let me = ProcessUser::current().map_err(connect_error(path))?;
-    if user == me || user.is_local_system() {
+    if user == *me || user.is_local_system() {
         Ok(())
     } else {
         Err(Error::ForeignAgentUser {

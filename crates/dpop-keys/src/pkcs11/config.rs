@@ -43,9 +43,15 @@ pub enum PinSource {
 impl PinSource {
     /// Reads the PIN. Errors name the source, never the PIN.
     pub fn resolve(&self) -> Result<SecretString, Error> {
+        self.resolve_as("PKCS#11 PIN")
+    }
+
+    /// Reads a secret kept the way a PIN is (a TPM auth value); errors call it `what`.
+    pub fn resolve_as(&self, what: &'static str) -> Result<SecretString, Error> {
         match self {
             PinSource::Env(var) => {
                 let unavailable = |reason: &str| Error::PinUnavailable {
+                    what,
                     from: format!("environment variable {var}"),
                     reason: reason.to_owned(),
                 };
@@ -62,6 +68,7 @@ impl PinSource {
             }
             PinSource::File(path) => {
                 let unavailable = |reason: String| Error::PinUnavailable {
+                    what,
                     from: format!("file {}", path.display()),
                     reason,
                 };

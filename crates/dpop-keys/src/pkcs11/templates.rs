@@ -191,10 +191,7 @@ fn rsa_components(der: &[u8]) -> Result<[Zeroizing<Vec<u8>>; 8], Error> {
     if ints[0].as_slice() != [0u8] && !ints[0].is_empty() {
         return Err(invalid("multi-prime RSA keys are not supported"));
     }
-    let bits = ints[1].len() * 8;
-    if bits < 2048 {
-        return Err(invalid("RSA keys must be at least 2048 bits"));
-    }
+    // The size was checked when the PEM was parsed (pem::check_rsa_size).
     ints.remove(0);
     ints.try_into().map_err(|_| invalid("RSA key components"))
 }

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tss_esapi::structures::{Auth, Public, SignatureScheme};
 
 use super::record::{Origin, TpmRecord, handle_text, parse_handle};
-use super::worker::{KeyId, KeySource, Worker};
+use super::worker::{KeyId, KeySource, Tpm, Worker};
 use super::{TpmConfig, templates};
 use crate::records::RecordStore;
 use crate::{
@@ -493,17 +493,7 @@ impl KeySigner for TpmSigner {
 
     /// Hashes here, signs the digest in the TPM.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        if self.auth_missing {
-            return Err(Error::TpmAuthRequired {
-                label: self.meta.info().label.to_string(),
-            });
-        }
-        let digest = digest::digest(self.hash, message);
-        let (id, scheme) = (self.id, self.scheme);
-        let signature = self
-            .worker
-            .run(move |tpm| tpm.sign(id, digest.as_ref(), scheme))?;
-        templates::jws_signature(&signature, self.kind, self.modulus_len)
+        self.worker.run(self.sign_job(message)?)
     }
 
     fn is_blocking(&self) -> bool {
@@ -511,18 +501,31 @@ impl KeySigner for TpmSigner {
     }
 
     fn sign_detached(&self, message: &[u8]) -> Option<Result<SignReceiver, Error>> {
+        Some(
+            self.sign_job(message)
+                .and_then(|job| self.worker.run_detached(job)),
+        )
+    }
+}
+
+impl TpmSigner {
+    /// The TPM thread's job for one signature of `message` (hashed here): sign the digest and
+    /// encode the signature for JWS there too, so the answer is the final signature.
+    fn sign_job(
+        &self,
+        message: &[u8],
+    ) -> Result<impl FnOnce(&mut Tpm) -> Result<Vec<u8>, Error> + Send + 'static, Error> {
         if self.auth_missing {
-            return Some(Err(Error::TpmAuthRequired {
+            return Err(Error::TpmAuthRequired {
                 label: self.meta.info().label.to_string(),
-            }));
+            });
         }
         let digest = digest::digest(self.hash, message);
         let (id, scheme, kind, modulus_len) = (self.id, self.scheme, self.kind, self.modulus_len);
-        // The JWS encoding happens on the TPM thread too: the answer is the final signature.
-        Some(self.worker.run_detached(move |tpm| {
+        Ok(move |tpm: &mut Tpm| {
             let signature = tpm.sign(id, digest.as_ref(), scheme)?;
             templates::jws_signature(&signature, kind, modulus_len)
-        }))
+        })
     }
 }
 

@@ -2,8 +2,7 @@
 //! the persistent handle of an adopted key), base64url. The private blob is encrypted by the
 //! TPM under the SRK: it is useless without this TPM, but kept 0600 like every record.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dpop_jose::{b64url_decode, b64url_encode};
 use serde::{Deserialize, Serialize};
 use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -74,8 +73,8 @@ impl TpmRecord {
             label: label.clone(),
             alg,
             origin,
-            public: Some(URL_SAFE_NO_PAD.encode(public)),
-            private: Some(URL_SAFE_NO_PAD.encode(private.value())),
+            public: Some(b64url_encode(public)),
+            private: Some(b64url_encode(private.value())),
             handle: None,
             auth,
             jwk,
@@ -99,7 +98,7 @@ impl TpmRecord {
         let decode = |field: &Option<String>, name: &str| {
             field
                 .as_deref()
-                .and_then(|text| URL_SAFE_NO_PAD.decode(text).ok())
+                .and_then(b64url_decode)
                 .ok_or_else(|| corrupt(&format!("the {name} blob is missing or not base64url")))
         };
         let public = Public::unmarshall(&decode(&self.public, "public")?)
