@@ -73,13 +73,8 @@ fn check_listening_unix_stream(fd: &impl std::os::fd::AsRawFd) -> Result<()> {
     Ok(())
 }
 
-/// The default socket when there is a runtime directory:
-/// `$XDG_RUNTIME_DIR/dpop-agent/agent.sock` (without one, every agent has a socket of its own).
-pub fn default_socket_path() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
-}
+/// The default socket when there is a runtime directory (the one clients look for).
+pub use dpop_protocol::default_socket_path;
 
 /// Where the socket goes when no path is configured: `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`,
 /// or, without a runtime directory, `agent.<pid>` in a fresh private directory (see

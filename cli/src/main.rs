@@ -330,13 +330,19 @@ impl TokenArgs {
         let Some(path) = &self.access_token_file else {
             return Ok(None);
         };
-        let text = read_input(path, "access token")?;
-        let token = text.trim();
-        if token.is_empty() {
-            bail!("the access token file {} is empty", path.display());
-        }
-        Ok(Some(Zeroizing::new(token.to_owned())))
+        read_token_file(path, "access token").map(Some)
     }
+}
+
+/// A token (access or refresh) from a file or `-`, without surrounding white space; an empty
+/// one is refused.
+fn read_token_file(path: &std::path::Path, what: &str) -> Result<Zeroizing<String>> {
+    let text = read_input(path, what)?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the {what} file {} is empty", path.display());
+    }
+    Ok(Zeroizing::new(token.to_owned()))
 }
 
 /// Reads a secret (a private key, an access token) from a file or `-` (standard input) into

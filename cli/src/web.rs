@@ -17,7 +17,7 @@ use dpop_protocol::KeyDescription;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::{StdoutError, print_json, read_input};
+use crate::{StdoutError, print_json, read_token_file};
 
 /// How long `dpop token --grant authorization_code` waits for the browser.
 const AUTHORIZATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -285,13 +285,9 @@ async fn token_async(socket: &Option<PathBuf>, cmd: TokenCommand) -> Result<Exit
                 .refresh_token_file
                 .as_ref()
                 .context("the refresh_token grant needs --refresh-token-file")?;
-            let refresh = read_input(file, "refresh token")?;
-            let refresh = refresh.trim();
-            if refresh.is_empty() {
-                bail!("the refresh token file {} is empty", file.display());
-            }
+            let refresh = read_token_file(file, "refresh token")?;
             client
-                .refresh(&http, refresh, &params)
+                .refresh(&http, &refresh, &params)
                 .await
                 .map_err(explain)?
         }
@@ -515,14 +511,7 @@ async fn request_async(socket: &Option<PathBuf>, cmd: RequestCommand) -> Result<
                 .await?;
             Some(Zeroizing::new(token.access_token().to_owned()))
         }
-        (None, Some(file)) => {
-            let text = read_input(file, "access token")?;
-            let token = text.trim();
-            if token.is_empty() {
-                bail!("the access token file {} is empty", file.display());
-            }
-            Some(Zeroizing::new(token.to_owned()))
-        }
+        (None, Some(file)) => Some(read_token_file(file, "access token")?),
         (None, None) => None,
     };
 

@@ -70,6 +70,7 @@ pub enum Error {
     },
     /// The process listening on the socket runs as another user (neither ours nor root):
     /// nothing was sent to it. Someone else may be listening where the agent was expected.
+    #[cfg(unix)]
     #[error(
         "refusing to talk to {path}: the process listening there runs as uid {uid}, \
          not as this user (uid {euid}) or root"

@@ -27,6 +27,16 @@ pub use codes::{ErrorCode, WireError};
 pub use lifetime::parse_lifetime;
 pub use messages::*;
 
+/// The agent's default socket, `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`, where the agent binds
+/// without `-a` and where clients look without `DPOP_AUTH_SOCK`; `None` without a runtime
+/// directory (each agent then has a private socket of its own).
+#[cfg(unix)]
+pub fn default_socket_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|runtime| std::path::PathBuf::from(runtime).join("dpop-agent/agent.sock"))
+}
+
 /// Protocol version spoken by this crate, reported by `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse};
+use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{
     AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
     EndpointMaybeSet, EndpointNotSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
@@ -346,9 +346,7 @@ impl OAuthClient {
     ) -> Result<Token, Error> {
         let client = self.oauth2();
         let mut request = client.exchange_client_credentials().map_err(config)?;
-        for scope in &params.scopes {
-            request = request.add_scope(Scope::new(scope.clone()));
-        }
+        request = request.add_scopes(params.scopes.iter().cloned().map(Scope::new));
         for (name, value) in params.extra() {
             request = request.add_extra_param(name, value);
         }
@@ -368,9 +366,7 @@ impl OAuthClient {
         let mut request = client
             .exchange_refresh_token(&refresh_token)
             .map_err(config)?;
-        for scope in &params.scopes {
-            request = request.add_scope(Scope::new(scope.clone()));
-        }
+        request = request.add_scopes(params.scopes.iter().cloned().map(Scope::new));
         for (name, value) in params.extra() {
             request = request.add_extra_param(name, value);
         }
@@ -398,9 +394,7 @@ impl OAuthClient {
             .authorize_url(CsrfToken::new_random)
             .map_err(config)?
             .set_pkce_challenge(challenge);
-        for scope in &params.scopes {
-            request = request.add_scope(Scope::new(scope.clone()));
-        }
+        request = request.add_scopes(params.scopes.iter().cloned().map(Scope::new));
         for (name, value) in params.extra() {
             request = request.add_extra_param(name, value);
         }
@@ -503,9 +497,7 @@ impl OAuthClient {
     ) -> Result<DeviceAuthorization, Error> {
         let client = self.oauth2();
         let mut request = client.exchange_device_code().map_err(config)?;
-        for scope in &params.scopes {
-            request = request.add_scope(Scope::new(scope.clone()));
-        }
+        request = request.add_scopes(params.scopes.iter().cloned().map(Scope::new));
         for (name, value) in params.extra() {
             request = request.add_extra_param(name, value);
         }
@@ -531,13 +523,7 @@ impl OAuthClient {
         let response = request
             .request_async(http, tokio::time::sleep, Some(device.expires_in()))
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(e) => Error::OAuth(OAuthErrorBody {
-                    error: e.error().to_string(),
-                    error_description: e.error_description().cloned(),
-                }),
-                other => token_error_any(other),
-            })?;
+            .map_err(token_error)?;
         Token::from_response(response, params.allow_bearer)
     }
 }
@@ -547,21 +533,19 @@ fn config(e: oauth2::ConfigurationError) -> Error {
     Error::Config(format!("{e} (give --issuer, or the endpoint's URL)"))
 }
 
-fn token_error(e: RequestTokenError<Error, BasicErrorResponse>) -> Error {
+/// A failed token request: the server's OAuth error, or what kept it from answering. One
+/// function for every grant (the device grant's errors have a type of their own).
+fn token_error<T>(e: RequestTokenError<Error, oauth2::StandardErrorResponse<T>>) -> Error
+where
+    T: oauth2::ErrorResponseType + std::fmt::Display + 'static,
+{
     match e {
         RequestTokenError::ServerResponse(e) => Error::OAuth(OAuthErrorBody {
             error: e.error().to_string(),
             error_description: e.error_description().cloned(),
         }),
-        other => token_error_any(other),
-    }
-}
-
-fn token_error_any<T: oauth2::ErrorResponse + 'static>(e: RequestTokenError<Error, T>) -> Error {
-    match e {
         RequestTokenError::Request(e) => e,
         RequestTokenError::Parse(e, _) => Error::BadResponse(format!("token response: {e}")),
         RequestTokenError::Other(e) => Error::BadResponse(e),
-        RequestTokenError::ServerResponse(_) => Error::BadResponse("error response".into()),
     }
 }

@@ -38,18 +38,12 @@ pub(crate) async fn connect_async(path: &Path) -> Result<AsyncStream, Error> {
 
 /// The agent's default socket, `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`, when it exists.
 pub(crate) fn default_socket() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|runtime| PathBuf::from(runtime).join("dpop-agent/agent.sock"))
-        .filter(|socket| socket.exists())
+    dpop_protocol::default_socket_path().filter(|socket| socket.exists())
 }
 
 /// Refuses a peer that runs as neither our effective uid nor root.
 fn check_agent(socket: BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
-    let uid = peer_uid(socket).map_err(|source| Error::Connect {
-        path: path.to_owned(),
-        source,
-    })?;
+    let uid = peer_uid(socket).map_err(connect_error(path))?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if uid == euid || uid == 0 {
