@@ -50,6 +50,9 @@ pub struct OAuthOptions {
     /// The resource server also takes tokens of another authorization server, asking its
     /// RFC 7662 introspection endpoint.
     pub introspection: Option<Introspection>,
+    /// A refresh answer carries a new refresh token and retires the old one (`false`: it
+    /// carries none, and the old one stays good, as many servers do).
+    pub rotate_refresh_tokens: bool,
 }
 
 /// An introspection endpoint and the resource server's credentials there (Basic).
@@ -87,6 +90,7 @@ impl Default for OAuthOptions {
                 ),
             ]),
             introspection: None,
+            rotate_refresh_tokens: true,
         }
     }
 }
@@ -133,6 +137,7 @@ impl Nonce {
     }
 }
 
+#[derive(Clone)]
 struct Grant {
     jkt: Option<String>,
     scope: String,
@@ -588,16 +593,20 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
     let (scope, with_refresh) = match grant_type.as_str() {
         "client_credentials" => (scope_of(&form), false),
         "refresh_token" => {
-            let Some(old) = form
-                .get("refresh_token")
-                .and_then(|r| inner.refresh.remove(r))
-            else {
+            let rotate = inner.options.rotate_refresh_tokens;
+            let Some(old) = form.get("refresh_token").and_then(|r| {
+                if rotate {
+                    inner.refresh.remove(r)
+                } else {
+                    inner.refresh.get(r).cloned()
+                }
+            }) else {
                 return oauth_error("invalid_grant", "unknown refresh token", nonce);
             };
             if old.jkt.as_deref() != Some(jkt.as_str()) {
                 return oauth_error("invalid_grant", "refresh token bound to another key", nonce);
             }
-            (old.scope, true)
+            (old.scope, rotate)
         }
         "authorization_code" => {
             let Some(code) = form.get("code").and_then(|c| inner.codes.remove(c)) else {

@@ -534,6 +534,66 @@ fn device_code_with_slow_down_then_an_expired_token_is_refreshed() {
     );
 }
 
+#[test]
+fn a_server_that_does_not_rotate_refresh_tokens_leaves_the_saved_one_in_place() {
+    let s = setup(OAuthOptions {
+        rotate_refresh_tokens: false,
+        ..OAuthOptions::default()
+    });
+    let issuer = s.server.issuer.clone();
+    let mut command = s.agent.dpop_command();
+    command.env(SECRET_VAR, SECRET);
+    let out = {
+        let server = &s.server;
+        run_interactive_with(
+            command,
+            &[
+                "token",
+                "--grant",
+                "device_code",
+                "--issuer",
+                &issuer,
+                "--client-id",
+                "confidential",
+                "--client-secret-env",
+                SECRET_VAR,
+                "--save",
+                "dev",
+            ],
+            |l| l.contains("enter the code"),
+            |line| {
+                let code = line.rsplit(' ').next().unwrap();
+                assert!(server.approve(code), "unknown user code {code}");
+            },
+        )
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refresh = s.saved("dev")["refresh_token"].as_str().unwrap().to_owned();
+
+    // The refresh_token grant by hand, saved: the answer has no refresh token, and the saved
+    // token keeps the one that still works, so it can be refreshed again later.
+    let file = s.agent.dir().join("refresh");
+    std::fs::write(&file, &refresh).unwrap();
+    let token_url = s.server.token_url();
+    s.dpop_ok(&[
+        "token",
+        "--grant",
+        "refresh_token",
+        "--token-url",
+        &token_url,
+        "--client-id",
+        "confidential",
+        "--client-secret-env",
+        SECRET_VAR,
+        "--refresh-token-file",
+        file.to_str().unwrap(),
+        "--save",
+        "again",
+    ]);
+    assert_eq!(s.saved("again")["refresh_token"], refresh.as_str());
+    assert!(s.server.knows_refresh_token(&refresh));
+}
+
 fn run_interactive_with(
     mut command: Command,
     args: &[&str],

@@ -378,10 +378,8 @@ impl TokenCache {
         token.expires_at = fresh
             .expires_in
             .map(|d| unix_now().saturating_add(d.as_secs() as i64));
-        // A server that does not rotate refresh tokens sends none: keep the old one.
-        if let Some(rotated) = fresh.refresh_token() {
-            token.refresh_token = Some(rotated.to_owned());
-        }
+        // The new refresh token, or the old one when the server does not rotate them.
+        token.refresh_token = fresh.refresh_token().map(str::to_owned);
         if fresh.scope.is_some() {
             token.scope = fresh.scope.clone();
         }

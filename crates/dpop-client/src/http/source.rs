@@ -74,20 +74,13 @@ impl TokenSource {
         let refresh = current
             .as_ref()
             .and_then(|(t, _)| t.refresh_token().map(|r| Zeroizing::new(r.to_owned())));
-        let mut token = match refresh {
+        let token = match refresh {
             Some(refresh) => self.client.refresh(http, &refresh, &self.params).await?,
             None if self.client_credentials => {
                 self.client.client_credentials(http, &self.params).await?
             }
             None => return Err(Error::SourceExpired),
         };
-        // A server that does not rotate refresh tokens sends none: keep the old one.
-        if token.refresh_token().is_none()
-            && let Some((old, _)) = current.as_ref()
-            && let Some(old_refresh) = old.refresh_token()
-        {
-            token = token.with_refresh_token(old_refresh);
-        }
         let expires = token.expires_in.map(|d| Instant::now() + d);
         let access = Zeroizing::new(token.access_token().to_owned());
         *current = Some((token, expires));

@@ -130,13 +130,6 @@ impl Token {
         self.refresh_token.as_deref().map(String::as_str)
     }
 
-    /// The same token with this refresh token (a refresh answer without a new one keeps
-    /// the old).
-    pub(crate) fn with_refresh_token(mut self, refresh_token: &str) -> Token {
-        self.refresh_token = Some(Zeroizing::new(refresh_token.to_owned()));
-        self
-    }
-
     /// Whether `token_type` is `DPoP` (case-insensitive, RFC 6749 section 5.1).
     pub fn is_dpop(&self) -> bool {
         self.token_type.eq_ignore_ascii_case("DPoP")
@@ -354,7 +347,8 @@ impl OAuthClient {
         Token::from_response(response, params.allow_bearer)
     }
 
-    /// The `refresh_token` grant.
+    /// The `refresh_token` grant. The token returned holds the server's new refresh token,
+    /// or, when it sent none (it does not rotate them), the one given.
     pub async fn refresh(
         &self,
         http: &DpopClient,
@@ -371,7 +365,12 @@ impl OAuthClient {
             request = request.add_extra_param(name, value);
         }
         let response = request.request_async(http).await.map_err(token_error)?;
-        Token::from_response(response, params.allow_bearer)
+        let mut token = Token::from_response(response, params.allow_bearer)?;
+        // A server that does not rotate refresh tokens sends none: the old one stays good.
+        if token.refresh_token.is_none() {
+            token.refresh_token = Some(Zeroizing::new(refresh_token.secret().to_owned()));
+        }
+        Ok(token)
     }
 
     /// Starts the `authorization_code` grant with PKCE S256: the URL to open and what
