@@ -65,12 +65,12 @@ pub use proof::{
 };
 #[cfg(feature = "crypto")]
 pub use proof::{ath, new_jti};
-#[cfg(feature = "lru")]
-pub use verify::LruReplayStore;
 #[cfg(feature = "crypto")]
 pub use verify::{
     ExpectedRequest, MAX_JTI_LEN, NoncePolicy, ReplayStore, VerifiedProof, VerifyOptions, verify,
 };
+#[cfg(feature = "lru")]
+pub use verify::{LruReplayStore, pair_hash};
 
 #[cfg(all(test, feature = "lru"))]
 mod tests;

@@ -163,8 +163,10 @@ impl LruReplayStore {
     }
 }
 
+/// SHA-256 of `jkt`, a zero byte and `jti`: how a replay store keeps a pair, fixed-size
+/// whatever the proof carried (the in-memory store here, dpop-server's shared stores).
 #[cfg(feature = "lru")]
-fn pair_hash(jkt: &str, jti: &str) -> PairHash {
+pub fn pair_hash(jkt: &str, jti: &str) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(jkt.as_bytes());
     // A thumbprint is base64url and never holds a zero byte, so the split is unambiguous.

@@ -73,13 +73,9 @@ impl ReplayStore for MemoryReplayStore {
 }
 
 /// SHA-256 of `jkt`, a zero byte and `jti`, base64url: what a shared store keeps, fixed-size
-/// whatever the proof carried (the same pair hash as dpop-jose's in-memory store).
+/// whatever the proof carried ([`dpop_jose::pair_hash`], as dpop-jose's in-memory store).
 pub fn pair_key(jkt: &str, jti: &str) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(jkt.as_bytes());
-    ctx.update(&[0]);
-    ctx.update(jti.as_bytes());
-    dpop_jose::b64url_encode(ctx.finish())
+    dpop_jose::b64url_encode(dpop_jose::pair_hash(jkt, jti))
 }
 
 #[cfg(test)]

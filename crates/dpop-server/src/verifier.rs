@@ -326,6 +326,7 @@ impl Verifier {
         let nonce_check = NonceCheck {
             verifier: self,
             now,
+            age: std::cell::Cell::new(None),
         };
         // The replay check is async (Redis): dpop-jose does everything else, then the pair
         // is recorded here, still last, so invalid proofs never reach the store.
@@ -352,13 +353,9 @@ impl Verifier {
             }
             Err(e) => return Err(Error::Replay(e)),
         }
+        // The nonce's age was found by check 10 (one HMAC per request, not two).
         let next_nonce = self.nonces.as_ref().and_then(|n| {
-            let fresh = proof
-                .claims
-                .nonce
-                .as_deref()
-                .is_some_and(|v| n.age(v, now) == NonceAge::Current);
-            (!fresh).then(|| n.nonce_at(now))
+            (nonce_check.age.get() != Some(NonceAge::Current)).then(|| n.nonce_at(now))
         });
         Ok(Verified {
             jkt: proof.jkt.clone(),
@@ -449,19 +446,25 @@ fn authorization<'a>(values: &[&'a str]) -> Result<(Scheme, &'a str), Error> {
     Ok((scheme, token))
 }
 
-/// The nonce rule of this verifier, for dpop-jose's check 10.
+/// The nonce rule of this verifier, for dpop-jose's check 10. It keeps the age of the
+/// proof's nonce, which also decides whether the answer carries a new one.
 struct NonceCheck<'a> {
     verifier: &'a Verifier,
     now: i64,
+    /// The proof's nonce's age, once checked (`None`: no nonce, or no nonces configured).
+    age: std::cell::Cell<Option<NonceAge>>,
 }
 
 impl NoncePolicy for NonceCheck<'_> {
     fn check(&self, nonce: Option<&str>) -> Result<(), dpop_jose::Error> {
-        match (&self.verifier.nonces, self.verifier.require_nonces) {
-            (Some(nonces), true) => match nonce.map(|v| nonces.age(v, self.now)) {
-                Some(NonceAge::Current | NonceAge::Previous) => Ok(()),
-                _ => Err(dpop_jose::Error::UseNonce),
-            },
+        let Some(nonces) = &self.verifier.nonces else {
+            return Ok(());
+        };
+        let age = nonce.map(|v| nonces.age(v, self.now));
+        self.age.set(age);
+        match age {
+            Some(NonceAge::Current | NonceAge::Previous) => Ok(()),
+            _ if self.verifier.require_nonces => Err(dpop_jose::Error::UseNonce),
             _ => Ok(()),
         }
     }

@@ -16,8 +16,8 @@ use axum::Json;
 use axum::http::{Method, Uri};
 use clap::{Parser, ValueEnum};
 use dpop_server::{
-    Dpop, DpopLayer, HmacNonces, MemoryReplayStore, Preset, PublicUrl, RedisOptions,
-    RedisReplayStore, ReplayFailure, ReplayStore, Verifier,
+    Dpop, DpopLayer, HmacNonces, Preset, PublicUrl, RedisOptions, RedisReplayStore, ReplayFailure,
+    ReplayStore, Verifier,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -112,23 +112,20 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(args.nonce_interval),
         )?);
     }
-    let replay: Arc<dyn ReplayStore> = match &args.redis {
-        Some(url) => {
-            let options = RedisOptions {
-                timeout: Duration::from_millis(args.redis_timeout_ms),
-                ..RedisOptions::default()
-            };
-            Arc::new(
-                RedisReplayStore::connect(url, options)
-                    .await
-                    .context("connecting to Redis")?,
-            )
-        }
-        None => Arc::new(MemoryReplayStore::new(
-            std::num::NonZeroUsize::new(100_000).expect("non-zero"),
-        )),
-    };
-    let verifier = Arc::new(builder.replay_store(replay).build()?);
+    // Without Redis, the Verifier's own in-memory store.
+    if let Some(url) = &args.redis {
+        let options = RedisOptions {
+            timeout: Duration::from_millis(args.redis_timeout_ms),
+            ..RedisOptions::default()
+        };
+        let replay: Arc<dyn ReplayStore> = Arc::new(
+            RedisReplayStore::connect(url, options)
+                .await
+                .context("connecting to Redis")?,
+        );
+        builder = builder.replay_store(replay);
+    }
+    let verifier = Arc::new(builder.build()?);
 
     let app = axum::Router::new()
         .fallback(resource)
