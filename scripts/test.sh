@@ -4,6 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage's wall time, printed as it ends and again as a table at the end (also on failure).
+run_start=$(date +%s)
+stage_name=""
+stage_start=$run_start
+stage_times=()
+stage() {
+    local now
+    now=$(date +%s)
+    if [ -n "$stage_name" ]; then
+        stage_times+=("$(printf '%6d s  %s' $((now - stage_start)) "$stage_name")")
+        echo "== $((now - stage_start)) s: $stage_name"
+    fi
+    stage_name="$1"
+    stage_start=$now
+    if [ -n "$stage_name" ]; then echo "== $stage_name"; fi
+}
+stage_summary() {
+    local rc=$?
+    stage ""
+    echo "== stage times"
+    printf '%s\n' "${stage_times[@]}"
+    printf '%6d s  total (exit %d)\n' $(($(date +%s) - run_start)) "$rc"
+}
+trap stage_summary EXIT
+stage "installs (Debian packages, jwcrypto, node, the Windows target) where missing"
+
 need_apt=()
 # mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
 # under Wine (tests/tests/windows.rs).
@@ -45,31 +71,47 @@ if ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
     rustup target add x86_64-pc-windows-gnu
 fi
 
-echo "== npm ci (tests/interop/oidc-provider)"
+stage "npm ci (tests/interop/oidc-provider)"
 (cd tests/interop/oidc-provider && npm ci --no-audit --no-fund --silent)
 
-echo "== cargo fmt"
+stage "cargo fmt"
 cargo fmt --all -- --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
-echo "== Windows: clippy (cargo check and its lints) of the client, the CLI and the agent"
-cargo clippy --target x86_64-pc-windows-gnu -p dpop-client -p dpop-cli -p dpop-agent -- -D warnings
-cargo clippy --target x86_64-pc-windows-gnu -p dpop-client --no-default-features -- -D warnings
-echo "== crate boundaries: no cryptography or key backend in the protocol and client crates"
+
+stage "crate boundaries: no cryptography or key backend in the protocol and client crates"
 for crate in dpop-protocol dpop-client; do
     if cargo tree -p "$crate" -e normal | grep -E 'aws-lc|cryptoki|tss-esapi'; then
         echo "$crate must not depend on the crates above" >&2
         exit 1
     fi
 done
-echo "== backends as features: software only (no cryptoki), and a client without tokio"
-cargo clippy -p dpop-keys -p dpop-agent --no-default-features --all-targets -- -D warnings
-cargo test -p dpop-keys --no-default-features
-cargo clippy -p dpop-client --no-default-features -- -D warnings
-echo "== cargo test"
-cargo test --workspace --all-features --no-fail-fast
-echo "== benchmarks, smoke run (cargo bench measures)"
-cargo test -p dpop-tests --benches
-# The TPM bench needs the feature (libtss2 to build, swtpm to run), like the TPM tests above.
-echo "== TPM benchmark, smoke run"
-cargo test -p dpop-tests --features tpm --bench tpm
+
+# Each configuration (target, features) is compiled once: clippy lints the workspace's crates
+# while they are built for the tests (clippy-driver as the workspace's rustc wrapper is what
+# `cargo clippy` runs; here it also generates code), instead of a `cargo clippy` pass that
+# checks every crate again. -D warnings as in `cargo clippy -- -D warnings`.
+RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+
+stage "build + clippy: the workspace, all features, every target (lib, bins, tests, benches, examples)"
+cargo build --workspace --all-features --all-targets
+
+stage "build + clippy: Windows (client, CLI, agent), and the client alone without tokio"
+# The Wine tests run these builds (DPOP_TEST_WINDOWS_BIN_DIR) instead of building their own.
+cargo build --target x86_64-pc-windows-gnu -p dpop-client -p dpop-cli -p dpop-agent
+cargo clippy --target x86_64-pc-windows-gnu -p dpop-client --no-default-features -- -D warnings
+
+stage "build + clippy + test: backends as features (software only, no cryptoki), a client without tokio"
+cargo test -p dpop-keys -p dpop-agent -p dpop-client --no-default-features --all-targets
+
+stage "cargo test: every test, and the benchmarks' smoke runs (cargo bench measures)"
+# The binaries under test are the ones built above (same features), not a build of their own.
+export DPOP_TEST_BIN_DIR="$PWD/target/debug"
+export DPOP_TEST_WINDOWS_BIN_DIR="$PWD/target/x86_64-pc-windows-gnu/debug"
+cargo test --workspace --all-features --all-targets --no-fail-fast
+
+stage "doc tests"
+cargo test --workspace --all-features --doc
+
+stage "cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
