@@ -20,6 +20,15 @@
 //! with. Every backend files its key records in one store (`records`), and the mapping between
 //! key kinds and algorithms is [`KeyKind`]'s alone.
 //!
+//! Errors are one [`Error`] for every backend: a refused PIN and a refused TPM auth value are
+//! both [`Error::AuthFailed`], carrying the [`BackendKind`] whose words the message uses.
+//! [`Error::kind`] sorts them into an [`ErrorKind`] that callers match exhaustively (the
+//! agent maps it to wire codes). Messages never name a program's flags; the caller adds them.
+//!
+//! A new backend touches, in this crate: `BackendKind` (a variant, [`BackendKind::ALL`] and
+//! its row in `BackendKind::traits`, which holds its name, feature, URI scheme and words),
+//! a cargo feature in `Cargo.toml`, and its own module (`pub mod` here).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use dpop_jose::{Algorithm, Claims, Htu, Method, sign_proof};
