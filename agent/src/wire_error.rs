@@ -54,9 +54,9 @@ pub fn hint(kind: ErrorKind<'_>, backend: Option<BackendKind>) -> Option<String>
                 "enable it with the agent option --pkcs11-allow-adopt (pkcs11_allow_adopt = \
                  true), or name the key in a [[pkcs11_adopt]] table of the agent's config file",
             ),
-            BackendKind::Tpm => Some(
-                "enable it with the agent option --tpm-allow-adopt (tpm_allow_adopt = true)",
-            ),
+            BackendKind::Tpm => {
+                Some("enable it with the agent option --tpm-allow-adopt (tpm_allow_adopt = true)")
+            }
             BackendKind::Software => None,
         }
         .map(str::to_owned),
@@ -72,9 +72,10 @@ pub fn hint(kind: ErrorKind<'_>, backend: Option<BackendKind>) -> Option<String>
             BackendKind::Software => {
                 Some("start the agent with its passphrase (--passphrase-file)")
             }
-            BackendKind::Pkcs11 => {
-                Some("start the agent with --pkcs11-pin-env or --pkcs11-pin-file, or at a terminal to be asked")
-            }
+            BackendKind::Pkcs11 => Some(
+                "start the agent with --pkcs11-pin-env or --pkcs11-pin-file, or at a terminal \
+                 to be asked",
+            ),
             BackendKind::Tpm => {
                 Some("start the agent with --tpm-auth-env, --tpm-auth-file or --tpm-auth-prompt")
             }
