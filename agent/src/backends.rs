@@ -125,7 +125,11 @@ fn pkcs11(p11: &Pkcs11Settings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backen
     let missing = dpop_keys::Error::BackendNotCompiled {
         backend: BackendKind::Pkcs11,
     };
-    bail!("cannot use {}: {missing}", p11.module.display())
+    bail!(
+        "cannot use {}: {}",
+        p11.module.display(),
+        crate::wire_error::describe(&missing)
+    )
 }
 
 /// Opens the TPM backend. An unreachable TPM is no error here (keys answer
@@ -134,12 +138,12 @@ fn pkcs11(p11: &Pkcs11Settings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backen
 fn tpm(settings: &TpmSettings, data_dir: &Path, prompt: PinPrompt) -> Result<Arc<dyn Backend>> {
     use dpop_keys::tpm::{TpmBackend, TpmConfig};
 
-    use crate::config::{PinFrom, TPM_AUTH};
+    use crate::config::PinFrom;
     use crate::pin;
 
     let auth = match (&settings.auth, prompt) {
         (None, _) => None,
-        (Some(PinFrom::Source(source)), _) => Some(source.resolve_as(TPM_AUTH)?),
+        (Some(PinFrom::Source(source)), _) => Some(source.resolve_for(BackendKind::Tpm)?),
         (Some(PinFrom::Read(auth)), _) => Some(auth.clone()),
         (Some(PinFrom::Prompt), PinPrompt::LaunchPipe) => {
             bail!("the background start passed no TPM auth value")
@@ -162,7 +166,11 @@ fn tpm(settings: &TpmSettings, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend
     let missing = dpop_keys::Error::BackendNotCompiled {
         backend: BackendKind::Tpm,
     };
-    bail!("cannot use the TPM at {}: {missing}", settings.tcti)
+    bail!(
+        "cannot use the TPM at {}: {}",
+        settings.tcti,
+        crate::wire_error::describe(&missing)
+    )
 }
 
 /// Adopts the config file's `[[pkcs11_adopt]]` keys that are not served yet. A key that
@@ -197,7 +205,10 @@ fn adopt_configured(keyring: &Keyring, entries: &[AdoptEntry]) {
             Ok(key) => {
                 info!(label = %label, jkt = %key.meta().info().jkt, "adopted from the config file")
             }
-            Err(e) => warn!("[[pkcs11_adopt]] {label}: {e}"),
+            Err(e) => warn!(
+                "[[pkcs11_adopt]] {label}: {}",
+                crate::wire_error::describe(&e)
+            ),
         }
     }
 }

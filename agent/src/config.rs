@@ -239,9 +239,6 @@ pub struct AdoptEntry {
     pub always_authenticate: bool,
 }
 
-/// What a TPM key's auth value is called in messages.
-pub const TPM_AUTH: &str = "TPM auth value";
-
 /// Where the PKCS#11 PIN comes from; never the command line in clear.
 #[derive(Debug, Clone)]
 #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
@@ -534,7 +531,7 @@ impl Settings {
                     Some(PinFrom::Read(handed.tpm_auth.expect("checked")))
                 }
                 (Some(var), None, false) => {
-                    let auth = PinSource::Env(var.clone()).resolve_as(TPM_AUTH);
+                    let auth = PinSource::Env(var.clone()).resolve_for(dpop_keys::BackendKind::Tpm);
                     wipe_env_var(&var);
                     Some(PinFrom::Read(auth?))
                 }

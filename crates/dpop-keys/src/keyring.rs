@@ -2,7 +2,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{
-    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel, SealingKey, SignerRef,
+    AdoptOptions, AdoptRefusal, Algorithm, Backend, BackendKind, Error, KeyInfo, KeyLabel,
+    SealingKey, SignerRef,
 };
 
 /// Every configured backend's keys under unique labels. Reads (the signing path) take a
@@ -28,7 +29,7 @@ impl Keyring {
     }
 
     /// Lets clients adopt existing keys of one backend through [`adopt`](Self::adopt)
-    /// (`--pkcs11-allow-adopt`, `--tpm-allow-adopt`; off by default: a key on the token may
+    /// (off by default: a key on the token may
     /// belong to another application, and any client of the agent could otherwise make it
     /// sign proofs).
     pub fn allow_client_adopt_in(mut self, backend: BackendKind, allowed: bool) -> Keyring {
@@ -218,8 +219,9 @@ impl Keyring {
 
     /// Adopts a key that already exists in a backend, named by a URI, for a client of the
     /// agent: [`Error::AdoptNotAllowed`] unless
-    /// [`allow_client_adopt_in`](Self::allow_client_adopt_in) allowed its backend, and never a key that wants the PIN for each signature. `backend: None` takes
-    /// the backend from the URI's scheme ([`BackendKind::from_uri`]: `pkcs11:` is PKCS#11).
+    /// [`allow_client_adopt_in`](Self::allow_client_adopt_in) allowed its backend, and never a
+    /// key that wants the PIN for each signature. `backend: None` takes the backend from the
+    /// URI's scheme ([`BackendKind::from_uri`]: `pkcs11:` is PKCS#11).
     pub fn adopt(
         &self,
         backend: Option<BackendKind>,
@@ -229,16 +231,9 @@ impl Keyring {
     ) -> Result<SignerRef, Error> {
         let backend = self.adopting_backend(backend, uri)?;
         if !self.client_adopt.contains(&backend.kind()) {
-            let reason = if backend.kind() == BackendKind::Tpm {
-                "clients may not adopt existing TPM keys from this agent; enable it with the \
-                 agent option --tpm-allow-adopt (tpm_allow_adopt = true)"
-            } else {
-                "clients may not adopt existing keys from this agent; enable it with \
-                 the agent option --pkcs11-allow-adopt (pkcs11_allow_adopt = true), or \
-                 name the key in a [[pkcs11_adopt]] table of the agent's config file"
-            };
             return Err(Error::AdoptNotAllowed {
-                reason: reason.into(),
+                backend: backend.kind(),
+                refusal: AdoptRefusal::ClientsNotAllowed,
             });
         }
         self.add(label, || {
@@ -374,8 +369,20 @@ mod tests {
         let err = keyring()
             .adopt(Some(BackendKind::Software), "pkcs11:object=x", &label, None)
             .unwrap_err();
-        assert!(matches!(err, Error::AdoptNotAllowed { .. }), "{err}");
-        assert!(err.to_string().contains("--pkcs11-allow-adopt"), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::AdoptNotAllowed {
+                    backend: BackendKind::Software,
+                    refusal: AdoptRefusal::ClientsNotAllowed
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("--"),
+            "the agent names its own flags: {err}"
+        );
         // The configuration needs no permission (the software backend then says it adopts
         // nothing).
         let err = keyring()

@@ -20,6 +20,15 @@
 //! with. Every backend files its key records in one store (`records`), and the mapping between
 //! key kinds and algorithms is [`KeyKind`]'s alone.
 //!
+//! Errors are one [`Error`] for every backend: a refused PIN and a refused TPM auth value are
+//! both [`Error::AuthFailed`], carrying the [`BackendKind`] whose words the message uses.
+//! [`Error::kind`] sorts them into an [`ErrorKind`] that callers match exhaustively (the
+//! agent maps it to wire codes). Messages never name a program's flags; the caller adds them.
+//!
+//! A new backend touches, in this crate: `BackendKind` (a variant, [`BackendKind::ALL`] and
+//! its row in `BackendKind::traits`, which holds its name, feature, URI scheme and words),
+//! a cargo feature in `Cargo.toml`, and its own module (`pub mod` here).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use dpop_jose::{Algorithm, Claims, Htu, Method, sign_proof};
@@ -51,7 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use dpop_jose::{Algorithm, Jwk, ProofHeader};
-pub use error::Error;
+pub use error::{AdoptRefusal, Error, ErrorKind};
 pub use fsutil::create_private_dir;
 pub use keyring::Keyring;
 pub use kind::KeyKind;
@@ -71,62 +80,143 @@ pub enum BackendKind {
     Tpm,
 }
 
+/// What differs between backends as plain data, one row per backend in
+/// [`BackendKind::traits`]: a new backend's names, feature, URI scheme and the words its
+/// messages use are written once, there.
+struct Traits {
+    /// The name on the wire, on the command line and in records (`pkcs11`).
+    name: &'static str,
+    /// How messages name the backend (`PKCS#11`).
+    title: &'static str,
+    /// The cargo feature of dpop-keys that compiles it in; `None`: always compiled.
+    feature: Option<&'static str>,
+    /// Whether this build has it (the feature's `cfg!`).
+    compiled: bool,
+    /// The scheme of the key URIs it adopts (`pkcs11` for `pkcs11:...`), if any.
+    uri_scheme: Option<&'static str>,
+    /// What holds the keys (`PKCS#11 token`).
+    device: &'static str,
+    /// What the secret that opens the keys is called (`PIN`).
+    secret: &'static str,
+    /// How a message says the device cannot be reached (`is not present`).
+    unreachable: &'static str,
+    /// The message when the device refuses every secret after too many wrong ones.
+    locked: &'static str,
+}
+
 impl BackendKind {
     /// Every backend this version knows, compiled in or not.
     pub const ALL: [BackendKind; 3] =
         [BackendKind::Software, BackendKind::Pkcs11, BackendKind::Tpm];
 
+    /// The one place that says how backends differ as data.
+    const fn traits(self) -> &'static Traits {
+        match self {
+            BackendKind::Software => &Traits {
+                name: "software",
+                title: "software",
+                feature: None,
+                compiled: true,
+                uri_scheme: None,
+                device: "software key store",
+                secret: "passphrase",
+                unreachable: "is not available",
+                locked: "the software key store is locked",
+            },
+            BackendKind::Pkcs11 => &Traits {
+                name: "pkcs11",
+                title: "PKCS#11",
+                feature: Some("pkcs11"),
+                compiled: cfg!(feature = "pkcs11"),
+                uri_scheme: Some("pkcs11"),
+                device: "PKCS#11 token",
+                secret: "PIN",
+                unreachable: "is not present",
+                locked: "the PKCS#11 token's PIN is locked",
+            },
+            BackendKind::Tpm => &Traits {
+                name: "tpm",
+                title: "TPM",
+                feature: Some("tpm"),
+                compiled: cfg!(feature = "tpm"),
+                uri_scheme: Some("tpm"),
+                device: "TPM",
+                secret: "auth value",
+                unreachable: "is not available",
+                locked: "the TPM is in dictionary attack lockout after too many wrong auth \
+                         values; wait for its recovery time or reset the lockout \
+                         (tpm2_dictionarylockout -c)",
+            },
+        }
+    }
+
     /// The backends compiled into this build, in [`ALL`](Self::ALL) order (the agent reports
     /// them in `hello`).
-    pub fn compiled() -> &'static [BackendKind] {
-        const COMPILED: &[BackendKind] = &[
-            BackendKind::Software,
-            #[cfg(feature = "pkcs11")]
-            BackendKind::Pkcs11,
-            #[cfg(feature = "tpm")]
-            BackendKind::Tpm,
-        ];
-        COMPILED
+    pub fn compiled() -> Vec<BackendKind> {
+        Self::ALL.into_iter().filter(|k| k.is_compiled()).collect()
     }
 
     /// Whether this build has the backend.
     pub fn is_compiled(self) -> bool {
-        Self::compiled().contains(&self)
+        self.traits().compiled
     }
 
     /// The cargo feature of dpop-keys that compiles the backend in; `None` for the software
     /// backend (always there).
     pub fn cargo_feature(self) -> Option<&'static str> {
-        match self {
-            BackendKind::Pkcs11 => Some("pkcs11"),
-            BackendKind::Tpm => Some("tpm"),
-            BackendKind::Software => None,
-        }
+        self.traits().feature
     }
 
-    /// The backend a key URI names by its scheme: `pkcs11:` (RFC 7512, any case) is PKCS#11,
-    /// `tpm:` (`tpm:handle=0x81000001`) the TPM. Any other scheme, or none, is
+    /// The scheme of the key URIs the backend adopts (`pkcs11`, `tpm`), if it adopts any.
+    pub fn uri_scheme(self) -> Option<&'static str> {
+        self.traits().uri_scheme
+    }
+
+    /// The backend a key URI names by its scheme, in any case: `pkcs11:` (RFC 7512) is
+    /// PKCS#11, `tpm:` (`tpm:handle=0x81000001`) the TPM. Any other scheme, or none, is
     /// [`Error::UnknownUriScheme`].
     pub fn from_uri(uri: &str) -> Result<BackendKind, Error> {
-        match uri.split_once(':') {
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("pkcs11") => Ok(BackendKind::Pkcs11),
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("tpm") => Ok(BackendKind::Tpm),
-            Some((scheme, _)) => Err(Error::UnknownUriScheme {
+        let scheme = uri.split_once(':').map_or("", |(scheme, _)| scheme);
+        Self::ALL
+            .into_iter()
+            .find(|k| {
+                k.uri_scheme()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+            })
+            .ok_or_else(|| Error::UnknownUriScheme {
                 scheme: scheme.chars().take(32).collect(),
-            }),
-            None => Err(Error::UnknownUriScheme {
-                scheme: String::new(),
-            }),
-        }
+            })
     }
 
     /// The name used on the wire and the command line.
     pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Software => "software",
-            BackendKind::Pkcs11 => "pkcs11",
-            BackendKind::Tpm => "tpm",
-        }
+        self.traits().name
+    }
+
+    /// How messages name the backend: `software`, `PKCS#11`, `TPM`.
+    pub fn title(self) -> &'static str {
+        self.traits().title
+    }
+
+    /// What holds the backend's keys, for messages: `PKCS#11 token`, `TPM`.
+    pub fn device(self) -> &'static str {
+        self.traits().device
+    }
+
+    /// What the secret that opens the backend's keys is called: `PIN` for a token, `auth
+    /// value` for TPM keys, `passphrase` for the software store.
+    pub fn secret(self) -> &'static str {
+        self.traits().secret
+    }
+
+    /// How a message says the device cannot be reached (`is not present`, `is not available`).
+    pub(crate) fn unreachable(self) -> &'static str {
+        self.traits().unreachable
+    }
+
+    /// The message for a device that refuses every secret after too many wrong ones.
+    pub(crate) fn locked_message(self) -> &'static str {
+        self.traits().locked
     }
 }
 
@@ -140,14 +230,10 @@ impl std::str::FromStr for BackendKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "software" => Ok(BackendKind::Software),
-            "pkcs11" => Ok(BackendKind::Pkcs11),
-            "tpm" => Ok(BackendKind::Tpm),
-            other => Err(Error::UnknownBackend {
-                name: other.to_owned(),
-            }),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::UnknownBackend { name: s.to_owned() })
     }
 }
 

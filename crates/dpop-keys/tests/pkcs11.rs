@@ -19,7 +19,9 @@ use cryptoki::types::AuthPin;
 use dpop_jose::{Claims, ExpectedRequest, Htu, LruReplayStore, Method, VerifyOptions};
 use dpop_keys::pkcs11::{DEFAULT_MAX_SESSIONS, Pkcs11Backend, Pkcs11Uri, TokenSelector};
 use dpop_keys::software::SoftwareBackend;
-use dpop_keys::{AdoptOptions, Algorithm, Backend, Error, KeyLabel, KeySigner, SignerRef};
+use dpop_keys::{
+    AdoptOptions, AdoptRefusal, Algorithm, Backend, Error, KeyLabel, KeySigner, SignerRef,
+};
 
 fn label(s: &str) -> KeyLabel {
     KeyLabel::new(s).unwrap()
@@ -353,7 +355,7 @@ fn adopt_by_uri() {
         )
         .unwrap_err();
     assert!(
-        matches!(&err, Error::KeyAlreadyManaged { label } if label == "rsa"),
+        matches!(&err, Error::KeyAlreadyManaged { label, .. } if label == "rsa"),
         "{err:?}"
     );
     assert!(err.to_string().contains("\"rsa\""), "{err}");
@@ -500,9 +502,18 @@ fn adopt_by_uri() {
             AdoptOptions::default(),
         )
         .unwrap_err();
-    assert!(matches!(err, Error::AdoptNotAllowed { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("always_authenticate = true"),
+        matches!(
+            err,
+            Error::AdoptNotAllowed {
+                refusal: AdoptRefusal::PerUseAuth,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("wants the PIN for each signature"),
         "{err}"
     );
     let pinned = backend
@@ -663,7 +674,7 @@ fn concurrent_signing() {
 fn wrong_pin_at_open_is_reported_once() {
     let token = common::token("wrong-pin");
     let err = Pkcs11Backend::open(token.config_with_pin("99999")).unwrap_err();
-    assert!(matches!(err, Error::PinIncorrect), "{err:?}");
+    assert!(matches!(err, Error::AuthFailed { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("99999"));
     let info = common::raw().get_token_info(token.slot()).unwrap();
     assert!(
@@ -700,7 +711,7 @@ fn refused_pin_is_never_retried() {
         raw.logout().unwrap();
     }
     let err = key.sign(b"x").unwrap_err();
-    assert!(matches!(err, Error::PinIncorrect), "{err:?}");
+    assert!(matches!(err, Error::AuthFailed { .. }), "{err:?}");
     assert!(
         common::raw()
             .get_token_info(token.slot())
@@ -720,12 +731,12 @@ fn refused_pin_is_never_retried() {
         .user_pin_count_low();
     for _ in 0..3 {
         let err = key.sign(b"x").unwrap_err();
-        assert!(matches!(err, Error::PinIncorrect), "{err:?}");
+        assert!(matches!(err, Error::AuthFailed { .. }), "{err:?}");
     }
     let err = backend
         .generate(&label("k2"), Algorithm::ES256)
         .unwrap_err();
-    assert!(matches!(err, Error::PinIncorrect), "{err:?}");
+    assert!(matches!(err, Error::AuthFailed { .. }), "{err:?}");
     let probe = common::raw().open_ro_session(token.slot()).unwrap();
     assert!(
         matches!(
@@ -764,14 +775,14 @@ fn token_removed_and_back() {
     token.delete();
     for _ in 0..2 {
         let err = key.sign(b"x").unwrap_err();
-        assert!(matches!(err, Error::TokenNotPresent { .. }), "{err:?}");
+        assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
         assert!(err.to_string().contains("removal"), "{err}");
     }
     let err = backend.load().unwrap_err();
-    assert!(matches!(err, Error::TokenNotPresent { .. }), "{err:?}");
+    assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
     // A delete while the token is away fails and changes nothing.
     let err = backend.delete(&label("other")).unwrap_err();
-    assert!(matches!(err, Error::TokenNotPresent { .. }), "{err:?}");
+    assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err:?}");
     assert_eq!(records(&token), ["k.json", "other.json"]);
 
     // The token comes back (in another slot), holding the key under the same CKA_ID.
@@ -934,7 +945,7 @@ fn token_selection() {
     config.token = TokenSelector::Label("no-such-token".into());
     let err = Pkcs11Backend::open(config).unwrap_err();
     assert!(
-        matches!(&err, Error::TokenNotPresent { detail } if detail.contains("no-such-token")),
+        matches!(&err, Error::DeviceUnavailable { detail, .. } if detail.contains("no-such-token")),
         "{err:?}"
     );
     let mut config = token.config();

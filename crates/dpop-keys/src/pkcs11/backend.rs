@@ -29,7 +29,7 @@ impl std::fmt::Debug for Pkcs11Backend {
 
 impl Pkcs11Backend {
     /// Loads the module (once per process), finds the token and logs in as `CKU_USER`, so that
-    /// a wrong PIN ([`Error::PinIncorrect`], tried once), a locked PIN or a missing token is
+    /// a wrong PIN ([`Error::AuthFailed`], tried once), a locked PIN or a missing token is
     /// reported now.
     pub fn open(config: Pkcs11Config) -> Result<Pkcs11Backend, Error> {
         let records = RecordStore::open(config.metadata_dir)?;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::Error;
+use crate::{BackendKind, Error};
 
 /// Default number of sessions kept open per token.
 pub const DEFAULT_MAX_SESSIONS: usize = 8;
@@ -43,15 +43,16 @@ pub enum PinSource {
 impl PinSource {
     /// Reads the PIN. Errors name the source, never the PIN.
     pub fn resolve(&self) -> Result<SecretString, Error> {
-        self.resolve_as("PKCS#11 PIN")
+        self.resolve_for(BackendKind::Pkcs11)
     }
 
-    /// Reads a secret kept the way a PIN is (a TPM auth value); errors call it `what`.
-    pub fn resolve_as(&self, what: &'static str) -> Result<SecretString, Error> {
+    /// Reads a secret of `backend` kept the way a PIN is (the TPM keys' auth value); errors
+    /// call it what the backend calls it.
+    pub fn resolve_for(&self, backend: BackendKind) -> Result<SecretString, Error> {
         match self {
             PinSource::Env(var) => {
-                let unavailable = |reason: &str| Error::PinUnavailable {
-                    what,
+                let unavailable = |reason: &str| Error::SecretUnavailable {
+                    backend,
                     from: format!("environment variable {var}"),
                     reason: reason.to_owned(),
                 };
@@ -67,8 +68,8 @@ impl PinSource {
                 Ok(SecretString::from(value.as_str()))
             }
             PinSource::File(path) => {
-                let unavailable = |reason: String| Error::PinUnavailable {
-                    what,
+                let unavailable = |reason: String| Error::SecretUnavailable {
+                    backend,
                     from: format!("file {}", path.display()),
                     reason,
                 };
@@ -106,7 +107,8 @@ impl PinSource {
         if path.starts_with('/') {
             Ok(PinSource::File(PathBuf::from(path)))
         } else {
-            Err(Error::InvalidPkcs11Uri {
+            Err(Error::InvalidUri {
+                backend: BackendKind::Pkcs11,
                 reason: format!(
                     "pin-source {value:?} is neither file:/absolute/path nor env:VARIABLE"
                 ),

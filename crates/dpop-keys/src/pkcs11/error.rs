@@ -5,7 +5,7 @@
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 
-use crate::Error;
+use crate::{BackendKind, Error};
 
 /// The `C_` name of a PKCS#11 function, for error messages.
 fn function_name(f: Function) -> &'static str {
@@ -48,19 +48,37 @@ pub(crate) fn rv_name(rv: &RvError) -> String {
     name
 }
 
+/// The token refused the PIN.
+pub(crate) fn pin_refused() -> Error {
+    Error::AuthFailed {
+        backend: BackendKind::Pkcs11,
+        key: None,
+    }
+}
+
+/// The token's PIN is locked.
+pub(crate) fn pin_locked() -> Error {
+    Error::AuthLocked {
+        backend: BackendKind::Pkcs11,
+    }
+}
+
+/// Any other failure of a PKCS#11 function or step.
+pub(crate) fn failed(function: &'static str, reason: String) -> Error {
+    Error::BackendFailed {
+        backend: BackendKind::Pkcs11,
+        operation: function,
+        reason,
+    }
+}
+
 /// Maps a cryptoki error that has no better-named variant.
 pub(crate) fn ck_error(e: CkError) -> Error {
     match e {
-        CkError::Pkcs11(RvError::PinIncorrect, _) => Error::PinIncorrect,
-        CkError::Pkcs11(RvError::PinLocked, _) => Error::PinLocked,
-        CkError::Pkcs11(rv, f) => Error::Pkcs11 {
-            function: function_name(f),
-            reason: rv_name(&rv),
-        },
-        other => Error::Pkcs11 {
-            function: "cryptoki",
-            reason: other.to_string(),
-        },
+        CkError::Pkcs11(RvError::PinIncorrect, _) => pin_refused(),
+        CkError::Pkcs11(RvError::PinLocked, _) => pin_locked(),
+        CkError::Pkcs11(rv, f) => failed(function_name(f), rv_name(&rv)),
+        other => failed("cryptoki", other.to_string()),
     }
 }
 

@@ -24,7 +24,8 @@ use super::templates::{
 use super::{ObjectType, Pkcs11Backend, Pkcs11Uri};
 use crate::pem::parse_private_key_pem;
 use crate::{
-    AdoptOptions, Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel, SignerRef,
+    AdoptOptions, AdoptRefusal, Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel,
+    SignerRef,
 };
 
 /// The objects [`Pkcs11Backend::create_on_token`] puts on the token, without `CKA_ID` and
@@ -233,7 +234,8 @@ impl Pkcs11Backend {
 
     /// Checks an adopt URI against the module and token in use.
     fn check_uri_target(&self, uri: &Pkcs11Uri, identity: &TokenIdentity) -> Result<(), Error> {
-        let mismatch = |attribute, uri_value: &str, actual: &str| Error::Pkcs11UriMismatch {
+        let mismatch = |attribute, uri_value: &str, actual: &str| Error::UriMismatch {
+            backend: BackendKind::Pkcs11,
             attribute,
             uri_value: uri_value.to_owned(),
             actual: actual.to_owned(),
@@ -438,16 +440,18 @@ impl Backend for Pkcs11Backend {
     ) -> Result<SignerRef, Error> {
         let uri = Pkcs11Uri::parse(uri_text)?;
         if uri.has_pin_value {
-            return Err(Error::InvalidPkcs11Uri {
+            return Err(Error::InvalidUri {
+                backend: BackendKind::Pkcs11,
                 reason: "pin-value is refused: a PIN in a URI ends up in shell history and \
-                         process lists; configure --pkcs11-pin-env or --pkcs11-pin-file"
+                         process lists; the PIN comes from the backend's configuration"
                     .into(),
             });
         }
         if let Some(t) = uri.object_type
             && t != ObjectType::Private
         {
-            return Err(Error::InvalidPkcs11Uri {
+            return Err(Error::InvalidUri {
+                backend: BackendKind::Pkcs11,
                 reason: format!(
                     "type={} names no private key; adopt needs type=private (or no type)",
                     t.as_str()
@@ -478,7 +482,11 @@ impl Backend for Pkcs11Backend {
             // Zero and several get the same answer: a client learns nothing about how many
             // keys the token holds or which labels and ids exist.
             let [private] = found[..] else {
-                return Err(Error::Pkcs11NoSingleKey { uri: shown.clone() }.into());
+                return Err(Error::NothingAtUri {
+                    backend: BackendKind::Pkcs11,
+                    uri: shown.clone(),
+                }
+                .into());
             };
             // A key that cannot make the algorithm asked for is refused as such first.
             let kind = key_kind(session, private)?;
@@ -487,6 +495,7 @@ impl Backend for Pkcs11Backend {
                 let theirs = find(session, &managed_locator.template(ObjectClass::PRIVATE_KEY))?;
                 if theirs.contains(&private) {
                     return Err(Error::KeyAlreadyManaged {
+                        backend: BackendKind::Pkcs11,
                         label: managed_label.to_string(),
                     }
                     .into());
@@ -495,12 +504,8 @@ impl Backend for Pkcs11Backend {
             let handle = FoundKey::read(session, generation, private);
             if handle.always_authenticate && !options.always_authenticate {
                 return Err(Error::AdoptNotAllowed {
-                    reason: "this key wants the PIN for each signature \
-                             (CKA_ALWAYS_AUTHENTICATE); the agent would give it for every \
-                             proof, overriding that policy, so such a key is adopted only from \
-                             a [[pkcs11_adopt]] table with always_authenticate = true in the \
-                             agent's config file"
-                        .into(),
+                    backend: BackendKind::Pkcs11,
+                    refusal: AdoptRefusal::PerUseAuth,
                 }
                 .into());
             }

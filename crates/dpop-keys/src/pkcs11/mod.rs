@@ -9,10 +9,11 @@
 //! `metadata_dir` (`<label>.json`: algorithm, `CKA_ID`, origin, token label and serial; the
 //! crate's one record store) so that labels survive restarts. Records hold no secrets.
 //!
-//! Faults: a wrong PIN is reported once ([`Error::PinIncorrect`]) and never tried again by
-//! this backend; a removed token gives [`Error::TokenNotPresent`] and is looked up again (by
-//! label or serial, since slot IDs change) on the next request, so the agent recovers when the
-//! token comes back.
+//! Faults: a wrong PIN is reported once ([`Error::AuthFailed`](crate::Error::AuthFailed))
+//! and never tried again by this backend; a removed token gives
+//! [`Error::DeviceUnavailable`](crate::Error::DeviceUnavailable) and is looked up again (by
+//! label or serial, since slot IDs change) on the next request, so the agent recovers when
+//! the token comes back.
 //!
 //! ```no_run
 //! # #[cfg(feature = "pkcs11")] {

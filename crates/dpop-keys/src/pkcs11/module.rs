@@ -16,7 +16,7 @@ use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 
 use super::TokenSelector;
-use super::error::ck_error;
+use super::error::{ck_error, failed};
 use super::raw::RawModule;
 use crate::Error;
 
@@ -83,13 +83,17 @@ pub(crate) fn module(path: &Path) -> Result<(PathBuf, Pkcs11, ModuleUse), Error>
     if let Some(m) = modules.get(&canonical) {
         return Ok((canonical, m.ctx.clone(), in_use(m)));
     }
-    let ctx = Pkcs11::new(&canonical).map_err(|e| Error::Pkcs11 {
-        function: "loading the module",
-        reason: format!("{}: {e}", canonical.display()),
+    let ctx = Pkcs11::new(&canonical).map_err(|e| {
+        failed(
+            "loading the module",
+            format!("{}: {e}", canonical.display()),
+        )
     })?;
-    let raw = RawModule::load(&canonical).map_err(|reason| Error::Pkcs11 {
-        function: "loading the module",
-        reason: format!("{}: {reason}", canonical.display()),
+    let raw = RawModule::load(&canonical).map_err(|reason| {
+        failed(
+            "loading the module",
+            format!("{}: {reason}", canonical.display()),
+        )
     })?;
     // Another library in this process (a test's raw cryptoki context, a TLS engine) may have
     // initialised the module already; that is fine, it is the same instance.
@@ -184,9 +188,9 @@ pub(crate) fn discover(
                 mechanisms,
             }))
         }
-        n => Err(Error::Pkcs11 {
-            function: "C_GetTokenInfo",
-            reason: format!("{n} tokens match {selector}; select one by serial number instead"),
-        }),
+        n => Err(failed(
+            "C_GetTokenInfo",
+            format!("{n} tokens match {selector}; select one by serial number instead"),
+        )),
     }
 }

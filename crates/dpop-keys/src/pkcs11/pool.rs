@@ -20,9 +20,9 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 use super::TokenSelector;
-use super::error::{Fail, ck_error, gone, rv, rv_name, token_gone};
+use super::error::{Fail, ck_error, gone, pin_locked, pin_refused, rv, rv_name, token_gone};
 use super::module::{ModuleUse, TokenIdentity, discover};
-use crate::Error;
+use crate::{BackendKind, Error};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -123,7 +123,8 @@ impl Token {
     }
 
     fn not_present(&self, what: &str) -> Error {
-        Error::TokenNotPresent {
+        Error::DeviceUnavailable {
+            backend: BackendKind::Pkcs11,
             detail: format!("{} in {} {what}", self.selector, self.module_path.display()),
         }
     }
@@ -134,7 +135,7 @@ impl Token {
     /// in `C_Initialize` and would never see the token come back otherwise.
     fn find(&self) -> Result<Present, Error> {
         match self.find_once() {
-            Err(Error::TokenNotPresent { .. }) if self.may_reinitialize() => {
+            Err(Error::DeviceUnavailable { .. }) if self.may_reinitialize() => {
                 tracing::info!(token = %self.selector, "token not found; re-initialising the PKCS#11 module to look again");
                 let _ = self.ctx.clone().finalize();
                 self.module.raw.initialize().map_err(ck_error)?;
@@ -239,8 +240,8 @@ impl Token {
     /// Refuses to use a PIN the token has refused before.
     fn pin_still_good(&self) -> Result<(), Fail> {
         match self.pin_state.load(Ordering::SeqCst) {
-            PIN_REFUSED => Err(Error::PinIncorrect.into()),
-            PIN_LOCKED => Err(Error::PinLocked.into()),
+            PIN_REFUSED => Err(pin_refused().into()),
+            PIN_LOCKED => Err(pin_locked().into()),
             _ => Ok(()),
         }
     }
@@ -255,11 +256,11 @@ impl Token {
                 self.pin_state.store(PIN_REFUSED, Ordering::SeqCst);
                 tracing::warn!(token = %self.selector, "the PKCS#11 token refused the PIN; \
                     not trying it again until the backend is reopened");
-                Error::PinIncorrect.into()
+                pin_refused().into()
             }
             CkError::Pkcs11(RvError::PinLocked, _) => {
                 self.pin_state.store(PIN_LOCKED, Ordering::SeqCst);
-                Error::PinLocked.into()
+                pin_locked().into()
             }
             e => e.into(),
         }
@@ -382,7 +383,7 @@ impl Token {
     }
 
     /// Runs `f` with a logged-in session. On `CKR_USER_NOT_LOGGED_IN` logs in again and retries
-    /// once; when the token is gone, returns [`Error::TokenNotPresent`] and starts over with
+    /// once; when the token is gone, returns [`Error::DeviceUnavailable`] and starts over with
     /// the next call. `f` gets the session and its generation (for caching object handles).
     pub(crate) fn run<T>(
         &self,

@@ -15,7 +15,7 @@ use cryptoki::session::Session;
 use pkcs8::der::asn1::UintRef;
 use pkcs8::der::{Decode, Reader, SliceReader};
 
-use super::error::{Fail, rv};
+use super::error::{Fail, failed, rv};
 use super::objects::{FoundKey, Locator, find};
 use super::pool::Token;
 use crate::{Algorithm, Error, KeyMeta, KeySigner};
@@ -26,12 +26,14 @@ pub(crate) fn ecdsa_to_jws(sig: &[u8], n: usize) -> Result<Vec<u8>, Error> {
     if sig.len() == 2 * n {
         return Ok(sig.to_vec());
     }
-    let bad = || Error::Pkcs11 {
-        function: "C_Sign",
-        reason: format!(
-            "ECDSA signature of {} bytes is neither r||s nor DER",
-            sig.len()
-        ),
+    let bad = || {
+        failed(
+            "C_Sign",
+            format!(
+                "ECDSA signature of {} bytes is neither r||s nor DER",
+                sig.len()
+            ),
+        )
     };
     let parse = || -> Result<(Vec<u8>, Vec<u8>), pkcs8::der::Error> {
         let mut reader = SliceReader::new(sig)?;

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::Error;
+use crate::{BackendKind, Error};
 
 /// The object class an URI's `type` attribute names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +101,8 @@ impl fmt::Debug for Pkcs11Uri {
 }
 
 fn bad(reason: impl Into<String>) -> Error {
-    Error::InvalidPkcs11Uri {
+    Error::InvalidUri {
+        backend: BackendKind::Pkcs11,
         reason: reason.into(),
     }
 }

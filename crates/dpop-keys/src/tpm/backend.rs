@@ -1,19 +1,19 @@
-//! The backend value and its signer: keys as records in the store and slots in the worker.
+//! The backend value: keys as records in the store and slots in the worker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::{digest, signature};
+use aws_lc_rs::signature;
 use secrecy::{ExposeSecret, SecretString};
-use tss_esapi::structures::{Auth, Public, SignatureScheme};
+use tss_esapi::structures::{Auth, Public};
 
 use super::record::{Origin, TpmRecord, handle_text, parse_handle};
-use super::worker::{KeyId, KeySource, Tpm, Worker};
+use super::signer::TpmSigner;
+use super::worker::{KeyId, KeySource, Worker};
 use super::{TpmConfig, templates};
 use crate::records::RecordStore;
 use crate::{
-    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyKind, KeyLabel, KeyMeta, KeySigner,
-    SignReceiver, SignerRef,
+    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyLabel, KeyMeta, KeySigner, SignerRef,
 };
 
 /// Keys in one TPM 2.0, used through a worker thread that owns the tss-esapi context.
@@ -41,7 +41,7 @@ const PSS_PROBE: &[u8] = b"dpop-agent: does this TPM's RSASSA-PSS use salt = has
 impl TpmBackend {
     /// Starts the worker on the configured TCTI and tries to reach the TPM. An unreachable
     /// TPM is logged, not fatal: keys are listed from their records and signing answers
-    /// [`Error::TpmUnavailable`] until the TPM is back. A TCTI that does not parse, or a
+    /// [`Error::DeviceUnavailable`] until the TPM is back. A TCTI that does not parse, or a
     /// record directory that cannot be made, is an error.
     pub fn open(config: TpmConfig) -> Result<TpmBackend, Error> {
         let records = RecordStore::open(config.metadata_dir)?;
@@ -94,13 +94,15 @@ impl TpmBackend {
         }
         match self.auth_value()? {
             Some(auth) => Ok(Some(auth)),
-            None => Err(Error::TpmAuthRequired {
-                label: label.to_string(),
+            None => Err(Error::AuthMissing {
+                backend: BackendKind::Tpm,
+                key: label.to_string(),
             }),
         }
     }
 
-    /// Registers a key with the worker and makes its signer.
+    /// Registers a key with the worker and makes its signer (see [`TpmSigner::new`] for
+    /// `auth_missing`).
     fn serve(
         &self,
         label: &KeyLabel,
@@ -108,6 +110,7 @@ impl TpmBackend {
         source: KeySource,
         auth: Option<Auth>,
         public: &Public,
+        auth_missing: bool,
     ) -> Result<(KeyId, Arc<TpmSigner>), Error> {
         let (kind, jwk) = templates::describe(public)?;
         let alg = kind.alg_for(Some(alg))?;
@@ -127,7 +130,8 @@ impl TpmBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(label.clone(), id);
-        let signer = Arc::new(TpmSigner::new(meta, self.worker.clone(), id, kind, public)?);
+        let signer = TpmSigner::new(meta, self.worker.clone(), id, Some(public), auth_missing)?;
+        let signer = Arc::new(signer);
         Ok((id, signer))
     }
 
@@ -209,7 +213,7 @@ impl TpmBackend {
             public: public.clone(),
             private,
         };
-        let (id, signer) = self.serve(label, alg, source, auth, &public)?;
+        let (id, signer) = self.serve(label, alg, source, auth, &public, false)?;
         if alg == Algorithm::PS256
             && let Err(e) = self.check_pss(&signer, &public)
         {
@@ -247,7 +251,7 @@ impl Backend for TpmBackend {
                 // they fail.
                 let (auth, auth_missing) = match self.auth_for(&record.label, record.auth) {
                     Ok(auth) => (auth, false),
-                    Err(Error::TpmAuthRequired { .. }) => (None, true),
+                    Err(Error::AuthMissing { .. }) => (None, true),
                     Err(e) => return Err(e),
                 };
                 let public = match &source {
@@ -257,11 +261,14 @@ impl Backend for TpmBackend {
                         return self.serve_adopted_record(&record, source, auth, auth_missing);
                     }
                 };
-                let (id, mut signer) =
-                    self.serve(&record.label, record.alg, source, auth, &public)?;
-                Arc::get_mut(&mut signer)
-                    .expect("not shared yet")
-                    .auth_missing = auth_missing;
+                let (id, signer) = self.serve(
+                    &record.label,
+                    record.alg,
+                    source,
+                    auth,
+                    &public,
+                    auth_missing,
+                )?;
                 Ok((id, signer as SignerRef))
             });
             match loaded {
@@ -315,6 +322,7 @@ impl Backend for TpmBackend {
                 && record.handle.as_deref().and_then(parse_handle) == Some(handle)
             {
                 return Err(Error::KeyAlreadyManaged {
+                    backend: BackendKind::Tpm,
                     label: record.label.to_string(),
                 });
             }
@@ -327,8 +335,9 @@ impl Backend for TpmBackend {
         // key we cannot sign with, is refused here.
         let public = self.worker.run(move |tpm| {
             if !tpm.persistent_exists(handle)? {
-                return Err(Error::TpmNoKeyAtHandle {
-                    handle: handle_text(handle),
+                return Err(Error::NothingAtUri {
+                    backend: BackendKind::Tpm,
+                    uri: format!("tpm:handle={}", handle_text(handle)),
                 });
             }
             let id = tpm.add(&name, source, None);
@@ -338,7 +347,14 @@ impl Backend for TpmBackend {
         })?;
         let (kind, jwk) = templates::describe(&public)?;
         let alg = kind.alg_for(alg)?;
-        let (id, signer) = self.serve(label, alg, KeySource::Persistent(handle), auth, &public)?;
+        let (id, signer) = self.serve(
+            label,
+            alg,
+            KeySource::Persistent(handle),
+            auth,
+            &public,
+            false,
+        )?;
         let record = TpmRecord {
             version: 1,
             label: label.clone(),
@@ -372,7 +388,6 @@ impl TpmBackend {
         auth: Option<Auth>,
         auth_missing: bool,
     ) -> Result<(KeyId, SignerRef), Error> {
-        let kind = KeyKind::for_alg(record.alg);
         let meta = KeyMeta::new(
             record.label.clone(),
             record.alg,
@@ -389,37 +404,15 @@ impl TpmBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(record.label.clone(), id);
-        // RSA signatures come back at full length from the TPM; nothing to pad to.
-        let modulus_len = 0;
-        Ok((
-            id,
-            Arc::new(TpmSigner {
-                meta,
-                worker: self.worker.clone(),
-                id,
-                kind,
-                modulus_len,
-                scheme: templates::scheme_of(record.alg).ok_or(Error::UnsupportedAlgorithm {
-                    alg: record.alg,
-                    by: "the TPM backend".into(),
-                })?,
-                hash: digest_of(record.alg),
-                auth_missing,
-            }),
-        ))
-    }
-}
-
-fn digest_of(alg: Algorithm) -> &'static digest::Algorithm {
-    match alg {
-        Algorithm::ES384 => &digest::SHA384,
-        _ => &digest::SHA256,
+        let signer = TpmSigner::new(meta, self.worker.clone(), id, None, auth_missing)?;
+        Ok((id, Arc::new(signer)))
     }
 }
 
 /// The handle in a `tpm:handle=0x81000001` URI.
 fn parse_tpm_uri(uri: &str) -> Result<u32, Error> {
-    let invalid = |reason: &str| Error::InvalidTpmUri {
+    let invalid = |reason: &str| Error::InvalidUri {
+        backend: BackendKind::Tpm,
         reason: reason.to_owned(),
     };
     let (scheme, rest) = uri
@@ -433,100 +426,6 @@ fn parse_tpm_uri(uri: &str) -> Result<u32, Error> {
         .ok_or_else(|| invalid("expected tpm:handle=0x81XXXXXX (the only attribute is handle)"))?;
     parse_handle(value)
         .ok_or_else(|| invalid("the handle is not a persistent handle (0x81000000 to 0x81FFFFFF)"))
-}
-
-/// A TPM key that signs through the worker.
-pub struct TpmSigner {
-    meta: KeyMeta,
-    worker: Arc<Worker>,
-    id: KeyId,
-    kind: KeyKind,
-    modulus_len: usize,
-    scheme: SignatureScheme,
-    hash: &'static digest::Algorithm,
-    /// The key has an auth value and the backend none: signing is refused before the TPM.
-    auth_missing: bool,
-}
-
-impl std::fmt::Debug for TpmSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TpmSigner")
-            .field("label", &self.meta.info().label)
-            .field("alg", &self.meta.info().alg)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TpmSigner {
-    fn new(
-        meta: KeyMeta,
-        worker: Arc<Worker>,
-        id: KeyId,
-        kind: KeyKind,
-        public: &Public,
-    ) -> Result<TpmSigner, Error> {
-        let alg = meta.info().alg;
-        let modulus_len = match public {
-            Public::Rsa { unique, .. } => unique.value().len(),
-            _ => 0,
-        };
-        Ok(TpmSigner {
-            scheme: templates::scheme_of(alg).ok_or(Error::UnsupportedAlgorithm {
-                alg,
-                by: "the TPM backend".into(),
-            })?,
-            hash: digest_of(alg),
-            meta,
-            worker,
-            id,
-            kind,
-            modulus_len,
-            auth_missing: false,
-        })
-    }
-}
-
-impl KeySigner for TpmSigner {
-    fn meta(&self) -> &KeyMeta {
-        &self.meta
-    }
-
-    /// Hashes here, signs the digest in the TPM.
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        self.worker.run(self.sign_job(message)?)
-    }
-
-    fn is_blocking(&self) -> bool {
-        true
-    }
-
-    fn sign_detached(&self, message: &[u8]) -> Option<Result<SignReceiver, Error>> {
-        Some(
-            self.sign_job(message)
-                .and_then(|job| self.worker.run_detached(job)),
-        )
-    }
-}
-
-impl TpmSigner {
-    /// The TPM thread's job for one signature of `message` (hashed here): sign the digest and
-    /// encode the signature for JWS there too, so the answer is the final signature.
-    fn sign_job(
-        &self,
-        message: &[u8],
-    ) -> Result<impl FnOnce(&mut Tpm) -> Result<Vec<u8>, Error> + Send + 'static, Error> {
-        if self.auth_missing {
-            return Err(Error::TpmAuthRequired {
-                label: self.meta.info().label.to_string(),
-            });
-        }
-        let digest = digest::digest(self.hash, message);
-        let (id, scheme, kind, modulus_len) = (self.id, self.scheme, self.kind, self.modulus_len);
-        Ok(move |tpm: &mut Tpm| {
-            let signature = tpm.sign(id, digest.as_ref(), scheme)?;
-            templates::jws_signature(&signature, kind, modulus_len)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -544,7 +443,7 @@ mod tests {
             "tpm",
         ] {
             assert!(
-                matches!(parse_tpm_uri(bad), Err(Error::InvalidTpmUri { .. })),
+                matches!(parse_tpm_uri(bad), Err(Error::InvalidUri { .. })),
                 "{bad}"
             );
         }

@@ -4,7 +4,7 @@
 use bitfield::BitRange;
 use tss_esapi::constants::response_code::Tss2ResponseCode;
 
-use crate::Error;
+use crate::{BackendKind, Error};
 
 /// What a failed TPM call means for the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,36 +114,47 @@ impl TpmError {
     pub(super) fn into_error(self, tcti: &str, label: Option<&str>) -> Error {
         let key = label.map(|l| format!(" (key {l:?})")).unwrap_or_default();
         match self.fault {
-            Fault::Lost | Fault::Evicted | Fault::ObjectMemory => Error::TpmUnavailable {
-                tcti: tcti.to_owned(),
-                reason: format!("{} failed{key}: {}", self.command, self.reason),
+            Fault::Lost | Fault::Evicted | Fault::ObjectMemory => Error::DeviceUnavailable {
+                backend: BackendKind::Tpm,
+                detail: format!(
+                    "{} failed{key}: {} (TCTI {tcti})",
+                    self.command, self.reason
+                ),
             },
-            Fault::AuthFail => Error::TpmAuthFail {
-                label: label.unwrap_or_default().to_owned(),
+            Fault::AuthFail => Error::AuthFailed {
+                backend: BackendKind::Tpm,
+                key: Some(label.unwrap_or_default().to_owned()),
             },
-            Fault::Lockout => Error::TpmLockout,
-            Fault::BadBlob => Error::Tpm {
-                command: self.command,
-                reason: format!(
+            Fault::Lockout => Error::AuthLocked {
+                backend: BackendKind::Tpm,
+            },
+            Fault::BadBlob => failed(
+                self.command,
+                format!(
                     "the TPM refuses the key{key}: its wrapped private blob is damaged, or was \
                      made by another TPM or before this TPM was cleared ({})",
                     self.reason
                 ),
-            },
-            Fault::Unsupported | Fault::Other => Error::Tpm {
-                command: self.command,
-                reason: format!("{}{key}", self.reason),
-            },
+            ),
+            Fault::Unsupported | Fault::Other => {
+                failed(self.command, format!("{}{key}", self.reason))
+            }
         }
+    }
+}
+
+/// Any other failure of a TPM command or step.
+pub(super) fn failed(command: &'static str, reason: String) -> Error {
+    Error::BackendFailed {
+        backend: BackendKind::Tpm,
+        operation: command,
+        reason,
     }
 }
 
 /// A wrapper-side failure (marshalling, sizes) as the crate's error.
 pub(super) fn wrapper(command: &'static str, e: tss_esapi::Error) -> Error {
-    Error::Tpm {
-        command,
-        reason: e.to_string(),
-    }
+    failed(command, e.to_string())
 }
 
 #[cfg(test)]

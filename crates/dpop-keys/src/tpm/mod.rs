@@ -17,7 +17,7 @@
 //! The tss-esapi context lives on one worker thread (`worker`); signers send it jobs. Keys
 //! stay loaded; after a lost connection or a TPM reset the worker reconnects, makes the SRK
 //! again, reloads and retries once. A refused auth value is never sent again
-//! ([`Error::TpmAuthFail`](crate::Error::TpmAuthFail)), so the TPM's dictionary attack
+//! ([`Error::AuthFailed`](crate::Error::AuthFailed)), so the TPM's dictionary attack
 //! counter does not run into lockout.
 //!
 //! ```no_run
@@ -37,7 +37,8 @@
 //! - `error`: TPM response codes sorted into what the backend does about them;
 //! - `templates`: the SRK and key templates, public areas to JWKs, signatures to JWS;
 //! - `record`: the per-key record; `import`: PEM keys as TPM2_Import duplicates;
-//! - `backend`: [`TpmBackend`] and [`TpmSigner`].
+//! - `backend`: [`TpmBackend`]: keys as records in the store and slots in the worker;
+//! - `signer`: [`TpmSigner`], which hashes here and signs on the worker.
 
 mod config;
 pub use config::{DEFAULT_TCTI, TpmConfig};
@@ -51,9 +52,13 @@ mod import;
 #[cfg(feature = "tpm")]
 mod record;
 #[cfg(feature = "tpm")]
+mod signer;
+#[cfg(feature = "tpm")]
 mod templates;
 #[cfg(feature = "tpm")]
 mod worker;
 
 #[cfg(feature = "tpm")]
-pub use backend::{TpmBackend, TpmSigner};
+pub use backend::TpmBackend;
+#[cfg(feature = "tpm")]
+pub use signer::TpmSigner;

@@ -11,7 +11,7 @@ use tss_esapi::structures::{
     Signature, SignatureScheme, SymmetricDefinitionObject,
 };
 
-use super::error::wrapper;
+use super::error::{failed, wrapper};
 use crate::{Algorithm, Error, Jwk, KeyKind};
 
 /// The well-known storage root key: ECC P-256, AES-128-CFB, restricted decryption, empty
@@ -149,13 +149,13 @@ pub(super) fn key(alg: Algorithm, fixed: bool, point: Option<EccPoint>) -> Resul
 /// Left-pads a big-endian number to `len` bytes (the TPM may drop leading zeros).
 fn pad(bytes: &[u8], len: usize) -> Result<Vec<u8>, Error> {
     if bytes.len() > len {
-        return Err(Error::Tpm {
-            command: "reading a TPM result",
-            reason: format!(
+        return Err(failed(
+            "reading a TPM result",
+            format!(
                 "a {}-byte number where {len} bytes were expected",
                 bytes.len()
             ),
-        });
+        ));
     }
     let mut out = vec![0; len - bytes.len()];
     out.extend_from_slice(bytes);
@@ -228,13 +228,13 @@ pub(super) fn jws_signature(
             let signature = rsa.signature().value();
             pad(signature, modulus_len.max(signature.len()))
         }
-        _ => Err(Error::Tpm {
-            command: "TPM2_Sign",
-            reason: format!(
+        _ => Err(failed(
+            "TPM2_Sign",
+            format!(
                 "the TPM returned a {:?} signature for a {kind:?} key",
                 signature.algorithm()
             ),
-        }),
+        )),
     }
 }
 

@@ -25,9 +25,9 @@ use tss_esapi::structures::{
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
-use super::error::{Fault, TpmError};
+use super::error::{Fault, TpmError, failed};
 use super::templates;
-use crate::Error;
+use crate::{BackendKind, Error};
 
 /// A key the worker knows, by a number the backend hands out.
 pub(super) type KeyId = u64;
@@ -355,7 +355,10 @@ impl Tpm {
     ) -> Result<Signature, Error> {
         let label = self.label(id)?.to_owned();
         if self.slots[&id].refused {
-            return Err(Error::TpmAuthFail { label });
+            return Err(Error::AuthFailed {
+                backend: BackendKind::Tpm,
+                key: Some(label),
+            });
         }
         let digest = Digest::try_from(digest).map_err(|e| super::error::wrapper("TPM2_Sign", e))?;
         let ticket = null_ticket().map_err(|e| self.error(e, Some(&label)))?;
@@ -395,10 +398,10 @@ impl Tpm {
                 .map_err(|e| TpmError::new("TPM2_Create", e))
         })
         .map_err(|e| match e.fault {
-            Fault::Unsupported => Error::Tpm {
-                command: e.command,
-                reason: format!("this TPM does not make such keys: {}", e.reason),
-            },
+            Fault::Unsupported => failed(
+                e.command,
+                format!("this TPM does not make such keys: {}", e.reason),
+            ),
             _ => self.error(e, None),
         })
     }
@@ -453,12 +456,14 @@ impl Drop for Worker {
 impl Worker {
     /// Starts the thread for `tcti` (checked here, connected on first use).
     pub(super) fn start(tcti: &str) -> Result<Worker, Error> {
-        let conf = TctiNameConf::from_str(tcti).map_err(|_| Error::Tpm {
-            command: "parsing the TCTI",
-            reason: format!(
-                "{tcti:?} is not a TCTI (device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P or \
+        let conf = TctiNameConf::from_str(tcti).map_err(|_| {
+            failed(
+                "parsing the TCTI",
+                format!(
+                    "{tcti:?} is not a TCTI (device:/dev/tpmrm0, tabrmd:, swtpm:host=H,port=P or \
                  mssim:host=H,port=P)"
-            ),
+                ),
+            )
         })?;
         let (jobs, queue) = mpsc::channel::<Job>();
         let name = tcti.to_owned();
@@ -470,10 +475,7 @@ impl Worker {
                     job(&mut tpm);
                 }
             })
-            .map_err(|e| Error::Tpm {
-                command: "starting the TPM thread",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| failed("starting the TPM thread", e.to_string()))?;
         Ok(Worker {
             jobs,
             thread: Some(thread),
@@ -491,10 +493,7 @@ impl Worker {
         &self,
         job: impl FnOnce(&mut Tpm) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let gone = || Error::Tpm {
-            command: "reaching the TPM thread",
-            reason: "the thread stopped".into(),
-        };
+        let gone = || failed("reaching the TPM thread", "the thread stopped".to_owned());
         let (reply, answer) = mpsc::sync_channel(1);
         self.jobs
             .send(Box::new(move |tpm| {
@@ -515,10 +514,7 @@ impl Worker {
             .send(Box::new(move |tpm| {
                 let _ = reply.send(job(tpm));
             }))
-            .map_err(|_| Error::Tpm {
-                command: "reaching the TPM thread",
-                reason: "the thread stopped".into(),
-            })?;
+            .map_err(|_| failed("reaching the TPM thread", "the thread stopped".to_owned()))?;
         Ok(answer)
     }
 }
