@@ -18,8 +18,9 @@ use std::process::Output;
 
 use dpop_client::Error as ClientError;
 use dpop_protocol::{ErrorCode, KeyDescription};
-use crate::{AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, run_ok, verify_proof};
 use serde_json::Value;
+
+use crate::{AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, run_ok, verify_proof};
 
 /// The URL the proofs are for, as a client would write it; [`HTU`] is its normalised form.
 pub const URL: &str = "https://API.example.com:443/v1/items?page=2#top";

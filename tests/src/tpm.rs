@@ -63,6 +63,7 @@ pub fn list(agent: &TestAgent) -> Vec<KeyDescription> {
 pub mod direct {
     use std::path::Path;
 
+    use serde_json::Value;
     use tss_esapi::{
         Context,
         attributes::ObjectAttributesBuilder,
@@ -78,7 +79,6 @@ pub mod direct {
         },
         traits::UnMarshall,
     };
-    use serde_json::Value;
 
     pub(super) use crate::create_srk as srk;
 
@@ -207,10 +207,7 @@ pub mod direct {
 
 /// An RSASSA-PSS (SHA-256) signature of `message` by a fresh RSA 2048 key in the TPM, made
 /// here with tss-esapi: (modulus, signature).
-pub fn tpm_pss_signature(
-    ctx: &mut tss_esapi::Context,
-    message: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
+pub fn tpm_pss_signature(ctx: &mut tss_esapi::Context, message: &[u8]) -> (Vec<u8>, Vec<u8>) {
     use tss_esapi::{
         constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
         interface_types::{

@@ -15,8 +15,8 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use dpop_tests::pkcs11::*;
 use dpop_protocol::{ErrorCode, KeyDescription};
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     AgentOptions, SoftHsmToken, TestAgent, new_temp_dir, openssl_ec_pem, openssl_rsa_pem, run_ok,
 };

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
-use dpop_tests::pkcs11::*;
 use dpop_protocol::ErrorCode;
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     AgentOptions, TestAgent, files_under, new_temp_dir, openssl_key_field, openssl_rsa_pem, run_ok,
     verify_proof,

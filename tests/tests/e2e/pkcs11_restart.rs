@@ -5,9 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dpop_tests::pkcs11::*;
 use dpop_client::Error as ClientError;
 use dpop_protocol::{ErrorCode, KeyDescription};
+use dpop_tests::pkcs11::*;
 use dpop_tests::{AgentOptions, TestAgent, poll_until, run_ok, verify_proof};
 
 /// Generated, imported and adopted token keys come back after a restart with the same jkt and

@@ -3,8 +3,8 @@
 //! throughout), an agent started while the TPM is down, and a wrong auth value (coded error,
 //! never retried, so the TPM's dictionary attack counter does not reach lockout).
 
-use dpop_tests::{AgentOptions, Swtpm, TestAgent, error_code};
 use dpop_tests::tpm::*;
+use dpop_tests::{AgentOptions, Swtpm, TestAgent, error_code};
 
 /// `sign_proof` fails with `token_not_present` while swtpm is down, software keys sign all
 /// along, and the TPM key signs again once swtpm is back (the agent reconnects, makes the SRK
