@@ -32,7 +32,7 @@ stage "installs (Debian packages, jwcrypto, node, the Windows target) where miss
 
 need_apt=()
 # mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
-# under Wine (tests/tests/windows.rs).
+# under Wine (tests/tests/e2e/windows.rs).
 for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -57,7 +57,7 @@ if ! python3 -c 'import jwcrypto' 2>/dev/null; then
         || python3 -m pip install -q --break-system-packages jwcrypto
 fi
 
-# node oidc-provider, the independent authorization server of tests/tests/oidc_provider.rs
+# node oidc-provider, the independent authorization server of tests/tests/e2e/oidc_provider.rs
 # (node and npm from Debian when missing; the package at the version package-lock.json pins).
 if ! command -v npm >/dev/null 2>&1; then
     echo "== installing nodejs and npm"

@@ -27,11 +27,19 @@
 //!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
 //!   requests with proofs from a real agent.
 //!
-//! One module per concern, everything re-exported here: [`mod@binaries`] (building the
+//! One module per concern, its fixtures re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
 //! (openssl-made keys), [`softhsm`] (PKCS#11 tokens), [`verify`] (checking proofs),
 //! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks),
-//! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients).
+//! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients),
+//! [`oauth`] and [`oidc_provider`] (authorization servers), [`swtpm`] (software TPMs),
+//! [`wine`] (the Windows builds). Used through their modules: the helpers of the PKCS#11 and
+//! TPM tests, [`mod@pkcs11`] (token keys made, signing, looked at on the token) and, with the
+//! feature `tpm`, `tpm` (TPM keys, and the TPM read directly).
+//!
+//! The end-to-end tests are one binary, `tests/e2e/main.rs`, linked once, with one module per
+//! area (`cargo test -p dpop-tests --test e2e pkcs11_keys::` runs one); what they share lives
+//! here.
 //!
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
@@ -57,11 +65,14 @@ pub mod connection;
 pub mod keys;
 pub mod oauth;
 pub mod oidc_provider;
+pub mod pkcs11;
 pub mod process;
 pub mod redis;
 pub mod server;
 pub mod softhsm;
 pub mod swtpm;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod verify;
 pub mod wait;
 pub mod wine;

@@ -1,5 +1,5 @@
 //! `dpop-test-pkcs11`: looks at a PKCS#11 token from a process of its own, for the end-to-end
-//! tests (`tests/tests/pkcs11_*.rs`, through `common::inspect`).
+//! tests (the `pkcs11_*` modules of `tests/e2e`, through `dpop_tests::pkcs11::inspect`).
 //!
 //! SoftHSM2 reads its token directory once, in `C_Initialize`, and a module can be initialised
 //! once per process. Each test agent has a SoftHSM2 configuration of its own, and tokens come

@@ -5,8 +5,6 @@
 //!
 //! Missing SoftHSM2 is a test failure with a message saying what to install, never a skip.
 
-#![allow(dead_code)] // Each test binary uses a different part.
-
 use std::path::Path;
 use std::sync::OnceLock;
 

@@ -1,13 +1,11 @@
-//! The token PIN, each test on a SoftHSM2 token of its own (see `common`): wrong, missing and
-//! empty PINs; the PIN never shows in logs or output; the PIN prompt on a terminal, in front
-//! and for a background start.
-
-mod common;
+//! The token PIN, each test on a SoftHSM2 token of its own (see `dpop_tests::pkcs11`): wrong,
+//! missing and empty PINs; the PIN never shows in logs or output; the PIN prompt on a terminal,
+//! in front and for a background start.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     AgentOptions, PROCESS_TIMEOUT, SoftHsmToken, TestAgent, new_temp_dir, pkcs11_module,
     verify_proof, wait_until, write_private_file,

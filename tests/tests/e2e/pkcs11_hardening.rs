@@ -1,5 +1,6 @@
 //! Token keys as an attacker on the same machine sees them (issue 12), each test on a SoftHSM2
-//! token of its own (see `common`), looked at from other processes (`pkcs11-tool`, openssl):
+//! token of its own (see `dpop_tests::pkcs11`), looked at from other processes (`pkcs11-tool`,
+//! openssl):
 //!
 //! - keys the agent generates or imports are sign-only: the private key neither decrypts
 //!   (`pkcs11-tool --decrypt -m RSA-PKCS` of an openssl ciphertext fails), nor signs raw bytes
@@ -11,13 +12,11 @@
 //!   in one file), a missing module is named once, and an unknown token label lists the
 //!   tokens there.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::*;
 use dpop_protocol::{ErrorCode, KeyDescription};
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     AgentOptions, SoftHsmToken, TestAgent, new_temp_dir, openssl_ec_pem, openssl_rsa_pem, run_ok,
 };

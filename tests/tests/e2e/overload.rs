@@ -28,7 +28,8 @@ fn rss_kib(agent: &TestAgent) -> u64 {
 }
 
 /// Raises this process's open-file limit to its hard limit (the agent, started afterwards,
-/// inherits it): the busy test holds more than a thousand sockets on each side.
+/// inherits it): the busy test holds more than a thousand sockets on each side. The limit is
+/// the whole e2e binary's, which only gains room from it: it only ever goes up.
 fn raise_file_limit(needed: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

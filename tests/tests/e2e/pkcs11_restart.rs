@@ -1,15 +1,13 @@
 //! Token keys across agent restarts and token loss, each test on a SoftHSM2 token of its own
-//! (see `common`): keys survive a restart, `[[pkcs11_adopt]]` tables adopt keys at start-up,
-//! and the token deleted and brought back under a running agent.
-
-mod common;
+//! (see `dpop_tests::pkcs11`): keys survive a restart, `[[pkcs11_adopt]]` tables adopt keys at
+//! start-up, and the token deleted and brought back under a running agent.
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use dpop_client::Error as ClientError;
 use dpop_protocol::{ErrorCode, KeyDescription};
+use dpop_tests::pkcs11::*;
 use dpop_tests::{AgentOptions, TestAgent, poll_until, run_ok, verify_proof};
 
 /// Generated, imported and adopted token keys come back after a restart with the same jkt and

@@ -34,8 +34,14 @@ fn dpop_ends_quietly_when_its_output_pipe_closes() {
 
     // Deterministic: the pipe's read end is closed before dpop writes its first byte.
     let mut fds = [0; 2];
-    // SAFETY: pipe(2) fills the two descriptors we pass; we own them from here on.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe(2)");
+    // Close-on-exec: another test's child, spawned meanwhile, must not inherit the read end (a
+    // reader left would block dpop instead of failing its write).
+    // SAFETY: pipe2(2) fills the two descriptors we pass; we own them from here on.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        0,
+        "pipe2(2)"
+    );
     // SAFETY: both descriptors were just created and are not owned elsewhere.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };

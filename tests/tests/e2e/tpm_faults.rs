@@ -1,12 +1,10 @@
-//! TPM faults under a running agent, on a real swtpm (see `tpm/mod.rs`): the TPM stopped and
+//! TPM faults under a running agent, on a real swtpm (see `dpop_tests::tpm`): the TPM stopped and
 //! started again (coded error while it is gone, recovery after, other backends served
 //! throughout), an agent started while the TPM is down, and a wrong auth value (coded error,
 //! never retried, so the TPM's dictionary attack counter does not reach lockout).
 
-mod tpm;
-
+use dpop_tests::tpm::*;
 use dpop_tests::{AgentOptions, Swtpm, TestAgent, error_code};
-use tpm::*;
 
 /// `sign_proof` fails with `token_not_present` while swtpm is down, software keys sign all
 /// along, and the TPM key signs again once swtpm is back (the agent reconnects, makes the SRK

@@ -1,27 +1,26 @@
-//! Helpers of the PKCS#11 end-to-end tests (`pkcs11_*.rs`): a throw-away SoftHSM2 token per
-//! test ([`SoftHsmToken`]: own directory, own `SOFTHSM2_CONF`, so the tests run in parallel),
-//! keys made through `dpop`, proofs checked by `dpop verify`, jwcrypto and dpop-jose, and the
-//! token inspected from outside.
+//! Helpers of the PKCS#11 end-to-end tests (the `pkcs11_*` modules of the `e2e` test binary):
+//! a throw-away SoftHSM2 token per test ([`SoftHsmToken`]: own directory, own `SOFTHSM2_CONF`,
+//! so the tests run in parallel), keys made through `dpop`, proofs checked by `dpop verify`,
+//! jwcrypto and dpop-jose, and the token inspected from outside.
 //!
-//! The token is inspected with `dpop-test-pkcs11` (this package's helper binary, raw cryptoki
-//! in a process of its own) and OpenSC's `pkcs11-tool`. A process can initialise SoftHSM2 only
-//! once and sees only the tokens that existed then; a fresh process per question can look at
-//! any test's token, including tokens deleted and restored meanwhile.
+//! The token is inspected with `dpop-test-pkcs11` ([`inspect`]: this package's helper binary,
+//! raw cryptoki in a process of its own) and OpenSC's `pkcs11-tool`. A process can initialise
+//! SoftHSM2 only once and sees only the tokens that existed then; a fresh process per question
+//! can look at any test's token, including tokens deleted and restored meanwhile.
 //!
 //! Needs SoftHSM2 (`/usr/lib/softhsm/libsofthsm2.so`, or `DPOP_TEST_PKCS11_MODULE`),
 //! `softhsm2-util`, `pkcs11-tool` (OpenSC), `openssl` and `python3` with jwcrypto; fails,
 //! never skips, without them.
 
-#![allow(dead_code)] // Each test binary uses a different part.
-
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use dpop_client::Error as ClientError;
 use dpop_protocol::{ErrorCode, KeyDescription};
-use dpop_tests::{AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, run_ok, verify_proof};
 use serde_json::Value;
+
+use crate::{AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, run_ok, verify_proof};
 
 /// The URL the proofs are for, as a client would write it; [`HTU`] is its normalised form.
 pub const URL: &str = "https://API.example.com:443/v1/items?page=2#top";
@@ -34,7 +33,7 @@ pub const ACCESS_TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
 /// log means it leaked.
 pub const PIN: &str = "pin-Qx83Zt7w";
 /// The security officer PIN of every test token.
-pub const SO_PIN: &str = "so-Mf92Lk4v";
+const SO_PIN: &str = "so-Mf92Lk4v";
 /// A PIN no token has.
 pub const WRONG_PIN: &str = "wrong-Kd5xR1";
 
@@ -206,7 +205,7 @@ pub fn proof(agent: &TestAgent, label: &str, method: &str, token: Option<&str>) 
 }
 
 /// `dpop verify --json` with the key's jkt; panics unless it says valid.
-pub fn dpop_verify(agent: &TestAgent, proof: &str, method: &str, token: Option<&str>, jkt: &str) {
+fn dpop_verify(agent: &TestAgent, proof: &str, method: &str, token: Option<&str>, jkt: &str) {
     // `--jkt=` because a thumbprint may begin with '-', which clap takes for an option.
     let jkt_arg = format!("--jkt={jkt}");
     let mut args = vec![
@@ -246,11 +245,11 @@ pub fn assert_still_signs(agent: &TestAgent, key: &KeyDescription) {
 /// Runs the `dpop-test-pkcs11` helper on `token` (logged in with the token's PIN).
 pub fn inspect(token: &SoftHsmToken, args: &[&str]) -> Value {
     let out = token
-        .command(env!("CARGO_BIN_EXE_dpop-test-pkcs11"))
+        .command(helper())
         .arg(token.module())
         .arg(token.label())
         .args(args)
-        .env(dpop_tests::PKCS11_PIN_VAR, token.pin())
+        .env(crate::PKCS11_PIN_VAR, token.pin())
         .output()
         .expect("running dpop-test-pkcs11");
     assert!(
@@ -259,6 +258,24 @@ pub fn inspect(token: &SoftHsmToken, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("dpop-test-pkcs11 prints JSON")
+}
+
+/// The `dpop-test-pkcs11` helper binary. Cargo builds a package's binaries for its integration
+/// tests and puts them next to the test executables' `deps/` directory (the path it gives as
+/// `CARGO_BIN_EXE_dpop-test-pkcs11`, which a library does not get).
+fn helper() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running test executable");
+    let mut dir = exe.parent().expect("executable has a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let helper = dir.join("dpop-test-pkcs11");
+    assert!(
+        helper.is_file(),
+        "{} not found: run the tests with cargo test -p dpop-tests, which builds it",
+        helper.display()
+    );
+    helper
 }
 
 /// The key's private and public objects on the token: (private keys described, public count).

@@ -1,11 +1,9 @@
-//! TPM keys end to end on a real swtpm (see `tpm/mod.rs`): every algorithm the TPM does,
+//! TPM keys end to end on a real swtpm (see `dpop_tests::tpm`): every algorithm the TPM does,
 //! keys that survive agent restarts, keys that cannot leave the TPM, adoption of a persistent
 //! key, import of a PEM key, and a damaged key blob.
 
-mod tpm;
-
+use dpop_tests::tpm::*;
 use dpop_tests::{AgentOptions, Swtpm, TestAgent};
-use tpm::*;
 
 /// ES256, ES384 and RS256 keys made in the TPM sign proofs that `dpop verify`, jwcrypto and
 /// dpop-jose accept. PS256 does the same exactly when the TPM's PSS salt is the hash length,

@@ -1,12 +1,10 @@
 //! The SoftHSM2 recipes of `softhsm/README.md` and `README.md`, run as written (with the
 //! binaries under test on `PATH` and every directory in a temporary home).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     POLL_INTERVAL, PROCESS_TIMEOUT, binaries, new_temp_dir, pkcs11_module, poll_until,
     process_gone, require_tool, send_signal, verify_proof, wait_timeout, wait_until,

@@ -1,5 +1,5 @@
 //! Token keys through the real agent and `dpop`, each test on a SoftHSM2 token of its own
-//! (see `common`):
+//! (see `dpop_tests::pkcs11`):
 //!
 //! - keys generated on the token (ES256, RS256, PS256, ES384, EdDSA) and PEMs imported into
 //!   it sign proofs that `dpop verify` and Python's jwcrypto accept;
@@ -11,14 +11,12 @@
 //! - 16 concurrent clients on one token key;
 //! - the token refuses to reveal every private key the agent made or imported.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use base64::Engine;
-use common::*;
 use dpop_protocol::ErrorCode;
+use dpop_tests::pkcs11::*;
 use dpop_tests::{
     AgentOptions, TestAgent, files_under, new_temp_dir, openssl_key_field, openssl_rsa_pem, run_ok,
     verify_proof,

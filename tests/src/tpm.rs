@@ -1,25 +1,17 @@
-//! Helpers of the TPM end-to-end tests (`tpm_*.rs`): each test runs its own swtpm (own state
-//! directory, own loopback ports) and agent, makes keys through the real `dpop` CLI or the
-//! client crate, and checks proofs with `dpop verify`, the Python jwcrypto verifier and
-//! dpop-jose. Needs swtpm (`apt-get install swtpm swtpm-tools`), `python3` with jwcrypto and
-//! `openssl`; fails, never skips, without them.
-
-#![allow(dead_code)] // Each test binary uses a different part.
+//! Helpers of the TPM end-to-end tests (the `tpm_*` modules of the `e2e` test binary, with this
+//! package's feature `tpm`): each test runs its own swtpm (own state directory, own loopback
+//! ports) and agent, makes keys through the real `dpop` CLI or the client crate, and checks
+//! proofs with `dpop verify`, the Python jwcrypto verifier and dpop-jose. Needs swtpm (`apt-get
+//! install swtpm swtpm-tools`), `python3` with jwcrypto and `openssl`; fails, never skips,
+//! without them.
 
 use dpop_protocol::KeyDescription;
-use dpop_tests::{TestAgent, jwcrypto_verify, verify_proof};
 use serde_json::Value;
 
-/// The URL the proofs are for; [`HTU`] is its normalised form.
-pub const URL: &str = "https://API.example.com:443/v1/items?page=2#top";
-/// The `htu` of [`URL`].
-pub const HTU: &str = "https://api.example.com/v1/items";
+use crate::{TestAgent, jwcrypto_verify, verify_proof};
 
-/// A key as `dpop ... --json` prints it.
-pub fn parse_key(json: &str) -> KeyDescription {
-    serde_json::from_str(json.trim())
-        .unwrap_or_else(|e| panic!("not a key description ({e}): {json}"))
-}
+/// The request of the PKCS#11 tests, and the same key description parser.
+pub use crate::pkcs11::{HTU, URL, parse_key};
 
 /// Generates a TPM key with `dpop keys generate`.
 pub fn generate(agent: &TestAgent, label: &str, alg: &str) -> KeyDescription {
@@ -71,10 +63,9 @@ pub fn list(agent: &TestAgent) -> Vec<KeyDescription> {
 pub mod direct {
     use std::path::Path;
 
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use dpop_tests::tss_esapi::{
-        self, Context,
+    use serde_json::Value;
+    use tss_esapi::{
+        Context,
         attributes::ObjectAttributesBuilder,
         handles::KeyHandle,
         interface_types::{
@@ -88,12 +79,11 @@ pub mod direct {
         },
         traits::UnMarshall,
     };
-    use serde_json::Value;
 
-    pub use dpop_tests::create_srk as srk;
+    pub(super) use crate::create_srk as srk;
 
     /// Attributes of an ordinary signing key, as another application would make one.
-    pub fn signing_attributes() -> tss_esapi::attributes::ObjectAttributes {
+    pub(super) fn signing_attributes() -> tss_esapi::attributes::ObjectAttributes {
         ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)
@@ -105,7 +95,7 @@ pub mod direct {
     }
 
     /// Creates a key from `template` under `srk` and loads it: its handle and public area.
-    pub fn create_and_load(
+    pub(super) fn create_and_load(
         ctx: &mut Context,
         srk: KeyHandle,
         template: Public,
@@ -135,13 +125,12 @@ pub mod direct {
 
     /// Decodes one of a record's base64url blobs.
     pub fn blob(record: &Value, field: &str) -> Vec<u8> {
-        URL_SAFE_NO_PAD
-            .decode(
-                record[field]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no {field}: {record}")),
-            )
-            .expect("base64url")
+        dpop_jose::b64url_decode(
+            record[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field}: {record}")),
+        )
+        .expect("base64url")
     }
 
     /// Loads a recorded key under the SRK and returns what the TPM says its public area is.
@@ -218,11 +207,8 @@ pub mod direct {
 
 /// An RSASSA-PSS (SHA-256) signature of `message` by a fresh RSA 2048 key in the TPM, made
 /// here with tss-esapi: (modulus, signature).
-pub fn tpm_pss_signature(
-    ctx: &mut dpop_tests::tss_esapi::Context,
-    message: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
-    use dpop_tests::tss_esapi::{
+pub fn tpm_pss_signature(ctx: &mut tss_esapi::Context, message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use tss_esapi::{
         constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK},
         interface_types::{
             algorithm::{HashingAlgorithm, PublicAlgorithm},
@@ -255,7 +241,7 @@ pub fn tpm_pss_signature(
         .unwrap();
     let (key, public) = direct::create_and_load(ctx, srk, template, "a PSS key");
     let modulus = match &public {
-        dpop_tests::tss_esapi::structures::Public::Rsa { unique, .. } => unique.value().to_vec(),
+        tss_esapi::structures::Public::Rsa { unique, .. } => unique.value().to_vec(),
         _ => unreachable!("an RSA template"),
     };
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
@@ -301,7 +287,7 @@ def ok(salt):
         return "no"
 print(ok(padding.PSS.AUTO), ok(padding.PSS.DIGEST_LENGTH))
 "#;
-    let out = dpop_tests::run_ok(
+    let out = crate::run_ok(
         std::process::Command::new("python3")
             .arg("-c")
             .arg(script)
