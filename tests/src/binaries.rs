@@ -42,23 +42,27 @@ pub fn binaries() -> &'static Binaries {
 /// The Windows binaries (`dpop-agent.exe`, `dpop.exe`), cross-built on first use for
 /// `x86_64-pc-windows-gnu` into the running test's target directory and profile, for the
 /// tests that run them under Wine. Needs `rustup target add x86_64-pc-windows-gnu` and
-/// mingw-w64; panics with cargo's output when the build fails.
+/// mingw-w64; panics with cargo's output when the build fails. With
+/// `DPOP_TEST_WINDOWS_BIN_DIR` set (absolute, or relative to the workspace root), nothing is
+/// built and the binaries are taken from there (the CI builds them once, linted).
 pub fn windows_binaries() -> &'static WindowsBinaries {
     static BINARIES: OnceLock<WindowsBinaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         crate::require_tool("x86_64-w64-mingw32-gcc", &["--version"], "mingw-w64");
-        let build = Build::of_this_test();
-        let dir = build.run(
-            &[
-                "--target",
-                WINDOWS_TARGET,
-                "-p",
-                "dpop-agent",
-                "-p",
-                "dpop-cli",
-            ],
-            Some(WINDOWS_TARGET),
-        );
+        let dir = match std::env::var_os("DPOP_TEST_WINDOWS_BIN_DIR").filter(|d| !d.is_empty()) {
+            Some(dir) => workspace_root().join(dir),
+            None => Build::of_this_test().run(
+                &[
+                    "--target",
+                    WINDOWS_TARGET,
+                    "-p",
+                    "dpop-agent",
+                    "-p",
+                    "dpop-cli",
+                ],
+                Some(WINDOWS_TARGET),
+            ),
+        };
         let bins = WindowsBinaries {
             agent: dir.join("dpop-agent.exe"),
             dpop: dir.join("dpop.exe"),

@@ -5,7 +5,8 @@
 //! - [`binaries()`] builds `dpop-agent` and `dpop` once per test process (`cargo build -p
 //!   dpop-agent -p dpop-cli`, in the profile the calling test or bench was built in) and
 //!   returns their paths. Cargo only gives `CARGO_BIN_EXE_*` for binaries of the package under
-//!   test, hence the explicit build. Set `DPOP_TEST_BIN_DIR` to use prebuilt binaries instead.
+//!   test, hence the explicit build. Set `DPOP_TEST_BIN_DIR` (and `DPOP_TEST_WINDOWS_BIN_DIR`
+//!   for [`windows_binaries`]) to use prebuilt binaries instead, as `scripts/test.sh` does.
 //! - [`TestAgent`] starts `dpop-agent -D` with a socket and data directory in a fresh
 //!   [`tempfile::TempDir`], waits until the socket accepts, captures the agent's standard error
 //!   in a file ([`TestAgent::stderr_log`]), and stops it with SIGTERM when dropped.
