@@ -5,6 +5,10 @@
 //! This file parses and dispatches; each command lives in `commands/` with its arguments,
 //! what it reads in `input.rs` and how it prints in `output.rs`.
 
+// The doc comments of the clap types are the --help text, read in a terminal, where a URL
+// stays bare (rustdoc would have it in <>).
+#![allow(rustdoc::bare_urls)]
+
 mod commands;
 mod input;
 mod output;
