@@ -168,7 +168,7 @@ fn main() {
     let agent = TestAgent::start(AgentOptions::new().pkcs11(&token));
     agent
         .client()
-        .generate_key(LABEL, Some("pkcs11"), None)
+        .generate_key(dpop_client::NewKey::new(LABEL).backend("pkcs11"))
         .unwrap();
     // Let the agent open its sessions and learn how long the token takes before timing.
     through_agent(&agent, 32, 20, LABEL, URL, None);

@@ -91,7 +91,7 @@ fn main() {
     let agent = TestAgent::start(AgentOptions::new());
     let imported = agent
         .client()
-        .import_key("bench", None, &pem, None)
+        .import_key(dpop_client::ImportKey::new("bench", &pem))
         .unwrap();
     assert_eq!(imported.jkt, local.meta().info().jkt, "same key in both");
 

@@ -104,9 +104,7 @@ fn main() {
     let wall = Instant::now();
     for i in 0..keys {
         let t = Instant::now();
-        client
-            .generate_key(&format!("k{i:03}"), None, None)
-            .expect("generate");
+        client.generate_key(&format!("k{i:03}")).expect("generate");
         samples.push(t.elapsed());
     }
     let generate = Run {

@@ -111,7 +111,7 @@ fn main() {
     let mut agent = TestAgent::start(options.clone());
     agent
         .client()
-        .generate_key(LABEL, Some("tpm"), None)
+        .generate_key(dpop_client::NewKey::new(LABEL).backend("tpm"))
         .unwrap();
     let (mut agent1, mut agent8, mut direct1) = (Vec::new(), Vec::new(), Vec::new());
     // What the agent adds besides the TPM: a software ES256 proof, same client and transport.
@@ -124,7 +124,7 @@ fn main() {
         agent1.push(through_agent_waiting(&agent, 1, n, LABEL, URL));
         agent8.push(through_agent(&agent, 8, n / 8, LABEL, URL, None));
         // Memory-only (the agent has no passphrase), made again after each restart.
-        agent.client().generate_key(SOFTWARE, None, None).unwrap();
+        agent.client().generate_key(SOFTWARE).unwrap();
         software1.push(through_agent_waiting(&agent, 1, n, SOFTWARE, URL));
         // swtpm serves one connection: the agent lets go of it while we sign directly.
         agent.stop();

@@ -53,7 +53,7 @@
 //! use dpop_tests::{AgentOptions, TestAgent};
 //!
 //! let agent = TestAgent::start(AgentOptions::new().passphrase_env("correct horse"));
-//! let key = agent.client().generate_key("k", None, None).unwrap();
+//! let key = agent.client().generate_key("k").unwrap();
 //! let proof = agent.dpop_ok(&["proof", "--key", "k", "-X", "GET", "--url", "https://rs.example/"]);
 //! let verified = dpop_tests::verify_proof(proof.trim(), "GET", "https://rs.example/", None);
 //! assert_eq!(verified.jkt, key.jkt);

@@ -257,10 +257,7 @@ impl DpopCaller {
     /// Starts an agent and generates the key.
     pub fn new() -> DpopCaller {
         let agent = TestAgent::start(AgentOptions::new());
-        let key = agent
-            .client()
-            .generate_key("k", None, None)
-            .expect("generating a key");
+        let key = agent.client().generate_key("k").expect("generating a key");
         DpopCaller {
             agent,
             jkt: key.jkt,

@@ -3,13 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dpop_jose::Algorithm;
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::exchange::{Call, Exchange};
 use crate::transport::{AsyncStream, connect_async, spin_until_readable};
-use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
+use crate::{AdoptKey, Error, ImportKey, MAX_REPLY, NewKey, ProofRequest, socket_from_env};
 
 /// An async connection to the agent. Requests on one client run one after another; open
 /// several clients for parallel requests.
@@ -79,38 +78,24 @@ impl Client {
         self.run(Call::list_keys()).await
     }
 
-    /// Generates a key (`backend` defaults to software, `alg` to ES256).
-    pub async fn generate_key(
+    /// Generates a key: a label alone (software, ES256, no policy), or a [`NewKey`] with
+    /// the backend, algorithm and policy.
+    pub async fn generate_key<'a>(
         &mut self,
-        label: &str,
-        backend: Option<&str>,
-        alg: Option<Algorithm>,
+        key: impl Into<NewKey<'a>>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg, None))
-            .await
+        self.run(Call::generate_key(&key.into())).await
     }
 
-    /// Imports a PEM private key.
-    pub async fn import_key(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        pem: &str,
-        alg: Option<Algorithm>,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg, None))
-            .await
+    /// Imports a PEM private key; the client's copy of it is wiped once sent.
+    pub async fn import_key(&mut self, key: ImportKey<'_>) -> Result<KeyDescription, Error> {
+        self.run(Call::import_key(&key)).await
     }
 
-    /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI); the agent picks the backend
-    /// from the URI's scheme.
-    pub async fn adopt_key(
-        &mut self,
-        uri: &str,
-        label: &str,
-        alg: Option<Algorithm>,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg, None)).await
+    /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI, or a persistent TPM key's
+    /// handle); the agent picks the backend from the URI's scheme.
+    pub async fn adopt_key(&mut self, key: AdoptKey<'_>) -> Result<KeyDescription, Error> {
+        self.run(Call::adopt_key(&key)).await
     }
 
     /// Deletes a key (adopted keys are only forgotten).
@@ -139,43 +124,6 @@ impl Client {
         nonce: &str,
     ) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce)).await
-    }
-
-    /// [`generate_key`](Self::generate_key) with a policy, set in the same request.
-    pub async fn generate_key_with_policy(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg, Some(policy)))
-            .await
-    }
-
-    /// [`import_key`](Self::import_key) with a policy, set in the same request.
-    pub async fn import_key_with_policy(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        pem: &str,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg, Some(policy)))
-            .await
-    }
-
-    /// [`adopt_key`](Self::adopt_key) with a policy, set in the same request.
-    pub async fn adopt_key_with_policy(
-        &mut self,
-        uri: &str,
-        label: &str,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg, Some(policy)))
-            .await
     }
 
     /// Replaces `key`'s policy; returns the key with its new policy.

@@ -5,12 +5,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use dpop_jose::Algorithm;
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 
 use crate::exchange::{Call, Exchange};
 use crate::transport::{Stream, connect, spin_until_readable};
-use crate::{Error, MAX_REPLY, ProofRequest, socket_from_env};
+use crate::{AdoptKey, Error, ImportKey, MAX_REPLY, NewKey, ProofRequest, socket_from_env};
 
 /// A blocking connection to the agent. Requests run one after another; open several clients
 /// for parallel requests.
@@ -80,36 +79,24 @@ impl Client {
         self.run(Call::list_keys())
     }
 
-    /// Generates a key (`backend` defaults to software, `alg` to ES256).
-    pub fn generate_key(
+    /// Generates a key: a label alone (software, ES256, no policy), or a [`NewKey`] with
+    /// the backend, algorithm and policy.
+    pub fn generate_key<'a>(
         &mut self,
-        label: &str,
-        backend: Option<&str>,
-        alg: Option<Algorithm>,
+        key: impl Into<NewKey<'a>>,
     ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg, None))
+        self.run(Call::generate_key(&key.into()))
     }
 
-    /// Imports a PEM private key.
-    pub fn import_key(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        pem: &str,
-        alg: Option<Algorithm>,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg, None))
+    /// Imports a PEM private key; the client's copy of it is wiped once sent.
+    pub fn import_key(&mut self, key: ImportKey<'_>) -> Result<KeyDescription, Error> {
+        self.run(Call::import_key(&key))
     }
 
-    /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI); the agent picks the backend
-    /// from the URI's scheme.
-    pub fn adopt_key(
-        &mut self,
-        uri: &str,
-        label: &str,
-        alg: Option<Algorithm>,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg, None))
+    /// Adopts an existing key by URI (an RFC 7512 PKCS#11 URI, or a persistent TPM key's
+    /// handle); the agent picks the backend from the URI's scheme.
+    pub fn adopt_key(&mut self, key: AdoptKey<'_>) -> Result<KeyDescription, Error> {
+        self.run(Call::adopt_key(&key))
     }
 
     /// Deletes a key (adopted keys are only forgotten).
@@ -128,40 +115,6 @@ impl Client {
     /// a response carries.
     pub fn report_nonce(&mut self, key: &str, origin: &str, nonce: &str) -> Result<(), Error> {
         self.run(Call::report_nonce(key, origin, nonce))
-    }
-
-    /// [`generate_key`](Self::generate_key) with a policy, set in the same request.
-    pub fn generate_key_with_policy(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::generate_key(label, backend, alg, Some(policy)))
-    }
-
-    /// [`import_key`](Self::import_key) with a policy, set in the same request.
-    pub fn import_key_with_policy(
-        &mut self,
-        label: &str,
-        backend: Option<&str>,
-        pem: &str,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::import_key(label, backend, pem, alg, Some(policy)))
-    }
-
-    /// [`adopt_key`](Self::adopt_key) with a policy, set in the same request.
-    pub fn adopt_key_with_policy(
-        &mut self,
-        uri: &str,
-        label: &str,
-        alg: Option<Algorithm>,
-        policy: &KeyPolicy,
-    ) -> Result<KeyDescription, Error> {
-        self.run(Call::adopt_key(uri, label, alg, Some(policy)))
     }
 
     /// Replaces `key`'s policy; returns the key with its new policy.

@@ -1,17 +1,16 @@
 //! The sans-I/O half of both clients: request lines with ids (secrets wiped), reply lines
 //! checked against those ids and decoded into each op's result. The clients only move bytes.
 
-use dpop_jose::Algorithm;
 use dpop_protocol::{
-    AdoptKey, DeleteKey, GenerateKey, HelloReply, ImportKey, KeyDescription, KeyPolicy, KeyReply,
-    ListKeysReply, LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SetPolicy, SignProof,
-    StatusReply,
+    self as wire, DeleteKey, HelloReply, KeyDescription, KeyPolicy, KeyReply, ListKeysReply,
+    LockRequest, Op, ProofReply, Reply, ReportNonce, Request, SetPolicy, SignProof, StatusReply,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::Error;
+use crate::requests::{AdoptKey, ImportKey, NewKey, ProofRequest, TokenBinding};
 
 /// How a reply's body fields become the op's result.
 type Output<T> = fn(Map<String, Value>) -> Result<T, serde_json::Error>;
@@ -53,49 +52,33 @@ impl Call<KeyDescription> {
         }
     }
 
-    pub(crate) fn generate_key(
-        label: &str,
-        backend: Option<&str>,
-        alg: Option<Algorithm>,
-        policy: Option<&KeyPolicy>,
-    ) -> Self {
-        Call::key_op(Op::GenerateKey(GenerateKey {
-            label: label.to_owned(),
-            backend: backend.map(str::to_owned),
-            alg,
-            policy: policy.cloned(),
+    pub(crate) fn generate_key(key: &NewKey<'_>) -> Self {
+        Call::key_op(Op::GenerateKey(wire::GenerateKey {
+            label: key.label.to_owned(),
+            backend: key.backend.map(str::to_owned),
+            alg: key.alg,
+            policy: key.policy.cloned(),
         }))
     }
 
-    pub(crate) fn import_key(
-        label: &str,
-        backend: Option<&str>,
-        pem: &str,
-        alg: Option<Algorithm>,
-        policy: Option<&KeyPolicy>,
-    ) -> Self {
-        Call::key_op(Op::ImportKey(ImportKey {
-            label: label.to_owned(),
-            backend: backend.map(str::to_owned),
-            pem: pem.to_owned(),
-            alg,
-            policy: policy.cloned(),
+    pub(crate) fn import_key(key: &ImportKey<'_>) -> Self {
+        Call::key_op(Op::ImportKey(wire::ImportKey {
+            label: key.label.to_owned(),
+            backend: key.backend.map(str::to_owned),
+            pem: key.pem.to_owned(),
+            alg: key.alg,
+            policy: key.policy.cloned(),
         }))
     }
 
-    pub(crate) fn adopt_key(
-        uri: &str,
-        label: &str,
-        alg: Option<Algorithm>,
-        policy: Option<&KeyPolicy>,
-    ) -> Self {
-        Call::key_op(Op::AdoptKey(AdoptKey {
-            label: label.to_owned(),
-            uri: uri.to_owned(),
+    pub(crate) fn adopt_key(key: &AdoptKey<'_>) -> Self {
+        Call::key_op(Op::AdoptKey(wire::AdoptKey {
+            label: key.label.to_owned(),
+            uri: key.uri.to_owned(),
             // The agent tells the backend from the URI's scheme.
             backend: None,
-            alg,
-            policy: policy.cloned(),
+            alg: key.alg,
+            policy: key.policy.cloned(),
         }))
     }
 
@@ -273,83 +256,6 @@ fn decode_reply(line: &[u8], id: u64) -> Result<Map<String, Value>, Error> {
     Ok(reply.body)
 }
 
-/// What a proof is for: the HTTP request it goes with, and what binds it to a token.
-///
-/// ```
-/// use dpop_client::ProofRequest;
-///
-/// let token = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
-/// let request = ProofRequest::new("GET", "https://api.example.com/v1/items")
-///     .access_token(token)
-///     .nonce("eyJ7S_zG.eyJH0-Z.HX4w-7v");
-/// // Debug output never shows the token.
-/// assert!(!format!("{request:?}").contains(token));
-/// ```
-#[derive(Clone, Copy)]
-pub struct ProofRequest<'a> {
-    method: &'a str,
-    url: &'a str,
-    token: Option<TokenBinding<'a>>,
-    nonce: Option<&'a str>,
-}
-
-/// A proof carries `ath` from the token itself or from a hash the caller made; never both.
-#[derive(Clone, Copy)]
-enum TokenBinding<'a> {
-    AccessToken(&'a str),
-    Ath(&'a str),
-}
-
-impl<'a> ProofRequest<'a> {
-    /// A proof for a `method` request (upper-case: `GET`, `POST`) to `url`; the agent derives
-    /// `htu` from the URL (query and fragment dropped).
-    pub fn new(method: &'a str, url: &'a str) -> Self {
-        ProofRequest {
-            method,
-            url,
-            token: None,
-            nonce: None,
-        }
-    }
-
-    /// The access token sent with the request; the agent puts its hash in `ath`. Replaces an
-    /// [`ath`](Self::ath).
-    pub fn access_token(mut self, token: &'a str) -> Self {
-        self.token = Some(TokenBinding::AccessToken(token));
-        self
-    }
-
-    /// A precomputed `ath` (base64url of the token's SHA-256), for callers that keep the
-    /// token to themselves. Replaces an [`access_token`](Self::access_token).
-    pub fn ath(mut self, ath: &'a str) -> Self {
-        self.token = Some(TokenBinding::Ath(ath));
-        self
-    }
-
-    /// The server's `DPoP-Nonce`. Without one, the agent uses the nonce last reported for the
-    /// URL's origin (`report_nonce`), if any.
-    pub fn nonce(mut self, nonce: &'a str) -> Self {
-        self.nonce = Some(nonce);
-        self
-    }
-}
-
-impl std::fmt::Debug for ProofRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let token = match self.token {
-            Some(TokenBinding::AccessToken(_)) => Some("access_token: <redacted>".to_owned()),
-            Some(TokenBinding::Ath(ath)) => Some(format!("ath: {ath}")),
-            None => None,
-        };
-        f.debug_struct("ProofRequest")
-            .field("method", &self.method)
-            .field("url", &self.url)
-            .field("token", &token)
-            .field("nonce", &self.nonce)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +319,51 @@ mod tests {
         assert_eq!(line["ath"], "hash");
         assert!(line.get("access_token").is_none());
         assert!(!format!("{with_token:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn key_requests() {
+        let mut exchange = Exchange::new();
+        let line = sent(&exchange.start(Call::generate_key(&"plain".into())));
+        assert_eq!(line["op"], "generate_key");
+        assert_eq!(line["label"], "plain");
+        for absent in ["backend", "alg", "policy"] {
+            assert!(line.get(absent).is_none(), "{absent} sent");
+        }
+
+        let policy = KeyPolicy {
+            allow_origins: vec!["https://rs.example".into()],
+            ..KeyPolicy::default()
+        };
+        let full = NewKey::new("hsm")
+            .backend("pkcs11")
+            .alg(dpop_jose::Algorithm::ES384)
+            .policy(&policy);
+        let line = sent(&exchange.start(Call::generate_key(&full)));
+        assert_eq!(line["backend"], "pkcs11");
+        assert_eq!(line["alg"], "ES384");
+        assert_eq!(line["policy"]["allow_origins"][0], "https://rs.example");
+
+        let pem = "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n";
+        let import = ImportKey::new("imported", pem)
+            .backend("pkcs11")
+            .alg(dpop_jose::Algorithm::PS256);
+        assert!(!format!("{import:?}").contains("secret"));
+        let line = sent(&exchange.start(Call::import_key(&import)));
+        assert_eq!(line["op"], "import_key");
+        assert_eq!(line["label"], "imported");
+        assert_eq!(line["pem"], pem);
+        assert_eq!(line["backend"], "pkcs11");
+        assert_eq!(line["alg"], "PS256");
+        assert!(line.get("policy").is_none());
+
+        let adopt = AdoptKey::new("adopted", "pkcs11:object=k").policy(&policy);
+        let line = sent(&exchange.start(Call::adopt_key(&adopt)));
+        assert_eq!(line["op"], "adopt_key");
+        assert_eq!(line["label"], "adopted");
+        assert_eq!(line["uri"], "pkcs11:object=k");
+        assert!(line.get("backend").is_none(), "the agent picks the backend");
+        assert_eq!(line["policy"], serde_json::to_value(&policy).unwrap());
     }
 
     #[test]

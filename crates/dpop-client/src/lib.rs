@@ -21,6 +21,19 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Each op is one method; what a request may carry is a builder: [`ProofRequest`] for a proof,
+//! [`NewKey`], [`ImportKey`] and [`AdoptKey`] for a new key (a bare label is a [`NewKey`]):
+//!
+//! ```no_run
+//! use dpop_client::NewKey;
+//!
+//! # fn demo(policy: &dpop_protocol::KeyPolicy) -> Result<(), dpop_client::Error> {
+//! let mut agent = dpop_client::blocking::Client::connect_env()?;
+//! agent.generate_key("scratch")?;
+//! agent.generate_key(NewKey::new("api").backend("pkcs11").policy(policy))?;
+//! # Ok(()) }
+//! ```
+//!
 //! On Unix, either client can poll for each reply for a moment before it sleeps (`set_spin`,
 //! off by default): that saves the wake-up of a sleeping thread, which costs more than a software-key
 //! proof, but burns CPU while a slow token signs.
@@ -34,6 +47,7 @@ pub mod blocking;
 mod exchange;
 #[cfg(feature = "http")]
 pub mod http;
+mod requests;
 mod transport;
 
 use std::path::PathBuf;
@@ -42,7 +56,7 @@ use dpop_protocol::WireError;
 
 #[cfg(feature = "async")]
 pub use asynchronous::Client;
-pub use exchange::ProofRequest;
+pub use requests::{AdoptKey, ImportKey, NewKey, ProofRequest};
 
 /// The environment variable that names the agent's socket.
 pub const SOCKET_ENV: &str = "DPOP_AUTH_SOCK";

@@ -319,7 +319,7 @@ fn socket_activation_with_listen_fds_and_sd_notify_readiness() {
     assert_eq!(&message[..n], b"READY=1\n");
     // It serves on the passed socket, which it did not bind itself.
     let mut client = dpop_client::blocking::Client::connect(&socket).unwrap();
-    let key = client.generate_key("activated", None, None).unwrap();
+    let key = client.generate_key("activated").unwrap();
     assert_eq!(key.label, "activated");
 
     dpop_tests::send_signal(child.id(), libc::SIGTERM);
@@ -351,7 +351,7 @@ fn socket_activation_with_listen_fds_and_sd_notify_readiness() {
 #[test]
 fn clients_find_the_default_socket_without_dpop_auth_sock() {
     let agent = TestAgent::start(AgentOptions::new().default_socket_location());
-    agent.client().generate_key("found", None, None).unwrap();
+    agent.client().generate_key("found").unwrap();
     let runtime = agent.dir().join("run");
     let list = run_ok(
         Command::new(&binaries().dpop)

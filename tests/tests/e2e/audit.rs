@@ -11,7 +11,7 @@ const TOKEN: &str = "audit-secret-token-Kz8mXK1EalYz";
 fn every_signing_decision_is_audited_without_secrets() {
     let agent = TestAgent::start(AgentOptions::new());
     let mut client = agent.client();
-    let key = client.generate_key("audited", None, None).unwrap();
+    let key = client.generate_key("audited").unwrap();
     let proof = client
         .sign_proof(
             "audited",

@@ -19,7 +19,7 @@ struct Setup {
 
 fn setup(options: OAuthOptions) -> Setup {
     let agent = TestAgent::start(dpop_tests::AgentOptions::new());
-    let jkt = agent.client().generate_key("k", None, None).unwrap().jkt;
+    let jkt = agent.client().generate_key("k").unwrap().jkt;
     Setup {
         agent,
         server: OAuthServer::start(options),
@@ -298,7 +298,7 @@ fn a_saved_token_whose_key_is_gone_or_replaced_is_not_sent() {
     let s = setup(OAuthOptions::default());
     assert!(s.client_credentials("api").status.success());
     s.agent.client().delete_key("k").unwrap();
-    s.agent.client().generate_key("k", None, None).unwrap();
+    s.agent.client().generate_key("k").unwrap();
     let before = s.server.counts().rs_requests;
     let out = s.dpop(&["request", &s.api("/api/items"), "--token", "api"]);
     assert!(!out.status.success());

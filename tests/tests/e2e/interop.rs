@@ -99,7 +99,7 @@ fn jwcrypto_verifies_a_proof_by_an_openssl_made_key() {
 #[test]
 fn jwcrypto_verifier_rejects_wrong_proofs() {
     let agent = TestAgent::start(AgentOptions::new());
-    let key = agent.client().generate_key("k", None, None).unwrap();
+    let key = agent.client().generate_key("k").unwrap();
     let proof = agent.dpop_ok(&["proof", "--key", "k", "-X", "GET", "--url", URL]);
     let proof = proof.trim();
     let (head, sig) = proof.rsplit_once('.').unwrap();

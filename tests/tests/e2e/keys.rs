@@ -340,12 +340,10 @@ fn import_openssl_pems_and_sign_with_the_client_crate() {
         String::from_utf8_lossy(&dup.stderr)
     );
     let err = client
-        .import_key(
+        .import_key(dpop_client::ImportKey::new(
             "junk",
-            None,
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-            None,
-        )
+        ))
         .unwrap_err();
     assert_eq!(
         err.code(),
@@ -388,7 +386,7 @@ async fn async_client_proofs_verify() {
         "software backend configured: {hello:?}"
     );
     let key = client
-        .generate_key("async", None, Some(dpop_jose::Algorithm::ES384))
+        .generate_key(dpop_client::NewKey::new("async").alg(dpop_jose::Algorithm::ES384))
         .await
         .expect("generate ES384");
     assert_eq!(key.alg, dpop_jose::Algorithm::ES384, "generate honours alg");
@@ -518,7 +516,7 @@ fn keys_persist_across_restart_with_a_passphrase() {
 #[test]
 fn passphrase_file_persistence_and_memory_only_start_without_it() {
     let mut agent = TestAgent::start(AgentOptions::new().passphrase_file("file passphrase 2"));
-    let key = agent.client().generate_key("filekey", None, None).unwrap();
+    let key = agent.client().generate_key("filekey").unwrap();
     assert!(key.persistent, "persistent with --passphrase-file");
 
     // Without the passphrase the key file stays on disk, unloaded, and the log says so.
@@ -540,7 +538,7 @@ fn passphrase_file_persistence_and_memory_only_start_without_it() {
     let file_before = std::fs::read(agent.data_dir().join("software/filekey.json")).unwrap();
     let err = agent
         .client()
-        .generate_key("filekey", None, None)
+        .generate_key("filekey")
         .expect_err("the label of an unloaded key file is refused");
     assert_eq!(err.code(), Some(ErrorCode::KeyExists), "{err}");
     assert!(err.to_string().contains("key file"), "{err}");
@@ -558,7 +556,7 @@ fn passphrase_file_persistence_and_memory_only_start_without_it() {
 #[test]
 fn wrong_passphrase_refuses_to_start_and_leaves_key_files_alone() {
     let mut agent = TestAgent::start(AgentOptions::new().passphrase_env("the right passphrase"));
-    let key = agent.client().generate_key("precious", None, None).unwrap();
+    let key = agent.client().generate_key("precious").unwrap();
     let file = agent.data_dir().join("software/precious.json");
     let before = std::fs::read(&file).expect("key file written");
     let listing = |dir: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
@@ -631,7 +629,7 @@ fn without_passphrase_keys_are_memory_only() {
         !client.hello().unwrap().software_persistent,
         "hello reports software keys as not persistent"
     );
-    let key = client.generate_key("ephemeral", None, None).unwrap();
+    let key = client.generate_key("ephemeral").unwrap();
     assert!(
         !key.persistent,
         "a key without passphrase is not persistent"
@@ -661,7 +659,7 @@ fn ephemeral_flag_keeps_keys_in_memory_despite_a_passphrase() {
             .passphrase_env("unused passphrase")
             .arg("--ephemeral"),
     );
-    let key = agent.client().generate_key("e", None, None).unwrap();
+    let key = agent.client().generate_key("e").unwrap();
     assert!(!key.persistent, "--ephemeral keys are not persistent");
     agent.restart();
     assert!(
@@ -674,7 +672,7 @@ fn ephemeral_flag_keeps_keys_in_memory_despite_a_passphrase() {
 fn proof_is_bound_to_its_request() {
     // A proof is good for its own request only.
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("k", None, None).unwrap();
+    agent.client().generate_key("k").unwrap();
     let proof = proof_by_cli(&agent, "k", "GET", "https://rs.example/a", None);
     assert!(
         try_verify_proof(&proof, "GET", "https://rs.example/a", None, None).is_ok(),

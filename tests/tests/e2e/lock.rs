@@ -14,7 +14,7 @@ const URL: &str = "https://api.example.com/v1/items";
 fn locked_agent_refuses_signing_and_key_changes_until_unlocked() {
     let agent = TestAgent::start(AgentOptions::new());
     let mut client = agent.client();
-    client.generate_key("k", None, None).unwrap();
+    client.generate_key("k").unwrap();
     let status = client.status().unwrap();
     assert!(!status.locked);
     assert_eq!(status.keys, 1);
@@ -35,7 +35,7 @@ fn locked_agent_refuses_signing_and_key_changes_until_unlocked() {
         Some(ErrorCode::Locked)
     );
     assert_eq!(
-        code(other.generate_key("k2", None, None).unwrap_err()),
+        code(other.generate_key("k2").unwrap_err()),
         Some(ErrorCode::Locked)
     );
     assert_eq!(

@@ -13,8 +13,8 @@ fn nonce_of(proof: &str) -> Option<String> {
 fn a_reported_nonce_goes_into_later_proofs_for_its_origin_only() {
     let agent = TestAgent::start(AgentOptions::new());
     let mut reporter = agent.client();
-    reporter.generate_key("a", None, None).unwrap();
-    reporter.generate_key("b", None, None).unwrap();
+    reporter.generate_key("a").unwrap();
+    reporter.generate_key("b").unwrap();
     reporter
         .report_nonce("a", "https://AS.example.com:443/token?x=1", "n-1")
         .unwrap();
@@ -76,7 +76,7 @@ fn a_reported_nonce_goes_into_later_proofs_for_its_origin_only() {
 
     // A deleted key's nonces go with it: a new key under the label starts clean.
     reporter.delete_key("a").unwrap();
-    reporter.generate_key("a", None, None).unwrap();
+    reporter.generate_key("a").unwrap();
     assert_eq!(
         nonce_of(&proof(&mut reporter, "a", "https://as.example.com/token")),
         None
@@ -86,7 +86,7 @@ fn a_reported_nonce_goes_into_later_proofs_for_its_origin_only() {
 #[test]
 fn report_nonce_refuses_bad_input_with_its_code() {
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("k", None, None).unwrap();
+    agent.client().generate_key("k").unwrap();
     let mut raw = agent.raw();
     let mut ask = |request: Value| raw.request(request.to_string().as_bytes());
     let cases = [
@@ -145,7 +145,7 @@ fn report_nonce_refuses_bad_input_with_its_code() {
 fn stored_origins_per_key_are_bounded() {
     let agent = TestAgent::start(AgentOptions::new());
     let mut client = agent.client();
-    client.generate_key("k", None, None).unwrap();
+    client.generate_key("k").unwrap();
     for i in 0..100 {
         client
             .report_nonce("k", &format!("https://h{i}.example"), &format!("n{i}"))

@@ -38,7 +38,7 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
         ..OAuthOptions::default()
     });
     let agent = TestAgent::start(AgentOptions::new());
-    let key = agent.client().generate_key("k", None, None).unwrap();
+    let key = agent.client().generate_key("k").unwrap();
     let api = format!("{}/api/items", rs.resource);
 
     // client_credentials, discovered from the issuer. oidc-provider requires a nonce, so the
@@ -136,7 +136,7 @@ fn oidc_provider_client_credentials_and_refresh_token_then_request() {
     );
 
     // The same token from another key's proof is refused: it is bound to k.
-    agent.client().generate_key("other", None, None).unwrap();
+    agent.client().generate_key("other").unwrap();
     let out = agent
         .dpop_command()
         .args(["request", &api, "--key", "other", "--access-token-file"])

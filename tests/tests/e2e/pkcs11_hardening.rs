@@ -243,7 +243,11 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
         "the refusal says how to allow it: {}",
         stderr_of(&out)
     );
-    let (got, message) = code(agent.client().adopt_key(&uri("object=mine"), "mine", None));
+    let (got, message) = code(
+        agent
+            .client()
+            .adopt_key(dpop_client::AdoptKey::new("mine", &uri("object=mine"))),
+    );
     assert_eq!(got, ErrorCode::PermissionDenied, "{message}");
     assert_eq!(listed(&agent, "mine"), None);
     agent.stop();
@@ -255,8 +259,10 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
     );
     let mut client = agent.client();
     // No key and two keys: one answer, which counts nothing.
-    let (none_code, none) = code(client.adopt_key(&uri("object=nothing"), "x", None));
-    let (two_code, two) = code(client.adopt_key(&uri("object=twice"), "x", None));
+    let (none_code, none) =
+        code(client.adopt_key(dpop_client::AdoptKey::new("x", &uri("object=nothing"))));
+    let (two_code, two) =
+        code(client.adopt_key(dpop_client::AdoptKey::new("x", &uri("object=twice"))));
     assert_eq!(
         (none_code, two_code),
         (ErrorCode::KeyNotFound, ErrorCode::KeyNotFound)
@@ -280,13 +286,15 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
         "--json",
     ]));
     assert_token_key(&mine, &token, "mine", "ES256");
-    let (got, message) = code(client.adopt_key(&uri("id=%11"), "mine-again", None));
+    let (got, message) =
+        code(client.adopt_key(dpop_client::AdoptKey::new("mine-again", &uri("id=%11"))));
     assert_eq!(got, ErrorCode::KeyExists, "{message}");
     assert!(message.contains("\"mine\""), "{message}");
     // Nor a key the agent made.
     let made = generate(&agent, &token, "made", "ES256");
     let made_uri = made.location.clone().expect("a token key has a URI");
-    let (got, message) = code(client.adopt_key(&made_uri, "made-again", None));
+    let (got, message) =
+        code(client.adopt_key(dpop_client::AdoptKey::new("made-again", &made_uri)));
     assert_eq!(got, ErrorCode::KeyExists, "{message}");
     assert!(message.contains("\"made\""), "{message}");
     assert_eq!(listed(&agent, "mine-again"), None);
@@ -296,7 +304,8 @@ fn adopting_token_keys_is_opt_in_and_tells_nothing() {
     assert_still_signs(&agent, &made);
 
     // A key that wants the PIN for every signature needs the agent's config file.
-    let (got, message) = code(client.adopt_key(&uri("id=%14"), "pinned", None));
+    let (got, message) =
+        code(client.adopt_key(dpop_client::AdoptKey::new("pinned", &uri("id=%14"))));
     assert_eq!(got, ErrorCode::PermissionDenied, "{message}");
     assert!(message.contains("always_authenticate"), "{message}");
     assert_eq!(listed(&agent, "pinned"), None);

@@ -278,7 +278,7 @@ fn adopt_by_uri() {
             stderr.contains(named),
             "dpop keys adopt {uri}: the message does not name {named:?}: {stderr}"
         );
-        let (got, message) = code(client.adopt_key(&uri, "bad", None));
+        let (got, message) = code(client.adopt_key(dpop_client::AdoptKey::new("bad", &uri)));
         assert_eq!(got, expected_code, "{uri}: {message}");
     }
     assert_eq!(listed(&agent, "bad"), None);
@@ -393,11 +393,19 @@ async fn concurrent_clients_sign_with_one_token_key() {
     let agent = Arc::new(start(&token));
     let mut client = agent.async_client().await;
     let ec = client
-        .generate_key("shared-ec", Some("pkcs11"), Some("ES256".parse().unwrap()))
+        .generate_key(
+            dpop_client::NewKey::new("shared-ec")
+                .backend("pkcs11")
+                .alg("ES256".parse().unwrap()),
+        )
         .await
         .unwrap();
     let rsa = client
-        .generate_key("shared-rsa", Some("pkcs11"), Some("PS256".parse().unwrap()))
+        .generate_key(
+            dpop_client::NewKey::new("shared-rsa")
+                .backend("pkcs11")
+                .alg("PS256".parse().unwrap()),
+        )
         .await
         .unwrap();
     let tasks: Vec<_> = (0..CLIENTS)

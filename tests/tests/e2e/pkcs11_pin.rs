@@ -290,7 +290,7 @@ fn pin_prompt_on_the_terminal() {
     wait_for_socket(&socket);
     let mut client = dpop_client::blocking::Client::connect(&socket).expect("connect");
     let key = client
-        .generate_key("prompted", Some("pkcs11"), None)
+        .generate_key(dpop_client::NewKey::new("prompted").backend("pkcs11"))
         .expect("a token key after the PIN was typed");
     let proof = client
         .sign_proof("prompted", &dpop_client::ProofRequest::new("GET", URL))

@@ -40,7 +40,7 @@ fn token_keys_survive_a_restart() {
         "r-adopted",
         "--json",
     ]));
-    let software = agent.client().generate_key("r-soft", None, None).unwrap();
+    let software = agent.client().generate_key("r-soft").unwrap();
     let before = list(&agent);
     assert_eq!(before.len(), 5, "{before:?}");
 
@@ -124,7 +124,7 @@ fn token_removed_and_back() {
     let generated = generate(&agent, &token, "hsm-generated", "ES256");
     let imported = import(&agent, &token, &pem, "hsm-imported", None, "ES256");
     let mut client = agent.client();
-    let software = client.generate_key("soft", None, None).unwrap();
+    let software = client.generate_key("soft").unwrap();
     assert_still_signs(&agent, &generated);
     assert_stays_on_token(&token, &generated, true);
     assert_stays_on_token(&token, &imported, false);

@@ -33,7 +33,7 @@ fn origins_exact_and_subdomains() {
     };
     let key = agent
         .client()
-        .generate_key_with_policy("k", None, None, &policy)
+        .generate_key(dpop_client::NewKey::new("k").policy(&policy))
         .unwrap();
     assert_eq!(key.policy.allow_origins, policy.allow_origins);
     for url in [
@@ -79,7 +79,7 @@ fn client_executables() {
     };
     agent
         .client()
-        .generate_key_with_policy("mine", None, None, &policy)
+        .generate_key(dpop_client::NewKey::new("mine").policy(&policy))
         .unwrap();
     sign(&agent, "mine", "https://rs.example/").unwrap();
     // Another program (the dpop CLI) is refused, and told which programs may.
@@ -116,7 +116,7 @@ fn client_executables() {
 #[test]
 fn expiry_by_policy_and_by_default_lifetime() {
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("k", None, None).unwrap();
+    agent.client().generate_key("k").unwrap();
     let expired = KeyPolicy {
         expires_at: Some(unix_now() - 1),
         ..KeyPolicy::default()
@@ -135,7 +135,7 @@ fn expiry_by_policy_and_by_default_lifetime() {
 
     // -t 1: keys added without a lifetime get one second.
     let agent = TestAgent::start(AgentOptions::new().arg("-t").arg("1s"));
-    let key = agent.client().generate_key("short", None, None).unwrap();
+    let key = agent.client().generate_key("short").unwrap();
     let expires_at = key.policy.expires_at.expect("the default lifetime applies");
     assert!(
         (unix_now()..=unix_now() + 2).contains(&expires_at),
@@ -191,7 +191,7 @@ fn confirm_on_use_asks_through_askpass() {
     let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &yes));
     agent
         .client()
-        .generate_key_with_policy("asked", None, None, &confirm)
+        .generate_key(dpop_client::NewKey::new("asked").policy(&confirm))
         .unwrap();
     sign(&agent, "asked", "https://api.example.com/v1").unwrap();
     sign(&agent, "asked", "https://api.example.com/v2").unwrap();
@@ -234,7 +234,7 @@ fn confirm_on_use_asks_through_askpass() {
     let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &no));
     agent
         .client()
-        .generate_key_with_policy("asked", None, None, &confirm)
+        .generate_key(dpop_client::NewKey::new("asked").policy(&confirm))
         .unwrap();
     assert_eq!(
         code(sign(&agent, "asked", "https://api.example.com/")),
@@ -247,7 +247,7 @@ fn confirm_on_use_asks_through_askpass() {
     let agent = TestAgent::start(AgentOptions::new());
     agent
         .client()
-        .generate_key_with_policy("asked", None, None, &confirm)
+        .generate_key(dpop_client::NewKey::new("asked").policy(&confirm))
         .unwrap();
     let err = sign(&agent, "asked", "https://api.example.com/").unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ConfirmDenied));
@@ -263,7 +263,7 @@ fn policies_persist_with_their_key_and_go_with_it() {
     };
     agent
         .client()
-        .generate_key_with_policy("kept", None, None, &policy)
+        .generate_key(dpop_client::NewKey::new("kept").policy(&policy))
         .unwrap();
     let record = agent.data_dir().join("policies/kept.json");
     use std::os::unix::fs::PermissionsExt;
@@ -286,7 +286,7 @@ fn policies_persist_with_their_key_and_go_with_it() {
     };
     let err = agent
         .client()
-        .generate_key_with_policy("never", None, None, &bad)
+        .generate_key(dpop_client::NewKey::new("never").policy(&bad))
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InvalidPolicy));
     assert_eq!(agent.client().list_keys().unwrap().len(), 1);
@@ -294,7 +294,7 @@ fn policies_persist_with_their_key_and_go_with_it() {
     // Deleting the key deletes its policy: a new key under the label has none.
     agent.client().delete_key("kept").unwrap();
     assert!(!record.exists());
-    agent.client().generate_key("kept", None, None).unwrap();
+    agent.client().generate_key("kept").unwrap();
     sign(&agent, "kept", "https://other.example/").unwrap();
     agent.restart();
     sign(&agent, "kept", "https://other.example/").unwrap();

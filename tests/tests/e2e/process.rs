@@ -43,7 +43,7 @@ fn agent_expecting_exit(args: &[&std::ffi::OsStr], env: &[(&str, &Path)]) -> (Ex
 /// check can refuse them.
 fn agent_open_to_other_users() -> TestAgent {
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("mine", None, None).unwrap();
+    agent.client().generate_key("mine").unwrap();
     set_mode(agent.dir(), 0o755);
     set_mode(&agent.socket(), 0o666);
     agent

@@ -18,7 +18,7 @@ async fn concurrent_async_clients_get_valid_distinct_proofs() {
     let key = agent
         .async_client()
         .await
-        .generate_key("shared", None, None)
+        .generate_key("shared")
         .await
         .expect("generate");
 
@@ -78,7 +78,7 @@ async fn concurrent_async_clients_get_valid_distinct_proofs() {
 #[test]
 fn pipelined_requests_get_replies_in_order_with_their_ids() {
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("pipe", None, None).unwrap();
+    agent.client().generate_key("pipe").unwrap();
 
     // A mix of ops, ids of several JSON types, and failing requests in between.
     let mut requests = Vec::new();
@@ -177,7 +177,7 @@ fn expect_error(conn: &mut dpop_tests::RawConnection, line: &[u8], code: &str, i
 #[test]
 fn bad_input_gets_the_right_error_code_and_the_agent_keeps_serving() {
     let agent = TestAgent::start(AgentOptions::new());
-    agent.client().generate_key("k", None, None).unwrap();
+    agent.client().generate_key("k").unwrap();
     let mut conn = agent.raw();
 
     expect_error(&mut conn, b"{not json", "malformed_json", Value::Null);
@@ -353,8 +353,8 @@ async fn concurrent_key_changes_are_consistent_on_disk() {
     for i in 0..CLIENTS {
         let mut client = agent.async_client().await;
         tasks.spawn(async move {
-            let same = client.generate_key("same", None, None).await;
-            let own = client.generate_key(&format!("own-{i}"), None, None).await;
+            let same = client.generate_key("same").await;
+            let own = client.generate_key(&format!("own-{i}")).await;
             (
                 same,
                 own.expect("a key with a label of its own is generated"),

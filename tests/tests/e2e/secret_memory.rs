@@ -152,7 +152,9 @@ fn locking_seals_software_keys_in_memory() {
     let little: Vec<u8> = big.iter().rev().copied().collect();
 
     let mut client = agent.client();
-    let key = client.import_key("sealed", None, &pem, None).unwrap();
+    let key = client
+        .import_key(dpop_client::ImportKey::new("sealed", &pem))
+        .unwrap();
     let url = "https://rs.example/x";
     let proof = |client: &mut dpop_client::blocking::Client| {
         client.sign_proof("sealed", &dpop_client::ProofRequest::new("GET", url))
@@ -182,5 +184,5 @@ fn locking_seals_software_keys_in_memory() {
     let verified = dpop_tests::verify_proof(&proof(&mut client).unwrap(), "GET", url, None);
     assert_eq!(verified.jkt, key.jkt, "the same key signs after unlock");
     // And a key made after unlocking is saved under the store key as before.
-    client.generate_key("after", None, None).unwrap();
+    client.generate_key("after").unwrap();
 }

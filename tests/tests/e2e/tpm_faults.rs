@@ -14,7 +14,7 @@ fn the_agent_recovers_when_the_tpm_comes_back() {
     let mut swtpm = Swtpm::start();
     let agent = TestAgent::start(AgentOptions::new().tpm(&swtpm));
     let key = generate(&agent, "survivor", "ES256");
-    let software = agent.client().generate_key("soft", None, None).unwrap();
+    let software = agent.client().generate_key("soft").unwrap();
     assert_signs(&agent, &key);
 
     swtpm.stop();
@@ -54,7 +54,7 @@ fn an_agent_starts_while_the_tpm_is_down() {
         error_code(&sign_reply(&agent, "waiting")),
         "token_not_present"
     );
-    let software = agent.client().generate_key("soft", None, None).unwrap();
+    let software = agent.client().generate_key("soft").unwrap();
     assert_signs(&agent, &software);
     assert!(
         agent.stderr_log().contains("TPM not ready"),
@@ -149,7 +149,7 @@ fn a_wrong_auth_value_is_not_retried_into_lockout() {
 #[test]
 fn a_bad_tcti_does_not_stop_the_agent() {
     let agent = TestAgent::start(AgentOptions::new().arg("--tpm-tcti").arg("bogus:x"));
-    let software = agent.client().generate_key("soft", None, None).unwrap();
+    let software = agent.client().generate_key("soft").unwrap();
     assert_signs(&agent, &software);
     let log = agent.stderr_log();
     assert!(
@@ -286,7 +286,7 @@ fn a_tpm_in_lockout_answers_pin_locked() {
     for label in &labels {
         agent
             .client()
-            .generate_key(label, Some("tpm"), None)
+            .generate_key(dpop_client::NewKey::new(label).backend("tpm"))
             .expect("a TPM key");
     }
     agent.restart_with(with_auth("wrong-Jr52"));
@@ -334,7 +334,7 @@ fn the_auth_value_can_be_typed_at_the_terminal() {
     );
     let mut client = dpop_client::blocking::Client::connect(&socket).expect("connect");
     let key = client
-        .generate_key("typed", Some("tpm"), None)
+        .generate_key(dpop_client::NewKey::new("typed").backend("tpm"))
         .expect("a TPM key");
     let proof = client
         .sign_proof("typed", &dpop_client::ProofRequest::new("GET", URL))

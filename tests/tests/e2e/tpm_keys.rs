@@ -190,7 +190,7 @@ fn an_ec_pem_key_is_imported_into_the_tpm() {
     // The same key in the software backend has the same thumbprint.
     let software = agent
         .client()
-        .import_key("soft-copy", None, &pem_text, None)
+        .import_key(dpop_client::ImportKey::new("soft-copy", &pem_text))
         .expect("software import");
     assert_eq!(key.jkt, software.jkt);
     assert_signs(&agent, &key);

@@ -27,9 +27,7 @@ fn dpop_ends_quietly_when_its_output_pipe_closes() {
     // More output than a pipe buffers (64 KiB), so that dpop is still writing when the reader
     // has gone.
     for i in 0..200 {
-        client
-            .generate_key(&format!("key-{i:03}"), None, None)
-            .unwrap();
+        client.generate_key(&format!("key-{i:03}")).unwrap();
     }
 
     // Deterministic: the pipe's read end is closed before dpop writes its first byte.
@@ -296,10 +294,10 @@ fn secrets_never_stay_in_the_agents_environment() {
     // Both secrets arrived: a software key is saved (the passphrase) and a token key made
     // (the PIN).
     let mut client = dpop_client::blocking::Client::connect(&socket).unwrap();
-    let soft = client.generate_key("soft", None, None).unwrap();
+    let soft = client.generate_key("soft").unwrap();
     assert!(soft.persistent, "the background agent has the passphrase");
     client
-        .generate_key("tok", Some("pkcs11"), None)
+        .generate_key(dpop_client::NewKey::new("tok").backend("pkcs11"))
         .expect("the background agent has the PIN");
     let environ = proc_environ(pid);
     assert!(
@@ -325,7 +323,7 @@ fn secrets_never_stay_in_the_agents_environment() {
     );
     agent
         .client()
-        .generate_key("tok2", Some("pkcs11"), None)
+        .generate_key(dpop_client::NewKey::new("tok2").backend("pkcs11"))
         .expect("the foreground agent has the PIN");
     let pid = agent.pid().expect("running");
     let environ = proc_environ(pid);
@@ -559,7 +557,7 @@ fn background_start(dir: &Path, args: &[&std::ffi::OsStr]) -> (Output, Option<Ki
 fn background_start_shows_its_warnings_and_keeps_its_log_private() {
     // A saved key that an agent without the passphrase cannot load.
     let mut saved = TestAgent::start(AgentOptions::new().passphrase_env("correct horse"));
-    saved.client().generate_key("saved", None, None).unwrap();
+    saved.client().generate_key("saved").unwrap();
     saved.stop();
     let data = saved.data_dir();
     let dir = new_temp_dir();
