@@ -34,7 +34,7 @@
 //! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks),
 //! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients),
 //! [`oauth`] and [`oidc_provider`] (authorization servers), [`swtpm`] (software TPMs),
-//! [`wine`] (the Windows builds). Used through their modules: the helpers of the PKCS#11 and
+//! [`mod@wine`] (the Windows builds). Used through their modules: the helpers of the PKCS#11 and
 //! TPM tests, [`mod@pkcs11`] (token keys made, signing, looked at on the token) and, with the
 //! feature `tpm`, `tpm` (TPM keys, and the TPM read directly).
 //!

@@ -37,7 +37,8 @@ const SO_PIN: &str = "so-Mf92Lk4v";
 /// A PIN no token has.
 pub const WRONG_PIN: &str = "wrong-Kd5xR1";
 
-/// A throw-away token `label` with [`PIN`] and [`SO_PIN`], in a configuration of its own.
+/// A throw-away token `label` with [`PIN`] (and a security officer PIN), in a configuration of
+/// its own.
 pub fn token(label: &str) -> SoftHsmToken {
     SoftHsmToken::create(label, PIN, SO_PIN)
 }
