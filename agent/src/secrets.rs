@@ -22,7 +22,6 @@ const MAX_HAND_OVER: usize = 64 * 1024;
 
 /// Where a backend's secret (a PKCS#11 PIN, a TPM auth value) comes from.
 #[derive(Debug, Clone)]
-#[cfg_attr(not(any(feature = "pkcs11", feature = "tpm")), allow(dead_code))]
 pub enum SecretFrom {
     /// A file, read when the backend opens.
     Source(PinSource),
