@@ -1,7 +1,7 @@
 //! The background start (`eval "$(dpop-agent)"`): the parent reads the secrets the child will
 //! need (the passphrase and PIN variables, wiped from its own environment at once, or the PIN
 //! at the terminal), starts a detached `dpop-agent -D --detached` with none of them in its
-//! environment, hands them over on the child's standard input ([`crate::pin`]), waits until
+//! environment, hands them over on the child's standard input ([`crate::secrets`]), waits until
 //! it listens, repeats its start-up warnings and prints the shell lines that point clients at
 //! it. The child, once listening, reports readiness and lets go of the parent's pipes
 //! ([`detach_output`]); what it logged until then goes to the log file too.
@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::backends::token_selector;
-use crate::config::{Args, HandedSecrets, PinFrom, Settings};
-use crate::pin;
+use crate::backends::software::PASSPHRASE_VAR;
+use crate::config::{Args, Settings};
+use crate::secrets::{self, HandedSecrets};
 use crate::shell::Shell;
-use crate::socket::{SocketLocation, default_socket_path};
 use crate::stop::live_agent;
+use crate::transport::{SocketLocation, default_socket_path};
 
 /// How long the parent waits for the rest of the child's start-up log once it is ready (the
 /// child closes the pipe when it detaches; this only guards against a module that forked a
@@ -67,27 +67,9 @@ fn reusable_agent(settings: &Settings) -> Option<(PathBuf, i32)> {
 
 fn launch(settings: &Settings, location: &SocketLocation, shell: Shell) -> Result<()> {
     let socket = location.path();
-    let handed = HandedSecrets {
-        // A passphrase file the child reads itself (and warns about, in its log).
-        passphrase: match settings.passphrase_file {
-            None => settings.passphrase.clone(),
-            Some(_) => None,
-        },
-        pin: match &settings.pkcs11 {
-            Some(p11) => match &p11.pin {
-                PinFrom::Read(pin) => Some(pin.clone()),
-                // A PIN prompt needs the terminal, which the detached child does not have.
-                PinFrom::Prompt => Some(pin::prompt(&token_selector(p11))?),
-                PinFrom::Source(_) => None,
-            },
-            None => None,
-        },
-        tpm_auth: match settings.tpm.as_ref().and_then(|t| t.auth.as_ref()) {
-            Some(PinFrom::Read(auth)) => Some(auth.clone()),
-            Some(PinFrom::Prompt) => Some(pin::prompt_tpm_auth()?),
-            Some(PinFrom::Source(_)) | None => None,
-        },
-    };
+    // Each backend's secret that the child cannot read itself; asked at the terminal now
+    // when it comes from there, since the detached child has none.
+    let handed = settings.backends.hand_over()?;
     let exe = std::env::current_exe().context("finding our own executable")?;
     let mut command = Command::new(exe);
     command
@@ -101,7 +83,7 @@ fn launch(settings: &Settings, location: &SocketLocation, shell: Shell) -> Resul
     command
         // Settings::load removed the secret variables from our environment already; the
         // child gets them on standard input only.
-        .env_remove("DPOP_AGENT_PASSPHRASE")
+        .env_remove(PASSPHRASE_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -110,7 +92,7 @@ fn launch(settings: &Settings, location: &SocketLocation, shell: Shell) -> Resul
     {
         let stdin = child.stdin.take().expect("piped");
         // A failure shows up as the child's start-up error.
-        let _ = pin::hand_over(stdin, &handed);
+        let _ = secrets::hand_over(stdin, &handed);
     }
     drop(handed);
     let stderr = child.stderr.take().expect("piped");

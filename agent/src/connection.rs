@@ -16,7 +16,7 @@ use std::time::Duration;
 use dpop_protocol::MAX_LINE;
 use tokio::io::AsyncWriteExt;
 
-use crate::server::Stream;
+use crate::transport::Stream;
 
 /// What the next read produced.
 pub enum Frame<'a> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpop_jose::{Claims, Htu, Method, finish_proof, sign_proof, signing_input};
-use dpop_keys::{BackendKind, KeyInfo, KeyLabel, KeySigner, Keyring, SignerRef};
+use dpop_keys::{BackendKind, KeyLabel, KeySigner, Keyring, SignerRef};
 use dpop_protocol::{
     AdoptKey, DeleteKey, EmptyReply, ErrorCode, GenerateKey, HelloReply, ImportKey, KeyDescription,
     KeyPolicy, KeyReply, ListKeysReply, Op, PROTOCOL_VERSION, ProofReply, ReportNonce, Request,
@@ -14,59 +14,14 @@ use dpop_protocol::{
 use tracing::{debug, info};
 use zeroize::Zeroizing;
 
-use crate::lock::Lock;
 use crate::locked::LockedBytes;
-use crate::nonces::Nonces;
 use crate::peer::Peer;
-use crate::policy::{self, Policies};
+use crate::policy::{Policies, SignContext};
+use crate::state::{State, key_description};
 use crate::wire_error::keys_error;
 
 /// Token signatures that usually take at most this long run on the async worker itself.
 const INLINE_SIGN_LIMIT: Duration = Duration::from_micros(250);
-
-/// What every connection shares.
-pub struct State {
-    pub keyring: Arc<Keyring>,
-    pub software_persistent: bool,
-    /// Servers' `DPoP-Nonce` values, per key and origin.
-    pub nonces: Nonces,
-    /// `lock` / `unlock`.
-    pub lock: Lock,
-    /// Every key's policy.
-    pub policies: Policies,
-    /// `-t`: the lifetime of keys added without one (seconds).
-    pub default_lifetime: Option<u64>,
-}
-
-impl State {
-    /// The shared state of an agent serving `keyring`, with policies kept in memory only and
-    /// no askpass program (see [`State::with_policies`]).
-    pub fn new(keyring: Arc<Keyring>, software_persistent: bool) -> State {
-        State {
-            keyring,
-            software_persistent,
-            nonces: Nonces::new(),
-            lock: Lock::new(),
-            policies: Policies::open(None, None).expect("memory-only policies"),
-            default_lifetime: None,
-        }
-    }
-
-    /// With these policies and default key lifetime.
-    pub fn with_policies(mut self, policies: Policies, default_lifetime: Option<u64>) -> State {
-        self.policies = policies;
-        self.default_lifetime = default_lifetime;
-        self
-    }
-
-    /// A key's public description with its policy.
-    fn describe(&self, info: &KeyInfo) -> KeyDescription {
-        KeyDescription {
-            policy: self.policies.get(info.label.as_str()),
-            ..describe(info)
-        }
-    }
-}
 
 /// Answers one request from `peer` with one reply line.
 pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8> {
@@ -155,20 +110,6 @@ fn status(state: &State) -> StatusReply {
     }
 }
 
-pub fn describe(info: &KeyInfo) -> KeyDescription {
-    KeyDescription {
-        label: info.label.to_string(),
-        alg: info.alg,
-        backend: info.backend.to_string(),
-        jwk: info.jwk.clone(),
-        jkt: info.jkt.clone(),
-        persistent: info.persistent,
-        location: info.location.clone(),
-        nonce_origins: Vec::new(),
-        policy: KeyPolicy::default(),
-    }
-}
-
 fn jose_err(e: &dpop_jose::Error) -> WireError {
     WireError::from(e)
 }
@@ -221,7 +162,7 @@ async fn sign_checked(
     let now = unix_now()?;
     state
         .policies
-        .check(&policy::Request {
+        .check(&SignContext {
             label: &req.key,
             jkt: &key.meta().info().jkt,
             origin: htu.origin(),
@@ -437,6 +378,6 @@ async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
     state.policies.forget(&info.label);
     info!(label = %info.label, backend = %info.backend, "key deleted");
     Ok(KeyReply {
-        key: describe(&info),
+        key: key_description(&info),
     })
 }

@@ -3,20 +3,26 @@
 //! without a socket; it is not a stable API for other programs (they talk to the agent over
 //! its socket, with `dpop-client`).
 //!
-//! - [`config`]: flags and the TOML file, merged into [`config::Settings`];
-//! - [`backends`]: opens the key backends into one keyring, adopts configured keys;
-//! - [`socket`]: where the socket lives, how it is bound safely, socket activation (Unix);
-//!   [`pipe`]: the named pipe for the agent's user alone (Windows);
-//! - [`server`]: accept loop, peer check ([`peer`]: who the client is), limits, shutdown;
-//!   [`connection`]: JSON Lines framing;
-//! - [`dispatch`]: one function per op; [`policy`]: per-key policies, enforced before
-//!   signing; [`lock`]: lock and unlock; [`nonces`]: servers' `DPoP-Nonce` values, per key and
-//!   origin; [`wire_error`]: backend errors as wire codes;
+//! - [`config`]: the flags and the TOML file, merged into [`config::Settings`];
+//!   [`options`]: how a setting is declared once (flag and key), `~/` in paths;
+//! - [`backends`]: one file per key backend (its settings, secret, opening, `--check-config`
+//!   line), opened into one keyring; [`secrets`]: where PINs and passphrases come from, and
+//!   how the background start hands them to its child;
+//! - [`transport`]: where clients connect: the Unix socket (bound safely, socket activation)
+//!   or the Windows named pipe; [`signals`]: the shutdown signals;
+//! - [`server`]: accept loop, limits, shutdown, one task per connection; [`peer`]: who the
+//!   client is; [`connection`]: JSON Lines framing;
+//! - [`dispatch`]: one function per op, over the shared [`state`]; [`policy`]: per-key
+//!   policies, enforced before signing; [`lock`]: lock and unlock; [`nonces`]: servers'
+//!   `DPoP-Nonce` values, per key and origin; [`wire_error`]: backend errors as wire codes;
 //! - [`background`]: `eval "$(dpop-agent)"`, `--reuse`; [`shell`]: its sh and csh lines;
 //!   [`stop`]: `-k` (these three on Unix: on Windows the agent runs in the foreground);
-//!   [`pin`]: the PIN prompt and the secrets the background start hands to its child;
 //! - [`wipe_alloc`]: the global allocator, which wipes every heap block it frees;
 //!   [`locked`]: secret bytes on locked, undumpable pages.
+//!
+//! Imports run one way, with no circle: `server` uses `connection`, `dispatch`, `peer`,
+//! `state` and `transport`; `dispatch` uses `state`, `policy` and `peer`; `config` uses
+//! `backends` and `options`.
 
 pub mod backends;
 #[cfg(unix)]
@@ -27,16 +33,16 @@ pub mod dispatch;
 pub mod lock;
 pub mod locked;
 pub mod nonces;
+pub mod options;
 pub mod peer;
-pub mod pin;
-#[cfg(windows)]
-pub mod pipe;
 pub mod policy;
+pub mod secrets;
 pub mod server;
 pub mod shell;
-#[cfg(unix)]
-pub mod socket;
+pub mod signals;
+pub mod state;
 #[cfg(unix)]
 pub mod stop;
+pub mod transport;
 pub mod wipe_alloc;
 pub mod wire_error;

@@ -14,19 +14,20 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::info;
 
 use dpop_agent::backends::{self, PinPrompt};
-use dpop_agent::config::{Args, HandedSecrets, Settings};
-use dpop_agent::dispatch::State;
+use dpop_agent::config::{Args, Settings};
 use dpop_agent::policy::Policies;
-use dpop_agent::server;
+use dpop_agent::secrets::HandedSecrets;
 #[cfg(unix)]
 use dpop_agent::shell::Shell;
+use dpop_agent::state::State;
 #[cfg(unix)]
-use dpop_agent::{background, pin, socket, stop};
+use dpop_agent::{background, secrets, stop, transport};
+use dpop_agent::{server, signals};
 
 fn main() -> ExitCode {
     // First, in every mode (the background start and -k included), before any secret is read.
@@ -75,7 +76,7 @@ fn kill(args: &Args) -> Result<()> {
 
 #[cfg(windows)]
 fn kill(_args: &Args) -> Result<()> {
-    bail!("-k is not supported on Windows: stop the agent with Ctrl-C in its console")
+    anyhow::bail!("-k is not supported on Windows: stop the agent with Ctrl-C in its console")
 }
 
 #[cfg(unix)]
@@ -85,7 +86,7 @@ fn start_in_background(args: &Args) -> Result<()> {
 
 #[cfg(windows)]
 fn start_in_background(_args: &Args) -> Result<()> {
-    bail!(
+    anyhow::bail!(
         "on Windows dpop-agent runs in the foreground: start it with dpop-agent -D (clients \
          find it on this user's pipe without DPOP_AUTH_SOCK)"
     )
@@ -118,10 +119,10 @@ fn init_logging(detached: bool) {
 fn run(args: &Args) -> Result<()> {
     // First, while single-threaded: it clears the activation variables.
     #[cfg(unix)]
-    let activated = socket::activated_listener()?;
+    let activated = transport::activated_listener()?;
     #[cfg(unix)]
     let handed = if args.detached {
-        receive_handed_secrets()?
+        secrets::receive_on_stdin()?
     } else {
         HandedSecrets::default()
     };
@@ -139,14 +140,18 @@ fn run(args: &Args) -> Result<()> {
     } else {
         PinPrompt::Terminal
     };
-    let keyring = Arc::new(backends::open(&settings, prompt)?);
+    let keyring = Arc::new(backends::open(
+        &settings.backends,
+        &settings.data_dir,
+        prompt,
+    )?);
     let policies = Policies::open(
         Some(settings.data_dir.join("policies")),
         settings.askpass.clone(),
     )?;
     policies.load(&keyring)?;
     let state = Arc::new(
-        State::new(keyring, settings.passphrase.is_some())
+        State::new(keyring, settings.backends.software.passphrase.is_some())
             .with_policies(policies, settings.default_lifetime),
     );
     #[cfg(unix)]
@@ -175,17 +180,17 @@ fn serve_unix(
     // Before the socket exists and before the runtime's threads (which inherit the mask): a
     // SIGTERM from now on stops the agent cleanly, socket removed, however early it comes.
     // Not earlier: Ctrl-C at the PIN prompt must still end the agent at once.
-    server::hold_shutdown_signals().context("holding back shutdown signals")?;
+    signals::hold_shutdown_signals().context("holding back shutdown signals")?;
     let (std_listener, location) = match activated {
         // systemd made the socket (mode and directory from the .socket unit) and keeps it.
         Some(listener) => (listener, None),
         None => {
             // Bind before starting the runtime's threads: umask is process-wide.
             let location = settings.socket_location()?;
-            match socket::bind(&location) {
+            match transport::bind(&location) {
                 Ok(listener) => (listener, Some(location)),
                 Err(e) => {
-                    if let socket::SocketLocation::Private(_) = location {
+                    if let transport::SocketLocation::Private(_) = location {
                         location.remove();
                     }
                     return Err(e);
@@ -204,7 +209,7 @@ fn serve_unix(
     };
     let runtime = runtime()?;
     let result = runtime.block_on(async {
-        let shutdown = server::shutdown_on_signal().context("installing signal handlers")?;
+        let shutdown = signals::shutdown_on_signal().context("installing signal handlers")?;
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         info!(
             socket = %socket_path.display(),
@@ -236,8 +241,8 @@ fn serve_windows(settings: &Settings, state: Arc<State>) -> Result<()> {
     let name = settings.pipe_name()?;
     let runtime = runtime()?;
     let result = runtime.block_on(async {
-        let shutdown = server::shutdown_on_signal().context("installing console handlers")?;
-        let listener = dpop_agent::pipe::PipeListener::bind(&name)?;
+        let shutdown = signals::shutdown_on_signal().context("installing console handlers")?;
+        let listener = dpop_agent::transport::PipeListener::bind(&name)?;
         info!(socket = %listener.name(), pid = std::process::id(), "listening");
         server::serve(listener, state, shutdown).await;
         anyhow::Ok(())
@@ -250,48 +255,8 @@ fn serve_windows(settings: &Settings, state: Arc<State>) -> Result<()> {
 /// prints what the agent would use. Secrets are read (to check them) but never printed.
 fn check_config(args: &Args) -> Result<()> {
     let settings = Settings::load(args, HandedSecrets::default())?;
-    match &settings.config_file {
-        Some(path) => println!("config file: {}", path.display()),
-        None => println!("config file: none (flags and defaults only)"),
-    }
-    println!("socket: {}", settings.socket_summary());
-    println!("data directory: {}", settings.data_dir.display());
-    match (&settings.passphrase, &settings.passphrase_file) {
-        (Some(_), Some(file)) => {
-            println!("software keys: saved, passphrase from {}", file.display())
-        }
-        (Some(_), None) => println!("software keys: saved, passphrase from DPOP_AGENT_PASSPHRASE"),
-        (None, _) => println!("software keys: memory only (no passphrase)"),
-    }
-    if let Some(p11) = &settings.pkcs11 {
-        if !p11.module.is_file() {
-            bail!("pkcs11_module {} is not a file", p11.module.display());
-        }
-        if let dpop_agent::config::PinFrom::Source(dpop_keys::pkcs11::PinSource::File(path)) =
-            &p11.pin
-            && !path.is_file()
-        {
-            bail!("pkcs11_pin_file {} is not a file", path.display());
-        }
-        println!(
-            "pkcs11: module {}, {}, {} key(s) to adopt at start",
-            p11.module.display(),
-            backends::token_selector(p11),
-            p11.adopt.len()
-        );
-    }
-    if let Some(tpm) = &settings.tpm {
-        println!("tpm: {}", tpm.tcti);
-    }
-    if let Some(path) = &settings.log_file {
-        println!("log file (background): {}", path.display());
-    }
-    if let Some(seconds) = settings.default_lifetime {
-        println!("default key lifetime: {seconds} s");
-    }
-    match &settings.askpass {
-        Some(path) => println!("confirm-on-use asks with: {}", path.display()),
-        None => println!("confirm-on-use: no DPOP_ASKPASS or SSH_ASKPASS (confirm keys refuse)"),
+    for line in settings.check_lines()? {
+        println!("{line}");
     }
     println!("configuration OK");
     Ok(())
@@ -314,18 +279,4 @@ fn make_non_dumpable() -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn make_non_dumpable() -> std::io::Result<()> {
     Ok(())
-}
-
-/// The detached child's secrets, from the pipe on its standard input (read unbuffered, so
-/// no copy stays in a buffer we cannot wipe); standard input is /dev/null afterwards.
-#[cfg(unix)]
-fn receive_handed_secrets() -> Result<HandedSecrets> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: descriptor 0 is open for the process's life; ManuallyDrop never closes it.
-    let stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
-    let handed = pin::receive(&*stdin)?;
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: dup2 onto standard input from a file we own.
-    unsafe { libc::dup2(null.as_raw_fd(), 0) };
-    Ok(handed)
 }

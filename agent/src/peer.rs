@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::server::Stream;
+use crate::transport::Stream;
 
 /// A connected client.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ impl Peer {
     /// the agent's memory anyway, as ssh-agent also allows). Otherwise who it is, for the log.
     #[cfg(unix)]
     pub fn identify(stream: &Stream) -> Result<Peer, String> {
-        let me = crate::socket::euid();
+        let me = crate::transport::euid();
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == me || cred.uid() == 0 => {
                 tracing::debug!(uid = cred.uid(), pid = ?cred.pid(), "client connected");

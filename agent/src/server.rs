@@ -1,4 +1,6 @@
-//! The accept loop: peer check, one task per connection, limits, clean shutdown.
+//! Serving: the accept loop, the peer check, one task per connection, limits, and a clean
+//! shutdown when the signal from [`crate::signals`] comes (the listener goes first, requests
+//! in flight finish). Bytes come and go through [`crate::transport`].
 //!
 //! Limits: at most [`MAX_CONNECTIONS`] connections are served at once; one more is answered
 //! with a `busy` error line and closed, instead of waiting unanswered in the listen backlog. A
@@ -16,32 +18,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::connection::{Connection, Frame};
-use crate::dispatch::{State, handle};
+use crate::dispatch::handle;
 use crate::peer::Peer;
-
-/// A client's connection: a Unix socket, or on Windows an instance of the agent's pipe.
-#[cfg(unix)]
-pub type Stream = tokio::net::UnixStream;
-/// A client's connection: a Unix socket, or on Windows an instance of the agent's pipe.
-#[cfg(windows)]
-pub type Stream = tokio::net::windows::named_pipe::NamedPipeServer;
-
-/// Where clients connect: the agent's Unix socket, or on Windows its named pipe.
-#[cfg(unix)]
-pub type Listener = tokio::net::UnixListener;
-/// Where clients connect: the agent's Unix socket, or on Windows its named pipe.
-#[cfg(windows)]
-pub type Listener = crate::pipe::PipeListener;
-
-#[cfg(unix)]
-async fn accept(listener: &mut Listener) -> std::io::Result<Stream> {
-    listener.accept().await.map(|(stream, _)| stream)
-}
-
-#[cfg(windows)]
-async fn accept(listener: &mut Listener) -> std::io::Result<Stream> {
-    listener.accept().await
-}
+use crate::state::State;
+use crate::transport::{Listener, Stream, accept};
 
 /// Connections served at once; the next one is answered `busy` and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -65,84 +45,6 @@ const REFUSAL_DRAIN: Duration = Duration::from_millis(500);
 /// How long a connection polls for its next request while there are no more connections
 /// than cores (see `connection.rs`).
 const SPIN: Duration = Duration::from_micros(50);
-
-/// The signals that stop the agent.
-#[cfg(unix)]
-const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-
-#[cfg(unix)]
-fn shutdown_signal_mask(how: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: sigemptyset/sigaddset fill a local set; pthread_sigmask changes only this
-    // thread's mask.
-    let rc = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in SHUTDOWN_SIGNALS {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
-    match rc {
-        0 => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
-    }
-}
-
-/// Holds back SIGTERM, SIGINT and SIGHUP in this thread and every thread it starts later.
-/// Call it before the socket is bound and before any other thread exists: a signal that comes
-/// while the agent starts then waits for [`shutdown_on_signal`]'s handler instead of killing
-/// the agent with its socket file left behind.
-#[cfg(unix)]
-pub fn hold_shutdown_signals() -> std::io::Result<()> {
-    shutdown_signal_mask(libc::SIG_BLOCK)
-}
-
-/// A shutdown signal that turns true on SIGTERM, SIGINT or SIGHUP. Call it on the thread that
-/// called [`hold_shutdown_signals`] (the one running the runtime's `block_on`): the handlers
-/// are in place before it returns, and then that thread takes the signals again, including one
-/// held back meanwhile.
-#[cfg(unix)]
-pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = watch::channel(false);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM"),
-            _ = int.recv() => info!("SIGINT"),
-            _ = hup.recv() => info!("SIGHUP"),
-        }
-        let _ = tx.send(true);
-    });
-    shutdown_signal_mask(libc::SIG_UNBLOCK)?;
-    Ok(rx)
-}
-
-/// A shutdown signal that turns true on Ctrl-C or Ctrl-Break, or when the console closes or
-/// the user logs off or the system shuts down. Call it inside the runtime.
-#[cfg(windows)]
-pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
-    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_logoff, ctrl_shutdown};
-    let (tx, rx) = watch::channel(false);
-    let mut c = ctrl_c()?;
-    let mut brk = ctrl_break()?;
-    let mut close = ctrl_close()?;
-    let mut logoff = ctrl_logoff()?;
-    let mut shutdown = ctrl_shutdown()?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = c.recv() => info!("Ctrl-C"),
-            _ = brk.recv() => info!("Ctrl-Break"),
-            _ = close.recv() => info!("console closed"),
-            _ = logoff.recv() => info!("user logging off"),
-            _ = shutdown.recv() => info!("system shutting down"),
-        }
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
 
 /// [`IDLE_TIMEOUT`], or the test override in [`IDLE_TIMEOUT_TEST_VAR`].
 fn idle_timeout() -> Duration {

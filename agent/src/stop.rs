@@ -21,7 +21,7 @@ pub fn kill_agent(shell: Shell) -> Result<()> {
                 format!("connecting to the agent at {}", Path::new(&sock).display())
             })?;
             let cred = peer_credentials(&stream)?;
-            if cred.uid != crate::socket::euid() {
+            if cred.uid != crate::transport::euid() {
                 bail!(
                     "the agent at {} runs as uid {}, not as us",
                     sock.to_string_lossy(),
@@ -79,7 +79,7 @@ pub fn live_agent(socket: &Path) -> Option<i32> {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
     let cred = peer_credentials(&stream).ok()?;
-    if cred.uid != crate::socket::euid() {
+    if cred.uid != crate::transport::euid() {
         return None;
     }
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

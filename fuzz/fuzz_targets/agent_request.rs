@@ -6,8 +6,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use dpop_agent::dispatch::{State, handle};
+use dpop_agent::dispatch::handle;
 use dpop_agent::peer::Peer;
+use dpop_agent::state::State;
 use dpop_jose::Algorithm;
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{BackendKind, KeyLabel, Keyring};

@@ -6,8 +6,8 @@
 //! to a process (maybe another user's) that took it first, and the agent then refuses to
 //! start rather than share it. As on Unix, it first tries to connect: a pipe that answers is
 //! refused at once (and under Wine, which ignores `FILE_FLAG_FIRST_PIPE_INSTANCE`, this is
-//! the only check); the first-instance flag closes the race after it. Each accepted client takes the listening instance; a new one
-//! is made at once for the next client.
+//! the only check); the first-instance flag closes the race after it. Each accepted client
+//! takes the listening instance; a new one is made at once for the next client.
 
 use std::io;
 
@@ -15,6 +15,17 @@ use anyhow::{Context, Result, bail};
 use dpop_protocol::pipe::OwnerOnly;
 use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeServer, ServerOptions};
 use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_PIPE_BUSY};
+
+/// A client's connection: the pipe instance it connected to.
+pub type Stream = NamedPipeServer;
+
+/// Where clients connect: the agent's pipe.
+pub type Listener = PipeListener;
+
+/// Waits for the next client.
+pub async fn accept(listener: &mut Listener) -> io::Result<Stream> {
+    listener.accept().await
+}
 
 /// Where a pipe's name must start.
 const PIPE_PREFIX: &str = r"\\.\pipe\";

@@ -4,14 +4,18 @@
 //! A policy lives with its key: for a key that survives restarts, in a 0600 record under
 //! `<data dir>/policies/<label>.json` that names the key's `jkt`, so a new key under the same
 //! label never inherits an old key's policy; for a memory-only key, in memory.
+//!
+//! [`origin`]: the allowed-origin patterns; [`confirm`]: confirm-on-use through askpass.
+
+mod confirm;
+mod origin;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dpop_jose::Htu;
 use dpop_keys::records::{Record, RecordStore};
 use dpop_keys::{KeyLabel, Keyring};
 use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
@@ -20,73 +24,7 @@ use tracing::{info, warn};
 
 use crate::peer::{Peer, same_executable};
 
-/// How long the askpass program has to answer; no answer is a no.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// An allowed origin.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum OriginPattern {
-    /// `https://api.example.com` (normalised as `htu` origins are).
-    Exact(String),
-    /// `https://*.example.com`: `prefix` is `https://`, `suffix` `.example.com` plus any port.
-    Subdomains { prefix: String, suffix: String },
-}
-
-impl OriginPattern {
-    fn parse(pattern: &str) -> Result<OriginPattern, WireError> {
-        let invalid = |why: &str| {
-            WireError::new(
-                ErrorCode::InvalidPolicy,
-                format!("allowed origin {pattern:?}: {why}"),
-            )
-        };
-        // A wildcard stands for at least one label; a placeholder label lets the URL parser
-        // normalise the rest (case, default port) exactly as it does for requests.
-        const PLACEHOLDER: &str = "dpop-agent-wildcard";
-        let (wildcard, url) = match pattern.split_once("://*.") {
-            Some((scheme, rest)) => (true, format!("{scheme}://{PLACEHOLDER}.{rest}")),
-            None => (false, pattern.to_owned()),
-        };
-        if url.contains('*') {
-            return Err(invalid(
-                "a wildcard is only allowed as the first label (https://*.example.com)",
-            ));
-        }
-        let htu = Htu::from_url(&url).map_err(|e| invalid(&e.to_string()))?;
-        if htu.as_str().len() != htu.origin().len() + 1 {
-            return Err(invalid("an origin has no path (https://api.example.com)"));
-        }
-        let origin = htu.origin();
-        if !wildcard {
-            return Ok(OriginPattern::Exact(origin.to_owned()));
-        }
-        let (prefix, rest) = origin
-            .split_once(PLACEHOLDER)
-            .ok_or_else(|| invalid("cannot read the wildcard"))?;
-        Ok(OriginPattern::Subdomains {
-            prefix: prefix.to_owned(),
-            suffix: rest.to_owned(),
-        })
-    }
-
-    fn matches(&self, origin: &str) -> bool {
-        match self {
-            OriginPattern::Exact(allowed) => allowed == origin,
-            OriginPattern::Subdomains { prefix, suffix } => origin
-                .strip_prefix(prefix.as_str())
-                .and_then(|rest| rest.strip_suffix(suffix.as_str()))
-                // At least one label, and no port or user info smuggled into it.
-                .is_some_and(|sub| {
-                    !sub.is_empty()
-                        && sub
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                        && !sub.starts_with('.')
-                        && !sub.ends_with('.')
-                }),
-        }
-    }
-}
+use origin::OriginPattern;
 
 /// A policy checked once, ready for the hot path.
 #[derive(Clone, Debug)]
@@ -156,7 +94,7 @@ impl Record for PolicyRecord {
 }
 
 /// What [`Policies::check`] needs to know about one signing request.
-pub struct Request<'a> {
+pub struct SignContext<'a> {
     pub label: &'a str,
     pub jkt: &'a str,
     pub origin: &'a str,
@@ -312,7 +250,7 @@ impl Policies {
     }
 
     /// Whether `request` may be signed: expiry, origin, client, then confirmation.
-    pub async fn check(&self, request: &Request<'_>) -> Result<(), WireError> {
+    pub async fn check(&self, request: &SignContext<'_>) -> Result<(), WireError> {
         if !self.any.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -367,132 +305,11 @@ impl Policies {
         }
         Ok(())
     }
-
-    async fn confirm(&self, request: &Request<'_>, remember: Option<u64>) -> Result<(), WireError> {
-        let exe = request
-            .peer
-            .exe()
-            .map_or_else(|| PathBuf::from("?"), Path::to_owned);
-        let remembered_key = (
-            request.label.to_owned(),
-            request.peer.pid.unwrap_or(0),
-            exe.clone(),
-        );
-        let remembered = |this: &Policies| {
-            this.confirmed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&remembered_key)
-                .is_some_and(|until| Instant::now() < *until)
-        };
-        if remembered(self) {
-            return Ok(());
-        }
-        let Some(askpass) = self.askpass.clone() else {
-            return Err(WireError::new(
-                ErrorCode::ConfirmDenied,
-                "key needs confirmation, but the agent has no DPOP_ASKPASS or SSH_ASKPASS to ask with",
-            ));
-        };
-        let _one_at_a_time = self.asking.lock().await;
-        // Asked meanwhile by the same client?
-        if remembered(self) {
-            return Ok(());
-        }
-        let question = format!(
-            "Allow a DPoP proof with key \"{}\" for {}, asked by {} (pid {})?",
-            request.label,
-            request.origin,
-            exe.display(),
-            request.peer.pid.map_or("?".into(), |p| p.to_string()),
-        );
-        let yes = ask(&askpass, &question).await;
-        if !yes {
-            return Err(WireError::new(
-                ErrorCode::ConfirmDenied,
-                "the user did not confirm the signature",
-            ));
-        }
-        if let Some(secs) = remember {
-            self.confirmed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(remembered_key, Instant::now() + Duration::from_secs(secs));
-        }
-        Ok(())
-    }
-}
-
-/// Runs the askpass program as ssh-agent does for a confirmation (`SSH_ASKPASS_PROMPT=confirm`,
-/// the question as its argument): exit status 0 is yes; anything else, or no answer within
-/// [`CONFIRM_TIMEOUT`], is no.
-async fn ask(askpass: &Path, question: &str) -> bool {
-    let child = tokio::process::Command::new(askpass)
-        .arg(question)
-        .env("SSH_ASKPASS_PROMPT", "confirm")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            warn!(askpass = %askpass.display(), error = %e, "could not run the askpass program");
-            return false;
-        }
-    };
-    match tokio::time::timeout(CONFIRM_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) => status.success(),
-        Ok(Err(e)) => {
-            warn!(error = %e, "waiting for the askpass program");
-            false
-        }
-        Err(_) => {
-            warn!("no answer from the askpass program within {CONFIRM_TIMEOUT:?}: not signing");
-            false
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origin_patterns() {
-        let exact = OriginPattern::parse("https://API.example.com:443").unwrap();
-        assert!(exact.matches("https://api.example.com"));
-        assert!(!exact.matches("https://api.example.com:8443"));
-        assert!(!exact.matches("http://api.example.com"));
-
-        let sub = OriginPattern::parse("https://*.Example.com").unwrap();
-        for yes in ["https://a.example.com", "https://a.b.example.com"] {
-            assert!(sub.matches(yes), "{yes}");
-        }
-        for no in [
-            "https://example.com",
-            "https://aexample.com",
-            "http://a.example.com",
-            "https://a.example.com:8443",
-            "https://a.example.com.evil.org",
-        ] {
-            assert!(!sub.matches(no), "{no}");
-        }
-        let port = OriginPattern::parse("http://*.local.test:8080").unwrap();
-        assert!(port.matches("http://x.local.test:8080"));
-        assert!(!port.matches("http://x.local.test"));
-
-        for bad in [
-            "api.example.com",
-            "https://api.example.com/path",
-            "https://a.*.example.com",
-            "https://*example.com",
-            "ftp://x.example.com",
-        ] {
-            let err = OriginPattern::parse(bad).unwrap_err();
-            assert_eq!(err.code, ErrorCode::InvalidPolicy, "{bad}");
-        }
-    }
 
     #[test]
     fn client_paths_are_absolute_and_resolved() {

@@ -1,5 +1,6 @@
-//! Where the socket lives and how it is made safe: a 0700 directory we own, a 0600 socket
-//! created under a restrictive umask (so it is never reachable by others, not even briefly).
+//! Unix: where the socket lives and how it is made safe: a 0700 directory we own, a 0600
+//! socket created under a restrictive umask (so it is never reachable by others, not even
+//! briefly); socket activation.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -7,6 +8,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+/// A client's connection.
+pub type Stream = tokio::net::UnixStream;
+
+/// Where clients connect: the agent's socket.
+pub type Listener = tokio::net::UnixListener;
+
+/// Waits for the next client.
+pub async fn accept(listener: &mut Listener) -> std::io::Result<Stream> {
+    listener.accept().await.map(|(stream, _)| stream)
+}
 
 /// The listening socket that systemd passed (socket activation: `LISTEN_PID` is us and
 /// `LISTEN_FDS` is 1), or `None` when not socket-activated. The variables are removed, so no
