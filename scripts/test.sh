@@ -114,4 +114,4 @@ stage "doc tests"
 cargo test --workspace --all-features --doc
 
 stage "cargo doc (-D warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps

@@ -123,6 +123,9 @@ impl Over for Options {
 }
 
 /// The settings that are not a backend's.
+// The field docs are clap's --help text, read in a terminal: `<pid>` there is a placeholder,
+// not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(clap::Args, Deserialize, Debug, Default, Clone)]
 #[serde(default)]
 pub struct GeneralOptions {

@@ -19,7 +19,7 @@
 //! - [`Swtpm`] runs a throw-away software TPM (`swtpm socket` on free loopback ports, its own
 //!   state directory), and [`AgentOptions::tpm`] starts an agent on it. With this package's
 //!   feature `tpm` (on in `--all-features` runs), the binaries are built with dpop-agent's
-//!   `tpm` feature and [`Swtpm::context`] opens the TPM with tss-esapi.
+//!   `tpm` feature and `Swtpm::context` opens the TPM with tss-esapi.
 //! - [`wait_until`] and [`poll_until`] are the suite's one poll loop with a deadline.
 //! - [`WindowsAgent`] runs the Windows builds ([`windows_binaries`]) under Wine ([`wine()`]),
 //!   on a real named pipe.

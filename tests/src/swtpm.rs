@@ -3,8 +3,8 @@
 //! started again on the same state (a TPM restart under a running agent).
 //!
 //! swtpm serves one connection at a time: while an agent holds its connection, a second
-//! client (a test reading the TPM with [`Swtpm::context`]) waits, so tests look at the TPM
-//! themselves only while no agent is connected.
+//! client (a test reading the TPM with `Swtpm::context`, feature `tpm`) waits, so tests look
+//! at the TPM themselves only while no agent is connected.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

@@ -19,7 +19,6 @@ use crate::secrets::{self, HandedSecrets, SecretFrom};
 /// The PIN's name in the background start's hand-over.
 const HANDED: &str = "pin";
 
-
 /// PKCS#11 flags and keys.
 #[derive(clap::Args, Deserialize, Debug, Default, Clone)]
 #[serde(default)]
@@ -172,7 +171,9 @@ impl Pkcs11Settings {
         let token = &self.token;
         let pin = self
             .pin
-            .read(BackendKind::Pkcs11, prompt_with.is_terminal(), || prompt(token))?;
+            .read(BackendKind::Pkcs11, prompt_with.is_terminal(), || {
+                prompt(token)
+            })?;
         dpop_keys::create_private_dir(data_dir)?;
         let config = Pkcs11Config {
             // The agent is the module's only user in its process.

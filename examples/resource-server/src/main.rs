@@ -25,6 +25,9 @@ use zeroize::Zeroizing;
 /// The environment variable that may hold the nonce secret.
 const NONCE_SECRET_ENV: &str = "DPOP_NONCE_SECRET";
 
+// The field docs are clap's --help text, read in a terminal, where <...> around a URL would
+// show.
+#[allow(rustdoc::bare_urls)]
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {

@@ -37,8 +37,8 @@
 //! - `error`: TPM response codes sorted into what the backend does about them;
 //! - `templates`: the SRK and key templates, public areas to JWKs, signatures to JWS;
 //! - `record`: the per-key record; `import`: PEM keys as TPM2_Import duplicates;
-//! - `backend`: [`TpmBackend`]: keys as records in the store and slots in the worker;
-//! - `signer`: [`TpmSigner`], which hashes here and signs on the worker.
+//! - `backend`: `TpmBackend`: keys as records in the store and slots in the worker;
+//! - `signer`: `TpmSigner`, which hashes here and signs on the worker.
 
 mod config;
 pub use config::{DEFAULT_TCTI, TpmConfig};
