@@ -132,7 +132,7 @@ pub fn read_secret_file(path: &Path, what: &str) -> Result<SecretString> {
 }
 
 /// Reads the secret in environment variable `name`, then removes it from the environment with
-/// its bytes overwritten (see [`wipe_env_var`]).
+/// its bytes overwritten (see `wipe_env_var`).
 ///
 /// Call it only while this process has a single thread (the environment is not thread-safe).
 pub fn take_env_secret(name: &str) -> Option<SecretString> {
