@@ -7,7 +7,7 @@
 //! agent serves the other backends.
 //!
 //! A new backend: its file here (options, settings, and [`ConfiguredBackend`] for them), a
-//! field in [`BackendOptions`] and [`BackendSettings`]; the compiler then points at the three
+//! field in [`BackendOptions`] and [`BackendSettings`]; the compiler then points at the four
 //! places in this file that list the backends.
 
 pub mod pkcs11;
@@ -31,6 +31,13 @@ pub enum PinPrompt {
     Terminal,
     /// No terminal: the background start asked for us and handed the PIN over.
     LaunchPipe,
+}
+
+impl PinPrompt {
+    /// Whether a secret may be asked for at the terminal.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, PinPrompt::Terminal)
+    }
 }
 
 /// What the agent does with a configured backend; implemented by each backend's settings.
@@ -64,13 +71,6 @@ pub trait ConfiguredBackend {
 
     /// Once the keyring holds the stored keys: keys the configuration adopts at start-up.
     fn loaded(&self, _keyring: &Keyring) {}
-}
-
-impl PinPrompt {
-    /// Whether a secret may be asked for at the terminal.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, PinPrompt::Terminal)
-    }
 }
 
 /// Every backend's flags and keys.
