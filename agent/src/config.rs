@@ -132,6 +132,8 @@ pub struct GeneralOptions {
     /// Bind the socket at this path (default: $XDG_RUNTIME_DIR/dpop-agent/agent.sock, or
     /// $TMPDIR/dpop-XXXXXXXXXX/agent.<pid> without a runtime directory; on Windows a pipe,
     /// \\.\pipe\dpop-agent-<SID>).
+    // Help text, which clap prints as it is: no HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(short = 'a', long = "socket", value_name = "SOCKET", value_hint = clap::ValueHint::AnyPath)]
     pub socket: Option<ConfigPath>,
 

@@ -6,8 +6,9 @@
 //! the config file's `[[pkcs11_adopt]]` keys. A TPM that cannot be opened is reported and the
 //! agent serves the other backends.
 //!
-//! A new backend: its file here, a field in [`BackendOptions`] and [`BackendSettings`]
-//! (the compiler then points at each place that lists the backends, all in this file).
+//! A new backend: its file here (options, settings, and [`ConfiguredBackend`] for them), a
+//! field in [`BackendOptions`] and [`BackendSettings`]; the compiler then points at the four
+//! places in this file that list the backends.
 
 pub mod pkcs11;
 pub mod software;
@@ -37,6 +38,39 @@ impl PinPrompt {
     pub fn is_terminal(self) -> bool {
         matches!(self, PinPrompt::Terminal)
     }
+}
+
+/// What the agent does with a configured backend; implemented by each backend's settings.
+pub trait ConfiguredBackend {
+    /// The backend, as the keyring knows it.
+    fn kind(&self) -> BackendKind;
+
+    /// Its name in start-up messages.
+    fn name(&self) -> &'static str;
+
+    /// Puts the secret the background start's child cannot read itself in `handed`, asking
+    /// for it at the terminal now if it comes from there.
+    fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()>;
+
+    /// `--check-config`'s line, after checking the files the settings name.
+    fn check_line(&self) -> Result<String>;
+
+    /// Opens the backend (its keys are loaded later, by the keyring).
+    fn open(&self, data_dir: &Path, prompt: PinPrompt) -> Result<Arc<dyn Backend>>;
+
+    /// Whether the agent refuses to start without it (a TPM that is down is reported, and the
+    /// other backends serve).
+    fn required(&self) -> bool {
+        true
+    }
+
+    /// Whether clients may adopt its existing keys (`dpop keys adopt`).
+    fn allow_client_adopt(&self) -> bool {
+        false
+    }
+
+    /// Once the keyring holds the stored keys: keys the configuration adopts at start-up.
+    fn loaded(&self, _keyring: &Keyring) {}
 }
 
 /// Every backend's flags and keys.
@@ -90,64 +124,60 @@ pub struct BackendSettings {
 }
 
 impl BackendSettings {
+    /// The configured backends, in the order they are opened.
+    fn configured(&self) -> Vec<&dyn ConfiguredBackend> {
+        let BackendSettings {
+            software,
+            pkcs11,
+            tpm,
+        } = self;
+        let mut configured: Vec<&dyn ConfiguredBackend> = vec![software];
+        configured.extend(pkcs11.as_ref().map(|b| b as &dyn ConfiguredBackend));
+        configured.extend(tpm.as_ref().map(|b| b as &dyn ConfiguredBackend));
+        configured
+    }
+
     /// The secrets the background start hands to its child (asking at the terminal now for
     /// those that come from it: the child has none).
     pub fn hand_over(&self) -> Result<HandedSecrets> {
         let mut handed = HandedSecrets::default();
-        self.software.hand_over(&mut handed);
-        if let Some(p11) = &self.pkcs11 {
-            p11.hand_over(&mut handed)?;
-        }
-        if let Some(tpm) = &self.tpm {
-            tpm.hand_over(&mut handed)?;
+        for backend in self.configured() {
+            backend.hand_over(&mut handed)?;
         }
         Ok(handed)
     }
 
     /// `--check-config`'s lines, after checking the files they name.
     pub fn check_lines(&self) -> Result<Vec<String>> {
-        let mut lines = vec![self.software.check_line()];
-        if let Some(p11) = &self.pkcs11 {
-            lines.push(p11.check_line()?);
-        }
-        if let Some(tpm) = &self.tpm {
-            lines.push(tpm.check_line()?);
-        }
-        Ok(lines)
+        self.configured().iter().map(|b| b.check_line()).collect()
     }
 }
 
 /// Opens every configured backend and loads its keys. A wrong passphrase stops the start:
 /// going on would encrypt new keys under a different one.
 pub fn open(settings: &BackendSettings, data_dir: &Path, prompt: PinPrompt) -> Result<Keyring> {
-    let mut backends: Vec<Arc<dyn Backend>> = vec![Arc::new(settings.software.open(data_dir)?)];
-    if let Some(p11) = &settings.pkcs11 {
-        backends.push(p11.open(data_dir, prompt)?);
-    }
-    if let Some(tpm) = &settings.tpm {
-        match tpm.open(data_dir, prompt) {
-            Ok(backend) => backends.push(backend),
-            // The other backends still serve; requests for TPM keys say it is not configured.
-            Err(e) => tracing::error!("TPM backend not started: {e:#}"),
+    let configured = settings.configured();
+    let mut backends = Vec::with_capacity(configured.len());
+    for backend in &configured {
+        match backend.open(data_dir, prompt) {
+            Ok(opened) => backends.push(opened),
+            Err(e) if backend.required() => return Err(e),
+            // Requests for its keys say it is not configured.
+            Err(e) => tracing::error!("{} backend not started: {e:#}", backend.name()),
         }
     }
-    let keyring = Keyring::new(backends)
-        .allow_client_adopt_in(
-            BackendKind::Pkcs11,
-            settings.pkcs11.as_ref().is_some_and(|p| p.allow_adopt),
-        )
-        .allow_client_adopt_in(
-            BackendKind::Tpm,
-            settings.tpm.as_ref().is_some_and(|t| t.allow_adopt),
-        );
+    let mut keyring = Keyring::new(backends);
+    for backend in &configured {
+        keyring = keyring.allow_client_adopt_in(backend.kind(), backend.allow_client_adopt());
+    }
     for (backend, problem) in keyring.load() {
         if matches!(problem, dpop_keys::Error::WrongPassphrase { .. }) {
             bail!("{problem}; not starting");
         }
         warn!("{backend} backend: {problem}");
     }
-    if let Some(p11) = &settings.pkcs11 {
-        p11.adopt_configured(&keyring);
+    for backend in &configured {
+        backend.loaded(&keyring);
     }
     info!("{} key(s) loaded", keyring.len());
     Ok(keyring)

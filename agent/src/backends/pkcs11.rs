@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::PinPrompt;
+use super::{ConfiguredBackend, PinPrompt};
 use crate::options::{ConfigPath, Over};
 use crate::secrets::{self, HandedSecrets, SecretFrom};
 
@@ -135,16 +135,22 @@ impl Pkcs11Options {
     }
 }
 
-impl Pkcs11Settings {
-    /// Hands the PIN to the background start's child, asking for it now if it comes from
-    /// the terminal.
-    pub fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()> {
+impl ConfiguredBackend for Pkcs11Settings {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pkcs11
+    }
+
+    fn name(&self) -> &'static str {
+        "PKCS#11"
+    }
+
+    /// The PIN, asked for now if it comes from the terminal.
+    fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()> {
         handed.put(HANDED, self.pin.for_child(|| prompt(&self.token))?);
         Ok(())
     }
 
-    /// `--check-config`'s line, after checking the files it names.
-    pub fn check_line(&self) -> Result<String> {
+    fn check_line(&self) -> Result<String> {
         if !self.module.is_file() {
             bail!("pkcs11_module {} is not a file", self.module.display());
         }
@@ -164,7 +170,7 @@ impl Pkcs11Settings {
     /// Opens the token once. A refused PIN is reported and never retried: tokens lock after
     /// a few wrong PINs.
     #[cfg(feature = "pkcs11")]
-    pub fn open(&self, data_dir: &Path, prompt_with: PinPrompt) -> Result<Arc<dyn Backend>> {
+    fn open(&self, data_dir: &Path, prompt_with: PinPrompt) -> Result<Arc<dyn Backend>> {
         use anyhow::Context;
         use dpop_keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
 
@@ -190,7 +196,7 @@ impl Pkcs11Settings {
 
     /// Built without the backend: say so before asking for a PIN.
     #[cfg(not(feature = "pkcs11"))]
-    pub fn open(&self, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
+    fn open(&self, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
         let missing = dpop_keys::Error::BackendNotCompiled {
             backend: BackendKind::Pkcs11,
         };
@@ -201,9 +207,13 @@ impl Pkcs11Settings {
         )
     }
 
+    fn allow_client_adopt(&self) -> bool {
+        self.allow_adopt
+    }
+
     /// Adopts the `[[pkcs11_adopt]]` keys that are not served yet. A key that cannot be
     /// adopted is reported and the agent starts without it.
-    pub fn adopt_configured(&self, keyring: &Keyring) {
+    fn loaded(&self, keyring: &Keyring) {
         for entry in &self.adopt {
             let label = match KeyLabel::new(&entry.label) {
                 Ok(label) => label,

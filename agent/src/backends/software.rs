@@ -2,13 +2,16 @@
 //! passphrase, memory only otherwise (or with `--ephemeral`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use dpop_keys::software::SoftwareBackend;
+use dpop_keys::{Backend, BackendKind};
 use secrecy::SecretString;
 use serde::Deserialize;
 use tracing::warn;
 
+use super::{ConfiguredBackend, PinPrompt};
 use crate::options::{ConfigPath, Over};
 use crate::secrets::{HandedSecrets, read_secret_file, take_env_secret};
 
@@ -67,32 +70,43 @@ impl SoftwareOptions {
     }
 }
 
-impl SoftwareSettings {
-    /// Hands the passphrase to the background start's child, unless it reads a file itself
-    /// (and warns about its mode in its own log).
-    pub fn hand_over(&self, handed: &mut HandedSecrets) {
+impl ConfiguredBackend for SoftwareSettings {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Software
+    }
+
+    fn name(&self) -> &'static str {
+        "software"
+    }
+
+    /// The passphrase, unless the child reads a file itself (and warns about its mode in its
+    /// own log).
+    fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()> {
         if self.passphrase_file.is_none() {
             handed.put(HANDED, self.passphrase.clone());
         }
+        Ok(())
     }
 
-    /// `--check-config`'s line.
-    pub fn check_line(&self) -> String {
-        match (&self.passphrase, &self.passphrase_file) {
+    fn check_line(&self) -> Result<String> {
+        Ok(match (&self.passphrase, &self.passphrase_file) {
             (Some(_), Some(file)) => {
                 format!("software keys: saved, passphrase from {}", file.display())
             }
             (Some(_), None) => format!("software keys: saved, passphrase from {PASSPHRASE_VAR}"),
             (None, _) => "software keys: memory only (no passphrase)".into(),
-        }
+        })
     }
 
-    /// Opens the key store under `data_dir`, or memory only, saying what that means.
-    pub fn open(&self, data_dir: &Path) -> Result<SoftwareBackend> {
+    /// The key store under `data_dir`, or memory only, saying what that means.
+    fn open(&self, data_dir: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
         let dir = data_dir.join("software");
         if let Some(passphrase) = &self.passphrase {
             dpop_keys::create_private_dir(data_dir)?;
-            return Ok(SoftwareBackend::persistent(dir, passphrase.clone())?);
+            return Ok(Arc::new(SoftwareBackend::persistent(
+                dir,
+                passphrase.clone(),
+            )?));
         }
         let backend = SoftwareBackend::ephemeral_beside(dir.clone());
         warn!(
@@ -106,6 +120,6 @@ impl SoftwareSettings {
                 dir.display()
             );
         }
-        Ok(backend)
+        Ok(Arc::new(backend))
     }
 }

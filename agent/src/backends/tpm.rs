@@ -10,7 +10,7 @@ use dpop_keys::{Backend, BackendKind};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::PinPrompt;
+use super::{ConfiguredBackend, PinPrompt};
 use crate::options::{ConfigPath, Over};
 use crate::secrets::{self, HandedSecrets, SecretFrom};
 
@@ -107,18 +107,25 @@ impl TpmOptions {
     }
 }
 
-impl TpmSettings {
-    /// Hands the auth value to the background start's child, asking for it now if it comes
-    /// from the terminal.
-    pub fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()> {
+impl ConfiguredBackend for TpmSettings {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tpm
+    }
+
+    fn name(&self) -> &'static str {
+        "TPM"
+    }
+
+    /// The auth value, asked for now if it comes from the terminal.
+    fn hand_over(&self, handed: &mut HandedSecrets) -> Result<()> {
         if let Some(auth) = &self.auth {
             handed.put(HANDED, auth.for_child(prompt)?);
         }
         Ok(())
     }
 
-    /// `--check-config`'s line, after checking the auth value's file.
-    pub fn check_line(&self) -> Result<String> {
+    /// After checking the auth value's file.
+    fn check_line(&self) -> Result<String> {
         if let Some(SecretFrom::Source(dpop_keys::pkcs11::PinSource::File(path))) = &self.auth
             && !path.is_file()
         {
@@ -130,7 +137,7 @@ impl TpmSettings {
     /// Opens the TPM backend. An unreachable TPM is no error here (keys answer
     /// `token_not_present` until it is back); a bad TCTI or auth source is.
     #[cfg(feature = "tpm")]
-    pub fn open(&self, data_dir: &Path, prompt_with: PinPrompt) -> Result<Arc<dyn Backend>> {
+    fn open(&self, data_dir: &Path, prompt_with: PinPrompt) -> Result<Arc<dyn Backend>> {
         use dpop_keys::tpm::{TpmBackend, TpmConfig};
 
         let auth = match &self.auth {
@@ -149,7 +156,7 @@ impl TpmSettings {
 
     /// Built without the backend: say so.
     #[cfg(not(feature = "tpm"))]
-    pub fn open(&self, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
+    fn open(&self, _: &Path, _: PinPrompt) -> Result<Arc<dyn Backend>> {
         let missing = dpop_keys::Error::BackendNotCompiled {
             backend: BackendKind::Tpm,
         };
@@ -158,6 +165,15 @@ impl TpmSettings {
             self.tcti,
             crate::wire_error::describe(&missing)
         )
+    }
+
+    /// The agent serves the other backends while the TPM cannot be opened.
+    fn required(&self) -> bool {
+        false
+    }
+
+    fn allow_client_adopt(&self) -> bool {
+        self.allow_adopt
     }
 }
 

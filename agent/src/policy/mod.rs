@@ -5,7 +5,7 @@
 //! `<data dir>/policies/<label>.json` that names the key's `jkt`, so a new key under the same
 //! label never inherits an old key's policy; for a memory-only key, in memory.
 //!
-//! `origin`: the allowed-origin patterns; `confirm`: confirm-on-use through askpass.
+//! `origin.rs`: the allowed-origin patterns; `confirm.rs`: confirm-on-use through askpass.
 
 mod confirm;
 mod origin;
