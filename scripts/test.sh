@@ -22,6 +22,7 @@ stage() {
 }
 stage_summary() {
     local rc=$?
+    if [ -n "${doc_pid:-}" ]; then kill "$doc_pid" 2>/dev/null || true; fi
     stage ""
     echo "== stage times"
     printf '%s\n' "${stage_times[@]}"
@@ -104,14 +105,33 @@ cargo clippy --target x86_64-pc-windows-gnu -p dpop-client --no-default-features
 stage "build + clippy + test: backends as features (software only, no cryptoki), a client without tokio"
 cargo test -p dpop-keys -p dpop-agent -p dpop-client --no-default-features --all-targets
 
-stage "cargo test: every test, and the benchmarks' smoke runs (cargo bench measures)"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+
+# cargo doc checks every dependency once more (rustdoc needs their metadata, which no build
+# above makes), CPU the end-to-end tests leave idle while they wait on processes: it runs
+# beside them, in a target directory of its own so that neither waits for the other's lock.
+doc_log="$target_dir/cargo-doc.log"
+mkdir -p "$target_dir"
+(
+    doc_start=$(date +%s)
+    RUSTDOCFLAGS="-D warnings" CARGO_TARGET_DIR="$target_dir/doc" \
+        cargo doc --workspace --no-deps >"$doc_log" 2>&1
+    echo "cargo doc took $(($(date +%s) - doc_start)) s" >>"$doc_log"
+) &
+doc_pid=$!
+
+stage "cargo test: every test, and the benchmarks' smoke runs (cargo bench measures); cargo doc beside them"
 # The binaries under test are the ones built above (same features), not a build of their own.
-export DPOP_TEST_BIN_DIR="$PWD/target/debug"
-export DPOP_TEST_WINDOWS_BIN_DIR="$PWD/target/x86_64-pc-windows-gnu/debug"
+export DPOP_TEST_BIN_DIR="$target_dir/debug"
+export DPOP_TEST_WINDOWS_BIN_DIR="$target_dir/x86_64-pc-windows-gnu/debug"
 cargo test --workspace --all-features --all-targets --no-fail-fast
+
+stage "cargo doc (-D warnings): waiting for it"
+doc_ok=true
+wait "$doc_pid" || doc_ok=false
+doc_pid=""
+tail -n 30 "$doc_log"
+$doc_ok
 
 stage "doc tests"
 cargo test --workspace --all-features --doc
-
-stage "cargo doc (-D warnings)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
