@@ -168,8 +168,11 @@ async fn sign_checked(
             origin: htu.origin(),
             peer,
             now,
+            lock: &state.lock,
         })
         .await?;
+    // Locked while the user was asked: no signature.
+    state.lock.check()?;
     // An explicit nonce wins; otherwise the one a server last sent for this origin. A nonce
     // never goes to another origin than the one that issued it.
     let stored;
@@ -317,7 +320,7 @@ fn set_policy(state: &State, req: SetPolicy) -> Result<KeyReply, WireError> {
 }
 
 async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError> {
-    state.lock.check()?;
+    let _unlocked = state.lock.creating_key().await?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     let alg = req.alg.unwrap_or(dpop_jose::Algorithm::ES256);
@@ -326,7 +329,7 @@ async fn generate(state: &State, req: GenerateKey) -> Result<KeyReply, WireError
 }
 
 async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
-    state.lock.check()?;
+    let _unlocked = state.lock.creating_key().await?;
     let label = parse_label(&req.label)?;
     let backend = parse_backend(req.backend.as_deref())?;
     // The PEM stays for the whole import (scrypt for a key file, a token round trip): on
@@ -343,7 +346,7 @@ async fn import(state: &State, req: ImportKey) -> Result<KeyReply, WireError> {
 }
 
 async fn adopt(state: &State, req: AdoptKey) -> Result<KeyReply, WireError> {
-    state.lock.check()?;
+    let _unlocked = state.lock.creating_key().await?;
     let label = parse_label(&req.label)?;
     // Without a backend, the keyring takes it from the URI's scheme.
     let backend = match req.backend.as_deref() {

@@ -8,12 +8,15 @@
 //! Locking also seals what would let a memory dump sign: every software key and the software
 //! store's key-encryption key are sealed (AES-256-GCM) under a second key from the same scrypt
 //! derivation, which is not kept; `unlock` derives it again from the passphrase.
+//!
+//! A lock ends what could still sign or add a key: signatures waiting for the user's
+//! confirmation end with `locked` (their askpass is killed; see [`Lock::until_locked`]), and
+//! key creation holds [`Lock::creating_key`] across the whole creation, so `lock` waits for a
+//! key being made and then seals it with the others, and no key is added to a locked agent.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use dpop_keys::{Keyring, SealingKey};
 use dpop_protocol::{ErrorCode, WireError};
@@ -25,13 +28,36 @@ const SCRYPT_LOG_N: u8 = 15;
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// The lock state of one agent.
-#[derive(Default)]
 pub struct Lock {
     locked: AtomicBool,
     hash: Mutex<Option<Hashed>>,
     failures: AtomicU32,
     /// One `unlock` at a time: the delay after a wrong guess also delays the next guess.
     gate: tokio::sync::Mutex<()>,
+    /// How many times the agent was locked: a change ends every wait that watches it.
+    locks: tokio::sync::watch::Sender<u64>,
+    /// Held shared by each key creation, exclusively by `lock`.
+    creating: tokio::sync::RwLock<()>,
+}
+
+impl Default for Lock {
+    fn default() -> Lock {
+        Lock {
+            locked: AtomicBool::new(false),
+            hash: Mutex::new(None),
+            failures: AtomicU32::new(0),
+            gate: tokio::sync::Mutex::new(()),
+            locks: tokio::sync::watch::Sender::new(0),
+            creating: tokio::sync::RwLock::new(()),
+        }
+    }
+}
+
+fn locked_error() -> WireError {
+    WireError::new(
+        ErrorCode::Locked,
+        "the agent is locked; unlock it first (dpop unlock)",
+    )
 }
 
 struct Hashed {
@@ -79,12 +105,31 @@ impl Lock {
     /// Fails with `locked` while locked.
     pub fn check(&self) -> Result<(), WireError> {
         if self.is_locked() {
-            return Err(WireError::new(
-                ErrorCode::Locked,
-                "the agent is locked; unlock it first (dpop unlock)",
-            ));
+            return Err(locked_error());
         }
         Ok(())
+    }
+
+    /// Resolves when the agent is locked now or gets locked later: a wait that selects on it
+    /// (a confirmation) ends there. Watching starts at this call, so no `lock` between the call
+    /// and the first poll is missed.
+    pub fn until_locked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut locks = self.locks.subscribe();
+        let locked_now = self.is_locked();
+        async move {
+            if !locked_now {
+                // An error means the lock is gone with the agent: nothing left to wait for.
+                let _ = locks.changed().await;
+            }
+        }
+    }
+
+    /// For a key creation (generate, import, adopt): fails with `locked` while locked, else
+    /// a guard to hold until the key is in the keyring; `lock` waits for it.
+    pub async fn creating_key(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, WireError> {
+        let guard = self.creating.read().await;
+        self.check()?;
+        Ok(guard)
     }
 
     /// Locks with `passphrase` (its scrypt hash is kept, not the passphrase) and seals
@@ -105,8 +150,12 @@ impl Lock {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt)
             .map_err(|_| WireError::new(ErrorCode::Internal, "random salt"))?;
-        // Refused from here on: no request signs with a key being sealed.
+        // No key is being made from here on; those that were are in the keyring, to be sealed.
+        let _no_creation = self.creating.write().await;
+        // Refused from here on: no request signs with a key being sealed, and every wait for
+        // a confirmation ends.
         self.locked.store(true, Ordering::Release);
+        self.locks.send_modify(|n| *n = n.wrapping_add(1));
         let keyring = keyring.clone();
         let sealed = tokio::task::spawn_blocking(move || {
             let (hash, sealing) = derive(passphrase.as_bytes(), &salt)?;
@@ -190,5 +239,44 @@ mod tests {
         assert_eq!(delay_after(5), Duration::from_millis(1600));
         assert_eq!(delay_after(8), MAX_DELAY);
         assert_eq!(delay_after(u32::MAX), MAX_DELAY);
+    }
+
+    fn empty_keyring() -> Arc<Keyring> {
+        Arc::new(Keyring::new(Vec::new()))
+    }
+
+    #[tokio::test]
+    async fn lock_waits_for_a_key_being_made_and_refuses_later_ones() {
+        let lock = Arc::new(Lock::new());
+        let keyring = empty_keyring();
+        let creating = lock.creating_key().await.unwrap();
+        let locking = tokio::spawn({
+            let (lock, keyring) = (lock.clone(), keyring.clone());
+            async move { lock.lock(Zeroizing::new("p".into()), &keyring).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!lock.is_locked(), "lock waits until the key is made");
+        drop(creating);
+        locking.await.unwrap().unwrap();
+        assert!(lock.is_locked());
+        let refused = lock.creating_key().await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Locked);
+    }
+
+    #[tokio::test]
+    async fn until_locked_ends_on_a_lock_after_the_call() {
+        let lock = Lock::new();
+        let keyring = empty_keyring();
+        let waiting = lock.until_locked();
+        lock.lock(Zeroizing::new("p".into()), &keyring)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ends with the lock");
+        // Already locked: ends at once.
+        tokio::time::timeout(Duration::from_secs(1), lock.until_locked())
+            .await
+            .expect("locked now");
     }
 }

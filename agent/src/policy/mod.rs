@@ -22,6 +22,7 @@ use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::lock::Lock;
 use crate::peer::{Peer, same_executable};
 
 use origin::OriginPattern;
@@ -62,6 +63,17 @@ impl Checked {
             *client = canonical.to_string_lossy().into_owned();
             clients.push(canonical);
         }
+        if let Some(secs) = wire.confirm_remember_secs
+            && secs > confirm::MAX_REMEMBER_SECS
+        {
+            return Err(WireError::new(
+                ErrorCode::InvalidPolicy,
+                format!(
+                    "confirm_remember_secs {secs} is too long: at most {} (a year)",
+                    confirm::MAX_REMEMBER_SECS
+                ),
+            ));
+        }
         if wire.confirm_remember_secs.is_some() && !wire.confirm {
             return Err(WireError::new(
                 ErrorCode::InvalidPolicy,
@@ -100,6 +112,8 @@ pub struct SignContext<'a> {
     pub origin: &'a str,
     pub peer: &'a Peer,
     pub now: i64,
+    /// A lock ends a wait for confirmation.
+    pub lock: &'a Lock,
 }
 
 /// Every key's policy.
@@ -113,6 +127,9 @@ pub struct Policies {
     confirmed: Mutex<HashMap<(String, i32, PathBuf), Instant>>,
     /// One question on the screen at a time.
     asking: tokio::sync::Mutex<()>,
+    /// Room for the signatures that wait for confirmation: bounded, so waiting clients cannot
+    /// pile up without end.
+    waiting: tokio::sync::Semaphore,
     askpass: Option<PathBuf>,
 }
 
@@ -131,6 +148,7 @@ impl Policies {
             any: AtomicBool::new(false),
             confirmed: Mutex::new(HashMap::new()),
             asking: tokio::sync::Mutex::new(()),
+            waiting: tokio::sync::Semaphore::new(confirm::MAX_WAITING),
             askpass,
         })
     }
@@ -143,7 +161,7 @@ impl Policies {
         };
         let mut loaded = 0;
         for path in store.list()? {
-            let record: PolicyRecord = store.read(&path)?;
+            let mut record: PolicyRecord = store.read(&path)?;
             let Ok(key) = keyring.get(record.label.as_str()) else {
                 continue;
             };
@@ -151,6 +169,13 @@ impl Policies {
             if *jkt != record.jkt {
                 warn!(path = %path.display(), "policy for another key under this label: not applied");
                 continue;
+            }
+            // Saved by an older agent that took any length: the bound applies from now on.
+            if let Some(secs) = &mut record.policy.confirm_remember_secs
+                && *secs > confirm::MAX_REMEMBER_SECS
+            {
+                warn!(path = %path.display(), "confirm_remember_secs longer than a year: shortened");
+                *secs = confirm::MAX_REMEMBER_SECS;
             }
             let checked = Checked::new(record.policy, jkt)
                 .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;

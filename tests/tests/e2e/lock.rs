@@ -1,12 +1,17 @@
 //! `lock` / `unlock` and `status` against the real agent: while locked every signing and
 //! key-changing request is refused with `locked`, a wrong passphrase is refused late, and the
-//! right one restores everything.
+//! right one restores everything. A lock also ends every signature that waits for the
+//! user's confirmation (issue 22, item 3), and that queue is bounded.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dpop_client::ProofRequest;
-use dpop_protocol::ErrorCode;
-use dpop_tests::{AgentOptions, TestAgent, verify_proof};
+use dpop_protocol::{ErrorCode, KeyPolicy};
+use dpop_tests::wait::wait_until;
+use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, verify_proof};
 
 const URL: &str = "https://api.example.com/v1/items";
 
@@ -90,4 +95,146 @@ fn an_empty_lock_passphrase_is_refused() {
     let err = agent.client().lock("").unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadRequest));
     assert!(!agent.client().status().unwrap().locked);
+}
+
+/// An askpass that appends its pid to `<dir>/asked` and answers yes once `<dir>/go` exists:
+/// a user who has not clicked yet.
+fn waiting_askpass(dir: &Path) -> PathBuf {
+    let path = dir.join("askpass");
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho $$ >> '{asked}'\nwhile [ ! -e '{go}' ]; do sleep 0.05; done\nexit 0\n",
+            asked = dir.join("asked").display(),
+            go = dir.join("go").display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+    path
+}
+
+/// The pids of the askpass programs started so far.
+fn asked(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("asked"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+fn ended(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+fn confirmed_key(agent: &TestAgent) {
+    let confirm = KeyPolicy {
+        confirm: true,
+        ..KeyPolicy::default()
+    };
+    agent
+        .client()
+        .generate_key(dpop_client::NewKey::new("asked").policy(&confirm))
+        .unwrap();
+}
+
+/// Signs with key "asked" on a connection of its own, in a thread; the answer comes on the
+/// channel.
+fn sign_in_background(agent: &TestAgent) -> mpsc::Receiver<Result<String, dpop_client::Error>> {
+    let (tx, rx) = mpsc::channel();
+    let mut client = agent.client();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.sign_proof("asked", &ProofRequest::new("GET", URL)));
+    });
+    rx
+}
+
+#[test]
+fn lock_ends_a_signature_waiting_for_confirmation() {
+    let dir = new_temp_dir();
+    let askpass = waiting_askpass(dir.path());
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &askpass));
+    confirmed_key(&agent);
+
+    let pending = sign_in_background(&agent);
+    wait_until("the askpass asks", Duration::from_secs(10), || {
+        !asked(dir.path()).is_empty()
+    });
+    let askpass_pid = asked(dir.path())[0];
+    agent.client().lock("lock words").unwrap();
+
+    // The question goes away with the lock, before the user could answer it.
+    wait_until(
+        "the askpass is ended by the lock",
+        Duration::from_secs(5),
+        || ended(askpass_pid),
+    );
+    // A yes now comes too late: the waiting signature was answered `locked`, not signed.
+    fs::write(dir.path().join("go"), b"").unwrap();
+    let answer = pending
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting signature is answered");
+    assert_eq!(answer.unwrap_err().code(), Some(ErrorCode::Locked));
+    assert_eq!(asked(dir.path()).len(), 1, "nobody else was asked");
+
+    // Unlocked, the key asks again and signs.
+    agent.client().unlock("lock words").unwrap();
+    let proof = sign_in_background(&agent)
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the signature is answered")
+        .unwrap();
+    verify_proof(&proof, "GET", URL, None);
+    assert_eq!(asked(dir.path()).len(), 2);
+}
+
+/// The agent's bound on signatures waiting for confirmation.
+const MAX_WAITING: usize = 8;
+
+#[test]
+fn signatures_waiting_for_confirmation_are_bounded() {
+    let dir = new_temp_dir();
+    let askpass = waiting_askpass(dir.path());
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &askpass));
+    confirmed_key(&agent);
+
+    let waiting: Vec<_> = (0..MAX_WAITING)
+        .map(|_| sign_in_background(&agent))
+        .collect();
+    wait_until("the askpass asks", Duration::from_secs(10), || {
+        !asked(dir.path()).is_empty()
+    });
+    // The others reach the queue behind the first question within milliseconds.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // One more is refused at once, not queued.
+    let started = Instant::now();
+    let extra = sign_in_background(&agent)
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the signature over the bound is answered at once");
+    let err = extra.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Busy), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // The user says yes: every waiting signature is made, one question each.
+    fs::write(dir.path().join("go"), b"").unwrap();
+    for answer in waiting {
+        let proof = answer
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a waiting signature is answered")
+            .unwrap();
+        verify_proof(&proof, "GET", URL, None);
+    }
+    assert_eq!(asked(dir.path()).len(), MAX_WAITING);
+    // Room again.
+    sign_in_background(&agent)
+        .recv_timeout(Duration::from_secs(10))
+        .expect("answered")
+        .unwrap();
 }

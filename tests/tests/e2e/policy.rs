@@ -304,3 +304,113 @@ fn policies_persist_with_their_key_and_go_with_it() {
     let err = agent.client().set_policy("kept", &policy).unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Locked));
 }
+
+/// Issue 22, item 7: a remembered yes of 2^64-1 seconds made every later signature overflow
+/// `Instant + Duration` and panic its connection. It is refused where it enters, naming the
+/// field and the bound, and the key keeps signing.
+#[test]
+fn confirm_remember_is_bounded() {
+    let dir = new_temp_dir();
+    let yes = askpass(dir.path(), "yes", 0);
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &yes));
+    let remember = |secs: u64| KeyPolicy {
+        confirm: true,
+        confirm_remember_secs: Some(secs),
+        ..KeyPolicy::default()
+    };
+    let year = 365 * 24 * 60 * 60;
+    for huge in [u64::MAX, year + 1] {
+        let err = agent
+            .client()
+            .generate_key(dpop_client::NewKey::new("never").policy(&remember(huge)))
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidPolicy), "{err}");
+        assert!(err.to_string().contains("confirm_remember_secs"), "{err}");
+        assert!(err.to_string().contains(&year.to_string()), "{err}");
+    }
+    assert!(agent.client().list_keys().unwrap().is_empty());
+
+    agent
+        .client()
+        .generate_key(dpop_client::NewKey::new("asked").policy(&remember(60)))
+        .unwrap();
+    let err = agent
+        .client()
+        .set_policy("asked", &remember(u64::MAX))
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPolicy), "{err}");
+    assert!(err.to_string().contains("confirm_remember_secs"), "{err}");
+    // The key still signs, asked once and then remembered, on the same connection.
+    let mut client = agent.client();
+    for _ in 0..2 {
+        let proof = client
+            .sign_proof(
+                "asked",
+                &ProofRequest::new("GET", "https://api.example.com/"),
+            )
+            .unwrap();
+        verify_proof(&proof, "GET", "https://api.example.com/", None);
+    }
+    // The longest allowed is a year, and it signs too.
+    agent.client().set_policy("asked", &remember(year)).unwrap();
+    for _ in 0..2 {
+        client
+            .sign_proof(
+                "asked",
+                &ProofRequest::new("GET", "https://api.example.com/"),
+            )
+            .unwrap();
+    }
+    assert_eq!(questions(dir.path(), "yes").len(), 2);
+}
+
+/// Issue 22, item 7: a client whose path holds a newline wrote a second line into the
+/// question, which could name another program. Control characters reach the askpass escaped.
+#[test]
+fn the_question_escapes_control_characters() {
+    let dir = new_temp_dir();
+    let yes = askpass(dir.path(), "yes", 0);
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &yes));
+    agent
+        .client()
+        .generate_key(dpop_client::NewKey::new("asked").policy(&KeyPolicy {
+            confirm: true,
+            ..KeyPolicy::default()
+        }))
+        .unwrap();
+    // The real dpop, installed under a directory whose name holds a newline and an escape.
+    let odd = dir.path().join("x\nasked by /usr/bin/ssh\u{1b}[1A");
+    fs::create_dir_all(&odd).unwrap();
+    let dpop = odd.join("dpop");
+    fs::copy(&dpop_tests::binaries().dpop, &dpop).unwrap();
+    // The same environment as the suite's own dpop (the agent's socket).
+    let command = agent.dpop_command();
+    let out = std::process::Command::new(&dpop)
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("RUST_LOG")
+        .args([
+            "proof",
+            "--key",
+            "asked",
+            "-X",
+            "GET",
+            "--url",
+            "https://rs.example/",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let asked = questions(dir.path(), "yes");
+    assert_eq!(asked.len(), 1, "one question on one line: {asked:?}");
+    assert!(
+        asked[0].contains("x\\nasked by /usr/bin/ssh\\u{1b}[1A/dpop"),
+        "{}",
+        asked[0]
+    );
+    assert!(!asked[0].contains('\u{1b}'), "{}", asked[0]);
+}
