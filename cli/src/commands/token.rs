@@ -210,7 +210,7 @@ impl TokenArgs {
         if !self.no_browser {
             open_browser(start.url.as_str());
         }
-        let redirected = tokio::time::timeout(AUTHORIZATION_TIMEOUT, redirect.wait())
+        let redirected = tokio::time::timeout(AUTHORIZATION_TIMEOUT, redirect.wait(&start.state))
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
