@@ -440,7 +440,8 @@ impl OAuthClient {
             .build()?;
         let response = http.send(request, None).await?;
         let status = response.status();
-        let body = response.bytes().await?;
+        let (what, limit) = super::body_limit(status);
+        let body = super::read_body(response, what, limit).await?;
         if !status.is_success() {
             return Err(match OAuthErrorBody::from_json(&body) {
                 Some(e) => Error::OAuth(e),
