@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 #[cfg(unix)]
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -269,6 +269,51 @@ impl TokenCache {
         Ok(self.dir.join(format!("{name}.json")))
     }
 
+    /// Refuses a directory that another user owns or that group or others can write: they
+    /// could plant a token file (sending our proofs with their token) or swap ours. A
+    /// directory that does not exist yet is fine (save creates it 0700).
+    #[cfg(unix)]
+    fn check_dir(&self) -> Result<(), Error> {
+        let meta = match fs::metadata(&self.dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Cache {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let unsafe_dir = |reason: String| Error::CacheDirUnsafe {
+            path: self.dir.clone(),
+            reason,
+        };
+        if !meta.is_dir() {
+            return Err(unsafe_dir("not a directory".into()));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(unsafe_dir(format!(
+                "owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(unsafe_dir(format!(
+                "writable by other users (mode {mode:04o})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// On Windows the directory is under the user's profile, which other users cannot write.
+    #[cfg(not(unix))]
+    fn check_dir(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Saves `token` under its name, replacing the old file atomically (a new 0600 file
     /// renamed over it), so a reader sees the old token or the new one, never half.
     pub fn save(&self, token: &CachedToken) -> Result<PathBuf, Error> {
@@ -282,6 +327,7 @@ impl TokenCache {
         #[cfg(unix)]
         dir.mode(0o700);
         dir.create(&self.dir).map_err(io)?;
+        self.check_dir()?;
         // tempfile creates it 0600.
         let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         #[cfg(unix)]
@@ -299,6 +345,7 @@ impl TokenCache {
     /// Loads the token saved as `name`.
     pub fn load(&self, name: &str) -> Result<CachedToken, Error> {
         let path = self.path(name)?;
+        self.check_dir()?;
         let bytes = match fs::read(&path) {
             Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -314,6 +361,7 @@ impl TokenCache {
 
     /// Every saved token, by name (damaged files are skipped).
     pub fn list(&self) -> Result<Vec<CachedToken>, Error> {
+        self.check_dir()?;
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -338,6 +386,7 @@ impl TokenCache {
     /// Deletes the token saved as `name`.
     pub fn delete(&self, name: &str) -> Result<(), Error> {
         let path = self.path(name)?;
+        self.check_dir()?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -148,6 +148,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The token cache's directory is not private to this user: tokens are not read from or
+    /// written to a directory someone else could put files in or swap.
+    #[error(
+        "token cache directory {path} is {reason}: refusing to use it (make it yours and \
+         0700, e.g. chmod 700)"
+    )]
+    CacheDirUnsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A cached token file is damaged.
     #[error("token cache {path} is damaged: {reason}")]
     CacheFormat {
