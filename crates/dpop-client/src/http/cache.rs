@@ -128,9 +128,7 @@ impl CachedToken {
             name: name.to_owned(),
             access_token: token.access_token().to_owned(),
             token_type: token.token_type.clone(),
-            expires_at: token
-                .expires_in
-                .map(|d| unix_now().saturating_add(d.as_secs() as i64)),
+            expires_at: token.expires_in.map(|d| expires_at(unix_now(), d)),
             refresh_token: token.refresh_token().map(str::to_owned),
             scope: token.scope.clone(),
             key: key.label.clone(),
@@ -424,9 +422,7 @@ impl TokenCache {
             .await?;
         token.access_token = fresh.access_token().to_owned();
         token.token_type = fresh.token_type.clone();
-        token.expires_at = fresh
-            .expires_in
-            .map(|d| unix_now().saturating_add(d.as_secs() as i64));
+        token.expires_at = fresh.expires_in.map(|d| expires_at(unix_now(), d));
         // The new refresh token, or the old one when the server does not rotate them.
         token.refresh_token = fresh.refresh_token().map(str::to_owned);
         if fresh.scope.is_some() {
@@ -435,6 +431,11 @@ impl TokenCache {
         self.save(&token)?;
         Ok(token)
     }
+}
+
+/// `now` plus `lifetime`, saturating (a `u64` of seconds cast to `i64` would wrap negative).
+fn expires_at(now: i64, lifetime: std::time::Duration) -> i64 {
+    i64::try_from(lifetime.as_secs()).map_or(i64::MAX, |secs| now.saturating_add(secs))
 }
 
 fn check_name(name: &str) -> Result<(), Error> {

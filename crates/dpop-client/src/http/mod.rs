@@ -220,6 +220,16 @@ pub enum Error {
     Expired(String),
 }
 
+/// The longest lifetime taken from a server (ten years): an `expires_in` beyond it is read
+/// as this, so that adding it to a clock can neither overflow nor wrap.
+pub(crate) const MAX_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// `lifetime` from a server, bounded by [`MAX_LIFETIME`].
+pub(crate) fn bounded(lifetime: std::time::Duration) -> std::time::Duration {
+    lifetime.min(MAX_LIFETIME)
+}
+
 /// Largest error body read into memory (an OAuth error is a small JSON object).
 pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest successful JSON body (token, PAR or metadata) read into memory.
