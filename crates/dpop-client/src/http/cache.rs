@@ -535,6 +535,40 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_lifetime_saturates_instead_of_wrapping() {
+        let forever = std::time::Duration::from_secs(u64::MAX);
+        assert_eq!(expires_at(1_000, forever), i64::MAX);
+        assert_eq!(expires_at(1_000, std::time::Duration::from_secs(60)), 1_060);
+        let bounded = super::super::bounded(forever);
+        assert_eq!(bounded, super::super::MAX_LIFETIME);
+        assert!(expires_at(1_000, bounded) > 1_000);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tokens");
+        let cache = TokenCache::new(&dir);
+        cache.save(&record("a")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        for e in [
+            cache.list().unwrap_err(),
+            cache.load("a").unwrap_err(),
+            cache.save(&record("b")).unwrap_err(),
+            cache.delete("a").unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                text.contains("writable by other users") && text.contains("tokens"),
+                "{text}"
+            );
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(cache.list().unwrap().len(), 1);
+    }
+
+    #[test]
     fn names_are_file_names_only() {
         for good in ["api", "a.b_c-1"] {
             check_name(good).unwrap();
