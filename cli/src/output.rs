@@ -34,6 +34,24 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), StdoutErro
     )
 }
 
+/// `text` from a server, made safe for a terminal: control characters (C0, DEL and C1:
+/// escape sequences, CR LF that forge a line, a bell) are shown as Rust escapes (`\u{1b}`,
+/// `\n`), everything else as is.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// One key after a change: `{verb} LABEL (BACKEND ALG, jkt JKT)`, or the key as JSON.
 pub(crate) fn print_key(key: &KeyDescription, json: bool, verb: &str) -> Result<(), StdoutError> {
     if json {
@@ -122,4 +140,15 @@ pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(printable("ABCD-1234"), "ABCD-1234");
+        assert_eq!(printable("é\u{1b}[2J\r\n\u{9b}x"), r"é\u{1b}[2J\r\n\u{9b}x");
+    }
 }

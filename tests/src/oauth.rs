@@ -53,7 +53,18 @@ pub struct OAuthOptions {
     /// A refresh answer carries a new refresh token and retires the old one (`false`: it
     /// carries none, and the old one stays good, as many servers do).
     pub rotate_refresh_tokens: bool,
+    /// The `expires_in` sent with tokens instead of `token_lifetime` (a huge one, to test
+    /// the client's arithmetic).
+    pub expires_in: Option<u64>,
+    /// The device authorization's `user_code`, `verification_uri` and
+    /// `verification_uri_complete` carry terminal control characters (escape sequences, a
+    /// bell, CR LF); the user code is [`HOSTILE_USER_CODE`].
+    pub hostile_device_strings: bool,
 }
+
+/// The `user_code` of [`OAuthOptions::hostile_device_strings`]: an ANSI colour, a title
+/// change ending in a bell, and a line break that would forge a second line.
+pub const HOSTILE_USER_CODE: &str = "\u{1b}[31mABCD\u{1b}]0;pwned\u{7}\r\nEFGH\u{9b}2J";
 
 /// An introspection endpoint and the resource server's credentials there (Basic).
 #[derive(Clone, Debug)]
@@ -91,6 +102,8 @@ impl Default for OAuthOptions {
             ]),
             introspection: None,
             rotate_refresh_tokens: true,
+            expires_in: None,
+            hostile_device_strings: false,
         }
     }
 }
@@ -672,6 +685,9 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         "token_type": token_type,
         "expires_in": inner.options.token_lifetime,
     });
+    if let Some(expires_in) = inner.options.expires_in {
+        body["expires_in"] = json!(expires_in);
+    }
     if !scope.is_empty() {
         body["scope"] = json!(scope);
     }
@@ -785,7 +801,12 @@ async fn device_authorization(
         return invalid_client();
     };
     let device_code = dpop_jose::new_jti();
-    let user_code = dpop_jose::new_jti()[..8].to_ascii_uppercase();
+    let hostile = inner.options.hostile_device_strings;
+    let user_code = if hostile {
+        HOSTILE_USER_CODE.to_owned()
+    } else {
+        dpop_jose::new_jti()[..8].to_ascii_uppercase()
+    };
     inner.devices.insert(
         device_code.clone(),
         Device {
@@ -797,17 +818,19 @@ async fn device_authorization(
         },
     );
     let base = inner.as_base.clone();
-    json_response(
-        StatusCode::OK,
-        json!({
-            "device_code": device_code,
-            "user_code": user_code,
-            "verification_uri": format!("{base}/device"),
-            "expires_in": 120,
-            "interval": 1,
-        }),
-        None,
-    )
+    let mut body = json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": format!("{base}/device"),
+        "expires_in": 120,
+        "interval": 1,
+    });
+    if hostile {
+        body["verification_uri"] = json!(format!("{base}/device\u{1b}[2J\nfake-line"));
+        body["verification_uri_complete"] =
+            json!(format!("{base}/device?code=X\u{1b}[8m\u{85}hidden"));
+    }
+    json_response(StatusCode::OK, body, None)
 }
 
 /// Asks the other server about `token`: its `cnf.jkt`, scope and expiry when active.
@@ -919,4 +942,116 @@ async fn api(
         }),
         fresh_nonce.as_deref(),
     )
+}
+
+/// A token endpoint that answers every request with a JSON body that does not end: sent in
+/// chunks without Content-Length, up to [`FloodServer::CAP`] bytes, counting what the client
+/// took. Plain HTTP/1.1 on a raw socket, so nothing in between buffers or limits it.
+pub struct FloodServer {
+    /// The endpoint's URL.
+    pub url: String,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for FloodServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FloodServer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FloodServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl FloodServer {
+    /// The most it sends on one connection.
+    pub const CAP: u64 = 128 << 20;
+
+    /// Starts it, answering with `status` (400: an OAuth error; 200: a token response).
+    pub fn start(status: u16) -> FloodServer {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("flood server runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind flood server");
+        let url = format!(
+            "http://{}/token",
+            listener.local_addr().expect("local address")
+        );
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        runtime.spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    // The request head (its small form body is left unread).
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (reason, start) = if status == 200 {
+                        ("OK", r#"{"token_type":"DPoP","access_token":""#)
+                    } else {
+                        (
+                            "Bad Request",
+                            r#"{"error":"invalid_request","error_description":""#,
+                        )
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
+                         Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    );
+                    let chunk = |data: &[u8]| {
+                        let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+                        c.extend_from_slice(data);
+                        c.extend_from_slice(b"\r\n");
+                        c
+                    };
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&chunk(start.as_bytes())).await.is_err()
+                    {
+                        return;
+                    }
+                    let filler = chunk(&[b'x'; 64 * 1024]);
+                    let mut total = 0u64;
+                    while total < FloodServer::CAP {
+                        if stream.write_all(&filler).await.is_err() {
+                            return;
+                        }
+                        total += 64 * 1024;
+                        counter.fetch_add(64 * 1024, Ordering::Relaxed);
+                    }
+                    let _ = stream.write_all(&chunk(b"\"}")).await;
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        FloodServer {
+            url,
+            sent,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The filler bytes written to clients so far (socket buffers included).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

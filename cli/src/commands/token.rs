@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::{connect_async, pick_key_async, runtime};
 use crate::input::read_token_file;
-use crate::output::{StdoutError, outln, print_json};
+use crate::output::{StdoutError, outln, print_json, printable};
 
 /// How long `dpop token --grant authorization_code` waits for the browser.
 const AUTHORIZATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -210,7 +210,7 @@ impl TokenArgs {
         if !self.no_browser {
             open_browser(start.url.as_str());
         }
-        let redirected = tokio::time::timeout(AUTHORIZATION_TIMEOUT, redirect.wait())
+        let redirected = tokio::time::timeout(AUTHORIZATION_TIMEOUT, redirect.wait(&start.state))
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -295,17 +295,17 @@ async fn device_code(
         .device_authorization(http, params)
         .await
         .map_err(explain)?;
+    // What the server sent goes to the terminal: no escape sequence or line break of its own.
+    let (uri, code) = (
+        printable(device.verification_uri()),
+        printable(device.user_code()),
+    );
     match device.verification_uri_complete() {
         Some(complete) => eprintln!(
-            "To authorize, open {complete}\n(or open {} and enter the code {})",
-            device.verification_uri(),
-            device.user_code()
+            "To authorize, open {}\n(or open {uri} and enter the code {code})",
+            printable(complete)
         ),
-        None => eprintln!(
-            "To authorize, open {} and enter the code {}",
-            device.verification_uri(),
-            device.user_code()
-        ),
+        None => eprintln!("To authorize, open {uri} and enter the code {code}"),
     }
     client
         .device_poll(http, &device, params)

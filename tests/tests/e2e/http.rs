@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use dpop_tests::{OAuthOptions, OAuthServer, TestAgent, mode, wait_timeout};
 
-const SECRET_VAR: &str = "DPOP_TEST_CLIENT_SECRET";
-const SECRET: &str = "s3cret:with&odd=chars";
+pub(crate) const SECRET_VAR: &str = "DPOP_TEST_CLIENT_SECRET";
+pub(crate) const SECRET: &str = "s3cret:with&odd=chars";
 
-struct Setup {
-    agent: TestAgent,
-    server: OAuthServer,
-    jkt: String,
+pub(crate) struct Setup {
+    pub(crate) agent: TestAgent,
+    pub(crate) server: OAuthServer,
+    pub(crate) jkt: String,
 }
 
-fn setup(options: OAuthOptions) -> Setup {
+pub(crate) fn setup(options: OAuthOptions) -> Setup {
     let agent = TestAgent::start(dpop_tests::AgentOptions::new());
     let jkt = agent.client().generate_key("k").unwrap().jkt;
     Setup {
@@ -28,7 +28,7 @@ fn setup(options: OAuthOptions) -> Setup {
 }
 
 impl Setup {
-    fn dpop(&self, args: &[&str]) -> Output {
+    pub(crate) fn dpop(&self, args: &[&str]) -> Output {
         self.agent
             .dpop_command()
             .env(SECRET_VAR, SECRET)
@@ -37,7 +37,7 @@ impl Setup {
             .expect("running dpop")
     }
 
-    fn dpop_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn dpop_ok(&self, args: &[&str]) -> String {
         let out = self.dpop(args);
         assert!(
             out.status.success(),
@@ -50,7 +50,7 @@ impl Setup {
     }
 
     /// `dpop token` with client_credentials and client_secret_post, saved as `name`.
-    fn client_credentials(&self, name: &str) -> Output {
+    pub(crate) fn client_credentials(&self, name: &str) -> Output {
         let token_url = self.server.token_url();
         self.dpop(&[
             "token",
@@ -77,11 +77,11 @@ impl Setup {
         ])
     }
 
-    fn api(&self, path: &str) -> String {
+    pub(crate) fn api(&self, path: &str) -> String {
         format!("{}{path}", self.server.resource)
     }
 
-    fn saved(&self, name: &str) -> serde_json::Value {
+    pub(crate) fn saved(&self, name: &str) -> serde_json::Value {
         let path = self
             .agent
             .dir()
@@ -91,7 +91,7 @@ impl Setup {
     }
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -374,7 +374,7 @@ fn bearer_tokens_are_refused_unless_allowed_and_discovery_checks_the_algorithm()
 
 /// Runs `dpop token` in the background; once a line of its standard error satisfies `pick`,
 /// calls `act` with it (to play the browser or approve a device code), then waits for it.
-fn run_interactive(
+pub(crate) fn run_interactive(
     s: &Setup,
     args: &[&str],
     pick: impl FnMut(&str) -> bool,
@@ -384,7 +384,7 @@ fn run_interactive(
 }
 
 /// Plays the browser: opens the URL and follows the redirects to the loopback listener.
-fn browse(url: &str) {
+pub(crate) fn browse(url: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -396,7 +396,7 @@ fn browse(url: &str) {
     assert_eq!(response.url().host_str(), Some("127.0.0.1"));
 }
 
-fn authorization_code(options: OAuthOptions, extra: &[&str]) -> (Setup, Output) {
+pub(crate) fn authorization_code(options: OAuthOptions, extra: &[&str]) -> (Setup, Output) {
     let s = setup(options);
     let issuer = s.server.issuer.clone();
     let mut args = vec![
@@ -594,7 +594,7 @@ fn a_server_that_does_not_rotate_refresh_tokens_leaves_the_saved_one_in_place() 
     assert!(s.server.knows_refresh_token(&refresh));
 }
 
-fn run_interactive_with(
+pub(crate) fn run_interactive_with(
     mut command: Command,
     args: &[&str],
     mut pick: impl FnMut(&str) -> bool,

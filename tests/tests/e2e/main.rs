@@ -13,6 +13,7 @@ mod agent_habits;
 mod audit;
 mod cli;
 mod http;
+mod http_hardening;
 mod interop;
 mod keys;
 mod lock;

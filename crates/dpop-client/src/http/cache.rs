@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 #[cfg(unix)]
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -128,9 +128,7 @@ impl CachedToken {
             name: name.to_owned(),
             access_token: token.access_token().to_owned(),
             token_type: token.token_type.clone(),
-            expires_at: token
-                .expires_in
-                .map(|d| unix_now().saturating_add(d.as_secs() as i64)),
+            expires_at: token.expires_in.map(|d| expires_at(unix_now(), d)),
             refresh_token: token.refresh_token().map(str::to_owned),
             scope: token.scope.clone(),
             key: key.label.clone(),
@@ -269,6 +267,51 @@ impl TokenCache {
         Ok(self.dir.join(format!("{name}.json")))
     }
 
+    /// Refuses a directory that another user owns or that group or others can write: they
+    /// could plant a token file (sending our proofs with their token) or swap ours. A
+    /// directory that does not exist yet is fine (save creates it 0700).
+    #[cfg(unix)]
+    fn check_dir(&self) -> Result<(), Error> {
+        let meta = match fs::metadata(&self.dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Cache {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let unsafe_dir = |reason: String| Error::CacheDirUnsafe {
+            path: self.dir.clone(),
+            reason,
+        };
+        if !meta.is_dir() {
+            return Err(unsafe_dir("not a directory".into()));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(unsafe_dir(format!(
+                "owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(unsafe_dir(format!(
+                "writable by other users (mode {mode:04o})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// On Windows the directory is under the user's profile, which other users cannot write.
+    #[cfg(not(unix))]
+    fn check_dir(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Saves `token` under its name, replacing the old file atomically (a new 0600 file
     /// renamed over it), so a reader sees the old token or the new one, never half.
     pub fn save(&self, token: &CachedToken) -> Result<PathBuf, Error> {
@@ -282,6 +325,7 @@ impl TokenCache {
         #[cfg(unix)]
         dir.mode(0o700);
         dir.create(&self.dir).map_err(io)?;
+        self.check_dir()?;
         // tempfile creates it 0600.
         let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         #[cfg(unix)]
@@ -299,6 +343,7 @@ impl TokenCache {
     /// Loads the token saved as `name`.
     pub fn load(&self, name: &str) -> Result<CachedToken, Error> {
         let path = self.path(name)?;
+        self.check_dir()?;
         let bytes = match fs::read(&path) {
             Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -314,6 +359,7 @@ impl TokenCache {
 
     /// Every saved token, by name (damaged files are skipped).
     pub fn list(&self) -> Result<Vec<CachedToken>, Error> {
+        self.check_dir()?;
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -338,6 +384,7 @@ impl TokenCache {
     /// Deletes the token saved as `name`.
     pub fn delete(&self, name: &str) -> Result<(), Error> {
         let path = self.path(name)?;
+        self.check_dir()?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -375,9 +422,7 @@ impl TokenCache {
             .await?;
         token.access_token = fresh.access_token().to_owned();
         token.token_type = fresh.token_type.clone();
-        token.expires_at = fresh
-            .expires_in
-            .map(|d| unix_now().saturating_add(d.as_secs() as i64));
+        token.expires_at = fresh.expires_in.map(|d| expires_at(unix_now(), d));
         // The new refresh token, or the old one when the server does not rotate them.
         token.refresh_token = fresh.refresh_token().map(str::to_owned);
         if fresh.scope.is_some() {
@@ -386,6 +431,11 @@ impl TokenCache {
         self.save(&token)?;
         Ok(token)
     }
+}
+
+/// `now` plus `lifetime`, saturating (a `u64` of seconds cast to `i64` would wrap negative).
+fn expires_at(now: i64, lifetime: std::time::Duration) -> i64 {
+    i64::try_from(lifetime.as_secs()).map_or(i64::MAX, |secs| now.saturating_add(secs))
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
@@ -482,6 +532,40 @@ mod tests {
             token.check_key(&[key("k", "new")]),
             Err(Error::KeyReplaced { .. })
         ));
+    }
+
+    #[test]
+    fn a_huge_lifetime_saturates_instead_of_wrapping() {
+        let forever = std::time::Duration::from_secs(u64::MAX);
+        assert_eq!(expires_at(1_000, forever), i64::MAX);
+        assert_eq!(expires_at(1_000, std::time::Duration::from_secs(60)), 1_060);
+        let bounded = super::super::bounded(forever);
+        assert_eq!(bounded, super::super::MAX_LIFETIME);
+        assert!(expires_at(1_000, bounded) > 1_000);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tokens");
+        let cache = TokenCache::new(&dir);
+        cache.save(&record("a")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        for e in [
+            cache.list().unwrap_err(),
+            cache.load("a").unwrap_err(),
+            cache.save(&record("b")).unwrap_err(),
+            cache.delete("a").unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(
+                text.contains("writable by other users") && text.contains("tokens"),
+                "{text}"
+            );
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(cache.list().unwrap().len(), 1);
     }
 
     #[test]

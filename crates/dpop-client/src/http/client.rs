@@ -10,14 +10,12 @@ use reqwest::{Method, Request, Response, StatusCode};
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::Error;
 use super::challenge::{Challenge, OAuthErrorBody};
+use super::{Error, MAX_ERROR_BODY, body_limit, read_body};
 use crate::ProofRequest;
 
 /// Redirects followed before giving up (reqwest's default is 10 too).
 const MAX_REDIRECTS: usize = 10;
-/// Largest 400 body read to look for `use_dpop_nonce` (OAuth error bodies are small).
-const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// An HTTP client whose requests carry DPoP proofs signed by one key of the agent.
 ///
@@ -258,7 +256,8 @@ async fn use_dpop_nonce(response: Response) -> Result<(Response, bool), Error> {
             let status = response.status();
             let version = response.version();
             let headers = response.headers().clone();
-            let body = response.bytes().await?;
+            // Chunked bodies have no length: read only up to the limit.
+            let body = read_body(response, "error body", MAX_ERROR_BODY).await?;
             let challenged =
                 OAuthErrorBody::from_json(&body).is_some_and(|e| e.error == "use_dpop_nonce");
             let mut rebuilt = http::Response::new(body);
@@ -297,7 +296,8 @@ impl<'c> oauth2::AsyncHttpClient<'c> for DpopClient {
             if let Some(headers) = out.headers_mut() {
                 *headers = response.headers().clone();
             }
-            let body = response.bytes().await?.to_vec();
+            let (what, limit) = body_limit(response.status());
+            let body = read_body(response, what, limit).await?;
             out.body(body)
                 .map_err(|e| Error::BadResponse(e.to_string()))
         })

@@ -76,9 +76,8 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ServerMeta
             tried.push(format!("{url}: HTTP {}", response.status()));
             continue;
         }
-        let metadata: ServerMetadata = response
-            .json()
-            .await
+        let body = super::read_body(response, "metadata", super::MAX_JSON_BODY).await?;
+        let metadata: ServerMetadata = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("{url} is not metadata JSON: {e}")))?;
         if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
             return Err(fail(format!(

@@ -2,6 +2,7 @@
 //! free port, and take the authorization response from the browser's redirect.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -61,10 +62,13 @@ impl LoopbackRedirect {
         &self.redirect_uri
     }
 
-    /// Serves until the browser arrives at the callback with a code or an error; other
-    /// paths (a favicon) get 404. The browser gets a short page saying to return to the
-    /// terminal.
-    pub async fn wait(self) -> Result<Redirected, Error> {
+    /// Serves until the browser arrives at the callback with a code or an error and the
+    /// `state` of this login; other paths (a favicon) get 404. A callback with another state
+    /// gets a 400 page and the wait goes on: any local process or web page can reach the
+    /// listener, and none of them must be able to end (abort) the login. The browser gets a
+    /// short page saying to return to the terminal.
+    pub async fn wait(self, state: &str) -> Result<Redirected, Error> {
+        let state: Arc<str> = Arc::from(state);
         let (tx, mut rx) = mpsc::channel::<Outcome>(1);
         loop {
             tokio::select! {
@@ -75,10 +79,12 @@ impl LoopbackRedirect {
                     let (stream, _) = accepted
                         .map_err(|e| Error::Authorization(format!("accepting the redirect: {e}")))?;
                     let tx = tx.clone();
+                    let state = state.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
                             let tx = tx.clone();
-                            async move { Ok::<_, Infallible>(answer(request, &tx).await) }
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(answer(request, &state, &tx).await) }
                         });
                         // A browser that drops the connection costs only that connection.
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -91,7 +97,11 @@ impl LoopbackRedirect {
     }
 }
 
-async fn answer(request: Request<Incoming>, tx: &mpsc::Sender<Outcome>) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    state: &str,
+    tx: &mpsc::Sender<Outcome>,
+) -> Response<Full<Bytes>> {
     let page = |status: StatusCode, text: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *response.status_mut() = status;
@@ -115,6 +125,14 @@ async fn answer(request: Request<Incoming>, tx: &mpsc::Sender<Outcome>) -> Respo
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.into_owned())
     };
+    // Only the login's own redirect (its unguessable state) may end the wait, with a code
+    // or with an error; anything else is answered and forgotten.
+    if get("state").as_deref() != Some(state) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "dpop: this callback does not belong to the login in progress; ignored.\n",
+        );
+    }
     let outcome = match (get("code"), get("error")) {
         (_, Some(error)) => Err(Error::OAuth(OAuthErrorBody {
             error,
@@ -122,7 +140,7 @@ async fn answer(request: Request<Incoming>, tx: &mpsc::Sender<Outcome>) -> Respo
         })),
         (Some(code), None) => Ok(Redirected {
             code: Zeroizing::new(code),
-            state: get("state").unwrap_or_default(),
+            state: state.to_owned(),
         }),
         (None, None) => Err(Error::Authorization(
             "the redirect carried neither a code nor an error".into(),

@@ -148,6 +148,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The token cache's directory is not private to this user: tokens are not read from or
+    /// written to a directory someone else could put files in or swap.
+    #[error(
+        "token cache directory {path} is {reason}: refusing to use it (make it yours and \
+         0700, e.g. chmod 700)"
+    )]
+    CacheDirUnsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A cached token file is damaged.
     #[error("token cache {path} is damaged: {reason}")]
     CacheFormat {
@@ -189,9 +201,81 @@ pub enum Error {
     /// cannot be repeated without the user.
     #[error("the access token expired and has no refresh token")]
     SourceExpired,
+    /// A response body is larger than this client reads into memory (an OAuth error is a
+    /// few hundred bytes, a token response a few KiB): reading stopped at the limit.
+    #[error(
+        "the {what} from {url} is larger than {}: stopped reading it at that limit",
+        size(*limit)
+    )]
+    BodyTooLarge {
+        /// What was read: `error body`, `token response`, ...
+        what: &'static str,
+        /// Where from.
+        url: String,
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// The cached token expired and cannot be refreshed.
     #[error("saved token {0:?} expired and has no refresh token: get a new one with dpop token")]
     Expired(String),
+}
+
+/// The longest lifetime taken from a server (ten years): an `expires_in` beyond it is read
+/// as this, so that adding it to a clock can neither overflow nor wrap.
+pub(crate) const MAX_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// `lifetime` from a server, bounded by [`MAX_LIFETIME`].
+pub(crate) fn bounded(lifetime: std::time::Duration) -> std::time::Duration {
+    lifetime.min(MAX_LIFETIME)
+}
+
+/// Largest error body read into memory (an OAuth error is a small JSON object).
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest successful JSON body (token, PAR or metadata) read into memory.
+pub(crate) const MAX_JSON_BODY: usize = 1024 * 1024;
+
+fn size(bytes: usize) -> String {
+    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+/// Reads `response`'s body chunk by chunk, failing as soon as it passes `limit` bytes (a
+/// declared Content-Length over it fails before reading): a server that sends no length, or
+/// a body that does not end, costs at most `limit` bytes of memory.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    what: &'static str,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let too_large = |response: &reqwest::Response| Error::BodyTooLarge {
+        what,
+        url: response.url().to_string(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large(&response));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(&response));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The limit for a response of `status`: small for errors, larger for answers.
+pub(crate) fn body_limit(status: reqwest::StatusCode) -> (&'static str, usize) {
+    if status.is_success() {
+        ("response body", MAX_JSON_BODY)
+    } else {
+        ("error body", MAX_ERROR_BODY)
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -35,6 +35,12 @@ pub struct TokenSource {
     current: Mutex<Option<(Token, Option<Instant>)>>,
 }
 
+/// When `token` expires; `None` when it does not say, or (checked, not panicking) when the
+/// instant is past what the clock can represent.
+fn expiry(token: &Token) -> Option<Instant> {
+    token.expires_in.and_then(|d| Instant::now().checked_add(d))
+}
+
 impl TokenSource {
     /// Tokens of the `client_credentials` grant, the first requested on first use.
     pub fn client_credentials(client: OAuthClient, params: TokenParams) -> TokenSource {
@@ -48,7 +54,7 @@ impl TokenSource {
 
     /// Starts from a token just issued (by any grant); it is refreshed with its refresh token.
     pub fn from_token(client: OAuthClient, params: TokenParams, token: Token) -> TokenSource {
-        let expires = token.expires_in.map(|d| Instant::now() + d);
+        let expires = expiry(&token);
         TokenSource {
             client,
             params,
@@ -81,7 +87,7 @@ impl TokenSource {
             }
             None => return Err(Error::SourceExpired),
         };
-        let expires = token.expires_in.map(|d| Instant::now() + d);
+        let expires = expiry(&token);
         let access = Zeroizing::new(token.access_token().to_owned());
         *current = Some((token, expires));
         Ok(access)

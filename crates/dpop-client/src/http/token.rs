@@ -101,7 +101,7 @@ pub struct Token {
     access_token: Zeroizing<String>,
     /// `token_type` as issued (`DPoP` unless bearer tokens were allowed).
     pub token_type: String,
-    /// Lifetime from the response.
+    /// Lifetime from the response (at most ten years, whatever the server says).
     pub expires_in: Option<Duration>,
     refresh_token: Option<Zeroizing<String>>,
     /// Granted scope, when the server says.
@@ -150,7 +150,8 @@ impl Token {
         let token = Token {
             access_token: Zeroizing::new(response.access_token().secret().clone()),
             token_type,
-            expires_in: response.expires_in(),
+            // Bounded where it enters: every later sum with a clock stays in range.
+            expires_in: response.expires_in().map(super::bounded),
             refresh_token: response
                 .refresh_token()
                 .map(|r| Zeroizing::new(r.secret().clone())),
@@ -199,9 +200,9 @@ impl DeviceAuthorization {
         self.response.user_code().secret()
     }
 
-    /// How long the code is valid.
+    /// How long the code is valid (at most ten years, whatever the server says).
     pub fn expires_in(&self) -> Duration {
-        self.response.expires_in()
+        super::bounded(self.response.expires_in())
     }
 }
 
@@ -440,7 +441,8 @@ impl OAuthClient {
             .build()?;
         let response = http.send(request, None).await?;
         let status = response.status();
-        let body = response.bytes().await?;
+        let (what, limit) = super::body_limit(status);
+        let body = super::read_body(response, what, limit).await?;
         if !status.is_success() {
             return Err(match OAuthErrorBody::from_json(&body) {
                 Some(e) => Error::OAuth(e),
