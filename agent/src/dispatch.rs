@@ -171,8 +171,6 @@ async fn sign_checked(
             lock: &state.lock,
         })
         .await?;
-    // Locked while the user was asked: no signature.
-    state.lock.check()?;
     // An explicit nonce wins; otherwise the one a server last sent for this origin. A nonce
     // never goes to another origin than the one that issued it.
     let stored;

@@ -98,6 +98,9 @@ impl Policies {
                 "the user did not confirm the signature",
             ));
         }
+        // Locked while the user answered: no signature. Only a confirmation waits, so only it
+        // checks again; every other signature was checked just before its policy.
+        request.lock.check()?;
         // Policies bound `remember`; a clock near its end forgets instead of overflowing.
         if let Some(until) = remember.and_then(|secs| {
             Instant::now().checked_add(Duration::from_secs(secs.min(MAX_REMEMBER_SECS)))
