@@ -26,7 +26,7 @@
 //! - [`RedisServer`] runs a real `redis-server` on a free loopback port (stoppable,
 //!   restartable on the same port); [`ResourceServer`] runs the example resource server,
 //!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
-//!   requests with proofs from a real agent.
+//!   requests with proofs from a real agent; [`Nginx`] runs a real nginx in front of it.
 //!
 //! One module per concern, its fixtures re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
@@ -64,6 +64,7 @@ pub mod bench;
 pub mod binaries;
 pub mod connection;
 pub mod keys;
+pub mod nginx;
 pub mod oauth;
 pub mod oidc_provider;
 pub mod pkcs11;
@@ -84,6 +85,7 @@ pub use binaries::{
 };
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
+pub use nginx::Nginx;
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
 pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};
 pub use process::{

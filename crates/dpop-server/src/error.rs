@@ -230,6 +230,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An entry of the allowed hosts that cannot be used.
+    #[error("invalid allowed host {host:?}: {reason}")]
+    AllowedHost {
+        /// As given.
+        host: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// An algorithm list with nothing in it.
     #[error("no signature algorithm allowed")]
     NoAlgorithms,

@@ -12,7 +12,8 @@
 //! - [`ReplayStore`]: replay state, in memory ([`MemoryReplayStore`]) or in Redis
 //!   (`RedisReplayStore`, feature `redis`) for a fleet; failing closed by default.
 //! - [`PublicUrl`]: the request URL `htu` is compared with, from a configured public base URL
-//!   or from a trusted proxy's `Forwarded` / `X-Forwarded-*` headers.
+//!   or from a trusted proxy's headers of the one family chosen ([`ProxyHeaders`]: `Forwarded`
+//!   or `X-Forwarded-*`), optionally limited to allowed hosts.
 //! - `DpopLayer` and `Dpop` (feature `axum`): a tower layer and an axum extractor; the
 //!   application checks its access tokens through a [`TokenValidator`].
 //!
@@ -59,7 +60,7 @@ pub use nonce::{HmacNonces, MIN_NONCE_SECRET_LEN, NonceAge};
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisOptions, RedisReplayStore};
 pub use replay::{MemoryReplayStore, ReplayError, ReplayFuture, ReplayStore, pair_key};
-pub use url::{ForwardedError, PublicUrl};
+pub use url::{ForwardedError, ProxyHeaders, PublicUrl};
 pub use verifier::{
     BoundToken, HttpRequest, Preset, ReplayFailure, TokenFuture, TokenValidator, Verified,
     Verifier, VerifierBuilder,

@@ -3,6 +3,8 @@
 //! by `cnf.jkt`, and answers any path with what it verified, as JSON. Several instances share
 //! replay state through Redis (`--redis`) and accept each other's nonces when they share the
 //! nonce secret (`DPOP_NONCE_SECRET` or `--nonce-secret-file`, never the command line).
+//! Behind a reverse proxy, `--trusted-proxy` and `--proxy-headers` name the proxy and the one
+//! header family it overwrites; `--allowed-host` limits the hosts those headers may name.
 
 mod jwt;
 
@@ -16,8 +18,8 @@ use axum::Json;
 use axum::http::{Method, Uri};
 use clap::{Parser, ValueEnum};
 use dpop_server::{
-    Dpop, DpopLayer, HmacNonces, Preset, PublicUrl, RedisOptions, RedisReplayStore, ReplayFailure,
-    ReplayStore, Verifier,
+    Dpop, DpopLayer, HmacNonces, Preset, ProxyHeaders, PublicUrl, RedisOptions, RedisReplayStore,
+    ReplayFailure, ReplayStore, Verifier,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -38,9 +40,18 @@ struct Args {
     /// port and path prefix of every request's htu.
     #[arg(long)]
     public_url: String,
-    /// Reverse proxies whose Forwarded / X-Forwarded-Proto / X-Forwarded-Host are trusted.
+    /// A reverse proxy (its address as this server sees the connection) whose forwarding
+    /// headers of the --proxy-headers family are trusted; repeatable.
     #[arg(long = "trusted-proxy")]
     trusted_proxies: Vec<IpAddr>,
+    /// The header family the trusted proxies set, overwriting a client's: forwarded (RFC
+    /// 7239) or x-forwarded (X-Forwarded-Proto/Host/Port). The other family is ignored.
+    #[arg(long, value_enum, default_value_t = ProxyHeadersArg::None)]
+    proxy_headers: ProxyHeadersArg,
+    /// A host the trusted proxies' headers may name: HOST (any port) or HOST:PORT;
+    /// repeatable. Others are refused. Without it, any host they name is used.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
     /// JWKS with the access-token signing keys: a file, or an http(s) URL fetched at start.
     #[arg(long)]
     jwks: String,
@@ -77,6 +88,16 @@ struct Args {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum ProxyHeadersArg {
+    /// No forwarding header is trusted.
+    None,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port`.
+    XForwarded,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum PresetArg {
     Rfc9449,
     Fapi2,
@@ -100,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         PresetArg::Rfc9449 => Preset::Rfc9449,
         PresetArg::Fapi2 => Preset::Fapi2,
     };
-    let public_url = PublicUrl::new(&args.public_url)?.trust_proxies(args.trusted_proxies.clone());
+    let public_url = public_url(&args)?;
     let mut builder = Verifier::builder(preset)
         .public_url(public_url)
         .require_nonces(args.require_nonce)
@@ -121,11 +142,10 @@ async fn main() -> anyhow::Result<()> {
             timeout: Duration::from_millis(args.redis_timeout_ms),
             ..RedisOptions::default()
         };
-        let replay: Arc<dyn ReplayStore> = Arc::new(
-            RedisReplayStore::connect(url, options)
-                .await
-                .context("connecting to Redis")?,
-        );
+        let store = RedisReplayStore::connect(url, options)
+            .await
+            .context("connecting to Redis")?;
+        let replay: Arc<dyn ReplayStore> = Arc::new(store);
         builder = builder.replay_store(replay);
     }
     let verifier = Arc::new(builder.build()?);
@@ -147,6 +167,28 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The public URL with the trusted proxies, their header family and the allowed hosts; each
+/// of those settings is refused without the others it needs.
+fn public_url(args: &Args) -> anyhow::Result<PublicUrl> {
+    let url = PublicUrl::new(&args.public_url)?;
+    let headers = match args.proxy_headers {
+        ProxyHeadersArg::None => None,
+        ProxyHeadersArg::Forwarded => Some(ProxyHeaders::Forwarded),
+        ProxyHeadersArg::XForwarded => Some(ProxyHeaders::XForwarded),
+    };
+    match (headers, args.trusted_proxies.is_empty()) {
+        (None, true) if args.allowed_hosts.is_empty() => Ok(url),
+        (None, true) => bail!("--allowed-host needs --trusted-proxy and --proxy-headers"),
+        (None, false) => bail!(
+            "--trusted-proxy needs --proxy-headers forwarded|x-forwarded: the header family the proxy sets, overwriting a client's"
+        ),
+        (Some(_), true) => bail!("--proxy-headers needs --trusted-proxy"),
+        (Some(headers), false) => Ok(url
+            .trust_proxies(headers, args.trusted_proxies.iter().copied())
+            .allowed_hosts(&args.allowed_hosts)?),
+    }
 }
 
 /// Every path answers with what the layer verified.

@@ -32,6 +32,7 @@ mod protocol_examples;
 mod secret_memory;
 mod server_fleet;
 mod server_http;
+mod server_proxy;
 #[cfg(feature = "tpm")]
 mod tpm_faults;
 #[cfg(feature = "tpm")]

@@ -295,7 +295,12 @@ async fn htu_is_the_configured_public_url_not_the_address_the_request_reached() 
         &issuer,
         ServerOptions {
             public_url: Some("https://rs.test.invalid:443/api/".into()),
-            args: vec!["--trusted-proxy".into(), "127.0.0.1".into()],
+            args: vec![
+                "--trusted-proxy".into(),
+                "127.0.0.1".into(),
+                "--proxy-headers".into(),
+                "x-forwarded".into(),
+            ],
             ..ServerOptions::default()
         },
     );
