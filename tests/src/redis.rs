@@ -1,5 +1,6 @@
 //! A real `redis-server` per test on a free loopback port, with its own temporary directory,
-//! no persistence, killed on drop; stoppable and restartable on the same port.
+//! no persistence, killed on drop; stoppable and restartable on the same port; optionally
+//! with more settings, as one that evicts keys or one without `CONFIG`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,16 +26,36 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     port: u16,
     dir: TempDir,
+    args: Vec<String>,
     child: Option<(Child, KillOnDrop)>,
 }
 
 impl RedisServer {
-    /// Starts one on a free port and waits until it answers `PING`.
+    /// Starts one on a free port (with Redis's default `maxmemory-policy noeviction`) and
+    /// waits until it answers `PING`.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// One that evicts any key when full: `--maxmemory-policy allkeys-lru`.
+    pub fn evicting() -> RedisServer {
+        RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"])
+    }
+
+    /// One without the `CONFIG` command, as managed offerings rename or disable it:
+    /// `--rename-command CONFIG ""`.
+    pub fn without_config() -> RedisServer {
+        RedisServer::start_with(&["--rename-command", "CONFIG", ""])
+    }
+
+    /// Starts one with these arguments after the usual ones (they are kept for
+    /// [`restart`](Self::restart)).
+    pub fn start_with(args: &[&str]) -> RedisServer {
         require_tool("redis-server", &["--version"], "redis-server");
         let mut server = RedisServer {
             port: free_port(),
             dir: new_temp_dir(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
         server.spawn();
@@ -93,6 +114,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

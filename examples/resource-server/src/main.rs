@@ -18,8 +18,8 @@ use axum::Json;
 use axum::http::{Method, Uri};
 use clap::{Parser, ValueEnum};
 use dpop_server::{
-    Dpop, DpopLayer, HmacNonces, Preset, ProxyHeaders, PublicUrl, RedisOptions, RedisReplayStore,
-    ReplayFailure, ReplayStore, Verifier,
+    Dpop, DpopLayer, HmacNonces, Preset, ProxyHeaders, PublicUrl, RedisConnectError, RedisOptions,
+    RedisReplayStore, ReplayFailure, ReplayStore, Verifier,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -75,6 +75,10 @@ struct Args {
     /// Accept proofs unrecorded while Redis fails (default: refuse them with 503).
     #[arg(long)]
     replay_fail_open: bool,
+    /// Run on a Redis whose maxmemory-policy is not noeviction, or whose policy cannot be
+    /// read (CONFIG renamed or not permitted): replay records may then be evicted early.
+    #[arg(long)]
+    redis_accept_eviction: bool,
     /// File holding the nonce secret (at least 32 bytes; surrounding white space ignored).
     /// Without it, `DPOP_NONCE_SECRET` is read; without either, no nonces are issued.
     #[arg(long)]
@@ -140,11 +144,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = &args.redis {
         let options = RedisOptions {
             timeout: Duration::from_millis(args.redis_timeout_ms),
+            accept_eviction: args.redis_accept_eviction,
             ..RedisOptions::default()
         };
-        let store = RedisReplayStore::connect(url, options)
-            .await
-            .context("connecting to Redis")?;
+        let store = match RedisReplayStore::connect(url, options).await {
+            Ok(store) => store,
+            Err(
+                e @ (RedisConnectError::Evicting { .. }
+                | RedisConnectError::PolicyUnreadable { .. }),
+            ) => {
+                bail!("connecting to Redis: {e} (here: --redis-accept-eviction)")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("connecting to Redis")),
+        };
         let replay: Arc<dyn ReplayStore> = Arc::new(store);
         builder = builder.replay_store(replay);
     }

@@ -1,6 +1,7 @@
 //! Several instances of the example resource server sharing one real `redis-server`:
-//! replay state and nonces cross instances, and a Redis outage fails closed (or open, when
-//! configured) and heals when Redis returns.
+//! replay state and nonces cross instances, a Redis outage fails closed (or open, when
+//! configured) and heals when Redis returns, and a Redis that may evict replay records is
+//! refused unless the risk is accepted (issue 22 item 5).
 
 use std::time::Duration;
 
@@ -176,4 +177,120 @@ async fn an_unreachable_redis_at_start_is_an_error_not_a_panic() {
     };
     assert!(log.contains("connecting to Redis"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A server on `redis` that refuses to start: its log.
+fn refused_start(issuer: &TokenIssuer, redis: &RedisServer) -> String {
+    match ResourceServer::try_start(issuer, fleet_member(redis, &[])) {
+        Ok(server) => panic!(
+            "the server started on a Redis that may evict replay records:\n{}",
+            server.log()
+        ),
+        Err(log) => log,
+    }
+}
+
+/// With the risk accepted the server runs, warns once, and still refuses a replay.
+async fn accepted_start(issuer: &TokenIssuer, redis: &RedisServer, warning: &str) {
+    let caller = DpopCaller::new();
+    let server = ResourceServer::start(issuer, fleet_member(redis, &["--redis-accept-eviction"]));
+    let token = issuer.token("alice", Some(&caller.jkt));
+    let nonce = nonce_from(&caller, &server, &token).await;
+    let proof = proof(&caller, &token, Some(&nonce)).await;
+    let reply = send(&caller, &server, &token, &proof).await;
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", server.log());
+    let replayed = send(&caller, &server, &token, &proof).await;
+    assert_eq!(replayed.status, 401, "{replayed:?}");
+    let log = server.log();
+    assert_eq!(log.matches(warning).count(), 1, "one warning: {log}");
+    assert!(
+        log.contains("WARN") && log.contains("accept_eviction is set"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicting_redis_is_refused_unless_the_risk_is_accepted() {
+    let redis = RedisServer::evicting();
+    let issuer = TokenIssuer::new();
+    let log = refused_start(&issuer, &redis);
+    assert!(
+        log.contains("maxmemory-policy is allkeys-lru") && log.contains("noeviction"),
+        "names the policy found and the one needed: {log}"
+    );
+    assert!(
+        log.contains("--redis-accept-eviction"),
+        "names the setting: {log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    accepted_start(&issuer, &redis, "maxmemory-policy is allkeys-lru").await;
+
+    // The default policy passes without a warning.
+    let plain = RedisServer::start();
+    let server = ResourceServer::start(&issuer, fleet_member(&plain, &[]));
+    assert!(
+        !server.log().contains("maxmemory-policy"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_without_config_is_refused_with_a_message_that_says_so() {
+    let redis = RedisServer::without_config();
+    let issuer = TokenIssuer::new();
+    let log = refused_start(&issuer, &redis);
+    assert!(
+        log.contains("does not allow CONFIG GET") && log.contains("unknown command"),
+        "says CONFIG is not allowed: {log}"
+    );
+    assert!(
+        log.contains("--redis-accept-eviction"),
+        "names the setting: {log}"
+    );
+
+    accepted_start(&issuer, &redis, "cannot check Redis's maxmemory-policy").await;
+}
+
+/// An ACL that denies CONFIG (`NOPERM`), as a managed Redis's application user has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_user_without_config_permission_is_refused_with_a_message_that_says_so() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-password",
+        "~*",
+        "+@all",
+        "-config",
+    ]);
+    let url = format!("redis://app:app-password@127.0.0.1:{}", redis.port());
+    let error = dpop_server::RedisReplayStore::connect(&url, dpop_server::RedisOptions::default())
+        .await
+        .expect_err("connect refuses a Redis whose policy it cannot read");
+    let text = error.to_string();
+    assert!(
+        matches!(
+            error,
+            dpop_server::RedisConnectError::PolicyUnreadable { .. }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not allow CONFIG GET") && text.contains("NOPERM"),
+        "{text}"
+    );
+    assert!(!text.contains("app-password"), "{text}");
+    dpop_server::RedisReplayStore::connect(
+        &url,
+        dpop_server::RedisOptions {
+            accept_eviction: true,
+            ..dpop_server::RedisOptions::default()
+        },
+    )
+    .await
+    .expect("accepted with the setting");
 }
