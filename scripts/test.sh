@@ -37,6 +37,8 @@ need_apt=()
 for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# nginx: the reverse proxy in front of the example resource server (tests/tests/e2e/server_proxy.rs).
+dpkg -s nginx >/dev/null 2>&1 || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     sudo_cmd=""
