@@ -294,3 +294,21 @@ async fn a_redis_user_without_config_permission_is_refused_with_a_message_that_s
     .await
     .expect("accepted with the setting");
 }
+
+/// With `noeviction` a full Redis refuses new records (`OOM`): proofs are refused, never
+/// accepted unrecorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_redis_that_does_not_evict_fails_closed() {
+    // One byte: every write is over the limit.
+    let redis = RedisServer::start_with(&["--maxmemory", "1"]);
+    let issuer = TokenIssuer::new();
+    let caller = DpopCaller::new();
+    let server = ResourceServer::start(&issuer, fleet_member(&redis, &[]));
+    let token = issuer.token("alice", Some(&caller.jkt));
+    let nonce = nonce_from(&caller, &server, &token).await;
+    let reply = get(&caller, &server, &token, &nonce).await;
+    assert_eq!(reply.status, 503, "{reply:?}\n{}", server.log());
+    assert_eq!(reply.error(), Some("temporarily_unavailable"));
+    let text = reply.body["error_description"].as_str().unwrap();
+    assert!(text.contains("OOM"), "{text}");
+}
