@@ -93,8 +93,8 @@ impl PublicUrl {
     /// Accepts only these hosts from a trusted proxy's headers: `host` (any port) or
     /// `host:port` (that port only; a URL without a port has its scheme's default), compared
     /// case-insensitively. Any other host is refused (`400 invalid_request`). The configured
-    /// base URL's own host is always accepted. Without a list every host a trusted proxy
-    /// names is used.
+    /// base URL's host counts as one more entry, with its port if it has one. Without a list
+    /// every host a trusted proxy names is used.
     pub fn allowed_hosts<S: AsRef<str>>(
         mut self,
         hosts: impl IntoIterator<Item = S>,
@@ -151,18 +151,21 @@ impl PublicUrl {
         let scheme = said
             .proto
             .unwrap_or_else(|| self.scheme.as_str().to_owned());
-        let (host, host_port) = match &said.host {
-            Some(authority) => (authority.host(), authority.port_u16()),
-            None => (self.authority.host(), self.authority.port_u16()),
-        };
-        let port = match (host_port, said.port) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ForwardedError::Unusable {
-                    header: "X-Forwarded-Port",
-                    reason: "it disagrees with the port of the host",
-                });
-            }
-            (a, b) => a.or(b),
+        // The proxy's port completes its host, or replaces the configured one.
+        let (host, port) = match &said.host {
+            Some(authority) => match (authority.port_u16(), said.port) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ForwardedError::Unusable {
+                        header: "X-Forwarded-Port",
+                        reason: "it disagrees with the port in X-Forwarded-Host",
+                    });
+                }
+                (a, b) => (authority.host(), a.or(b)),
+            },
+            None => (
+                self.authority.host(),
+                said.port.or(self.authority.port_u16()),
+            ),
         };
         let authority = match port {
             Some(port) => format!("{host}:{port}"),
@@ -185,23 +188,15 @@ impl PublicUrl {
         if self.allowed_hosts.is_empty() {
             return Ok(());
         }
-        let default_port = if scheme == "https" { 443 } else { 80 };
-        let port = port.unwrap_or(default_port);
+        let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
         let host = host.to_ascii_lowercase();
-        let configured_port =
-            self.authority
-                .port_u16()
-                .unwrap_or(if self.scheme == Scheme::HTTPS {
-                    443
-                } else {
-                    80
-                });
-        let configured =
-            host == self.authority.host().to_ascii_lowercase() && port == configured_port;
-        let listed = self
-            .allowed_hosts
-            .iter()
-            .any(|a| a.host == host && a.port.is_none_or(|p| p == port));
+        // The configured base URL counts as one more entry, as written.
+        let configured = AllowedHost {
+            host: self.authority.host().to_ascii_lowercase(),
+            port: self.authority.port_u16(),
+        };
+        let allowed = |a: &AllowedHost| a.host == host && a.port.is_none_or(|p| p == port);
+        let (configured, listed) = (allowed(&configured), self.allowed_hosts.iter().any(allowed));
         if configured || listed {
             return Ok(());
         }
@@ -696,8 +691,12 @@ mod tests {
                 Some("8443"),
                 "https://other.example.com:8443/a",
             ),
-            // The configured host is always allowed.
-            ("api.example.com", None, "https://api.example.com/a"),
+            // The configured host is one more entry (here without a port).
+            (
+                "api.example.com",
+                Some("8443"),
+                "https://api.example.com:8443/a",
+            ),
         ] {
             let mut pairs = vec![("x-forwarded-host", host)];
             pairs.extend(port.map(|p| ("x-forwarded-port", p)));
@@ -707,7 +706,6 @@ mod tests {
             ("b.example.net", None),
             ("other.example.com", None),
             ("other.example.com", Some("443")),
-            ("api.example.com", Some("8443")),
         ] {
             let mut pairs = vec![("x-forwarded-host", host)];
             pairs.extend(port.map(|p| ("x-forwarded-port", p)));
@@ -718,6 +716,20 @@ mod tests {
             );
             assert!(e.to_string().contains(host), "{e}");
         }
+        // A configured base URL with a port allows that port only.
+        let x = PublicUrl::new("https://api.example.com:8443")
+            .unwrap()
+            .trust_proxies(ProxyHeaders::XForwarded, [PROXY])
+            .allowed_hosts(["rs.example.com"])
+            .unwrap();
+        assert_eq!(
+            rebuilt(&x, &[("x-forwarded-host", "API.example.com:8443")]),
+            "https://API.example.com:8443/a"
+        );
+        assert!(matches!(
+            refused(&x, &[("x-forwarded-host", "api.example.com:9000")]),
+            ForwardedError::HostNotAllowed { .. }
+        ));
         // The default port counts as the port of an entry with one.
         let x = behind(ProxyHeaders::XForwarded)
             .allowed_hosts(["rs.example.com:443"])
