@@ -46,8 +46,8 @@
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
 //! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
 //! opensc`), swtpm for the TPM tests (`apt-get install swtpm swtpm-tools`, and `libtss2-dev`
-//! to build), and `redis-server` for the server kit's tests (`apt-get install redis-server`);
-//! tests fail with a message saying what is missing rather than skip.
+//! to build), and `redis-server` and nginx for the server kit's tests (`apt-get install
+//! redis-server nginx`); tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
