@@ -10,11 +10,13 @@ use dpop_tests::{OAuthOptions, unix_now, wait_timeout};
 use crate::http::{Setup, authorization_code, stderr};
 
 /// A server as strict as the real ones about refresh tokens, and slow enough at refreshing
-/// that parallel clients overlap.
+/// that parallel clients overlap. Its nonces last: eight processes at once against a nonce
+/// replaced every 3 proofs would test the one nonce retry, not the refresh.
 fn strict(delay_ms: u64) -> OAuthOptions {
     OAuthOptions {
         revoke_on_reuse: true,
         refresh_delay: Duration::from_millis(delay_ms),
+        nonce_uses: 1000,
         ..OAuthOptions::default()
     }
 }
