@@ -775,6 +775,38 @@ mod tests {
         assert_eq!(cache.list().unwrap().len(), 1);
     }
 
+    #[tokio::test]
+    async fn a_held_lock_makes_others_wait_a_bounded_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache =
+            TokenCache::new(tmp.path().join("tokens")).lock_wait(Duration::from_millis(200));
+        let held = cache.lock("api").await.unwrap();
+        assert_eq!(held.path(), cache.dir().join("api.lock"));
+        // Another open of the same lock file (as another process would) waits, then fails
+        // naming the lock file.
+        let started = Instant::now();
+        let e = cache.lock("api").await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let text = e.to_string();
+        assert!(
+            text.contains("api.lock") && text.contains("still held"),
+            "{text}"
+        );
+        // Other tokens have locks of their own.
+        drop(cache.lock("other").await.unwrap());
+        drop(held);
+        drop(cache.lock("api").await.unwrap());
+        #[cfg(unix)]
+        assert_eq!(
+            fs::metadata(cache.dir().join("api.lock"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+
     #[test]
     fn names_are_file_names_only() {
         for good in ["api", "a.b_c-1"] {
