@@ -113,7 +113,8 @@ fn main() -> ExitCode {
             exit_on_closed_pipe()
         }
         Err(e) => {
-            eprintln!("dpop: {e:#}");
+            // Errors carry servers' text (OAuth errors, metadata): escaped, whatever the path.
+            eprintln!("dpop: {}", output::printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

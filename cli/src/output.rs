@@ -36,21 +36,8 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), StdoutErro
 
 /// `text` from a server, made safe for a terminal: control characters (C0, DEL and C1:
 /// escape sequences, CR LF that forge a line, a bell) are shown as Rust escapes (`\u{1b}`,
-/// `\n`), everything else as is.
-pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
+/// `\n`), everything else as is. The one that OAuth errors are shown with.
+pub(crate) use dpop_client::http::printable;
 
 /// One key after a change: `{verb} LABEL (BACKEND ALG, jkt JKT)`, or the key as JSON.
 pub(crate) fn print_key(key: &KeyDescription, json: bool, verb: &str) -> Result<(), StdoutError> {

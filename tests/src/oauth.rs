@@ -9,7 +9,9 @@
 //! `/authorize` (approves at once and redirects), `/par` (RFC 9126) and
 //! `/device_authorization`; the test approves a device code with [`OAuthServer::approve`].
 //! The resource server answers `/api/...` with a JSON echo, `/api/hop` redirects within its
-//! origin and `/api/away` to another.
+//! origin and `/api/away` to another. Modes make the authorization server revoke a grant whose
+//! rotated refresh token comes back, answer refreshes slowly, or send control characters in
+//! its errors ([`OAuthOptions`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,7 +62,23 @@ pub struct OAuthOptions {
     /// `verification_uri_complete` carry terminal control characters (escape sequences, a
     /// bell, CR LF); the user code is [`HOSTILE_USER_CODE`].
     pub hostile_device_strings: bool,
+    /// A refresh token used again after it was rotated revokes its whole grant, every access
+    /// and refresh token issued from it (RFC 9700 section 4.14.2), as servers that detect
+    /// refresh token reuse do.
+    pub revoke_on_reuse: bool,
+    /// The token endpoint takes this long to answer a refresh (a slow server: parallel
+    /// clients then overlap), counted in [`Counts::token_requests`] on arrival.
+    pub refresh_delay: std::time::Duration,
+    /// The token endpoint refuses every request, and the resource server's `/api/refused`
+    /// answers 403, with an OAuth error whose `error`, `error_description` and `error_uri`
+    /// carry terminal control characters (see [`HOSTILE_DESCRIPTION`]); every resource
+    /// server answer also has an `X-Hostile` header with a C1 control in it.
+    pub hostile_errors: bool,
 }
+
+/// The `error_description` of [`OAuthOptions::hostile_errors`]: a screen clear, a colour, a
+/// bell and a line break that would forge a line of the client's own output.
+pub const HOSTILE_DESCRIPTION: &str = "denied\u{1b}[2J\u{1b}[32m\u{7}\r\ndpop: all good";
 
 /// The `user_code` of [`OAuthOptions::hostile_device_strings`]: an ANSI colour, a title
 /// change ending in a bell, and a line break that would forge a second line.
@@ -104,6 +122,9 @@ impl Default for OAuthOptions {
             rotate_refresh_tokens: true,
             expires_in: None,
             hostile_device_strings: false,
+            revoke_on_reuse: false,
+            refresh_delay: std::time::Duration::ZERO,
+            hostile_errors: false,
         }
     }
 }
@@ -134,6 +155,10 @@ pub struct Counts {
     pub resources: Vec<String>,
     /// Every `audience` parameter seen at `/token`.
     pub audiences: Vec<String>,
+    /// Refresh requests answered with a new token.
+    pub refreshes: u32,
+    /// Grants revoked because a rotated refresh token came back.
+    pub reuse_revocations: u32,
 }
 
 struct Nonce {
@@ -154,6 +179,8 @@ impl Nonce {
 struct Grant {
     jkt: Option<String>,
     scope: String,
+    /// The grant every token refreshed from the same first one belongs to.
+    family: u64,
 }
 
 struct Code {
@@ -180,6 +207,9 @@ struct Inner {
     rs_nonce: Nonce,
     access: HashMap<String, (Grant, i64)>,
     refresh: HashMap<String, Grant>,
+    /// Rotated refresh tokens, with their grant family.
+    spent: HashMap<String, u64>,
+    next_family: u64,
     codes: HashMap<String, Code>,
     pushed: HashMap<String, HashMap<String, String>>,
     devices: HashMap<String, Device>,
@@ -248,6 +278,8 @@ impl OAuthServer {
                 rs_nonce: Nonce::new(),
                 access: HashMap::new(),
                 refresh: HashMap::new(),
+                spent: HashMap::new(),
+                next_family: 0,
                 codes: HashMap::new(),
                 pushed: HashMap::new(),
                 devices: HashMap::new(),
@@ -368,6 +400,19 @@ fn oauth_error(error: &str, description: &str, nonce: Option<&str>) -> Response 
         StatusCode::BAD_REQUEST,
         json!({ "error": error, "error_description": description }),
         nonce,
+    )
+}
+
+/// The answer of [`OAuthOptions::hostile_errors`]: control characters in every member.
+fn hostile_error(status: StatusCode) -> Response {
+    json_response(
+        status,
+        json!({
+            "error": "invalid_grant\u{1b}[5m",
+            "error_description": HOSTILE_DESCRIPTION,
+            "error_uri": "https://as.example/e\u{1b}]8;;https://evil.example\u{7}rr\n",
+        }),
+        None,
     )
 }
 
@@ -590,6 +635,16 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             .entry(grant_type.clone())
             .or_default() += 1;
     }
+    let (delay, hostile) = {
+        let inner = shared.0.lock().expect("state");
+        (inner.options.refresh_delay, inner.options.hostile_errors)
+    };
+    if hostile {
+        return hostile_error(StatusCode::BAD_REQUEST);
+    }
+    if grant_type == "refresh_token" && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let (jkt, fresh_nonce) = match check_proof(&shared, &headers, "POST", &url, None, None, false) {
         ProofCheck::Ok { jkt, fresh_nonce } => (jkt, fresh_nonce),
         ProofCheck::Refused(response) => return response,
@@ -607,18 +662,35 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         "client_credentials" => (scope_of(&form), false),
         "refresh_token" => {
             let rotate = inner.options.rotate_refresh_tokens;
-            let Some(old) = form.get("refresh_token").and_then(|r| {
-                if rotate {
-                    inner.refresh.remove(r)
-                } else {
-                    inner.refresh.get(r).cloned()
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            let old = if rotate {
+                inner.refresh.remove(&presented)
+            } else {
+                inner.refresh.get(&presented).cloned()
+            };
+            let Some(old) = old else {
+                if let Some(family) = inner.spent.get(&presented).copied()
+                    && inner.options.revoke_on_reuse
+                {
+                    // Reuse of a rotated token: someone else may hold it; end the grant.
+                    inner.refresh.retain(|_, g| g.family != family);
+                    inner.access.retain(|_, (g, _)| g.family != family);
+                    inner.counts.reuse_revocations += 1;
+                    return oauth_error(
+                        "invalid_grant",
+                        "refresh token reused: the grant is revoked",
+                        nonce,
+                    );
                 }
-            }) else {
                 return oauth_error("invalid_grant", "unknown refresh token", nonce);
             };
             if old.jkt.as_deref() != Some(jkt.as_str()) {
                 return oauth_error("invalid_grant", "refresh token bound to another key", nonce);
             }
+            if rotate {
+                inner.spent.insert(presented, old.family);
+            }
+            inner.counts.refreshes += 1;
             (old.scope, rotate)
         }
         "authorization_code" => {
@@ -667,6 +739,22 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
         }
         other => return oauth_error("unsupported_grant_type", other, nonce),
     };
+    let family = match grant_type.as_str() {
+        // A refresh continues the grant of the token it replaces.
+        "refresh_token" => form
+            .get("refresh_token")
+            .and_then(|r| inner.spent.get(r).copied())
+            .or_else(|| {
+                form.get("refresh_token")
+                    .and_then(|r| inner.refresh.get(r))
+                    .map(|g| g.family)
+            })
+            .unwrap_or_default(),
+        _ => {
+            inner.next_family += 1;
+            inner.next_family
+        }
+    };
     let access = dpop_jose::new_jti();
     let expires = unix_now() + inner.options.token_lifetime;
     let token_type = inner.options.token_type.clone();
@@ -676,6 +764,7 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Grant {
                 jkt: Some(jkt.clone()),
                 scope: scope.clone(),
+                family,
             },
             expires,
         ),
@@ -698,6 +787,7 @@ async fn token(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) ->
             Grant {
                 jkt: Some(jkt),
                 scope,
+                family,
             },
         );
         body["refresh_token"] = json!(refresh);
@@ -864,6 +954,15 @@ async fn api(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    if path == "/api/refused" && shared.0.lock().expect("state").options.hostile_errors {
+        let mut response = hostile_error(StatusCode::FORBIDDEN);
+        // Bytes a header may carry (obs-text): U+009B, the one-byte CSI, in UTF-8.
+        response.headers_mut().insert(
+            "x-hostile",
+            header::HeaderValue::from_bytes(b"a\xc2\x9b2Jb").expect("obs-text"),
+        );
+        return response;
+    }
     let url = format!("{}{}", shared.0.lock().expect("state").rs_base, uri);
     shared.0.lock().expect("state").counts.rs_requests += 1;
     let token = headers

@@ -76,9 +76,23 @@ pub(crate) struct PolicyArgs {
     /// Ask before each signature, through $DPOP_ASKPASS / $SSH_ASKPASS as the agent found it.
     #[arg(long)]
     confirm: bool,
-    /// With --confirm: a yes holds this long for the same client process (10m, 1h).
-    #[arg(long, value_name = "LIFE", requires = "confirm")]
-    confirm_remember: Option<String>,
+    /// With --confirm: a yes holds this long for the same client process (10m, 1h; at most a
+    /// year).
+    #[arg(long, value_name = "LIFE", requires = "confirm", value_parser = remember_secs)]
+    confirm_remember: Option<u64>,
+}
+
+/// `--confirm-remember`: a lifetime the agent takes, checked while the command line is read,
+/// so that nothing is sent that the agent would refuse.
+fn remember_secs(text: &str) -> Result<u64, String> {
+    let secs = dpop_protocol::parse_lifetime(text)?;
+    if secs > dpop_protocol::MAX_CONFIRM_REMEMBER_SECS {
+        return Err(format!(
+            "{text} is longer than a year: the agent remembers a yes for at most {} seconds",
+            dpop_protocol::MAX_CONFIRM_REMEMBER_SECS
+        ));
+    }
+    Ok(secs)
 }
 
 impl PolicyArgs {
@@ -105,7 +119,7 @@ impl PolicyArgs {
                 None => None,
             },
             confirm: self.confirm,
-            confirm_remember_secs: self.confirm_remember.as_deref().map(lifetime).transpose()?,
+            confirm_remember_secs: self.confirm_remember,
         }))
     }
 }

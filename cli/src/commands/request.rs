@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::{connect_async, pick_key_async, runtime};
 use crate::input::{read_body, read_token_file};
-use crate::output::StdoutError;
+use crate::output::{StdoutError, printable};
 
 /// `dpop request`'s arguments.
 #[derive(Args)]
@@ -78,11 +78,25 @@ async fn run(socket: Option<&Path>, cmd: RequestArgs) -> Result<ExitCode> {
         ),
     };
     let http = DpopClient::new(agent, key_label)?;
+    // A refresh whose result could not be saved: its token is still good for this request,
+    // and the error is reported after it.
+    let mut unsaved = None;
     let access_token: Option<Zeroizing<String>> = match (&saved, &cmd.access_token_file) {
         (Some(name), _) => {
-            let token = TokenCache::default_location()?
+            let token = match TokenCache::default_location()?
                 .fresh_token(name, &http)
-                .await?;
+                .await
+            {
+                Ok(token) => token,
+                Err(e) => match e.unsaved_token() {
+                    Some(token) => {
+                        let token = token.clone();
+                        unsaved = Some(e);
+                        token
+                    }
+                    None => return Err(e.into()),
+                },
+            };
             Some(Zeroizing::new(token.access_token().to_owned()))
         }
         (None, Some(file)) => Some(read_token_file(file, "access token")?),
@@ -93,7 +107,11 @@ async fn run(socket: Option<&Path>, cmd: RequestArgs) -> Result<ExitCode> {
     if cmd.verbose {
         eprintln!("> {} {}", request.method(), request.url());
         for (name, value) in request.headers() {
-            eprintln!("> {}: {}", name, value.to_str().unwrap_or("<binary>"));
+            eprintln!(
+                "> {}: {}",
+                name,
+                printable(&String::from_utf8_lossy(value.as_bytes()))
+            );
         }
         if access_token.is_some() {
             eprintln!("> authorization: DPoP <redacted>");
@@ -109,8 +127,9 @@ async fn run(socket: Option<&Path>, cmd: RequestArgs) -> Result<ExitCode> {
         eprintln!("* use_dpop_nonce: retried once with the server's DPoP-Nonce");
     }
     if cmd.verbose {
+        // Header values may hold any byte above 0x7f, C1 controls among them.
         for line in head.lines() {
-            eprintln!("< {line}");
+            eprintln!("< {}", printable(line));
         }
     }
     let error = (status.as_u16() >= 400).then(|| describe_failure(&response));
@@ -120,13 +139,18 @@ async fn run(socket: Option<&Path>, cmd: RequestArgs) -> Result<ExitCode> {
         .context("reading the response body")?;
     let error = error.map(|e| e(&body));
     cmd.write_response(&head, &body)?;
-    match error {
-        Some(message) => {
-            eprintln!("dpop: {message}");
-            Ok(ExitCode::from(22))
-        }
-        None => Ok(ExitCode::SUCCESS),
+    if let Some(message) = &error {
+        eprintln!("dpop: {}", printable(message));
     }
+    if let Some(e) = unsaved {
+        // The request went out; the saved token is what is broken now.
+        return Err(e.into());
+    }
+    Ok(if error.is_some() {
+        ExitCode::from(22)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 impl RequestArgs {

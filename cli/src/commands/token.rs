@@ -266,10 +266,14 @@ async fn run(socket: Option<&Path>, cmd: TokenArgs) -> Result<ExitCode> {
     }
     if let Some(name) = &cmd.save {
         let record = CachedToken::new(name, &token, &key, &client, cmd.secret_source(), &params)?;
-        let path = TokenCache::default_location()?.save(&record)?;
+        let cache = TokenCache::default_location()?;
+        // Not in the middle of another process's refresh of the same name.
+        let lock = cache.lock(name).await?;
+        let path = cache.save(&record)?;
+        drop(lock);
         eprintln!(
             "saved token {name} ({}, key {}{}) in {}",
-            token.token_type,
+            printable(&token.token_type),
             key.label,
             token
                 .expires_in

@@ -47,6 +47,9 @@ pub(crate) fn exec(cmd: TokensCommand) -> Result<ExitCode> {
                             "token_url": t.token_url,
                             "client_id": t.client_id,
                             "scope": t.scope,
+                            // A refresh whose result was never saved: the refresh token
+                            // may be spent.
+                            "refresh_unsaved_since": t.refresh_started_at,
                         })
                     })
                     .collect();
@@ -58,6 +61,7 @@ pub(crate) fn exec(cmd: TokensCommand) -> Result<ExitCode> {
                 outln!("{:<20} {:<16} {:<14} TOKEN URL", "NAME", "KEY", "EXPIRES")?;
                 for t in &tokens {
                     let expires = match t.expires_at {
+                        _ if t.refresh_started_at.is_some() => "refresh unsaved".to_owned(),
                         None => "unknown".to_owned(),
                         Some(at) if at <= now => "expired".to_owned(),
                         Some(at) => format!("in {}s", at - now),

@@ -188,10 +188,15 @@ pub struct KeyPolicy {
     /// Ask the user (`DPOP_ASKPASS` / `SSH_ASKPASS`) before each signature.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub confirm: bool,
-    /// With `confirm`: a yes is remembered for this many seconds for the same client process.
+    /// With `confirm`: a yes is remembered for this many seconds for the same client process,
+    /// at most [`MAX_CONFIRM_REMEMBER_SECS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_remember_secs: Option<u64>,
 }
+
+/// The longest `confirm_remember_secs` the agent takes: a year. Longer is refused (the CLI
+/// refuses it before sending), so that no clock arithmetic with it can overflow.
+pub const MAX_CONFIRM_REMEMBER_SECS: u64 = 365 * 24 * 60 * 60;
 
 impl KeyPolicy {
     /// True when the policy allows everything (nothing to show or store).

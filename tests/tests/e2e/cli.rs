@@ -210,3 +210,58 @@ fn policies_from_the_command_line() {
     let out = agent.dpop(&["keys", "policy", "--lifetime", "soon"]);
     assert!(stderr(&out).contains("not a lifetime"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_confirm_remember_beyond_the_agents_bound_is_refused_before_sending() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.dpop_ok(&["keys", "generate", "--key", "api"]);
+    let year = dpop_protocol::MAX_CONFIRM_REMEMBER_SECS.to_string();
+    for (args, too_long) in [
+        (
+            vec!["keys", "policy", "--confirm", "--confirm-remember"],
+            "366d",
+        ),
+        (
+            vec![
+                "keys",
+                "generate",
+                "--key",
+                "other",
+                "--confirm",
+                "--confirm-remember",
+            ],
+            "18446744073709551615",
+        ),
+    ] {
+        let mut args = args.clone();
+        args.push(too_long);
+        let out = agent.dpop(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--confirm-remember") && err.contains("a year") && err.contains(&year),
+            "{err}"
+        );
+        // Refused while reading the command line: with no agent to talk to, the same answer.
+        let out = agent
+            .dpop_command()
+            .env("DPOP_AUTH_SOCK", agent.dir().join("no-such.sock"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("a year"), "{}", stderr(&out));
+    }
+    let list = agent.dpop_ok(&["keys", "list"]);
+    assert!(
+        !list.contains("other") && !list.contains("confirm"),
+        "{list}"
+    );
+    // A year exactly is taken.
+    agent.dpop_ok(&["keys", "policy", "--confirm", "--confirm-remember", "365d"]);
+    let shown = agent.dpop_ok(&["keys", "policy", "--json"]);
+    assert!(
+        shown.contains(&format!("\"confirm_remember_secs\": {year}")),
+        "{shown}"
+    );
+}

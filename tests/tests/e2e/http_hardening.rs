@@ -1,13 +1,13 @@
 //! The client's HTTP side against a hostile or broken peer (issue 22, item 7): forged login
 //! callbacks, endless bodies, a token cache directory others can write, control characters
-//! from a device grant, and lifetimes too large for the clock. The real `dpop` binary and
+//! from a device grant or in a server's OAuth errors, and lifetimes too large for the clock. The real `dpop` binary and
 //! agent against the test servers of `dpop_tests::oauth`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dpop_tests::oauth::{FloodServer, HOSTILE_USER_CODE};
+use dpop_tests::oauth::{FloodServer, HOSTILE_DESCRIPTION, HOSTILE_USER_CODE};
 use dpop_tests::{OAuthOptions, OAuthServer, wait_timeout};
 
 use crate::http::{
@@ -264,5 +264,80 @@ fn a_huge_expires_in_neither_panics_nor_refreshes_on_every_request() {
     assert_eq!(
         c.token_requests["client_credentials"] - c.as_nonce_challenges,
         1
+    );
+}
+
+/// Fails when `text` holds a control character other than the line ends of the command's own
+/// lines, or a line that a server forged.
+fn assert_terminal_safe(text: &str) {
+    if let Some(c) = text.chars().find(|c| c.is_control() && *c != '\n') {
+        panic!("{c:?} reached the terminal: {text:?}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("dpop: all good")),
+        "a forged line: {text}"
+    );
+}
+
+#[test]
+fn oauth_errors_from_a_server_are_shown_escaped_with_their_uri() {
+    let s = setup(OAuthOptions {
+        hostile_errors: true,
+        ..OAuthOptions::default()
+    });
+    let escaped_description = r"denied\u{1b}[2J\u{1b}[32m\u{7}\r\ndpop: all good";
+    assert!(HOSTILE_DESCRIPTION.contains('\u{1b}'));
+
+    // A token endpoint's refusal (dpop token, through the oauth2 crate's error type).
+    let token_url = s.server.token_url();
+    let out = s.dpop(&[
+        "token",
+        "--key",
+        "k",
+        "--token-url",
+        &token_url,
+        "--client-id",
+        "public",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_terminal_safe(&err);
+    assert!(err.contains(r"invalid_grant\u{1b}[5m"), "{err}");
+    assert!(err.contains(escaped_description), "{err}");
+    assert!(
+        err.contains(r"https://as.example/e\u{1b}]8;;https://evil.example\u{7}rr\n"),
+        "the error_uri is shown: {err}"
+    );
+
+    // A resource server's refusal in a JSON body (dpop request), with -v showing headers.
+    let out = s.dpop(&["request", "-v", &s.api("/api/refused")]);
+    assert_eq!(out.status.code(), Some(22), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_terminal_safe(&err);
+    assert!(err.contains("HTTP 403 Forbidden: invalid_grant"), "{err}");
+    assert!(err.contains(escaped_description), "{err}");
+    assert!(err.contains("https://as.example/e"), "{err}");
+    assert!(err.contains(r"x-hostile: a\u{9b}2Jb"), "{err}");
+
+    // Algorithm names from a server's metadata, in the refusal of the key.
+    let metadata = OAuthServer::start(OAuthOptions {
+        algs: vec!["PS256\u{1b}[2J\r\ndpop: all good".into()],
+        ..OAuthOptions::default()
+    });
+    let out = s.dpop(&[
+        "token",
+        "--key",
+        "k",
+        "--issuer",
+        &metadata.issuer,
+        "--client-id",
+        "public",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_terminal_safe(&err);
+    assert!(
+        err.contains(r"PS256\u{1b}[2J\r\ndpop: all good only"),
+        "{err}"
     );
 }

@@ -29,6 +29,7 @@ mod policy;
 mod process;
 mod protocol;
 mod protocol_examples;
+mod saved_tokens;
 mod secret_memory;
 mod server_fleet;
 mod server_http;

@@ -3,12 +3,21 @@
 //! the profile's ACL), each bound to the label and thumbprint of its key.
 //! Files, not the agent: tokens then outlive agent restarts, and the agent keeps holding
 //! nothing but keys and nonces.
+//!
+//! Refreshing is done under an advisory lock on `NAME.lock` beside the token: several
+//! processes refreshing the same token at once would each spend the same refresh token, and a
+//! server that rotates refresh tokens and detects reuse then revokes the grant. The holder
+//! reloads the file first (another process may have refreshed it meanwhile), marks it
+//! (`refresh_started_at`) before spending the refresh token, and saves the result
+//! atomically; a result that cannot be saved is handed back in
+//! [`Error::RefreshNotSaved`], and the mark stays in the file to say what happened.
 
 use std::fs;
 use std::io::Write;
 #[cfg(unix)]
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -19,6 +28,20 @@ use dpop_protocol::KeyDescription;
 
 /// A token is refreshed this many seconds before it expires, so it does not expire in flight.
 const EXPIRY_MARGIN: i64 = 30;
+
+/// How long a process waits for another one's refresh of the same token (a refresh is one
+/// HTTP request, or two with a nonce challenge).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a waiting process tries the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// The pauses between attempts to save a refreshed token whose first save failed.
+const SAVE_RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
 
 /// Where the client secret for refreshing comes from (never the secret itself).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +114,11 @@ pub struct CachedToken {
     /// Whether a bearer token was accepted.
     #[serde(default)]
     pub allow_bearer: bool,
+    /// Set (seconds since the epoch) just before the refresh token is sent to be exchanged,
+    /// cleared when the result is saved: while it is set, the saved refresh token may
+    /// already be spent (a refresh whose result was lost, or that was interrupted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_started_at: Option<i64>,
 }
 
 impl Drop for CachedToken {
@@ -141,6 +169,7 @@ impl CachedToken {
             resources: params.resources.clone(),
             audience: params.audience.clone(),
             allow_bearer: params.allow_bearer,
+            refresh_started_at: None,
         })
     }
 
@@ -221,12 +250,36 @@ impl CachedToken {
 #[derive(Clone, Debug)]
 pub struct TokenCache {
     dir: PathBuf,
+    lock_wait: Duration,
+}
+
+/// The lock of one saved token (see [`TokenCache::lock`]), released when dropped.
+#[derive(Debug)]
+pub struct TokenLock {
+    _file: fs::File,
+    path: PathBuf,
+}
+
+impl TokenLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl TokenCache {
     /// The cache in `dir` (created 0700 on first save).
     pub fn new(dir: impl Into<PathBuf>) -> TokenCache {
-        TokenCache { dir: dir.into() }
+        TokenCache {
+            dir: dir.into(),
+            lock_wait: LOCK_WAIT,
+        }
+    }
+
+    /// How long [`lock`](Self::lock) waits for another process (default 30 seconds).
+    pub fn lock_wait(mut self, wait: Duration) -> TokenCache {
+        self.lock_wait = wait;
+        self
     }
 
     /// `$XDG_STATE_HOME/dpop/tokens`, or `~/.local/state/dpop/tokens`.
@@ -265,6 +318,51 @@ impl TokenCache {
     fn path(&self, name: &str) -> Result<PathBuf, Error> {
         check_name(name)?;
         Ok(self.dir.join(format!("{name}.json")))
+    }
+
+    /// Creates the directory (0700) when missing, then checks that it is private.
+    fn ensure_dir(&self) -> Result<(), Error> {
+        let mut dir = fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        dir.mode(0o700);
+        dir.create(&self.dir).map_err(|source| Error::Cache {
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.check_dir()
+    }
+
+    /// Takes the lock of the token `name` (the file `NAME.lock` beside it, created 0600 and
+    /// left in place), waiting at most the [`lock_wait`](Self::lock_wait) for another process
+    /// to release it. Advisory: it keeps out other users of this lock (every `dpop` and
+    /// [`fresh_token`](Self::fresh_token)), nothing else.
+    pub async fn lock(&self, name: &str) -> Result<TokenLock, Error> {
+        check_name(name)?;
+        let path = self.dir.join(format!("{name}.lock"));
+        self.ensure_dir()?;
+        let io = |source| Error::Cache {
+            path: path.clone(),
+            source,
+        };
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        let file = options.open(&path).map_err(io)?;
+        let deadline = Instant::now() + self.lock_wait;
+        loop {
+            if try_lock(&file).map_err(io)? {
+                return Ok(TokenLock { _file: file, path });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LockTimeout {
+                    path,
+                    waited: self.lock_wait,
+                });
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
     }
 
     /// Refuses a directory that another user owns or that group or others can write: they
@@ -320,12 +418,7 @@ impl TokenCache {
             path: self.dir.clone(),
             source,
         };
-        let mut dir = fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        dir.mode(0o700);
-        dir.create(&self.dir).map_err(io)?;
-        self.check_dir()?;
+        self.ensure_dir()?;
         // tempfile creates it 0600.
         let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(io)?;
         #[cfg(unix)]
@@ -396,18 +489,29 @@ impl TokenCache {
 
     /// The token saved as `name`, ready to send with `http` (whose key must be the token's):
     /// refused when its key is gone or replaced, refreshed and saved again when expired.
+    ///
+    /// The refresh runs under the token's [`lock`](Self::lock): a process that finds it taken
+    /// waits, then reloads the file and uses the token another process saved instead of
+    /// refreshing again. Before the refresh token is sent, the file is marked
+    /// (`refresh_started_at`), which also proves it can be written; after, the result is
+    /// saved, with a few retries. When that fails, [`Error::RefreshNotSaved`] carries the
+    /// refreshed token (still usable, and the only copy of a rotated refresh token), and the
+    /// file keeps the mark.
     pub async fn fresh_token(&self, name: &str, http: &DpopClient) -> Result<CachedToken, Error> {
-        let mut token = self.load(name)?;
-        if http.key() != token.key {
-            return Err(Error::Config(format!(
-                "saved token {name:?} is bound to key {:?}, not {:?}",
-                token.key,
-                http.key()
-            )));
-        }
+        let token = self.load(name)?;
+        check_label(&token, http)?;
         let keys = http
             .with_agent(async |agent| agent.list_keys().await)
             .await?;
+        token.check_key(&keys)?;
+        if !token.is_expired(unix_now()) {
+            return Ok(token);
+        }
+        drop(token);
+        let _lock = self.lock(name).await?;
+        // Reloaded under the lock: another process may have refreshed (or replaced) it.
+        let mut token = self.load(name)?;
+        check_label(&token, http)?;
         token.check_key(&keys)?;
         if !token.is_expired(unix_now()) {
             return Ok(token);
@@ -416,10 +520,32 @@ impl TokenCache {
             return Err(Error::Expired(name.to_owned()));
         };
         let params = token.params();
-        let fresh = token
-            .oauth_client()?
-            .refresh(http, &refresh_token, &params)
-            .await?;
+        let oauth = token.oauth_client()?;
+        let earlier = token.refresh_started_at;
+        // Saved before the refresh token is spent: a failure here costs nothing yet.
+        token.refresh_started_at = Some(unix_now());
+        self.save(&token)?;
+        let fresh = match oauth.refresh(http, &refresh_token, &params).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                if !matches!(e, Error::OAuth(_)) {
+                    // The server may or may not have seen it: the mark stays.
+                    return Err(e);
+                }
+                // The server answered: it issued nothing, and the refresh token is as it was.
+                token.refresh_started_at = earlier;
+                let _ = self.save(&token);
+                return Err(match earlier {
+                    Some(since) => Error::EarlierRefreshUnsaved {
+                        name: name.to_owned(),
+                        since,
+                        cause: Box::new(e),
+                    },
+                    None => e,
+                });
+            }
+        };
+        let rotated = fresh.refresh_token() != Some(refresh_token.as_str());
         token.access_token = fresh.access_token().to_owned();
         token.token_type = fresh.token_type.clone();
         token.expires_at = fresh.expires_in.map(|d| expires_at(unix_now(), d));
@@ -428,8 +554,88 @@ impl TokenCache {
         if fresh.scope.is_some() {
             token.scope = fresh.scope.clone();
         }
-        self.save(&token)?;
-        Ok(token)
+        token.refresh_started_at = None;
+        let mut saved = self.save(&token);
+        for pause in SAVE_RETRIES {
+            if saved.is_ok() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            saved = self.save(&token);
+        }
+        match saved {
+            Ok(_) => Ok(token),
+            Err(e) => Err(Error::RefreshNotSaved {
+                path: self.path(name)?,
+                rotated,
+                cause: Box::new(e),
+                token: Box::new(token),
+            }),
+        }
+    }
+}
+
+/// Refuses `token` for a client of another key.
+fn check_label(token: &CachedToken, http: &DpopClient) -> Result<(), Error> {
+    if http.key() == token.key {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "saved token {:?} is bound to key {:?}, not {:?}",
+            token.name,
+            token.key,
+            http.key()
+        )))
+    }
+}
+
+/// Takes an exclusive lock on `file` if no one holds one: `flock`, so it is per open file
+/// and two opens in one process exclude each other too; released when the file is closed.
+#[cfg(unix)]
+fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns and keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// `LockFileEx` of the whole file, exclusive, not waiting; released when the handle is closed.
+#[cfg(windows)]
+fn try_lock(file: &fs::File) -> std::io::Result<bool> {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::ERROR_LOCK_VIOLATION;
+    use windows_sys::Win32::Storage::FileSystem::{
+        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+    // SAFETY: OVERLAPPED is plain data; all zero means offset 0 and no event.
+    let mut overlapped: OVERLAPPED = unsafe { std::mem::zeroed() };
+    // SAFETY: a handle this File owns and keeps open, and an OVERLAPPED that outlives the
+    // call (a synchronous handle: the call completes before returning).
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle(),
+            LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            u32::MAX,
+            u32::MAX,
+            &mut overlapped,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+        Ok(false)
+    } else {
+        Err(e)
     }
 }
 
@@ -474,6 +680,7 @@ mod tests {
             resources: Vec::new(),
             audience: None,
             allow_bearer: false,
+            refresh_started_at: None,
         }
     }
 
@@ -566,6 +773,38 @@ mod tests {
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
         assert_eq!(cache.list().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_makes_others_wait_a_bounded_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache =
+            TokenCache::new(tmp.path().join("tokens")).lock_wait(Duration::from_millis(200));
+        let held = cache.lock("api").await.unwrap();
+        assert_eq!(held.path(), cache.dir().join("api.lock"));
+        // Another open of the same lock file (as another process would) waits, then fails
+        // naming the lock file.
+        let started = Instant::now();
+        let e = cache.lock("api").await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let text = e.to_string();
+        assert!(
+            text.contains("api.lock") && text.contains("still held"),
+            "{text}"
+        );
+        // Other tokens have locks of their own.
+        drop(cache.lock("other").await.unwrap());
+        drop(held);
+        drop(cache.lock("api").await.unwrap());
+        #[cfg(unix)]
+        assert_eq!(
+            fs::metadata(cache.dir().join("api.lock"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
     }
 
     #[test]

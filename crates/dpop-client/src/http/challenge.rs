@@ -2,11 +2,14 @@
 //! and the `WWW-Authenticate` challenges of a resource server (RFC 6750 section 3, RFC 9449
 //! section 7.1), so that `use_dpop_nonce` is recognised and errors can be shown.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 
-/// An OAuth error: `error` and `error_description`, from a JSON body or a challenge.
+/// An OAuth error: `error`, `error_description` and `error_uri`, from a JSON body or a
+/// challenge. Its `Display` shows all three with control characters escaped (see
+/// [`printable`]): they are the server's text, on its way to a terminal or a log.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct OAuthErrorBody {
     /// The error code (`invalid_token`, `use_dpop_nonce`, ...).
@@ -14,6 +17,9 @@ pub struct OAuthErrorBody {
     /// The server's explanation, if any.
     #[serde(default)]
     pub error_description: Option<String>,
+    /// A page about the error, if the server names one.
+    #[serde(default)]
+    pub error_uri: Option<String>,
 }
 
 impl OAuthErrorBody {
@@ -25,14 +31,33 @@ impl OAuthErrorBody {
 
 impl fmt::Display for OAuthErrorBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Server-controlled text: shown, but without control characters.
-        let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
-        write!(f, "{}", clean(&self.error))?;
+        write!(f, "{}", printable(&self.error))?;
         if let Some(d) = &self.error_description {
-            write!(f, ": {}", clean(d))?;
+            write!(f, ": {}", printable(d))?;
+        }
+        if let Some(uri) = &self.error_uri {
+            write!(f, " (see {})", printable(uri))?;
         }
         Ok(())
     }
+}
+
+/// `text` from a server, made safe for a terminal: control characters (C0, DEL and C1: escape
+/// sequences, CR LF that would forge a line, a bell) are shown as Rust escapes (`\u{1b}`,
+/// `\n`), everything else as is, so the text is still there to read.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// One challenge of a `WWW-Authenticate` header: its scheme and auth-params.
@@ -58,11 +83,12 @@ impl Challenge {
         self.scheme.eq_ignore_ascii_case("DPoP")
     }
 
-    /// The challenge's `error` and `error_description`, when it has an `error`.
+    /// The challenge's `error`, `error_description` and `error_uri`, when it has an `error`.
     pub fn oauth_error(&self) -> Option<OAuthErrorBody> {
         Some(OAuthErrorBody {
             error: self.param("error")?.to_owned(),
             error_description: self.param("error_description").map(str::to_owned),
+            error_uri: self.param("error_uri").map(str::to_owned),
         })
     }
 
@@ -150,6 +176,7 @@ mod tests {
             Some(OAuthErrorBody {
                 error: "use_dpop_nonce".into(),
                 error_description: Some("Resource server requires nonce in DPoP proof".into()),
+                error_uri: None,
             })
         );
         assert_eq!(all[1].scheme, "Bearer");
@@ -175,11 +202,17 @@ mod tests {
     }
 
     #[test]
-    fn error_display_drops_control_characters() {
+    fn error_display_escapes_control_characters() {
         let e = OAuthErrorBody {
-            error: "invalid_token".into(),
+            error: "invalid_token\u{9b}".into(),
             error_description: Some("bad\x1b[31m token\n".into()),
+            error_uri: Some("https://as.example/e\r\n".into()),
         };
-        assert_eq!(e.to_string(), "invalid_token: bad[31m token");
+        assert_eq!(
+            e.to_string(),
+            r"invalid_token\u{9b}: bad\u{1b}[31m token\n (see https://as.example/e\r\n)"
+        );
+        assert_eq!(printable("ABCD-1234"), "ABCD-1234");
+        assert_eq!(printable("é\u{1b}[2J\r\n\u{9b}x"), r"é\u{1b}[2J\r\n\u{9b}x");
     }
 }

@@ -39,7 +39,8 @@ impl ServerMetadata {
                 supported: if algs.is_empty() {
                     "no algorithm".to_owned()
                 } else {
-                    algs.join(", ")
+                    // The server's strings, bound for a terminal or a log.
+                    super::printable(&algs.join(", ")).into_owned()
                 },
             }),
             _ => Ok(()),
@@ -122,6 +123,13 @@ mod tests {
         metadata.check_alg("k", "ES256").unwrap();
         let e = metadata.check_alg("k", "EdDSA").unwrap_err().to_string();
         assert!(e.contains("ES256, PS256") && e.contains("EdDSA"), "{e}");
+        let hostile: ServerMetadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://as.example.com",
+            "dpop_signing_alg_values_supported": ["PS256\u{1b}[2J\n"],
+        }))
+        .unwrap();
+        let e = hostile.check_alg("k", "ES256").unwrap_err().to_string();
+        assert!(e.contains(r"PS256\u{1b}[2J\n only"), "{e}");
         let silent: ServerMetadata =
             serde_json::from_value(serde_json::json!({"issuer": "x"})).unwrap();
         silent.check_alg("k", "EdDSA").unwrap();

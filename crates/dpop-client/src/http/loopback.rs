@@ -137,6 +137,7 @@ async fn answer(
         (_, Some(error)) => Err(Error::OAuth(OAuthErrorBody {
             error,
             error_description: get("error_description"),
+            error_uri: get("error_uri"),
         })),
         (Some(code), None) => Ok(Redirected {
             code: Zeroizing::new(code),

@@ -43,8 +43,8 @@ mod loopback;
 mod source;
 mod token;
 
-pub use cache::{CachedToken, ClientSecretSource, TokenCache};
-pub use challenge::{Challenge, OAuthErrorBody};
+pub use cache::{CachedToken, ClientSecretSource, TokenCache, TokenLock};
+pub use challenge::{Challenge, OAuthErrorBody, printable};
 pub use client::DpopClient;
 pub use discovery::{ServerMetadata, discover};
 pub use loopback::{LoopbackRedirect, Redirected};
@@ -218,6 +218,69 @@ pub enum Error {
     /// The cached token expired and cannot be refreshed.
     #[error("saved token {0:?} expired and has no refresh token: get a new one with dpop token")]
     Expired(String),
+    /// Another process held a saved token's lock (it refreshes the token) for longer than
+    /// this process waits.
+    #[error(
+        "the saved token's lock {path} is still held after {}s: another process has been \
+         refreshing that token since (or hangs; end it, or try again)",
+        waited.as_secs()
+    )]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: std::time::Duration,
+    },
+    /// A saved token was refreshed, and the result could not be saved. The refreshed token
+    /// is here (its access token works; when `rotated`, its refresh token is the only valid
+    /// one, the file's being spent): keep it elsewhere, or use it and get a new one later.
+    /// The file is marked (`refresh_started_at`), so later runs say what happened.
+    #[error(
+        "saved token {:?} was refreshed, but the result was not saved to {}: {cause}; {}",
+        token.name,
+        path.display(),
+        if *rotated {
+            "the refresh token in that file is spent (the server rotated it) and the new one \
+             is lost when this process ends: get a new token with dpop token --save"
+        } else {
+            "the file still holds a valid refresh token, marked as being refreshed"
+        }
+    )]
+    RefreshNotSaved {
+        /// The token's file.
+        path: PathBuf,
+        /// Whether the server sent a new refresh token (the file's one is then spent).
+        rotated: bool,
+        /// Why saving failed (shown in the message, so not also a `source`).
+        cause: Box<Error>,
+        /// The refreshed token.
+        token: Box<CachedToken>,
+    },
+    /// The server refused a refresh, and an earlier refresh of the same saved token never
+    /// saved its result: its refresh token was most likely spent then.
+    #[error(
+        "saved token {name:?}: an earlier refresh (started at Unix time {since}) did not save \
+         its result, so the saved refresh token was probably spent then, and the server now \
+         refuses it ({cause}): get a new token with dpop token --save {name}"
+    )]
+    EarlierRefreshUnsaved {
+        /// The token's name.
+        name: String,
+        /// When the earlier refresh started, seconds since the epoch.
+        since: i64,
+        /// The server's refusal (shown in the message).
+        cause: Box<Error>,
+    },
+}
+
+impl Error {
+    /// The refreshed token of an [`Error::RefreshNotSaved`].
+    pub fn unsaved_token(&self) -> Option<&CachedToken> {
+        match self {
+            Error::RefreshNotSaved { token, .. } => Some(token),
+            _ => None,
+        }
+    }
 }
 
 /// The longest lifetime taken from a server (ten years): an `expires_in` beyond it is read

@@ -544,6 +544,7 @@ where
         RequestTokenError::ServerResponse(e) => Error::OAuth(OAuthErrorBody {
             error: e.error().to_string(),
             error_description: e.error_description().cloned(),
+            error_uri: e.error_uri().cloned(),
         }),
         RequestTokenError::Request(e) => e,
         RequestTokenError::Parse(e, _) => Error::BadResponse(format!("token response: {e}")),
