@@ -14,7 +14,7 @@
 
 use dpop_tests::pkcs11::*;
 use dpop_tests::pkcs11_shim::{CKR_DEVICE_ERROR, ShimFaults, inspect_through_shim};
-use dpop_tests::{AgentOptions, TestAgent};
+use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, openssl_rsa_pem};
 
 /// The token's `utcTime` is spaces and `hh:mm:ss`: cryptoki (as the tests' own helper shows)
 /// cannot read the token info, yet the agent finds the token, generates a key and signs.
@@ -74,7 +74,8 @@ fn a_slot_that_cannot_be_read_is_named() {
 }
 
 /// With only the raw mechanisms, every algorithm generates and signs (jwcrypto and `dpop
-/// verify` accept the proofs), each key allowed exactly the raw mechanism it signs with; the
+/// verify` accept the proofs), and an RSA PEM imports and signs as PS256, each key allowed
+/// exactly the raw mechanism it signs with; the
 /// keys still sign when the agent is restarted on a module that offers the combined ones.
 #[test]
 fn raw_mechanisms_sign_every_algorithm() {
@@ -103,6 +104,19 @@ fn raw_mechanisms_sign_every_algorithm() {
         );
         keys.push(key);
     }
+    // An imported PEM is allowed the raw mechanism too.
+    let pems = new_temp_dir();
+    let pem = pems.path().join("rsa.pem");
+    openssl_rsa_pem(&pem);
+    let key = import(&agent, &token, &pem, "raw-imported", Some("PS256"), "PS256");
+    assert_signs(&agent, &key);
+    let (private, _) = objects_of(&token, &key);
+    assert_eq!(
+        private[0]["allowed_mechanisms"],
+        serde_json::json!(["CKM_RSA_PKCS_PSS"]),
+        "imported PS256: {private:?}"
+    );
+    keys.push(key);
     // The same token straight through SoftHSM2, which offers the combined mechanisms: each key
     // signs with the raw mechanism its CKA_ALLOWED_MECHANISMS names, not the token's preferred
     // combined one (which the key would refuse).
