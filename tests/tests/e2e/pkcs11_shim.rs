@@ -75,8 +75,8 @@ fn a_slot_that_cannot_be_read_is_named() {
 
 /// With only the raw mechanisms, every algorithm generates and signs (jwcrypto and `dpop
 /// verify` accept the proofs), and an RSA PEM imports and signs as PS256, each key allowed
-/// exactly the raw mechanism it signs with; the
-/// keys still sign when the agent is restarted on a module that offers the combined ones.
+/// exactly the raw mechanism it signs with; the keys still sign when the agent is restarted
+/// on a module that offers the combined ones.
 #[test]
 fn raw_mechanisms_sign_every_algorithm() {
     let token = token("raw");
