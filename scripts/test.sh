@@ -33,8 +33,9 @@ stage "installs (Debian packages, jwcrypto, node, the Windows target) where miss
 
 need_apt=()
 # mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
-# under Wine (tests/tests/e2e/windows.rs).
-for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64; do
+# under Wine (tests/tests/e2e/windows.rs). gcc and libp11-kit-dev (pkcs11.h): the PKCS#11 shim
+# the sloppy-token tests build (tests/pkcs11-shim/shim.c).
+for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64 gcc libp11-kit-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # nginx: the reverse proxy in front of the example resource server (tests/tests/e2e/server_proxy.rs).

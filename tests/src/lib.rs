@@ -35,8 +35,9 @@
 //! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients),
 //! [`oauth`] and [`oidc_provider`] (authorization servers), [`swtpm`] (software TPMs),
 //! [`mod@wine`] (the Windows builds). Used through their modules: the helpers of the PKCS#11 and
-//! TPM tests, [`mod@pkcs11`] (token keys made, signing, looked at on the token) and, with the
-//! feature `tpm`, `tpm` (TPM keys, and the TPM read directly).
+//! TPM tests, [`mod@pkcs11`] (token keys made, signing, looked at on the token),
+//! [`pkcs11_shim`] (a sloppy token: SoftHSM2 behind a small C shim) and, with the feature
+//! `tpm`, `tpm` (TPM keys, and the TPM read directly).
 //!
 //! The end-to-end tests are one binary, `tests/e2e/main.rs`, linked once, with one module per
 //! area (`cargo test -p dpop-tests --test e2e pkcs11_keys::` runs one); what they share lives
@@ -68,6 +69,7 @@ pub mod nginx;
 pub mod oauth;
 pub mod oidc_provider;
 pub mod pkcs11;
+pub mod pkcs11_shim;
 pub mod process;
 pub mod redis;
 pub mod server;

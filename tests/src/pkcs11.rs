@@ -264,7 +264,7 @@ pub fn inspect(token: &SoftHsmToken, args: &[&str]) -> Value {
 /// The `dpop-test-pkcs11` helper binary. Cargo builds a package's binaries for its integration
 /// tests and puts them next to the test executables' `deps/` directory (the path it gives as
 /// `CARGO_BIN_EXE_dpop-test-pkcs11`, which a library does not get).
-fn helper() -> PathBuf {
+pub(crate) fn helper() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running test executable");
     let mut dir = exe.parent().expect("executable has a directory").to_owned();
     if dir.ends_with("deps") {

@@ -10,7 +10,8 @@
 //! ```text
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL token-info          # serial and PIN flags, no login
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL objects             # every key object: class, id, label
-//! dpop-test-pkcs11 MODULE TOKEN_LABEL private-key ID_HEX  # what the token says about a key
+//! dpop-test-pkcs11 MODULE TOKEN_LABEL private-key ID_HEX  # what the token says about a key,
+//!                                                         # its allowed mechanisms too
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL sign ID_HEX         # a plain ECDSA C_Sign with the key
 //! dpop-test-pkcs11 MODULE TOKEN_LABEL create-exposed-ec-key ID_HEX
 //! ```
@@ -171,17 +172,33 @@ fn run(args: &[String]) -> Result<Value> {
     }
 }
 
+/// The slot of the token `label`. A slot whose token info cannot be read is named in the
+/// error with the reason, rather than passed over: a token that answers `C_GetTokenInfo`
+/// badly must not look like a missing one.
 fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| format!("C_GetSlotList: {e}"))?;
-    slots
-        .into_iter()
-        .find(|slot| {
-            ctx.get_token_info(*slot)
-                .is_ok_and(|info| info.label().trim_end() == label)
-        })
-        .ok_or_else(|| format!("no token labelled {label:?}"))
+    let mut unreadable = Vec::new();
+    for slot in slots {
+        match ctx.get_token_info(slot) {
+            Ok(info) if info.label().trim_end() == label => return Ok(slot),
+            Ok(_) => {}
+            // Named as cryptoki spells the return value (`DeviceError`), or its parse error.
+            Err(cryptoki::error::Error::Pkcs11(rv, _)) => {
+                unreadable.push(format!("slot {}: C_GetTokenInfo: {rv:?}", slot.id()))
+            }
+            Err(e) => unreadable.push(format!("slot {}: C_GetTokenInfo: {e}", slot.id())),
+        }
+    }
+    let mut message = format!("no token labelled {label:?}");
+    if !unreadable.is_empty() {
+        message.push_str(&format!(
+            " among the slots that could be read; {}",
+            unreadable.join("; ")
+        ));
+    }
+    Err(message)
 }
 
 fn login(ctx: &Pkcs11, slot: Slot) -> Result<Session> {
@@ -223,8 +240,8 @@ fn id_and_label(session: &Session, object: ObjectHandle) -> Result<(Vec<u8>, Str
 }
 
 /// Key type, the token's answer for each secret part (`sensitive`, `unavailable`,
-/// `available:<bytes>`, `type_invalid`), which secret parts a plain read returned anyway, and
-/// the protection flags.
+/// `available:<bytes>`, `type_invalid`), which secret parts a plain read returned anyway, the
+/// protection flags, and `CKA_ALLOWED_MECHANISMS`.
 fn describe_private_key(session: &Session, object: ObjectHandle) -> Result<Value> {
     let attrs = |types: &[AttributeType]| {
         session
@@ -282,12 +299,21 @@ fn describe_private_key(session: &Session, object: ObjectHandle) -> Result<Value
         };
         flags.insert(name, value);
     }
+    // CKA_ALLOWED_MECHANISMS as the specification names them (`CKM_ECDSA`); empty when unset.
+    let allowed: Vec<String> = attrs(&[AttributeType::AllowedMechanisms])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::AllowedMechanisms(m) => Some(m.iter().map(|m| m.to_string()).collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
     Ok(json!({
         "key_type": key_type,
         "label": label,
         "secrets": secrets,
         "read": read,
         "flags": flags,
+        "allowed_mechanisms": allowed,
     }))
 }
 

@@ -40,7 +40,8 @@
 //! - `manage`: generating, importing, adopting, loading and deleting keys (generate and
 //!   import share one create-on-token path; every new key, adopted too, is filed by one);
 //! - `templates`: the objects we create; `objects`: reading the token's objects back;
-//! - `record`: the per-key record; `signer`: mechanisms and [`Pkcs11Signer`];
+//! - `record`: the per-key record; `signer`: [`Pkcs11Signer`]; `mechanisms`: which mechanism
+//!   signs, combined (the token hashes) or raw (the agent hashes);
 //! - `uri`: RFC 7512 URIs; `raw` and `locking`: the two calls cryptoki cannot make for us.
 
 // Which token and where its PIN comes from is plain data that the agent parses even when the
@@ -52,6 +53,8 @@ mod error;
 mod locking;
 #[cfg(feature = "pkcs11")]
 mod manage;
+#[cfg(feature = "pkcs11")]
+mod mechanisms;
 #[cfg(feature = "pkcs11")]
 mod module;
 #[cfg(feature = "pkcs11")]

@@ -16,7 +16,9 @@ use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::Slot;
 
 use super::TokenSelector;
-use super::error::{ck_error, failed};
+use cryptoki_sys::{CK_TOKEN_INFO, CKF_TOKEN_INITIALIZED};
+
+use super::error::{ck_error, failed, rv, rv_name, token_gone};
 use super::raw::RawModule;
 use crate::Error;
 
@@ -128,61 +130,121 @@ pub(crate) struct FoundToken {
     pub mechanisms: Vec<MechanismType>,
 }
 
+/// What a slot's `CK_TOKEN_INFO` says that selection and key records need. Read from the raw
+/// structure (see [`RawModule::token_info`]): the other fields, `utcTime` among them, are
+/// left alone, since tokens in the field fill them sloppily (an older soft token writes
+/// spaces and `hh:mm:ss` where PKCS#11 wants `YYYYMMDDhhmmss00`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlotToken {
+    pub label: String,
+    pub serial: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub initialized: bool,
+}
+
+impl SlotToken {
+    /// The blank-padded text fields, trimmed (lossily decoded: a label is for matching and
+    /// messages, and a stray byte must not hide the token), and `CKF_TOKEN_INITIALIZED`.
+    pub(crate) fn from_raw(info: &CK_TOKEN_INFO) -> SlotToken {
+        let text = |field: &[u8]| String::from_utf8_lossy(field).trim_end().to_owned();
+        SlotToken {
+            label: text(&info.label),
+            serial: text(&info.serialNumber).trim_start().to_owned(),
+            manufacturer: text(&info.manufacturerID),
+            model: text(&info.model),
+            initialized: info.flags & CKF_TOKEN_INITIALIZED != 0,
+        }
+    }
+
+    /// Reads the token in `slot`.
+    pub(crate) fn read(raw: &RawModule, slot: Slot) -> Result<SlotToken, CkError> {
+        raw.token_info(slot).map(|info| SlotToken::from_raw(&info))
+    }
+}
+
 /// What [`discover`] saw when the token was not there: the initialised tokens the module
-/// shows instead, as `"label" (serial S)`, so that a mistyped label can be put right.
-pub(crate) struct OtherTokens(pub Vec<String>);
+/// shows instead, as `"label" (serial S)`, so that a mistyped label can be put right, and the
+/// slots it could not read, with the module's answer, so that a broken token is not mistaken
+/// for a missing one.
+#[derive(Default)]
+pub(crate) struct OtherTokens {
+    pub shown: Vec<String>,
+    pub unreadable: Vec<String>,
+}
 
 impl std::fmt::Display for OtherTokens {
+    /// The end of "token labelled X in MODULE ...": a slot that could not be read comes first,
+    /// with the module's answer, since the token may well be in it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("the module shows no initialised token")
+        let shown = if self.shown.is_empty() {
+            "no initialised token".to_owned()
         } else {
-            write!(f, "the module shows {}", self.0.join(", "))
+            self.shown.join(", ")
+        };
+        if self.unreadable.is_empty() {
+            write!(f, "was not found (the module shows {shown})")
+        } else {
+            write!(
+                f,
+                "could not be looked up: {}; the other slots show {shown}",
+                self.unreadable.join("; ")
+            )
         }
     }
 }
 
 /// Looks for the initialised token `selector` names among the slots that hold one: the
-/// tokens there instead when there is none, an error when several match.
+/// tokens there instead (and the slots that could not be read) when there is none, an error
+/// when several match.
 pub(crate) fn discover(
     ctx: &Pkcs11,
+    raw: &RawModule,
     selector: &TokenSelector,
 ) -> Result<Result<FoundToken, OtherTokens>, Error> {
     let slots = ctx.get_slots_with_token().map_err(ck_error)?;
     let mut found = Vec::new();
-    let mut others = Vec::new();
+    let mut others = OtherTokens::default();
     for slot in slots {
-        // A token can vanish between the two calls; such a slot simply does not match.
-        let Ok(info) = ctx.get_token_info(slot) else {
-            continue;
+        let token = match SlotToken::read(raw, slot) {
+            Ok(token) => token,
+            // A token can vanish between the two calls; such a slot simply does not match.
+            Err(e) if rv(&e).is_some_and(token_gone) => continue,
+            Err(e) => {
+                let reason = rv(&e).map(rv_name).unwrap_or_else(|| e.to_string());
+                tracing::debug!(slot = slot.id(), %reason, "C_GetTokenInfo failed; skipping the slot");
+                others.unreadable.push(format!(
+                    "slot {} could not be read (C_GetTokenInfo: {reason})",
+                    slot.id()
+                ));
+                continue;
+            }
         };
-        if info.token_initialized() {
-            others.push(format!(
-                "{:?} (serial {})",
-                info.label().trim_end(),
-                info.serial_number().trim()
-            ));
+        if token.initialized {
+            others
+                .shown
+                .push(format!("{:?} (serial {})", token.label, token.serial));
         }
         let matches = match selector {
-            TokenSelector::Label(l) => info.label().trim_end() == l.trim_end(),
-            TokenSelector::Serial(s) => info.serial_number().trim() == s.trim(),
+            TokenSelector::Label(l) => token.label == l.trim_end(),
+            TokenSelector::Serial(s) => token.serial == s.trim(),
         };
-        if matches && info.token_initialized() {
-            found.push((slot, info));
+        if matches && token.initialized {
+            found.push((slot, token));
         }
     }
     match found.len() {
-        0 => Ok(Err(OtherTokens(others))),
+        0 => Ok(Err(others)),
         1 => {
-            let (slot, info) = found.remove(0);
+            let (slot, token) = found.remove(0);
             let mechanisms = ctx.get_mechanism_list(slot).map_err(ck_error)?;
             Ok(Ok(FoundToken {
                 slot,
                 identity: TokenIdentity {
-                    label: info.label().trim_end().to_owned(),
-                    serial: info.serial_number().trim().to_owned(),
-                    manufacturer: info.manufacturer_id().trim_end().to_owned(),
-                    model: info.model().trim_end().to_owned(),
+                    label: token.label,
+                    serial: token.serial,
+                    manufacturer: token.manufacturer,
+                    model: token.model,
                     slot: slot.id(),
                 },
                 mechanisms,
@@ -192,5 +254,62 @@ pub(crate) fn discover(
             "C_GetTokenInfo",
             format!("{n} tokens match {selector}; select one by serial number instead"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cryptoki_sys::CKF_CLOCK_ON_TOKEN;
+
+    use super::*;
+
+    fn padded<const N: usize>(text: &str) -> [u8; N] {
+        let mut field = [b' '; N];
+        field[..text.len()].copy_from_slice(text.as_bytes());
+        field
+    }
+
+    /// A token with a clock whose `utcTime` is not `YYYYMMDDhhmmss00`: cryptoki refuses the
+    /// whole structure, the raw reading still finds label, serial and flags.
+    #[test]
+    fn a_malformed_utc_time_does_not_hide_the_token() {
+        let info = CK_TOKEN_INFO {
+            label: padded("dpop"),
+            manufacturerID: padded("Sloppy"),
+            model: padded("Soft"),
+            serialNumber: padded("0123abcd"),
+            flags: CKF_TOKEN_INITIALIZED | CKF_CLOCK_ON_TOKEN,
+            utcTime: *b"    12:34:56    ",
+            ..CK_TOKEN_INFO::default()
+        };
+        assert!(cryptoki::slot::TokenInfo::try_from(info).is_err());
+        assert_eq!(
+            SlotToken::from_raw(&info),
+            SlotToken {
+                label: "dpop".into(),
+                serial: "0123abcd".into(),
+                manufacturer: "Sloppy".into(),
+                model: "Soft".into(),
+                initialized: true,
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_slots_are_named() {
+        let none = OtherTokens::default().to_string();
+        assert_eq!(
+            none,
+            "was not found (the module shows no initialised token)"
+        );
+        let broken = OtherTokens {
+            shown: vec!["\"other\" (serial 1)".into()],
+            unreadable: vec!["slot 7 could not be read (C_GetTokenInfo: CKR_DEVICE_ERROR)".into()],
+        };
+        assert_eq!(
+            broken.to_string(),
+            "could not be looked up: slot 7 could not be read (C_GetTokenInfo: \
+             CKR_DEVICE_ERROR); the other slots show \"other\" (serial 1)"
+        );
     }
 }

@@ -21,7 +21,7 @@ use secrecy::SecretString;
 
 use super::TokenSelector;
 use super::error::{Fail, ck_error, gone, pin_locked, pin_refused, rv, rv_name, token_gone};
-use super::module::{ModuleUse, TokenIdentity, discover};
+use super::module::{ModuleUse, SlotToken, TokenIdentity, discover};
 use crate::{BackendKind, Error};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,8 +164,8 @@ impl Token {
     }
 
     fn find_once(&self) -> Result<Present, Error> {
-        let found = discover(&self.ctx, &self.selector)?
-            .map_err(|others| self.not_present(&format!("was not found ({others})")))?;
+        let found = discover(&self.ctx, &self.module.raw, &self.selector)?
+            .map_err(|others| self.not_present(&others.to_string()))?;
         *lock(&self.last_mechanisms) = found.mechanisms.clone();
         Ok(Present {
             slot: found.slot,
@@ -292,13 +292,9 @@ impl Token {
                 _ => return Err(gone(Function::GetTokenInfo)),
             }
         };
-        match self.ctx.get_token_info(slot) {
-            Ok(info)
-                if info.label().trim_end() == identity.label
-                    && info.serial_number().trim() == identity.serial =>
-            {
-                Ok(())
-            }
+        // Read raw, as discover() does: a token whose other fields do not parse is still there.
+        match SlotToken::read(&self.module.raw, slot) {
+            Ok(token) if token.label == identity.label && token.serial == identity.serial => Ok(()),
             _ => Err(gone(Function::GetTokenInfo)),
         }
     }

@@ -1,17 +1,20 @@
-//! The module's own entry points, for the two calls cryptoki cannot make for us:
-//! `C_Initialize` with application mutexes (its `CInitializeArgs` cannot carry them), and a
+//! The module's own entry points, for the three calls cryptoki cannot make for us:
+//! `C_Initialize` with application mutexes (its `CInitializeArgs` cannot carry them), a
 //! single-part `C_Sign` on an operation already started with `C_SignInit` (its `Session::sign`
 //! always starts one itself, which leaves no room for the `CKU_CONTEXT_SPECIFIC` login that keys
-//! with `CKA_ALWAYS_AUTHENTICATE` need between the two).
+//! with `CKA_ALWAYS_AUTHENTICATE` need between the two), and `C_GetTokenInfo` as the module
+//! fills it in (cryptoki's `get_token_info` refuses the whole answer when one field, such as a
+//! malformed `utcTime`, does not parse; token selection needs only label, serial and flags).
 
 use std::path::Path;
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, Rv};
 use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 use cryptoki_sys::{
-    CK_C_INITIALIZE_ARGS, CK_C_Initialize, CK_C_Sign, CK_FUNCTION_LIST, CK_RV, CK_ULONG,
-    CKR_BUFFER_TOO_SMALL, CKR_CANT_LOCK,
+    CK_C_GetTokenInfo, CK_C_INITIALIZE_ARGS, CK_C_Initialize, CK_C_Sign, CK_FUNCTION_LIST, CK_RV,
+    CK_TOKEN_INFO, CK_ULONG, CKR_BUFFER_TOO_SMALL, CKR_CANT_LOCK,
 };
 
 use super::locking::initialize_args;
@@ -22,6 +25,7 @@ pub(crate) struct RawModule {
     _library: cryptoki_sys::Pkcs11,
     initialize: CK_C_Initialize,
     sign: CK_C_Sign,
+    get_token_info: CK_C_GetTokenInfo,
 }
 
 impl RawModule {
@@ -43,6 +47,7 @@ impl RawModule {
             _library: library,
             initialize: list.C_Initialize,
             sign: list.C_Sign,
+            get_token_info: list.C_GetTokenInfo,
         })
     }
 
@@ -60,6 +65,16 @@ impl RawModule {
             rv = call(initialize_args(false));
         }
         Rv::from(rv).into_result(Function::Initialize)
+    }
+
+    /// `C_GetTokenInfo` for `slot`, the structure as the module wrote it, unparsed.
+    pub(crate) fn token_info(&self, slot: Slot) -> Result<CK_TOKEN_INFO, CkError> {
+        let get_token_info = self.get_token_info.ok_or(CkError::NullFunctionPointer)?;
+        let mut info = CK_TOKEN_INFO::default();
+        // SAFETY: `info` is a valid, writable CK_TOKEN_INFO for the duration of the call.
+        let rv = unsafe { get_token_info(slot.into(), &mut info) };
+        Rv::from(rv).into_result(Function::GetTokenInfo)?;
+        Ok(info)
     }
 
     /// Single-part `C_Sign` of `data` on `session`, whose signing operation the caller has

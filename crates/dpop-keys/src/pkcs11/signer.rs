@@ -1,24 +1,22 @@
-//! Signing on the token: which mechanism an algorithm uses there, and the [`Pkcs11Signer`]
-//! that finds its key (cached per token generation) and signs with one `C_SignInit` and one
-//! `C_Sign`.
+//! Signing on the token: the [`Pkcs11Signer`] that finds its key (cached per token
+//! generation), settles once which mechanism it signs with (see `mechanisms`), and signs with
+//! one `C_SignInit` and one `C_Sign`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::digest;
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
-use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::ObjectClass;
+use cryptoki::mechanism::MechanismType;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use pkcs8::der::asn1::UintRef;
 use pkcs8::der::{Decode, Reader, SliceReader};
 
 use super::error::{Fail, failed, rv};
+pub(crate) use super::mechanisms::{SignWith, required_mechanisms};
 use super::objects::{FoundKey, Locator, find};
 use super::pool::Token;
-use crate::{Algorithm, Error, KeyMeta, KeySigner};
+use crate::{Error, KeyMeta, KeySigner};
 
 /// ECDSA signature from the token -> JWS `r||s`, each `n` bytes. PKCS#11 specifies `r||s`;
 /// a few tokens return DER anyway.
@@ -55,106 +53,23 @@ pub(crate) fn ecdsa_to_jws(sig: &[u8], n: usize) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// The mechanisms a token needs to generate and sign with `alg`.
-pub(crate) fn required_mechanisms(alg: Algorithm) -> (MechanismType, &'static [MechanismType]) {
-    match alg {
-        Algorithm::ES256 | Algorithm::ES384 => (
-            MechanismType::ECC_KEY_PAIR_GEN,
-            &[MechanismType::ECDSA, MechanismType::ECDSA_SHA256],
-        ),
-        Algorithm::RS256 => (
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            &[MechanismType::SHA256_RSA_PKCS],
-        ),
-        Algorithm::PS256 => (
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            &[MechanismType::SHA256_RSA_PKCS_PSS],
-        ),
-        Algorithm::EdDSA => (
-            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-            &[MechanismType::EDDSA],
-        ),
-    }
-}
-
-/// How a signer asks the token to sign.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum SignWith {
-    /// CKM_ECDSA over a digest we compute; `n` is the coordinate length.
-    EcdsaDigest(&'static digest::Algorithm, usize),
-    /// CKM_ECDSA_SHA256 (or _SHA384) when the token lacks raw CKM_ECDSA.
-    EcdsaHashing(Algorithm, usize),
-    /// CKM_SHA256_RSA_PKCS.
-    RsaPkcs,
-    /// CKM_SHA256_RSA_PKCS_PSS, SHA-256, MGF1-SHA-256, 32-byte salt.
-    RsaPss,
-    /// CKM_EDDSA (pure Ed25519).
-    Eddsa,
-}
-
-impl SignWith {
-    /// Picks the mechanism for `alg` from what the token lists; `None` when it has none.
-    pub(crate) fn choose(alg: Algorithm, mechanisms: &[MechanismType]) -> Option<SignWith> {
-        let has = |m| mechanisms.contains(&m);
-        match alg {
-            Algorithm::ES256 if has(MechanismType::ECDSA) => {
-                Some(SignWith::EcdsaDigest(&digest::SHA256, 32))
-            }
-            Algorithm::ES256 if has(MechanismType::ECDSA_SHA256) => {
-                Some(SignWith::EcdsaHashing(alg, 32))
-            }
-            Algorithm::ES384 if has(MechanismType::ECDSA) => {
-                Some(SignWith::EcdsaDigest(&digest::SHA384, 48))
-            }
-            Algorithm::ES384 if has(MechanismType::ECDSA_SHA384) => {
-                Some(SignWith::EcdsaHashing(alg, 48))
-            }
-            Algorithm::RS256 if has(MechanismType::SHA256_RSA_PKCS) => Some(SignWith::RsaPkcs),
-            Algorithm::PS256 if has(MechanismType::SHA256_RSA_PKCS_PSS) => Some(SignWith::RsaPss),
-            Algorithm::EdDSA if has(MechanismType::EDDSA) => Some(SignWith::Eddsa),
-            _ => None,
-        }
-    }
-
-    /// Room to make for a signature: ECDSA as r||s or, from some tokens, DER (up to 9 bytes
-    /// more); RSA up to 4096 bits (a token with a larger key says so and gets a second call).
-    fn signature_room(self) -> usize {
-        match self {
-            SignWith::EcdsaDigest(_, n) | SignWith::EcdsaHashing(_, n) => 2 * n + 9,
-            SignWith::RsaPkcs | SignWith::RsaPss => 512,
-            SignWith::Eddsa => 64,
-        }
-    }
-
-    /// The one mechanism this key signs with, for its `CKA_ALLOWED_MECHANISMS`.
-    pub(crate) fn mechanism_type(self) -> MechanismType {
-        self.mechanism().mechanism_type()
-    }
-
-    fn mechanism(self) -> Mechanism<'static> {
-        match self {
-            SignWith::EcdsaDigest(..) => Mechanism::Ecdsa,
-            SignWith::EcdsaHashing(Algorithm::ES384, _) => Mechanism::EcdsaSha384,
-            SignWith::EcdsaHashing(..) => Mechanism::EcdsaSha256,
-            SignWith::RsaPkcs => Mechanism::Sha256RsaPkcs,
-            SignWith::RsaPss => Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
-                hash_alg: MechanismType::SHA256,
-                mgf: PkcsMgfType::MGF1_SHA256,
-                s_len: 32.into(),
-            }),
-            SignWith::Eddsa => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-        }
-    }
-}
-
 /// A key on the token, ready to sign.
 pub struct Pkcs11Signer {
     meta: KeyMeta,
     token: Arc<Token>,
     locator: Locator,
-    with: SignWith,
+    /// The mechanism chosen from the token's list; settled against the key's
+    /// `CKA_ALLOWED_MECHANISMS` when the key is first found.
+    with: Mutex<Choice>,
     /// The private key as last found.
     found: Mutex<Option<FoundKey>>,
+}
+
+/// The signing mechanism, and whether the key's own allowed mechanisms were consulted yet.
+#[derive(Clone, Copy, Debug)]
+struct Choice {
+    with: SignWith,
+    settled: bool,
 }
 
 impl fmt::Debug for Pkcs11Signer {
@@ -182,9 +97,37 @@ impl Pkcs11Signer {
             meta,
             token,
             locator,
-            with,
+            with: Mutex::new(Choice {
+                with,
+                settled: false,
+            }),
             found: Mutex::new(found),
         }
+    }
+
+    /// The mechanism to sign with, settled on first use: when the key's
+    /// `CKA_ALLOWED_MECHANISMS` names mechanisms and not the one chosen from the token's list,
+    /// the other form (combined or raw) that the key allows and the token offers. A key made
+    /// when the token offered other mechanisms, or by another program, then still signs.
+    fn settle(&self, session: &Session, key: ObjectHandle) -> SignWith {
+        let mut choice = self.with.lock().unwrap_or_else(|p| p.into_inner());
+        if choice.settled {
+            return choice.with;
+        }
+        let allowed = allowed_mechanisms(session, key);
+        if !allowed.is_empty() && !allowed.contains(&choice.with.mechanism_type()) {
+            let alg = self.meta.info().alg;
+            if let Some(other) = SignWith::for_key(alg, &self.token.mechanisms(), &allowed) {
+                tracing::debug!(
+                    label = %self.meta.info().label,
+                    mechanism = %other.mechanism_type(),
+                    "the key allows another mechanism than the token's preferred one"
+                );
+                choice.with = other;
+            }
+        }
+        choice.settled = true;
+        choice.with
     }
 
     fn find_key(&self, session: &Session, generation: u64) -> Result<FoundKey, Fail> {
@@ -217,6 +160,21 @@ impl Pkcs11Signer {
     }
 }
 
+/// The key's `CKA_ALLOWED_MECHANISMS`; empty when it has none or the token does not know the
+/// attribute (it came with PKCS#11 2.40).
+fn allowed_mechanisms(session: &Session, key: ObjectHandle) -> Vec<MechanismType> {
+    match session.get_attributes(key, &[AttributeType::AllowedMechanisms]) {
+        Ok(attributes) => attributes
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::AllowedMechanisms(m) => Some(m),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn handle_invalid(e: &CkError) -> bool {
     matches!(
         rv(e),
@@ -230,22 +188,16 @@ impl KeySigner for Pkcs11Signer {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let hashed;
-        let data: &[u8] = match self.with {
-            SignWith::EcdsaDigest(d, _) => {
-                hashed = digest::digest(d, message);
-                hashed.as_ref()
-            }
-            _ => message,
-        };
-        let mechanism = self.with.mechanism();
-        let sign = |session: &Session, key: FoundKey| {
+        let mut used = None;
+        let sign = |session: &Session, key: FoundKey, used: &mut Option<SignWith>| {
+            let with = self.settle(session, key.handle);
+            *used = Some(with);
             self.token.sign(
                 session,
-                &mechanism,
+                &with.mechanism(),
                 key.handle,
-                data,
-                self.with.signature_room(),
+                &with.data(message),
+                with.signature_room(),
                 key.always_authenticate,
             )
         };
@@ -254,19 +206,17 @@ impl KeySigner for Pkcs11Signer {
                 Some(k) => k,
                 None => self.find_key(session, generation)?,
             };
-            match sign(session, key) {
+            match sign(session, key, &mut used) {
                 // The object was re-created (or the cache is stale): find it by CKA_ID again.
                 Err(Fail::Ck(e)) if handle_invalid(&e) => {
-                    sign(session, self.find_key(session, generation)?)
+                    sign(session, self.find_key(session, generation)?, &mut used)
                 }
                 other => other,
             }
         })?;
-        match self.with {
-            SignWith::EcdsaDigest(_, n) | SignWith::EcdsaHashing(_, n) => {
-                ecdsa_to_jws(&signature, n)
-            }
-            _ => Ok(signature),
+        match used.and_then(SignWith::ecdsa_half) {
+            Some(n) => ecdsa_to_jws(&signature, n),
+            None => Ok(signature),
         }
     }
 
