@@ -114,7 +114,9 @@ pub async fn serve(mut listener: Listener, state: Arc<State>, mut shutdown: watc
                     Duration::ZERO
                 }
             };
-            serve_connection(stream, state, shutdown, spin, idle).await;
+            serve_connection(stream, state.clone(), shutdown, spin, idle).await;
+            // Its process may have exited with it: no yes stays remembered for it.
+            state.policies.connection_closed();
             open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
