@@ -26,6 +26,7 @@ mod pkcs11_pin;
 mod pkcs11_recipes;
 mod pkcs11_restart;
 mod policy;
+mod policy_guard;
 mod process;
 mod protocol;
 mod protocol_examples;
