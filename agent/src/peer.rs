@@ -343,11 +343,10 @@ pub fn same_executable(a: &Path, b: &Path) -> bool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn start_time_is_field_22_after_the_command_name() {
         let line = b"1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
@@ -358,7 +357,6 @@ mod tests {
         assert!(mine > 0);
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn a_process_is_known_until_it_exits() {
         let mut child = std::process::Command::new("sleep")

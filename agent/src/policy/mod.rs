@@ -433,7 +433,7 @@ fn changed_client(changed: &Changed) -> WireError {
     WireError::new(ErrorCode::ClientNotAllowed, changed.to_string())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
