@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::locked::LockedBytes;
 use crate::peer::Peer;
-use crate::policy::{Policies, SignContext};
+use crate::policy::{Manage, Policies, SignContext};
 use crate::state::{State, key_description};
 use crate::wire_error::keys_error;
 
@@ -44,7 +44,9 @@ pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8
         )),
         Op::ReportNonce(req) => report_nonce(state, req).map(|done| encode_ok(&id, done)),
         Op::Status {} => Ok(encode_ok(&id, status(state))),
-        Op::SetPolicy(req) => set_policy(state, req).map(|key| encode_ok(&id, key)),
+        Op::SetPolicy(req) => set_policy(state, peer, req)
+            .await
+            .map(|key| encode_ok(&id, key)),
         Op::Lock(req) => {
             let done = state
                 .lock
@@ -71,7 +73,9 @@ pub async fn handle(state: &Arc<State>, peer: &Peer, request: Request) -> Vec<u8
         Op::GenerateKey(req) => generate(state, req).await.map(|key| encode_ok(&id, key)),
         Op::ImportKey(req) => import(state, req).await.map(|key| encode_ok(&id, key)),
         Op::AdoptKey(req) => adopt(state, req).await.map(|key| encode_ok(&id, key)),
-        Op::DeleteKey(req) => delete(state, req).await.map(|key| encode_ok(&id, key)),
+        Op::DeleteKey(req) => delete(state, peer, req)
+            .await
+            .map(|key| encode_ok(&id, key)),
     };
     result.unwrap_or_else(|error| {
         debug!(code = ?error.code, "request failed: {}", error.message);
@@ -304,13 +308,31 @@ async fn blocking_change(
     })
 }
 
-fn set_policy(state: &State, req: SetPolicy) -> Result<KeyReply, WireError> {
+/// `set_policy`: tightening is free for the key's allowed clients; anything else needs the
+/// user's yes (see `policy/manage.rs`).
+async fn set_policy(state: &State, peer: &Peer, req: SetPolicy) -> Result<KeyReply, WireError> {
     state.lock.check()?;
     let key = state.keyring.get(&req.key).map_err(|e| keys_error(&e))?;
     let info = key.meta().info();
+    let new = Policies::prepare(req.policy, &info.jkt)?;
+    // Held until the change is made: no other change or deletion of a key comes between
+    // what the user was asked and what happens.
+    let _managing = state.policies.managing().await;
+    let old = state.policies.get_for(info.label.as_str(), &info.jkt);
     state
         .policies
-        .set(&info.label, &info.jkt, info.persistent, req.policy)?;
+        .authorize(
+            info.label.as_str(),
+            peer,
+            &state.lock,
+            &Manage::SetPolicy {
+                old: &old,
+                new: new.policy(),
+            },
+        )
+        .await?;
+    state.lock.check()?;
+    state.policies.apply(&info.label, info.persistent, new)?;
     info!(label = %info.label, "policy set");
     Ok(KeyReply {
         key: state.describe(info),
@@ -367,8 +389,25 @@ fn report_nonce(state: &State, req: ReportNonce) -> Result<EmptyReply, WireError
     Ok(EmptyReply {})
 }
 
-async fn delete(state: &State, req: DeleteKey) -> Result<KeyReply, WireError> {
+/// `delete_key`: a key with a policy goes only with the user's yes (see `policy/manage.rs`).
+async fn delete(state: &State, peer: &Peer, req: DeleteKey) -> Result<KeyReply, WireError> {
     state.lock.check()?;
+    let _managing = state.policies.managing().await;
+    // An unknown label is answered by the keyring below.
+    if let Ok(key) = state.keyring.get(&req.label) {
+        let info = key.meta().info();
+        let old = state.policies.get_for(info.label.as_str(), &info.jkt);
+        state
+            .policies
+            .authorize(
+                info.label.as_str(),
+                peer,
+                &state.lock,
+                &Manage::Delete { old: &old },
+            )
+            .await?;
+        state.lock.check()?;
+    }
     let keyring = state.keyring.clone();
     let label = req.label;
     let info = tokio::task::spawn_blocking(move || keyring.delete(&label))

@@ -63,8 +63,38 @@ fn idle_timeout() -> Duration {
     }
 }
 
+/// Open files a full agent needs: per connection its socket and the pidfd that holds its
+/// client process (see `peer.rs`), and room for keys, tokens, logs and the `busy` refusals.
+#[cfg(unix)]
+const FILES_NEEDED: u64 = 2 * MAX_CONNECTIONS as u64 + MAX_REFUSALS as u64 + 256;
+
+/// Raises the soft open-file limit towards [`FILES_NEEDED`] (within the hard limit), so that
+/// the connection limit, not `EMFILE`, is what a flood of connections meets.
+#[cfg(unix)]
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= FILES_NEEDED {
+            return;
+        }
+        limit.rlim_cur = FILES_NEEDED.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            debug!(
+                "raising the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Serves until `shutdown` turns true, then lets in-flight requests finish.
 pub async fn serve(mut listener: Listener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    raise_file_limit();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let idle = idle_timeout();
@@ -114,7 +144,9 @@ pub async fn serve(mut listener: Listener, state: Arc<State>, mut shutdown: watc
                     Duration::ZERO
                 }
             };
-            serve_connection(stream, state, shutdown, spin, idle).await;
+            serve_connection(stream, state.clone(), shutdown, spin, idle).await;
+            // Its process may have exited with it: no yes stays remembered for it.
+            state.policies.connection_closed();
             open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });

@@ -409,3 +409,43 @@ fn describe_status(status: Option<ExitStatus>) -> String {
         None => format!("not listening after {PROCESS_TIMEOUT:?}, killed"),
     }
 }
+
+/// A scripted askpass program (`DPOP_ASKPASS`): answers with a fixed exit status (0 is yes)
+/// and appends each question, as `prompt|question` on one line, to a log beside it.
+pub struct Askpass {
+    path: PathBuf,
+    log: PathBuf,
+}
+
+impl Askpass {
+    /// An askpass named `name` in `dir` that answers `answer` (an exit status: 0 is yes).
+    pub fn new(dir: &Path, name: &str, answer: u8) -> Askpass {
+        let path = dir.join(name);
+        let log = dir.join(format!("{name}.log"));
+        fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nprintf '%s|%s\\n' \"$SSH_ASKPASS_PROMPT\" \"$1\" >> '{}'\nexit {answer}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        Askpass { path, log }
+    }
+
+    /// The program, for `DPOP_ASKPASS`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The questions asked so far, oldest first (`prompt|question`).
+    pub fn questions(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}

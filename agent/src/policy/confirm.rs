@@ -1,6 +1,8 @@
 //! Confirm-on-use: before a key with `confirm` signs, the agent asks the user through an
 //! askpass program, as ssh-agent does for `ssh-add -c` keys; a yes may be remembered for a
-//! while for the same client.
+//! while for the same client process (never for a later process under the same pid).
+//! [`Policies::ask_user`] is the one way the agent asks anything: also for the policy
+//! changes and deletions that need the user's yes (`manage.rs`).
 //!
 //! At most [`MAX_WAITING`] signatures wait for an answer at a time (one is asked, the others
 //! queue); one more is refused with `busy`. A `lock` ends every wait with `locked` and kills the
@@ -13,6 +15,7 @@ use dpop_protocol::{ErrorCode, WireError};
 use tracing::{info, warn};
 
 use super::{Policies, SignContext};
+use crate::lock::Lock;
 
 /// How long the askpass program has to answer; no answer is a no.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,94 +26,122 @@ pub(super) const MAX_WAITING: usize = 8;
 /// The longest a yes may be remembered: a year.
 pub(super) const MAX_REMEMBER_SECS: u64 = 365 * 24 * 60 * 60;
 
+/// The refusal when a question cannot be asked: no askpass program is configured.
+pub(super) const NO_ASKPASS: &str = "the agent has no DPOP_ASKPASS or SSH_ASKPASS to ask with";
+
 impl Policies {
     /// Asks the user whether `request` may be signed (unless a yes for its client is
-    /// remembered); remembers a yes for `remember` seconds.
+    /// remembered); remembers a yes for `remember` seconds, for that client process only.
     pub(super) async fn confirm(
         &self,
         request: &SignContext<'_>,
         remember: Option<u64>,
     ) -> Result<(), WireError> {
+        // The program that connected, if the process still runs it: a yes is for it.
         let exe = request
             .peer
-            .exe()
+            .verified_exe()
+            .map_err(|e| super::changed_client(&e))?
             .map_or_else(|| PathBuf::from("?"), Path::to_owned);
-        let remembered_key = (
-            request.label.to_owned(),
-            request.peer.pid.unwrap_or(0),
-            exe.clone(),
-        );
+        let process = request.peer.process();
+        let remembered_key = (request.label.to_owned(), process.key(), exe.clone());
         let remembered = |this: &Policies| {
             this.confirmed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&remembered_key)
-                .is_some_and(|until| Instant::now() < *until)
+                // Only while the process it was given to lives: a later process under its pid
+                // has another start time, and the one that got the yes has exited.
+                .is_some_and(|(until, who)| Instant::now() < *until && !who.exited())
         };
         if remembered(self) {
             return Ok(());
         }
-        let Some(askpass) = self.askpass.clone() else {
+        if self.askpass.is_none() {
             return Err(WireError::new(
                 ErrorCode::ConfirmDenied,
-                "key needs confirmation, but the agent has no DPOP_ASKPASS or SSH_ASKPASS to ask with",
+                format!("key needs confirmation, but {NO_ASKPASS}"),
             ));
-        };
-        let Ok(_waiting) = self.waiting.try_acquire() else {
-            return Err(WireError::new(
-                ErrorCode::Busy,
-                format!(
-                    "{MAX_WAITING} signatures already wait for the user's confirmation; try again later"
-                ),
-            ));
-        };
-        let locked = request.lock.until_locked();
-        let asked = async {
-            let _one_at_a_time = self.asking.lock().await;
-            // Asked meanwhile by the same client?
-            if remembered(self) {
-                return true;
-            }
-            let question = format!(
+        }
+        let question = || {
+            format!(
                 "Allow a DPoP proof with key \"{}\" for {}, asked by {} (pid {})?",
-                request.label,
+                escape_controls(request.label),
                 escape_controls(request.origin),
                 escape_controls(&exe.to_string_lossy()),
                 request.peer.pid.map_or("?".into(), |p| p.to_string()),
-            );
-            ask(&askpass, &question).await
+            )
         };
-        // A lock meanwhile drops `asked`, and with it the askpass (killed on drop).
-        let yes = tokio::select! {
-            biased;
-            () = locked => {
-                info!(key = %request.label, "agent locked: the confirmation is cancelled");
-                return Err(WireError::new(
-                    ErrorCode::Locked,
-                    "the agent was locked while the signature waited for confirmation",
-                ));
-            }
-            yes = asked => yes,
-        };
+        let yes = self
+            .ask_user(request.lock, question, || remembered(self))
+            .await?;
         if !yes {
             return Err(WireError::new(
                 ErrorCode::ConfirmDenied,
                 "the user did not confirm the signature",
             ));
         }
-        // Locked while the user answered: no signature. Only a confirmation waits, so only it
-        // checks again; every other signature was checked just before its policy.
-        request.lock.check()?;
         // Policies bound `remember`; a clock near its end forgets instead of overflowing.
         if let Some(until) = remember.and_then(|secs| {
             Instant::now().checked_add(Duration::from_secs(secs.min(MAX_REMEMBER_SECS)))
         }) {
-            self.confirmed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(remembered_key, until);
+            let now = Instant::now();
+            let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            // Room for the new answer: none kept for processes gone or answers expired.
+            confirmed.retain(|_, (until, who)| now < *until && !who.exited());
+            confirmed.insert(remembered_key, (until, process.clone()));
         }
         Ok(())
+    }
+
+    /// Asks the user `question` through the askpass program (which must be configured): one
+    /// question on the screen at a time, at most [`MAX_WAITING`] waiting (one more is `busy`),
+    /// a `lock` meanwhile ends the wait with `locked` and kills the askpass. `answered`
+    /// says, once it is this question's turn, whether the answer is known already (a yes
+    /// remembered meanwhile). True for yes; after a yes the lock is checked again.
+    pub(super) async fn ask_user(
+        &self,
+        lock: &Lock,
+        question: impl FnOnce() -> String,
+        answered: impl FnOnce() -> bool,
+    ) -> Result<bool, WireError> {
+        let Some(askpass) = self.askpass.clone() else {
+            return Err(WireError::new(ErrorCode::ConfirmDenied, NO_ASKPASS));
+        };
+        let Ok(_waiting) = self.waiting.try_acquire() else {
+            return Err(WireError::new(
+                ErrorCode::Busy,
+                format!(
+                    "{MAX_WAITING} requests already wait for the user's confirmation; try again later"
+                ),
+            ));
+        };
+        let locked = lock.until_locked();
+        let asked = async {
+            let _one_at_a_time = self.asking.lock().await;
+            if answered() {
+                return true;
+            }
+            ask(&askpass, &question()).await
+        };
+        // A lock meanwhile drops `asked`, and with it the askpass (killed on drop).
+        let yes = tokio::select! {
+            biased;
+            () = locked => {
+                info!("agent locked: the confirmation is cancelled");
+                return Err(WireError::new(
+                    ErrorCode::Locked,
+                    "the agent was locked while the request waited for confirmation",
+                ));
+            }
+            yes = asked => yes,
+        };
+        // Locked while the user answered: nothing is done. Only a confirmation waits, so only
+        // it checks again; every other request was checked just before its policy.
+        if yes {
+            lock.check()?;
+        }
+        Ok(yes)
     }
 }
 
@@ -146,8 +177,8 @@ async fn ask(askpass: &Path, question: &str) -> bool {
 }
 
 /// `text` with every control character (a newline, an escape sequence) written as an escape,
-/// so a program path or origin cannot make the question say something else.
-fn escape_controls(text: &str) -> String {
+/// so a program path or origin cannot make a question say something else.
+pub fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

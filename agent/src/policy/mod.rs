@@ -5,10 +5,20 @@
 //! `<data dir>/policies/<label>.json` that names the key's `jkt`, so a new key under the same
 //! label never inherits an old key's policy; for a memory-only key, in memory.
 //!
-//! `origin.rs`: the allowed-origin patterns; `confirm.rs`: confirm-on-use through askpass.
+//! A policy binds clients too: tightening it is free, but loosening or clearing it, and deleting
+//! a key that has one, needs the user's yes through the askpass program, and a key with
+//! allowed clients is managed only by those programs (or with that yes). A client the policy
+//! refuses therefore cannot undo it.
+//!
+//! `origin.rs`: the allowed-origin patterns; `confirm.rs`: confirm-on-use through askpass;
+//! `manage.rs`: which policy changes loosen, and the yes they need.
 
 mod confirm;
+mod manage;
 mod origin;
+
+pub use confirm::escape_controls;
+pub use manage::{Change, Manage, changes};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::lock::Lock;
-use crate::peer::{Peer, same_executable};
+use crate::peer::{Changed, Peer, Process, same_executable};
 
 use origin::OriginPattern;
 
@@ -38,6 +48,18 @@ struct Checked {
 
 impl Checked {
     fn new(policy: KeyPolicy, jkt: &str) -> Result<Checked, WireError> {
+        Checked::make(policy, jkt, None)
+    }
+
+    /// A policy read back at start-up for key `label`: an allowed program that is gone
+    /// (uninstalled, or upgraded to another path) stays in the list as it was saved, with a
+    /// warning. Only this key is affected: no running program has that path, so the key
+    /// refuses it until it is back; the agent and its other keys start as usual.
+    fn stored(policy: KeyPolicy, jkt: &str, label: &str) -> Result<Checked, WireError> {
+        Checked::make(policy, jkt, Some(label))
+    }
+
+    fn make(policy: KeyPolicy, jkt: &str, stored: Option<&str>) -> Result<Checked, WireError> {
         let origins = policy
             .allow_origins
             .iter()
@@ -54,12 +76,23 @@ impl Checked {
                 ));
             }
             // The kernel names the peer's executable with every link resolved.
-            let canonical = crate::peer::canonical_executable(path).map_err(|e| {
-                WireError::new(
-                    ErrorCode::InvalidPolicy,
-                    format!("allowed client {client:?}: {e}"),
-                )
-            })?;
+            let canonical = match (crate::peer::canonical_executable(path), stored) {
+                (Ok(canonical), _) => canonical,
+                (Err(e), Some(label)) => {
+                    warn!(
+                        key = %label,
+                        client = %escape_controls(client),
+                        "the key's allowed client program is missing ({e}): the key refuses it until it is back"
+                    );
+                    path.to_owned()
+                }
+                (Err(e), None) => {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidPolicy,
+                        format!("allowed client {client:?}: {e}"),
+                    ));
+                }
+            };
             *client = canonical.to_string_lossy().into_owned();
             clients.push(canonical);
         }
@@ -123,8 +156,12 @@ pub struct Policies {
     /// Whether any key has a policy: lets every signature of an agent without policies skip
     /// the lock.
     any: AtomicBool,
-    /// Yes answers remembered: (label, client pid, client executable) until when.
-    confirmed: Mutex<HashMap<(String, i32, PathBuf), Instant>>,
+    /// Yes answers remembered: (label, client pid and start time, client executable) until
+    /// when, for that process (forgotten once it has exited).
+    confirmed: Mutex<HashMap<Remembered, (Instant, Arc<Process>)>>,
+    /// One policy change or key deletion at a time, from its check through the user's
+    /// answer to its end, so that what the user approved is what changes.
+    managing: tokio::sync::Mutex<()>,
     /// One question on the screen at a time.
     asking: tokio::sync::Mutex<()>,
     /// Room for the signatures that wait for confirmation: bounded, so waiting clients cannot
@@ -132,6 +169,9 @@ pub struct Policies {
     waiting: tokio::sync::Semaphore,
     askpass: Option<PathBuf>,
 }
+
+/// What a remembered yes is for: (label, (client pid, start time), client executable).
+type Remembered = (String, (i32, u64), PathBuf);
 
 fn internal(what: &str, e: impl std::fmt::Display) -> WireError {
     WireError::new(ErrorCode::Internal, format!("{what}: {e}"))
@@ -147,6 +187,7 @@ impl Policies {
             by_label: RwLock::new(HashMap::new()),
             any: AtomicBool::new(false),
             confirmed: Mutex::new(HashMap::new()),
+            managing: tokio::sync::Mutex::new(()),
             asking: tokio::sync::Mutex::new(()),
             waiting: tokio::sync::Semaphore::new(confirm::MAX_WAITING),
             askpass,
@@ -177,7 +218,7 @@ impl Policies {
                 warn!(path = %path.display(), "confirm_remember_secs longer than a year: shortened");
                 *secs = confirm::MAX_REMEMBER_SECS;
             }
-            let checked = Checked::new(record.policy, jkt)
+            let checked = Checked::stored(record.policy, jkt, record.label.as_str())
                 .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
             self.change_map(|map| map.insert(record.label.to_string(), Arc::new(checked)));
             loaded += 1;
@@ -213,7 +254,24 @@ impl Policies {
         persistent: bool,
         policy: KeyPolicy,
     ) -> Result<KeyPolicy, WireError> {
-        let checked = Checked::new(policy, jkt)?;
+        self.apply(label, persistent, Prepared(Checked::new(policy, jkt)?))
+    }
+
+    /// `policy` checked for key `jkt`, its client paths resolved, ready to compare with the
+    /// key's policy now ([`changes`]) and to [`apply`](Self::apply).
+    pub fn prepare(policy: KeyPolicy, jkt: &str) -> Result<Prepared, WireError> {
+        Checked::new(policy, jkt).map(Prepared)
+    }
+
+    /// Sets a prepared policy as `label`'s.
+    pub fn apply(
+        &self,
+        label: &KeyLabel,
+        persistent: bool,
+        prepared: Prepared,
+    ) -> Result<KeyPolicy, WireError> {
+        let checked = prepared.0;
+        let jkt = checked.jkt.as_str();
         if let (Some(store), true) = (&self.store, persistent) {
             if checked.wire.is_empty() {
                 if store.path(label).exists() {
@@ -266,12 +324,37 @@ impl Policies {
             .retain(|(l, _, _), _| l != label);
     }
 
+    /// A connection closed: drops the remembered answers of client processes that have
+    /// exited (and those that expired), so that nothing keeps them, let alone a later process
+    /// under the same pid.
+    pub fn connection_closed(&self) {
+        let now = Instant::now();
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (until, process)| now < *until && !process.exited());
+    }
+
     /// `label`'s policy, for `list_keys` (empty: none).
     pub fn get(&self, label: &str) -> KeyPolicy {
         self.read_map()
             .get(label)
             .map(|c| c.wire.clone())
             .unwrap_or_default()
+    }
+
+    /// The policy that applies to key `jkt` under `label` (empty: none).
+    pub fn get_for(&self, label: &str, jkt: &str) -> KeyPolicy {
+        self.read_map()
+            .get(label)
+            .filter(|c| c.jkt == jkt)
+            .map(|c| c.wire.clone())
+            .unwrap_or_default()
+    }
+
+    /// Held across a policy change or key deletion (see [`authorize`](Self::authorize)).
+    pub async fn managing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.managing.lock().await
     }
 
     /// Whether `request` may be signed: expiry, origin, client, then confirmation.
@@ -305,10 +388,13 @@ impl Policies {
             ));
         }
         if !policy.clients.is_empty() {
-            let allowed = request
+            // The program that connected, if the process still runs it.
+            let exe = request
                 .peer
-                .exe()
-                .is_some_and(|exe| policy.clients.iter().any(|c| same_executable(c, exe)));
+                .verified_exe()
+                .map_err(|e| changed_client(&e))?;
+            let allowed =
+                exe.is_some_and(|exe| policy.clients.iter().any(|c| same_executable(c, exe)));
             if !allowed {
                 return Err(WireError::new(
                     ErrorCode::ClientNotAllowed,
@@ -332,9 +418,36 @@ impl Policies {
     }
 }
 
-#[cfg(test)]
+/// A policy checked by [`Policies::prepare`].
+pub struct Prepared(Checked);
+
+impl Prepared {
+    /// The policy as it will be set (client paths resolved).
+    pub fn policy(&self) -> &KeyPolicy {
+        &self.0.wire
+    }
+}
+
+/// The refusal of a request whose client process is no longer the one that connected.
+fn changed_client(changed: &Changed) -> WireError {
+    WireError::new(ErrorCode::ClientNotAllowed, changed.to_string())
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_program_in_a_stored_policy_is_kept_not_fatal() {
+        let policy = KeyPolicy {
+            allow_clients: vec!["/nonexistent/python3.12".into(), "/bin/sh".into()],
+            ..KeyPolicy::default()
+        };
+        assert!(Checked::new(policy.clone(), "j").is_err());
+        let stored = Checked::stored(policy, "j", "k").unwrap();
+        assert_eq!(stored.clients[0], Path::new("/nonexistent/python3.12"));
+        assert_eq!(stored.clients[1], std::fs::canonicalize("/bin/sh").unwrap());
+    }
 
     #[test]
     fn client_paths_are_absolute_and_resolved() {

@@ -238,3 +238,42 @@ fn signatures_waiting_for_confirmation_are_bounded() {
         .expect("answered")
         .unwrap();
 }
+
+/// Issue 22, item 2: a policy change that waits for the user's yes ends with a lock as a
+/// signature does: answered `locked`, its askpass ended, the policy as it was, also after a
+/// late yes.
+#[test]
+fn lock_ends_a_policy_change_waiting_for_confirmation() {
+    let dir = new_temp_dir();
+    let askpass = waiting_askpass(dir.path());
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &askpass));
+    let origin = KeyPolicy {
+        allow_origins: vec!["https://api.example.com".into()],
+        ..KeyPolicy::default()
+    };
+    agent
+        .client()
+        .generate_key(dpop_client::NewKey::new("k").policy(&origin))
+        .unwrap();
+    let (tx, pending) = mpsc::channel();
+    let mut client = agent.client();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.set_policy("k", &KeyPolicy::default()));
+    });
+    wait_until("the askpass asks", Duration::from_secs(10), || {
+        !asked(dir.path()).is_empty()
+    });
+    let askpass_pid = asked(dir.path())[0];
+    agent.client().lock("lock words").unwrap();
+    wait_until(
+        "the askpass is ended by the lock",
+        Duration::from_secs(5),
+        || ended(askpass_pid),
+    );
+    fs::write(dir.path().join("go"), b"").unwrap();
+    let answer = pending
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the waiting change is answered");
+    assert_eq!(answer.unwrap_err().code(), Some(ErrorCode::Locked));
+    assert_eq!(agent.client().list_keys().unwrap()[0].policy, origin);
+}

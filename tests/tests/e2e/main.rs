@@ -27,6 +27,7 @@ mod pkcs11_recipes;
 mod pkcs11_restart;
 mod pkcs11_shim;
 mod policy;
+mod policy_guard;
 mod process;
 mod protocol;
 mod protocol_examples;

@@ -1,7 +1,7 @@
 //! Per-key policies enforced by the real agent: allowed origins (exact and `*.` subdomains),
 //! allowed client executables, expiry (`set_policy` and the agent's `-t`), confirm-on-use
 //! through a scripted askpass answering yes or no, persistence across restarts, and refusals of
-//! bad policies that leave nothing behind.
+//! bad policies that leave nothing behind. Who may change a policy: `policy_guard.rs`.
 
 use std::fs;
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use dpop_client::ProofRequest;
 use dpop_protocol::{ErrorCode, KeyPolicy};
+use dpop_tests::agent::Askpass;
 use dpop_tests::{AgentOptions, TestAgent, new_temp_dir, unix_now, verify_proof};
 
 fn sign(agent: &TestAgent, key: &str, url: &str) -> Result<String, dpop_client::Error> {
@@ -58,15 +59,19 @@ fn origins_exact_and_subdomains() {
             "{err}"
         );
     }
-    // list_keys shows the policy; an empty one lifts it.
+    // list_keys shows the policy. Lifting it takes the user's yes, and this agent has no
+    // askpass to ask with (policy_guard.rs has the rest).
     let listed = agent.client().list_keys().unwrap();
     assert_eq!(listed[0].policy, policy);
-    let cleared = agent
+    let err = agent
         .client()
         .set_policy("k", &KeyPolicy::default())
-        .unwrap();
-    assert!(cleared.policy.is_empty());
-    sign(&agent, "k", "https://evil.example.com/x").unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ConfirmDenied), "{err}");
+    assert_eq!(
+        code(sign(&agent, "k", "https://evil.example.com/x")),
+        Some(ErrorCode::OriginNotAllowed)
+    );
 }
 
 #[test]
@@ -115,7 +120,10 @@ fn client_executables() {
 
 #[test]
 fn expiry_by_policy_and_by_default_lifetime() {
-    let agent = TestAgent::start(AgentOptions::new());
+    // A later expiry loosens the policy: the user says yes.
+    let dir = new_temp_dir();
+    let yes = Askpass::new(dir.path(), "yes", 0);
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", yes.path()));
     agent.client().generate_key("k").unwrap();
     let expired = KeyPolicy {
         expires_at: Some(unix_now() - 1),
@@ -131,6 +139,7 @@ fn expiry_by_policy_and_by_default_lifetime() {
         ..KeyPolicy::default()
     };
     agent.client().set_policy("k", &later).unwrap();
+    assert_eq!(yes.questions().len(), 1, "the later expiry was asked");
     sign(&agent, "k", "https://rs.example/").unwrap();
 
     // -t 1: keys added without a lifetime get one second.
@@ -153,21 +162,9 @@ fn expiry_by_policy_and_by_default_lifetime() {
     assert!(failure.stderr.contains("lifetime"), "{}", failure.stderr);
 }
 
-/// An askpass that answers `answer` (exit status) and appends its question to `log`.
+/// An askpass that answers `answer` (exit status) and logs its questions.
 fn askpass(dir: &Path, name: &str, answer: u8) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let log = dir.join(format!("{name}.log"));
-    fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nprintf '%s|%s\\n' \"$SSH_ASKPASS_PROMPT\" \"$1\" >> '{}'\nexit {answer}\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
-    path
+    Askpass::new(dir, name, answer).path().to_owned()
 }
 
 fn questions(dir: &Path, name: &str) -> Vec<String> {
@@ -218,7 +215,15 @@ fn confirm_on_use_asks_through_askpass() {
         confirm_remember_secs: Some(600),
         ..KeyPolicy::default()
     };
+    // Remembering a yes loosens the policy: asked too.
     agent.client().set_policy("asked", &remember).unwrap();
+    let asked = questions(dir.path(), "yes");
+    assert_eq!(asked.len(), 3);
+    assert!(
+        asked[2].contains("confirm-remember: 0 s -> 600 s"),
+        "{}",
+        asked[2]
+    );
     let mut client = agent.client();
     for _ in 0..3 {
         client
@@ -228,7 +233,7 @@ fn confirm_on_use_asks_through_askpass() {
             )
             .unwrap();
     }
-    assert_eq!(questions(dir.path(), "yes").len(), 3);
+    assert_eq!(questions(dir.path(), "yes").len(), 4);
 
     // An askpass that says no.
     let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", &no));
@@ -256,7 +261,14 @@ fn confirm_on_use_asks_through_askpass() {
 
 #[test]
 fn policies_persist_with_their_key_and_go_with_it() {
-    let mut agent = TestAgent::start(AgentOptions::new().passphrase_env("pass"));
+    // Deleting a key with a policy takes the user's yes.
+    let dir = new_temp_dir();
+    let yes = Askpass::new(dir.path(), "yes", 0);
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .passphrase_env("pass")
+            .env("DPOP_ASKPASS", yes.path()),
+    );
     let policy = KeyPolicy {
         allow_origins: vec!["https://api.example.com".into()],
         ..KeyPolicy::default()
@@ -351,8 +363,9 @@ fn confirm_remember_is_bounded() {
             .unwrap();
         verify_proof(&proof, "GET", "https://api.example.com/", None);
     }
-    // The longest allowed is a year, and it signs too.
+    // The longest allowed is a year (remembering longer is asked), and it signs too.
     agent.client().set_policy("asked", &remember(year)).unwrap();
+    assert_eq!(questions(dir.path(), "yes").len(), 2);
     for _ in 0..2 {
         client
             .sign_proof(
@@ -361,7 +374,7 @@ fn confirm_remember_is_bounded() {
             )
             .unwrap();
     }
-    assert_eq!(questions(dir.path(), "yes").len(), 2);
+    assert_eq!(questions(dir.path(), "yes").len(), 3);
 }
 
 /// Issue 22, item 7: a client whose path holds a newline wrote a second line into the

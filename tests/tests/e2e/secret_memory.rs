@@ -186,3 +186,57 @@ fn locking_seals_software_keys_in_memory() {
     // And a key made after unlocking is saved under the store key as before.
     client.generate_key("after").unwrap();
 }
+
+/// Issue 22, item 7: locking seals a TPM key's auth value as it seals software keys. While
+/// locked, the auth value (read from a file at start) is nowhere in the agent's memory (the
+/// backend's copy, every key's copy, the ESAPI context's), though it was before, and a TPM key
+/// refuses to sign with `locked` without asking the TPM; after `unlock` the key signs again.
+#[cfg(feature = "tpm")]
+#[test]
+fn locking_seals_the_tpm_auth_value() {
+    use dpop_tests::Swtpm;
+    use dpop_tests::tpm::{assert_signs, generate};
+
+    const AUTH: &str = "tpm-auth-Qm47Zx92Lw";
+    let swtpm = Swtpm::start();
+    let dir = new_temp_dir();
+    let file = dir.path().join("tpm-auth");
+    dpop_tests::write_private_file(&file, AUTH.as_bytes());
+    let agent = TestAgent::start(
+        AgentOptions::new()
+            .tpm(&swtpm)
+            .arg("--tpm-auth-file")
+            .arg(&file),
+    );
+    let key = generate(&agent, "guarded", "ES256");
+    assert_signs(&agent, &key);
+    let pid = agent.pid().expect("the agent runs");
+    let needles: [&[u8]; 2] = [AUTH.as_bytes(), key.jkt.as_bytes()];
+    let before = count_in_memory(pid, &needles);
+    assert!(
+        before[0] > 0,
+        "the scan does not find the auth value of a live key, so it could not tell a sealed one"
+    );
+
+    let mut client = agent.client();
+    client.lock("lock passphrase").unwrap();
+    let locked = count_in_memory(pid, &needles);
+    assert!(
+        locked[1] > 0,
+        "the scan sees the agent's heap (the jkt is there)"
+    );
+    assert_eq!(
+        locked[0], 0,
+        "the TPM auth value is still in memory while locked"
+    );
+    let refused = client
+        .sign_proof(
+            "guarded",
+            &dpop_client::ProofRequest::new("GET", "https://rs.example/"),
+        )
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(dpop_protocol::ErrorCode::Locked));
+
+    client.unlock("lock passphrase").unwrap();
+    assert_signs(&agent, &key);
+}

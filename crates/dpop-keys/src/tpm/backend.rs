@@ -13,14 +13,15 @@ use super::worker::{KeyId, KeySource, Worker};
 use super::{TpmConfig, templates};
 use crate::records::RecordStore;
 use crate::{
-    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyLabel, KeyMeta, KeySigner, SignerRef,
+    AdoptOptions, Algorithm, Backend, BackendKind, Error, KeyLabel, KeyMeta, KeySigner, SealingKey,
+    SignerRef,
 };
 
 /// Keys in one TPM 2.0, used through a worker thread that owns the tss-esapi context.
 pub struct TpmBackend {
     worker: Arc<Worker>,
     records: RecordStore,
-    auth: Option<SecretString>,
+    auth: Mutex<AuthValue>,
     /// The worker's number for each served key.
     ids: Mutex<HashMap<KeyLabel, KeyId>>,
 }
@@ -30,10 +31,29 @@ impl std::fmt::Debug for TpmBackend {
         f.debug_struct("TpmBackend")
             .field("tcti", &self.worker.tcti())
             .field("metadata_dir", &self.records.dir())
-            .field("auth", &self.auth.is_some())
+            .field(
+                "auth",
+                &!matches!(
+                    *self.auth.lock().unwrap_or_else(|p| p.into_inner()),
+                    AuthValue::None
+                ),
+            )
             .finish()
     }
 }
+
+/// The keys' auth value, as the backend holds it.
+enum AuthValue {
+    /// Keys have none.
+    None,
+    /// In memory, for new keys and to give back to the worker on unlock.
+    Open(SecretString),
+    /// The agent is locked: sealed under the lock's key (see [`Backend::seal`]).
+    Sealed(Vec<u8>),
+}
+
+/// What a sealed auth value is bound to.
+const SEALED_AUTH_AAD: &[u8] = b"dpop-agent tpm auth value";
 
 /// The message a PS256 self-test signs.
 const PSS_PROBE: &[u8] = b"dpop-agent: does this TPM's RSASSA-PSS use salt = hash length?";
@@ -52,7 +72,7 @@ impl TpmBackend {
         Ok(TpmBackend {
             worker: Arc::new(worker),
             records,
-            auth: config.auth,
+            auth: Mutex::new(config.auth.map_or(AuthValue::None, AuthValue::Open)),
             ids: Mutex::new(HashMap::new()),
         })
     }
@@ -73,18 +93,14 @@ impl TpmBackend {
             })
     }
 
-    /// The agent's auth value for keys, as tss-esapi wants it.
+    /// The agent's auth value for keys, as tss-esapi wants it; [`Error::Sealed`] while the
+    /// agent is locked.
     fn auth_value(&self) -> Result<Option<Auth>, Error> {
-        self.auth
-            .as_ref()
-            .map(|secret| {
-                Auth::try_from(secret.expose_secret().as_bytes()).map_err(|_| Error::InvalidKey {
-                    reason: "the TPM auth value is longer than the TPM allows (at most the \
-                             size of a SHA-256 digest, 32 bytes)"
-                        .into(),
-                })
-            })
-            .transpose()
+        match &*self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            AuthValue::None => Ok(None),
+            AuthValue::Open(secret) => to_auth(secret.expose_secret().as_bytes()).map(Some),
+            AuthValue::Sealed(_) => Err(Error::Sealed),
+        }
     }
 
     /// The auth value a recorded key is used with.
@@ -377,6 +393,54 @@ impl Backend for TpmBackend {
         self.unserve(label, id);
         Ok(())
     }
+
+    /// The agent is locked: the auth value is sealed under `key`, and the worker forgets it
+    /// (every key's copy, and the ESAPI context's), so keys sign nothing until unlocked.
+    fn seal(&self, key: &SealingKey) -> Result<(), Error> {
+        let mut auth = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let sealed = match &*auth {
+            AuthValue::Open(secret) => {
+                key.seal(secret.expose_secret().as_bytes(), SEALED_AUTH_AAD)?
+            }
+            AuthValue::None | AuthValue::Sealed(_) => return Ok(()),
+        };
+        self.worker.run(|tpm| {
+            tpm.seal();
+            Ok(())
+        })?;
+        // The SecretString is wiped as it is dropped here.
+        *auth = AuthValue::Sealed(sealed);
+        Ok(())
+    }
+
+    /// Gives the worker the auth value again.
+    fn unseal(&self, key: &SealingKey) -> Result<(), Error> {
+        let mut auth = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let AuthValue::Sealed(sealed) = &*auth else {
+            return Ok(());
+        };
+        let plain = key
+            .unseal(sealed, SEALED_AUTH_AAD)
+            .ok_or(Error::Crypto("unsealing the TPM auth value"))?;
+        let text = String::from_utf8(plain.to_vec())
+            .map_err(|_| Error::Crypto("unsealing the TPM auth value"))?;
+        let value = to_auth(text.as_bytes())?;
+        self.worker.run(move |tpm| {
+            tpm.unseal(&value);
+            Ok(())
+        })?;
+        *auth = AuthValue::Open(SecretString::from(text));
+        Ok(())
+    }
+}
+
+/// An auth value as tss-esapi wants it.
+fn to_auth(value: &[u8]) -> Result<Auth, Error> {
+    Auth::try_from(value).map_err(|_| Error::InvalidKey {
+        reason: "the TPM auth value is longer than the TPM allows (at most the size of a \
+                 SHA-256 digest, 32 bytes)"
+            .into(),
+    })
 }
 
 impl TpmBackend {

@@ -45,6 +45,9 @@ struct Slot {
     label: String,
     source: KeySource,
     auth: Option<Auth>,
+    /// The agent is locked: `auth` was taken away (the backend holds it sealed) and the key
+    /// signs nothing until [`Tpm::unseal`] gives it back.
+    sealed: bool,
     /// The TPM refused `auth` once: it is never sent again, so that the dictionary attack
     /// counter does not run into lockout.
     refused: bool,
@@ -274,6 +277,7 @@ impl Tpm {
                 label: label.to_owned(),
                 source,
                 auth,
+                sealed: false,
                 refused: false,
             },
         );
@@ -354,6 +358,11 @@ impl Tpm {
         scheme: SignatureScheme,
     ) -> Result<Signature, Error> {
         let label = self.label(id)?.to_owned();
+        // Locked: the auth value is not here, and a try without it would count against the
+        // TPM's dictionary attack protection.
+        if self.slots[&id].sealed {
+            return Err(Error::Sealed);
+        }
         if self.slots[&id].refused {
             return Err(Error::AuthFailed {
                 backend: BackendKind::Tpm,
@@ -378,6 +387,55 @@ impl Tpm {
             slot.refused = true;
         }
         result.map_err(|e| self.error(e, Some(&label)))
+    }
+
+    /// The agent is locked: drops every key's auth value (the backend keeps it sealed), also
+    /// from the ESAPI context: each loaded key's auth is overwritten, the keys unloaded, the
+    /// command buffer (which held the last password) overwritten by a long response, and the
+    /// context closed. Keys load again on first use after [`unseal`](Self::unseal).
+    pub(super) fn seal(&mut self) {
+        for slot in self.slots.values_mut() {
+            if slot.auth.take().is_some() {
+                slot.sealed = true;
+            }
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        for (id, loaded) in conn.loaded.drain() {
+            let object = ObjectHandle::from(loaded.handle);
+            if let Err(e) = conn.ctx.tr_set_auth(object, Auth::default()) {
+                tracing::debug!(error = %e, "clearing a TPM key's auth value");
+            }
+            let persistent = matches!(
+                self.slots.get(&id).map(|s| &s.source),
+                Some(KeySource::Persistent(_))
+            );
+            let result = if persistent {
+                conn.ctx.tr_close(&mut ObjectHandle::from(loaded.handle))
+            } else {
+                conn.ctx.flush_context(object)
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "unloading a TPM key on lock");
+            }
+        }
+        // A response longer than any command that carried a password (every TPM property).
+        let scrub = conn.ctx.execute_without_session(|c| {
+            c.get_capability(CapabilityType::TpmProperties, 0x100, 128)
+        });
+        if let Err(e) = scrub {
+            tracing::debug!(error = %e, "overwriting the TPM command buffer on lock");
+        }
+    }
+
+    /// Undoes [`seal`](Self::seal) with the auth value again.
+    pub(super) fn unseal(&mut self, auth: &Auth) {
+        for slot in self.slots.values_mut() {
+            if std::mem::take(&mut slot.sealed) {
+                slot.auth = Some(auth.clone());
+            }
+        }
     }
 
     /// Makes a key under the SRK from `template`; returns the TPM's public area and the
