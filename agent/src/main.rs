@@ -128,7 +128,7 @@ fn run(args: &Args) -> Result<()> {
     };
     #[cfg(windows)]
     let handed = HandedSecrets::default();
-    let settings = Settings::load(args, handed)?;
+    let mut settings = Settings::load(args, handed)?;
     // Before the slow part (loading keys), so that a refused log file fails the start at once.
     #[cfg(unix)]
     let log_file = match (&settings.log_file, args.detached) {
@@ -145,14 +145,15 @@ fn run(args: &Args) -> Result<()> {
         &settings.data_dir,
         prompt,
     )?);
+    let encrypted_keys = settings.backends.software.passphrase.is_some();
+    settings.backends.forget_secrets();
     let policies = Policies::open(
         Some(settings.data_dir.join("policies")),
         settings.askpass.clone(),
     )?;
     policies.load(&keyring)?;
     let state = Arc::new(
-        State::new(keyring, settings.backends.software.passphrase.is_some())
-            .with_policies(policies, settings.default_lifetime),
+        State::new(keyring, encrypted_keys).with_policies(policies, settings.default_lifetime),
     );
     #[cfg(unix)]
     return serve_unix(args, &settings, state, activated, log_file);

@@ -31,6 +31,8 @@ pub enum SecretFrom {
     /// Read already: from the variable (then wiped from our environment), or handed over by
     /// the background start.
     Read(SecretString),
+    /// Read once and dropped after the backend opened with it ([`SecretFrom::forget`]).
+    Forgotten,
 }
 
 impl SecretFrom {
@@ -43,7 +45,15 @@ impl SecretFrom {
         match self {
             SecretFrom::Read(secret) => Ok(Some(secret.clone())),
             SecretFrom::Prompt => ask().map(Some),
-            SecretFrom::Source(_) => Ok(None),
+            SecretFrom::Source(_) | SecretFrom::Forgotten => Ok(None),
+        }
+    }
+
+    /// Drops a secret held here (the backend holds its own copy, sealed while the agent is
+    /// locked; this one would outlive every lock). A file or prompt holds nothing.
+    pub fn forget(&mut self) {
+        if let SecretFrom::Read(_) = self {
+            *self = SecretFrom::Forgotten;
         }
     }
 
@@ -61,6 +71,11 @@ impl SecretFrom {
             SecretFrom::Prompt if terminal => ask(),
             SecretFrom::Prompt => bail!(
                 "the background start passed no {} {}",
+                backend.title(),
+                backend.secret()
+            ),
+            SecretFrom::Forgotten => bail!(
+                "the {} {} was read at start-up and is no longer held",
                 backend.title(),
                 backend.secret()
             ),

@@ -124,6 +124,20 @@ pub struct BackendSettings {
 }
 
 impl BackendSettings {
+    /// Drops the settings' copies of secrets read at start-up (the passphrase, and a PIN or
+    /// auth value from a variable or the background start's hand-over) once the backends are
+    /// open: each backend keeps its own, sealed while the agent is locked, and these copies
+    /// would otherwise stay in memory for the agent's whole life.
+    pub fn forget_secrets(&mut self) {
+        self.software.passphrase = None;
+        if let Some(pkcs11) = &mut self.pkcs11 {
+            pkcs11.pin.forget();
+        }
+        if let Some(auth) = self.tpm.as_mut().and_then(|tpm| tpm.auth.as_mut()) {
+            auth.forget();
+        }
+    }
+
     /// The configured backends, in the order they are opened.
     fn configured(&self) -> Vec<&dyn ConfiguredBackend> {
         let BackendSettings {

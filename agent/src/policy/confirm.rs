@@ -23,8 +23,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many signatures may wait for confirmation at once.
 pub(super) const MAX_WAITING: usize = 8;
 
-/// The longest a yes may be remembered: a year.
-pub(super) const MAX_REMEMBER_SECS: u64 = 365 * 24 * 60 * 60;
+/// The longest a yes may be remembered: a year (the CLI checks the same bound).
+pub(super) const MAX_REMEMBER_SECS: u64 = dpop_protocol::MAX_CONFIRM_REMEMBER_SECS;
 
 /// The refusal when a question cannot be asked: no askpass program is configured.
 pub(super) const NO_ASKPASS: &str = "the agent has no DPOP_ASKPASS or SSH_ASKPASS to ask with";

@@ -6,7 +6,10 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use dpop_tests::{AgentOptions, SoftHsmToken, TestAgent, binaries, run_ok, verify_proof};
+use dpop_tests::agent::Askpass;
+use dpop_tests::{
+    AgentOptions, SoftHsmToken, TestAgent, binaries, new_temp_dir, run_ok, verify_proof,
+};
 
 const URL: &str = "https://api.example.com/v1/items";
 
@@ -167,7 +170,10 @@ fn status_lock_and_unlock_from_the_command_line() {
 
 #[test]
 fn policies_from_the_command_line() {
-    let agent = TestAgent::start(AgentOptions::new());
+    // Clearing a policy is a loosening: it needs the user's yes (issue 22, item 2).
+    let dir = new_temp_dir();
+    let yes = Askpass::new(dir.path(), "yes", 0);
+    let agent = TestAgent::start(AgentOptions::new().env("DPOP_ASKPASS", yes.path()));
     agent.dpop_ok(&[
         "keys",
         "generate",
@@ -205,6 +211,11 @@ fn policies_from_the_command_line() {
     let cleared: serde_json::Value =
         serde_json::from_str(&agent.dpop_ok(&["keys", "policy", "--clear", "--json"])).unwrap();
     assert_eq!(cleared["policy"], serde_json::json!({}));
+    let asked = yes.questions();
+    assert!(
+        asked.len() == 1 && asked[0].contains("allow-origin"),
+        "one question naming the change: {asked:?}"
+    );
     agent.dpop_ok(&["proof", "-X", "GET", "--url", "https://evil.example.com/"]);
 
     let out = agent.dpop(&["keys", "policy", "--lifetime", "soon"]);

@@ -188,26 +188,43 @@ fn locking_seals_software_keys_in_memory() {
 }
 
 /// Issue 22, item 7: locking seals a TPM key's auth value as it seals software keys. While
-/// locked, the auth value (read from a file at start) is nowhere in the agent's memory (the
+/// locked, the auth value (read at start) is nowhere in the agent's memory (the
 /// backend's copy, every key's copy, the ESAPI context's), though it was before, and a TPM key
 /// refuses to sign with `locked` without asking the TPM; after `unlock` the key signs again.
 #[cfg(feature = "tpm")]
 #[test]
 fn locking_seals_the_tpm_auth_value() {
+    tpm_auth_sealed_when_locked(false);
+}
+
+/// The same with the auth value from a variable: the agent's settings held a copy of it for
+/// the agent's whole life, which no lock sealed.
+#[cfg(feature = "tpm")]
+#[test]
+fn locking_seals_the_tpm_auth_value_read_from_a_variable() {
+    tpm_auth_sealed_when_locked(true);
+}
+
+#[cfg(feature = "tpm")]
+fn tpm_auth_sealed_when_locked(from_env: bool) {
     use dpop_tests::Swtpm;
     use dpop_tests::tpm::{assert_signs, generate};
 
     const AUTH: &str = "tpm-auth-Qm47Zx92Lw";
     let swtpm = Swtpm::start();
     let dir = new_temp_dir();
-    let file = dir.path().join("tpm-auth");
-    dpop_tests::write_private_file(&file, AUTH.as_bytes());
-    let agent = TestAgent::start(
-        AgentOptions::new()
-            .tpm(&swtpm)
-            .arg("--tpm-auth-file")
-            .arg(&file),
-    );
+    let options = AgentOptions::new().tpm(&swtpm);
+    let options = if from_env {
+        options
+            .env("DPOP_TEST_TPM_AUTH", AUTH)
+            .arg("--tpm-auth-env")
+            .arg("DPOP_TEST_TPM_AUTH")
+    } else {
+        let file = dir.path().join("tpm-auth");
+        dpop_tests::write_private_file(&file, AUTH.as_bytes());
+        options.arg("--tpm-auth-file").arg(&file)
+    };
+    let agent = TestAgent::start(options);
     let key = generate(&agent, "guarded", "ES256");
     assert_signs(&agent, &key);
     let pid = agent.pid().expect("the agent runs");

@@ -79,10 +79,11 @@ fn the_agent_knows_the_client_executable_and_enforces_a_client_policy() {
     // Allowed: dpop.exe itself (the policy stores the path as the process image names it).
     agent.dpop_ok(&["keys", "policy", "--key", "k", "--allow-client", &dpop_exe]);
     agent.dpop_ok(&["proof", "--method", "GET", "--url", URL]);
-    // Only another program allowed: dpop.exe is refused.
+    // A key only another program may use: dpop.exe is refused. (A second key: widening k's
+    // list to that program would be a loosening, which needs the user's yes.)
     let other = windows_path(&windows_binaries().agent);
-    agent.dpop_ok(&["keys", "policy", "--key", "k", "--allow-client", &other]);
-    let refused = agent.dpop(&["proof", "--method", "GET", "--url", URL]);
+    agent.dpop_ok(&["keys", "generate", "--key", "k2", "--allow-client", &other]);
+    let refused = agent.dpop(&["proof", "--key", "k2", "--method", "GET", "--url", URL]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("client_not_allowed"), "{stderr}");
