@@ -261,6 +261,15 @@ pub struct KeyDescription {
     /// Where the backend keeps it, when worth showing (a PKCS#11 URI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// For a PKCS#11 key: whether the token lets the private key only sign, as the agent read
+    /// it back from the token (absent for other backends, whose keys are sign-only by
+    /// construction, and when the token could not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_only: Option<bool>,
+    /// What else the token lets the private key do (`decrypt`, `unwrap`, `derive`,
+    /// `sign_recover`) when it is not sign-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_uses: Vec<String>,
     /// Origins for which the agent holds a server nonce for this key (`list_keys` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nonce_origins: Vec<String>,
