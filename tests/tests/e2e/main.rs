@@ -25,6 +25,7 @@ mod pkcs11_keys;
 mod pkcs11_pin;
 mod pkcs11_recipes;
 mod pkcs11_restart;
+mod pkcs11_tpm2;
 mod policy;
 mod process;
 mod protocol;
