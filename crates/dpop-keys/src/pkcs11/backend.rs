@@ -104,6 +104,7 @@ impl Pkcs11Backend {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // What the token says of one key; see file_key.
     pub(super) fn signer(
         &self,
         label: KeyLabel,
