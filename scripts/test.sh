@@ -34,7 +34,9 @@ stage "installs (Debian packages, jwcrypto, node, the Windows target) where miss
 need_apt=()
 # mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
 # under Wine (tests/tests/e2e/windows.rs).
-for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64; do
+# tpm2-pkcs11 over swtpm through tpm2-abrmd on a private D-Bus: the second PKCS#11 module.
+for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64 \
+    libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

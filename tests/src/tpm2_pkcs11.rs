@@ -184,7 +184,8 @@ impl Tpm2Token {
                     "string:com.intel.tss2.Tabrmd",
                 ])
                 .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("boolean true"))
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("boolean true"))
+                .unwrap_or_else(|e| panic!("running dbus-send ({e}): apt-get install dbus"))
         });
         std::fs::create_dir(dir.path().join("store")).expect("creating the token store");
         let reach = Tpm2TokenRef {

@@ -520,6 +520,20 @@ mod tests {
         .unwrap();
         assert!(key.nonce_origins.is_empty());
         assert!(!serde_json::to_string(&key).unwrap().contains("nonce"));
+        // Nor sign_only: a software key has none, an older agent sends none.
+        assert_eq!(key.sign_only, None);
+        assert!(key.other_uses.is_empty());
+        assert!(!serde_json::to_string(&key).unwrap().contains("sign_only"));
+        assert!(!serde_json::to_string(&key).unwrap().contains("other_uses"));
+        // A newer agent's members that a client does not know are ignored, so older clients
+        // read descriptions that say sign_only.
+        let mut newer = serde_json::to_value(&key).unwrap();
+        newer["sign_only"] = false.into();
+        newer["other_uses"] = serde_json::json!(["decrypt"]);
+        newer["member_from_the_future"] = 1.into();
+        let read: KeyDescription = serde_json::from_value(newer).unwrap();
+        assert_eq!(read.sign_only, Some(false));
+        assert_eq!(read.other_uses, ["decrypt"]);
     }
 
     #[test]
