@@ -17,7 +17,8 @@
 //!   [`AgentOptions::pkcs11`] starts an agent on it; [`SoftHsm::for_this_process`] is the
 //!   SoftHSM2 of a test binary that loads the module itself (dpop-keys' tests).
 //! - [`Tpm2Token`] makes a throw-away tpm2-pkcs11 token (its own swtpm, tpm2-abrmd on a
-//!   private D-Bus, token store; [`Tpm2Token::shared`]: one per test process); it and
+//!   private D-Bus, token store; [`Tpm2Token::shared`]: one per test process, one test at a
+//!   time); it and
 //!   [`SoftHsmToken`] are both a [`Pkcs11Token`], which the PKCS#11 helpers and
 //!   [`AgentOptions::pkcs11`] take.
 //! - [`Swtpm`] runs a throw-away software TPM (`swtpm socket` on free loopback ports, its own
@@ -104,7 +105,7 @@ pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use swtpm::Swtpm;
 #[cfg(feature = "tpm")]
 pub use swtpm::{create_srk, srk_template};
-pub use tpm2_pkcs11::{TPM2_PKCS11_MODULE, Tpm2Token, Tpm2TokenRef};
+pub use tpm2_pkcs11::{SharedTpm2Token, TPM2_PKCS11_MODULE, Tpm2Token, Tpm2TokenRef};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
 pub use wine::{WINE_TIMEOUT, WindowsAgent, Wine, unique_pipe, windows_path, wine};

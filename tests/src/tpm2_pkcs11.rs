@@ -8,9 +8,11 @@
 //! about one and a half seconds on an idle machine (swtpm, dbus-daemon and tpm2-abrmd start
 //! in tenths, the two `tpm2_ptool` runs take the rest) and four to five under a parallel test
 //! run, so the tests of one process share one token ([`Tpm2Token::shared`], made on first use,
-//! stopped when the process exits), each with key labels of its own. tpm2-pkcs11 reads its
-//! store when a process loads the module: a key another process adds later is seen by agents
-//! started after it.
+//! stopped when the process exits), each with key labels of its own. They take turns on it:
+//! the module keeps its store in SQLite and fails `C_Initialize` ("database is locked") in a
+//! process that loads it while another writes, which parallel tests would do. tpm2-pkcs11 reads
+//! its store when a process loads the module: a key another process adds later is seen by
+//! agents started after it.
 //!
 //! What the module takes, found by experiment (`TPM2_PKCS11_LOG_LEVEL=2` says why it refuses):
 //! it derives a key's flags from the TPM object, where sign and encrypt are one bit and
@@ -28,7 +30,7 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use tempfile::TempDir;
@@ -41,9 +43,10 @@ pub const TPM2_PKCS11_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_p
 
 /// A tpm2-pkcs11 token on a TPM of its own, its processes killed on drop.
 pub struct Tpm2Token {
-    // Dropped in this order: the broker before its bus, both before the TPM.
-    abrmd: Daemon,
-    dbus: Daemon,
+    // Held to be killed on drop, in this order: the broker before its bus, both before the
+    // TPM.
+    _abrmd: Daemon,
+    _dbus: Daemon,
     swtpm: Swtpm,
     dir: TempDir,
     reach: Tpm2TokenRef,
@@ -61,6 +64,46 @@ pub struct Tpm2TokenRef {
 /// The token of [`Tpm2Token::shared`], taken and dropped (its processes killed, its files
 /// removed) when the process exits.
 static SHARED: OnceLock<Mutex<Option<Tpm2Token>>> = OnceLock::new();
+
+/// The turn on the shared token: held by one test at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// The shared token for one test ([`Tpm2Token::shared`]): other tests wait for it until this
+/// is dropped.
+pub struct SharedTpm2Token {
+    reach: Tpm2TokenRef,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for SharedTpm2Token {
+    type Target = Tpm2TokenRef;
+
+    fn deref(&self) -> &Tpm2TokenRef {
+        &self.reach
+    }
+}
+
+impl Pkcs11Token for SharedTpm2Token {
+    fn module(&self) -> &Path {
+        self.reach.module()
+    }
+
+    fn label(&self) -> &str {
+        self.reach.label()
+    }
+
+    fn pin(&self) -> &str {
+        PIN
+    }
+
+    fn dir(&self) -> &Path {
+        self.reach.dir()
+    }
+
+    fn env(&self) -> Vec<(OsString, OsString)> {
+        self.reach.env()
+    }
+}
 
 extern "C" fn stop_shared() {
     if let Some(shared) = SHARED.get()
@@ -194,8 +237,8 @@ impl Tpm2Token {
             dir: dir.path().to_owned(),
         };
         let token = Tpm2Token {
-            abrmd,
-            dbus,
+            _abrmd: abrmd,
+            _dbus: dbus,
             swtpm,
             dir,
             reach,
@@ -217,8 +260,10 @@ impl Tpm2Token {
 
     /// The token `dpop-tpm2` that the tests of this process share, made on the first call;
     /// its processes are killed and its files removed when the process exits. Tests on it
-    /// use key labels of their own.
-    pub fn shared() -> Tpm2TokenRef {
+    /// use key labels of their own, and take turns: this waits until no other test holds it.
+    pub fn shared() -> SharedTpm2Token {
+        // A test that failed while holding its turn leaves the token usable.
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let shared = SHARED.get_or_init(|| {
             let token = Tpm2Token::create("dpop-tpm2");
             // SAFETY: registers a plain function; it runs once, at exit, after the tests.
@@ -227,25 +272,17 @@ impl Tpm2Token {
             Mutex::new(Some(token))
         });
         let token = shared.lock().unwrap_or_else(|e| e.into_inner());
-        token
+        let reach = token
             .as_ref()
             .expect("the shared token runs until the process exits")
             .reach
-            .clone()
+            .clone();
+        SharedTpm2Token { reach, _turn: turn }
     }
 
     /// The software TPM under the token.
     pub fn swtpm(&self) -> &Swtpm {
         &self.swtpm
-    }
-
-    /// Panics, with its log, when the broker or the bus has ended.
-    pub fn check_running(&mut self) {
-        let dir = self.dir.path().to_owned();
-        self.dbus
-            .check_running("dbus-daemon", &dir.join("dbus.log"));
-        self.abrmd
-            .check_running("tpm2-abrmd", &dir.join("abrmd.log"));
     }
 }
 

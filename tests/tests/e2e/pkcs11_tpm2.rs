@@ -1,6 +1,6 @@
 //! The PKCS#11 key tests on two modules, SoftHSM2 and tpm2-pkcs11 (over its own swtpm through
 //! tpm2-abrmd on a private D-Bus: see `dpop_tests::tpm2_pkcs11`; the tests share one such
-//! token, each with labels of its own), through the real agent and `dpop`:
+//! token, in turns, each with labels of its own), through the real agent and `dpop`:
 //!
 //! - every algorithm the token's mechanism list offers (SoftHSM2: ES256, ES384, RS256, PS256,
 //!   EdDSA; tpm2-pkcs11: ES256, ES384, RS256, PS256) generates, signs proofs that `dpop
