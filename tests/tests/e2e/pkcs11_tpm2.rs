@@ -93,8 +93,9 @@ fn usage_and_access(token: &impl Pkcs11Token, key: &KeyDescription) -> (String, 
     (line("Usage:"), line("Access:"))
 }
 
-/// The key tests on one token: each offered algorithm generates, signs (jwcrypto), is
-/// sign-only and never leaves the token, and signs after a restart. `fallback`: whether the
+/// The key tests on one token: each offered algorithm generates (with sign-only keys
+/// required), signs (jwcrypto), is sign-only and never leaves the token, and signs after a
+/// restart. `fallback`: whether the
 /// token is expected to refuse the strict template.
 fn generated_keys_on(token: &impl Pkcs11Token, prefix: &str, expected: &[&str], fallback: bool) {
     let algs = offered_algorithms(token);
@@ -102,7 +103,12 @@ fn generated_keys_on(token: &impl Pkcs11Token, prefix: &str, expected: &[&str], 
         algs, expected,
         "the token's mechanisms offer other algorithms"
     );
-    let mut agent = start(token);
+    // Sign-only keys are required: a key that could do more would be refused.
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .pkcs11(token)
+            .arg("--pkcs11-require-sign-only"),
+    );
     let mut keys = Vec::new();
     for alg in algs {
         let key = generate(
