@@ -1,7 +1,9 @@
 //! Key management on the token: generating, importing, adopting, loading and deleting keys.
 //!
 //! Generating and importing share one create-on-token path ([`Pkcs11Backend::create_on_token`]:
-//! a fresh `CKA_ID`, the objects, the public key read back, everything undone on failure), and
+//! a fresh `CKA_ID`, the objects made with the strictest template the token takes, the key
+//! judged by the flags read back ([`Pkcs11Backend::judge`], which adopting uses too), the
+//! public key read back, everything undone on failure), and
 //! every new key, adopted ones too, is filed by one function ([`Pkcs11Backend::file_key`]),
 //! which writes its record to the record store or, failing that, removes what we made.
 
