@@ -13,7 +13,8 @@
 //! - a key that can also decrypt (made by `pkcs11-tool` on tpm2-pkcs11, as another
 //!   application would) is adopted with a warning naming what it can do, in the agent's log,
 //!   on the CLI's standard error and in `keys list`; `--pkcs11-require-sign-only` refuses it
-//!   and leaves it on the token;
+//!   and leaves it on the token, and an agent restarted with it does not serve the key it
+//!   adopted before (the record stays);
 //! - a private key that is not sensitive and extractable is refused, never adopted;
 //! - tpm2-pkcs11 cannot store private keys (`C_CreateObject`): an import fails saying so and
 //!   leaves nothing on the token.
@@ -187,7 +188,7 @@ fn tpm2_pkcs11_keys_are_sign_only_sign_and_survive_a_restart() {
 
 /// A key another application made on tpm2-pkcs11 with `pkcs11-tool` can decrypt and derive:
 /// refused with `--pkcs11-require-sign-only` (and left on the token), adopted with a warning
-/// that names what it can do without it.
+/// that names what it can do without it, and not served by an agent restarted with it.
 #[test]
 fn a_key_that_can_decrypt_is_adopted_with_a_warning_or_refused() {
     let token = Tpm2Token::shared();
@@ -254,6 +255,20 @@ fn a_key_that_can_decrypt_is_adopted_with_a_warning_or_refused() {
     let table = agent.dpop_ok(&["keys", "list"]);
     assert!(table.contains("no (decrypt"), "{table}");
     assert_signs(&agent, &key);
+
+    // Restarted with sign-only keys required, the agent does not serve it (the record stays);
+    // without, it serves it again, as before.
+    let mut agent = agent;
+    agent.restart_with(adopting().arg("--pkcs11-require-sign-only"));
+    assert_eq!(listed(&agent, "other"), None);
+    let log = agent.stderr_log();
+    assert!(
+        log.contains("sign-only keys are required; not loaded, its record kept"),
+        "{log}"
+    );
+    agent.restart_with(adopting());
+    assert_eq!(listed(&agent, "other").as_ref(), Some(&key));
+    assert_still_signs(&agent, &key);
 }
 
 /// A private key that the token would hand out (not sensitive, extractable: stored so by the

@@ -156,7 +156,7 @@ impl Pkcs11Backend {
             // Judge what the token made, not what was asked: a token may take a template
             // and still make a key that can decrypt.
             let judged = KeyUsage::read(session, private)
-                .and_then(|usage| Ok(self.judge(label, usage, origin)?))
+                .and_then(|usage| Ok(self.judge(label, usage, origin, false)?))
                 .and_then(|uses| Ok((public_jwk(session, private, &locator, kind)?, uses)));
             match judged {
                 Ok((jwk, uses)) => Ok((jwk, FoundKey::read(session, generation, private), uses)),
@@ -233,8 +233,10 @@ impl Pkcs11Backend {
         label: &KeyLabel,
         usage: KeyUsage,
         origin: Origin,
+        loading: bool,
     ) -> Result<Vec<&'static str>, Error> {
         let (made, outcome) = match origin {
+            _ if loading => ("holds", "not loaded, its record kept"),
             Origin::Generated => ("made", "the key was destroyed again"),
             Origin::Imported => ("stored", "the key was destroyed again"),
             Origin::Adopted => ("holds", "not adopted; the key stays on the token as it is"),
@@ -481,20 +483,16 @@ impl Backend for Pkcs11Backend {
                     Err(Fail::Other(Error::InvalidKey { .. })) => record.jwk.clone(),
                     Err(e) => return Err(e),
                 };
-                // What the key may do, for `keys list`; a token that cannot say leaves it
-                // unknown rather than failing the start.
-                let uses = match KeyUsage::read(session, private) {
-                    Ok(usage) => {
-                        if let Some(problem) = usage.exposure(false) {
-                            tracing::warn!(label = %record.label, "the PKCS#11 token says key {} is {problem}", record.label);
-                        }
-                        Some(usage.other_uses())
-                    }
-                    Err(_) => None,
-                };
-                Ok(Ok((jwk, FoundKey::read(session, generation, private), uses)))
+                // What the key may do; a token that cannot say leaves it unknown rather
+                // than failing the start.
+                let usage = KeyUsage::read(session, private).ok();
+                Ok(Ok((
+                    jwk,
+                    FoundKey::read(session, generation, private),
+                    usage,
+                )))
             })?;
-            let (jwk, handle, uses) = match found {
+            let (jwk, handle, usage) = match found {
                 Ok(found) => found,
                 Err(count) => {
                     tracing::warn!(
@@ -520,6 +518,18 @@ impl Backend for Pkcs11Backend {
                 }
                 tracing::warn!(label = %record.label, "the PKCS#11 key's public key differs from its record; using the token's");
             }
+            // Judged as when it was made or adopted: the token or the settings may differ now
+            // (a key adopted before sign-only keys were required).
+            let uses = match usage
+                .map(|usage| self.judge(&record.label, usage, record.origin, true))
+                .transpose()
+            {
+                Ok(uses) => uses,
+                Err(e) => {
+                    tracing::warn!(label = %record.label, "PKCS#11 key {}: {e}", record.label);
+                    continue;
+                }
+            };
             signers.push(self.signer(
                 record.label,
                 record.alg,
@@ -637,7 +647,8 @@ impl Backend for Pkcs11Backend {
                 }
             }
             let handle = FoundKey::read(session, generation, private);
-            let uses = self.judge(label, KeyUsage::read(session, private)?, Origin::Adopted)?;
+            let usage = KeyUsage::read(session, private)?;
+            let uses = self.judge(label, usage, Origin::Adopted, false)?;
             if handle.always_authenticate && !options.always_authenticate {
                 return Err(Error::AdoptNotAllowed {
                     backend: BackendKind::Pkcs11,
