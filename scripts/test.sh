@@ -35,7 +35,9 @@ need_apt=()
 # mingw-w64 and wine64: the Windows build (aws-lc-sys needs a C cross-compiler) and its tests
 # under Wine (tests/tests/e2e/windows.rs). gcc and libp11-kit-dev (pkcs11.h): the PKCS#11 shim
 # the sloppy-token tests build (tests/pkcs11-shim/shim.c).
-for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64 gcc libp11-kit-dev; do
+# tpm2-pkcs11 over swtpm through tpm2-abrmd on a private D-Bus: the second PKCS#11 module.
+for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux passwd mingw-w64 wine64 \
+    gcc libp11-kit-dev libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # nginx: the reverse proxy in front of the example resource server (tests/tests/e2e/server_proxy.rs).

@@ -64,6 +64,8 @@ pub fn key_description(info: &KeyInfo) -> KeyDescription {
         jkt: info.jkt.clone(),
         persistent: info.persistent,
         location: info.location.clone(),
+        sign_only: info.sign_only,
+        other_uses: info.other_uses.clone(),
         nonce_origins: Vec::new(),
         policy: KeyPolicy::default(),
     }

@@ -39,8 +39,18 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<(), StdoutErro
 /// `\n`), everything else as is. The one that OAuth errors are shown with.
 pub(crate) use dpop_client::http::printable;
 
-/// One key after a change: `{verb} LABEL (BACKEND ALG, jkt JKT)`, or the key as JSON.
+/// One key after a change: `{verb} LABEL (BACKEND ALG, jkt JKT)`, or the key as JSON. A key
+/// that its token lets do more than sign gets a warning on standard error, which names what.
 pub(crate) fn print_key(key: &KeyDescription, json: bool, verb: &str) -> Result<(), StdoutError> {
+    if key.sign_only == Some(false) && verb != "deleted" {
+        eprintln!(
+            "dpop: warning: the token lets key {} also {}, not only sign: any program with the \
+             token's PIN can use it so (the agent option --pkcs11-require-sign-only refuses \
+             such keys)",
+            key.label,
+            printable(&key.other_uses.join(", "))
+        );
+    }
     if json {
         print_json(key)
     } else {
@@ -83,6 +93,16 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<(), S
         outln!("{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+/// The `SIGN-ONLY` cell of `keys list`: `yes`, `no (decrypt, unwrap)`, or `-` where the
+/// backend makes every key sign-only or the token could not say.
+pub(crate) fn sign_only_summary(key: &KeyDescription) -> String {
+    match key.sign_only {
+        Some(true) => "yes".to_owned(),
+        Some(false) => format!("no ({})", printable(&key.other_uses.join(", "))),
+        None => "-".to_owned(),
+    }
 }
 
 /// A short summary of a policy for `keys list` and `keys policy`.

@@ -16,6 +16,11 @@
 //! - [`SoftHsmToken`] makes a throw-away SoftHSM2 token with its own `SOFTHSM2_CONF`, and
 //!   [`AgentOptions::pkcs11`] starts an agent on it; [`SoftHsm::for_this_process`] is the
 //!   SoftHSM2 of a test binary that loads the module itself (dpop-keys' tests).
+//! - [`Tpm2Token`] makes a throw-away tpm2-pkcs11 token (its own swtpm, tpm2-abrmd on a
+//!   private D-Bus, token store; [`Tpm2Token::shared`]: one per test process, one test at a
+//!   time); it and
+//!   [`SoftHsmToken`] are both a [`Pkcs11Token`], which the PKCS#11 helpers and
+//!   [`AgentOptions::pkcs11`] take.
 //! - [`Swtpm`] runs a throw-away software TPM (`swtpm socket` on free loopback ports, its own
 //!   state directory), and [`AgentOptions::tpm`] starts an agent on it. With this package's
 //!   feature `tpm` (on in `--all-features` runs), the binaries are built with dpop-agent's
@@ -46,9 +51,11 @@
 //! Requirements of the suite: `openssl`, `python3` with `jwcrypto` (`pip install jwcrypto`) for
 //! the interop tests, root for the tests that act as another user (`useradd`, `setpriv`), and
 //! SoftHSM2 and OpenSC's `pkcs11-tool` for the PKCS#11 tests (`apt-get install softhsm2
-//! opensc`), swtpm for the TPM tests (`apt-get install swtpm swtpm-tools`, and `libtss2-dev`
-//! to build), and `redis-server` and nginx for the server kit's tests (`apt-get install
-//! redis-server nginx`); tests fail with a message saying what is missing rather than skip.
+//! opensc`), tpm2-pkcs11 for the second module (`apt-get install libtpm2-pkcs11-1
+//! libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus`), swtpm for the TPM tests
+//! (`apt-get install swtpm swtpm-tools`, and `libtss2-dev` to build), and `redis-server` and
+//! nginx for the server kit's tests (`apt-get install redis-server nginx`); tests fail with a
+//! message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -77,6 +84,7 @@ pub mod softhsm;
 pub mod swtpm;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+pub mod tpm2_pkcs11;
 pub mod verify;
 pub mod wait;
 pub mod wine;
@@ -90,6 +98,7 @@ pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_
 pub use nginx::Nginx;
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
 pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};
+pub use pkcs11::Pkcs11Token;
 pub use process::{
     KillOnDrop, OTHER_USER, command_as_other_user, files_under, is_root, mode, new_temp_dir,
     other_user, process_gone, require_tool, run_ok, send_signal, set_mode, wait_timeout,
@@ -101,6 +110,7 @@ pub use softhsm::{PKCS11_PIN_VAR, SoftHsm, SoftHsmToken, pkcs11_module};
 pub use swtpm::Swtpm;
 #[cfg(feature = "tpm")]
 pub use swtpm::{create_srk, srk_template};
+pub use tpm2_pkcs11::{SharedTpm2Token, TPM2_PKCS11_MODULE, Tpm2Token, Tpm2TokenRef};
 pub use verify::{decode_jws, jwcrypto_verify, try_verify_proof, unix_now, verify_proof};
 pub use wait::{POLL_INTERVAL, poll_until, wait_until};
 pub use wine::{WINE_TIMEOUT, WindowsAgent, Wine, unique_pipe, windows_path, wine};

@@ -1,7 +1,9 @@
 //! Helpers of the PKCS#11 end-to-end tests (the `pkcs11_*` modules of the `e2e` test binary):
-//! a throw-away SoftHSM2 token per test ([`SoftHsmToken`]: own directory, own `SOFTHSM2_CONF`,
-//! so the tests run in parallel), keys made through `dpop`, proofs checked by `dpop verify`,
-//! jwcrypto and dpop-jose, and the token inspected from outside.
+//! a throw-away token per test, on SoftHSM2 ([`SoftHsmToken`]: own directory, own
+//! `SOFTHSM2_CONF`, so the tests run in parallel) or on tpm2-pkcs11
+//! ([`Tpm2Token`](crate::tpm2_pkcs11::Tpm2Token): own TPM, broker and store), both behind
+//! [`Pkcs11Token`]; keys made through `dpop`, proofs checked by `dpop verify`, jwcrypto and
+//! dpop-jose, and the token inspected from outside.
 //!
 //! The token is inspected with `dpop-test-pkcs11` ([`inspect`]: this package's helper binary,
 //! raw cryptoki in a process of its own) and OpenSC's `pkcs11-tool`. A process can initialise
@@ -12,15 +14,66 @@
 //! `softhsm2-util`, `pkcs11-tool` (OpenSC), `openssl` and `python3` with jwcrypto; fails,
 //! never skips, without them.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use dpop_client::Error as ClientError;
 use dpop_protocol::{ErrorCode, KeyDescription};
 use serde_json::Value;
 
-use crate::{AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, run_ok, verify_proof};
+use crate::{
+    AgentOptions, SoftHsmToken, TestAgent, jwcrypto_verify, require_command, run_ok, verify_proof,
+};
+
+/// A token the PKCS#11 tests run on, whichever module holds it: what an agent and an outside
+/// process (`pkcs11-tool`, `dpop-test-pkcs11`) need to reach it.
+pub trait Pkcs11Token {
+    /// The PKCS#11 module.
+    fn module(&self) -> &Path;
+    /// The token label.
+    fn label(&self) -> &str;
+    /// The user PIN.
+    fn pin(&self) -> &str;
+    /// A directory of the token's own (PIN files go there).
+    fn dir(&self) -> &Path;
+    /// The environment the module needs to find the token (`SOFTHSM2_CONF`; tpm2-pkcs11's
+    /// store, TCTI and bus).
+    fn env(&self) -> Vec<(OsString, OsString)>;
+
+    /// `program` with [`env`](Self::env).
+    fn command(&self, program: impl AsRef<OsStr>) -> Command
+    where
+        Self: Sized,
+    {
+        let mut command = Command::new(program);
+        command.envs(self.env());
+        command
+    }
+
+    /// OpenSC's `pkcs11-tool` on this token (`--module`, `--token-label`); panics, naming the
+    /// package, when it is not installed.
+    fn pkcs11_tool(&self) -> Command
+    where
+        Self: Sized,
+    {
+        require_command(
+            self.command("pkcs11-tool")
+                .arg("--module")
+                .arg(self.module())
+                .arg("--show-info"),
+            "pkcs11-tool",
+            "opensc",
+        );
+        let mut command = self.command("pkcs11-tool");
+        command
+            .arg("--module")
+            .arg(self.module())
+            .arg("--token-label")
+            .arg(self.label());
+        command
+    }
+}
 
 /// The URL the proofs are for, as a client would write it; [`HTU`] is its normalised form.
 pub const URL: &str = "https://API.example.com:443/v1/items?page=2#top";
@@ -33,7 +86,7 @@ pub const ACCESS_TOKEN: &str = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU";
 /// log means it leaked.
 pub const PIN: &str = "pin-Qx83Zt7w";
 /// The security officer PIN of every test token.
-const SO_PIN: &str = "so-Mf92Lk4v";
+pub const SO_PIN: &str = "so-Mf92Lk4v";
 /// A PIN no token has.
 pub const WRONG_PIN: &str = "wrong-Kd5xR1";
 
@@ -44,7 +97,7 @@ pub fn token(label: &str) -> SoftHsmToken {
 }
 
 /// An agent on `token`, its PIN from the environment.
-pub fn start(token: &SoftHsmToken) -> TestAgent {
+pub fn start(token: &impl Pkcs11Token) -> TestAgent {
     TestAgent::start(AgentOptions::new().pkcs11(token))
 }
 
@@ -65,7 +118,12 @@ pub fn listed(agent: &TestAgent, label: &str) -> Option<KeyDescription> {
 }
 
 /// `dpop keys generate --backend pkcs11`, checked to describe a token key.
-pub fn generate(agent: &TestAgent, token: &SoftHsmToken, label: &str, alg: &str) -> KeyDescription {
+pub fn generate(
+    agent: &TestAgent,
+    token: &impl Pkcs11Token,
+    label: &str,
+    alg: &str,
+) -> KeyDescription {
     let key = parse_key(&agent.dpop_ok(&[
         "keys",
         "generate",
@@ -83,14 +141,14 @@ pub fn generate(agent: &TestAgent, token: &SoftHsmToken, label: &str, alg: &str)
 
 /// A P-256 key pair made on the token by pkcs11-tool, as another application would, with
 /// `extra` options for the key.
-pub fn pkcs11_tool_keypair(token: &SoftHsmToken, label: &str, id_hex: &str, extra: &[&str]) {
+pub fn pkcs11_tool_keypair(token: &impl Pkcs11Token, label: &str, id_hex: &str, extra: &[&str]) {
     run_ok(
         token
             .pkcs11_tool()
             .args([
                 "--login",
                 "--pin",
-                PIN,
+                token.pin(),
                 "--keypairgen",
                 "--key-type",
                 "EC:prime256v1",
@@ -130,7 +188,7 @@ pub fn import_with(
 /// `dpop keys import FILE --backend pkcs11 [--alg ALG]`, checked to be a token key.
 pub fn import(
     agent: &TestAgent,
-    token: &SoftHsmToken,
+    token: &impl Pkcs11Token,
     pem: &Path,
     label: &str,
     alg: Option<&str>,
@@ -143,7 +201,7 @@ pub fn import(
 
 /// `key` is the token key `label` as the agent describes it: pkcs11 backend, `alg`,
 /// persistent, located by an RFC 7512 URI naming the token and the key's `CKA_ID`.
-pub fn assert_token_key(key: &KeyDescription, token: &SoftHsmToken, label: &str, alg: &str) {
+pub fn assert_token_key(key: &KeyDescription, token: &impl Pkcs11Token, label: &str, alg: &str) {
     assert_eq!(key.label, label);
     assert_eq!(key.backend, "pkcs11", "{label}: {key:?}");
     assert_eq!(key.alg.to_string(), alg, "{label}: {key:?}");
@@ -244,7 +302,7 @@ pub fn assert_still_signs(agent: &TestAgent, key: &KeyDescription) {
 }
 
 /// Runs the `dpop-test-pkcs11` helper on `token` (logged in with the token's PIN).
-pub fn inspect(token: &SoftHsmToken, args: &[&str]) -> Value {
+pub fn inspect(token: &impl Pkcs11Token, args: &[&str]) -> Value {
     let out = token
         .command(helper())
         .arg(token.module())
@@ -280,7 +338,7 @@ pub(crate) fn helper() -> PathBuf {
 }
 
 /// The key's private and public objects on the token: (private keys described, public count).
-pub fn objects_of(token: &SoftHsmToken, key: &KeyDescription) -> (Vec<Value>, u64) {
+pub fn objects_of(token: &impl Pkcs11Token, key: &KeyDescription) -> (Vec<Value>, u64) {
     let found = inspect(token, &["private-key", &key_id(key)]);
     (
         found["private_keys"].as_array().expect("array").clone(),
@@ -290,9 +348,10 @@ pub fn objects_of(token: &SoftHsmToken, key: &KeyDescription) -> (Vec<Value>, u6
 
 /// The token keeps `key`'s private half to itself: exactly one private key object under the
 /// key's `CKA_ID`, whose secret parts (`CKA_VALUE`; for RSA `CKA_PRIVATE_EXPONENT` and the CRT
-/// values) the token refuses to return (`CKR_ATTRIBUTE_SENSITIVE`), marked sensitive, private,
+/// values) the token refuses to return (`CKR_ATTRIBUTE_SENSITIVE`) or does not have (a TPM
+/// holds them: `CKR_ATTRIBUTE_TYPE_INVALID`), marked sensitive, private,
 /// not extractable, and (when made on the token) never extractable and always sensitive.
-pub fn assert_stays_on_token(token: &SoftHsmToken, key: &KeyDescription, generated: bool) {
+pub fn assert_stays_on_token(token: &impl Pkcs11Token, key: &KeyDescription, generated: bool) {
     let name = &key.label;
     let (private, public) = objects_of(token, key);
     let [private] = &private[..] else {
@@ -323,10 +382,12 @@ pub fn assert_stays_on_token(token: &SoftHsmToken, key: &KeyDescription, generat
         &["CKA_VALUE"]
     };
     for part in wanted {
-        assert_eq!(
-            secrets.get(*part).and_then(Value::as_str),
-            Some("sensitive"),
-            "{name}: the token must refuse {part} with CKR_ATTRIBUTE_SENSITIVE: {private}"
+        // A token that keeps the key in a TPM (tpm2-pkcs11) has no such attribute at all.
+        let answer = secrets.get(*part).and_then(Value::as_str);
+        assert!(
+            matches!(answer, Some("sensitive" | "type_invalid")),
+            "{name}: the token must refuse {part} with CKR_ATTRIBUTE_SENSITIVE (or not have \
+             it): {private}"
         );
     }
     assert_eq!(

@@ -11,7 +11,7 @@
 //! So an agent gets its token before it starts, and an in-process test binary makes all its
 //! tokens, and sets `SOFTHSM2_CONF`, before the first test loads the module.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
+use crate::pkcs11::Pkcs11Token;
 use crate::{
     AgentOptions, require_command, require_tool, run_ok, workspace_root, write_private_file,
 };
@@ -330,16 +331,39 @@ impl SoftHsmToken {
     }
 }
 
+impl Pkcs11Token for SoftHsmToken {
+    fn module(&self) -> &Path {
+        self.hsm.module()
+    }
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn pin(&self) -> &str {
+        &self.pin
+    }
+
+    fn dir(&self) -> &Path {
+        self.hsm.dir()
+    }
+
+    fn env(&self) -> Vec<(OsString, OsString)> {
+        vec![("SOFTHSM2_CONF".into(), self.conf().into())]
+    }
+}
+
 impl AgentOptions {
-    /// The agent on `token`: `--pkcs11-module`, `--pkcs11-token LABEL`, `SOFTHSM2_CONF` in its
-    /// environment, and the token's PIN in [`PKCS11_PIN_VAR`] named by `--pkcs11-pin-env`.
-    pub fn pkcs11(self, token: &SoftHsmToken) -> AgentOptions {
+    /// The agent on `token`: `--pkcs11-module`, `--pkcs11-token LABEL`, the module's
+    /// environment (`SOFTHSM2_CONF`, ...), and the token's PIN in [`PKCS11_PIN_VAR`] named by
+    /// `--pkcs11-pin-env`.
+    pub fn pkcs11(self, token: &impl Pkcs11Token) -> AgentOptions {
         let pin = token.pin().to_owned();
         self.pkcs11_pin_env(token, &pin)
     }
 
     /// Like [`Self::pkcs11`] with another PIN in [`PKCS11_PIN_VAR`] (a wrong one, say).
-    pub fn pkcs11_pin_env(self, token: &SoftHsmToken, pin: &str) -> AgentOptions {
+    pub fn pkcs11_pin_env(self, token: &impl Pkcs11Token, pin: &str) -> AgentOptions {
         self.pkcs11_no_pin(token)
             .arg("--pkcs11-pin-env")
             .arg(PKCS11_PIN_VAR)
@@ -348,20 +372,24 @@ impl AgentOptions {
 
     /// Like [`Self::pkcs11`], the PIN from `--pkcs11-pin-file <token dir>/pin`, a 0600 file
     /// holding `contents` (write the PIN with or without a newline, or nothing at all).
-    pub fn pkcs11_pin_file(self, token: &SoftHsmToken, contents: &str) -> AgentOptions {
+    pub fn pkcs11_pin_file(self, token: &impl Pkcs11Token, contents: &str) -> AgentOptions {
         let path = token.dir().join("pin");
         let _ = fs::remove_file(&path);
         write_private_file(&path, contents.as_bytes());
         self.pkcs11_no_pin(token).arg("--pkcs11-pin-file").arg(path)
     }
 
-    /// `--pkcs11-module`, `--pkcs11-token` and `SOFTHSM2_CONF` only: add a PIN source
-    /// yourself (without one the agent would prompt on its terminal, which it has not).
-    pub fn pkcs11_no_pin(self, token: &SoftHsmToken) -> AgentOptions {
-        self.arg("--pkcs11-module")
+    /// `--pkcs11-module`, `--pkcs11-token` and the module's environment only: add a PIN
+    /// source yourself (without one the agent would prompt on its terminal, which it has not).
+    pub fn pkcs11_no_pin(self, token: &impl Pkcs11Token) -> AgentOptions {
+        let mut options = self
+            .arg("--pkcs11-module")
             .arg(token.module())
             .arg("--pkcs11-token")
-            .arg(token.label())
-            .env("SOFTHSM2_CONF", token.conf())
+            .arg(token.label());
+        for (name, value) in token.env() {
+            options = options.env(name, value);
+        }
+        options
     }
 }

@@ -48,6 +48,12 @@ pub struct Pkcs11Options {
     #[arg(long)]
     pub pkcs11_allow_adopt: bool,
 
+    /// Refuse token keys that can do more than sign (decrypt, unwrap, derive): a new key the
+    /// token makes so is destroyed again, such a key is not adopted. Without it such keys are
+    /// kept with a warning (some tokens, tpm2-pkcs11 for one, choose these flags themselves).
+    #[arg(long)]
+    pub pkcs11_require_sign_only: bool,
+
     /// Existing token keys to adopt at start-up: `[[pkcs11_adopt]]` tables, in the file only.
     #[arg(skip)]
     pub pkcs11_adopt: Vec<AdoptEntry>,
@@ -62,6 +68,9 @@ impl Over for Pkcs11Options {
             pkcs11_pin_env: self.pkcs11_pin_env.over(file.pkcs11_pin_env),
             pkcs11_pin_file: self.pkcs11_pin_file.over(file.pkcs11_pin_file),
             pkcs11_allow_adopt: self.pkcs11_allow_adopt.over(file.pkcs11_allow_adopt),
+            pkcs11_require_sign_only: self
+                .pkcs11_require_sign_only
+                .over(file.pkcs11_require_sign_only),
             pkcs11_adopt: self.pkcs11_adopt.over(file.pkcs11_adopt),
         }
     }
@@ -94,6 +103,8 @@ pub struct Pkcs11Settings {
     pub adopt: Vec<AdoptEntry>,
     /// Whether clients may adopt token keys (`--pkcs11-allow-adopt`).
     pub allow_adopt: bool,
+    /// Whether keys that can do more than sign are refused (`--pkcs11-require-sign-only`).
+    pub require_sign_only: bool,
 }
 
 impl Pkcs11Options {
@@ -131,6 +142,7 @@ impl Pkcs11Options {
             pin,
             adopt: self.pkcs11_adopt,
             allow_adopt: self.pkcs11_allow_adopt,
+            require_sign_only: self.pkcs11_require_sign_only,
         }))
     }
 }
@@ -160,10 +172,15 @@ impl ConfiguredBackend for Pkcs11Settings {
             bail!("pkcs11_pin_file {} is not a file", path.display());
         }
         Ok(format!(
-            "pkcs11: module {}, {}, {} key(s) to adopt at start",
+            "pkcs11: module {}, {}, {} key(s) to adopt at start{}",
             self.module.display(),
             self.token,
-            self.adopt.len()
+            self.adopt.len(),
+            if self.require_sign_only {
+                ", sign-only keys required"
+            } else {
+                ""
+            }
         ))
     }
 
@@ -188,8 +205,9 @@ impl ConfiguredBackend for Pkcs11Settings {
         };
         // dpop-keys' errors name the module file themselves; saying it here too printed it
         // twice.
-        let backend =
-            Pkcs11Backend::open(config).with_context(|| format!("opening the PKCS#11 {token}"))?;
+        let backend = Pkcs11Backend::open(config)
+            .with_context(|| format!("opening the PKCS#11 {token}"))?
+            .require_sign_only(self.require_sign_only);
         info!(module = %backend.module_path().display(), "PKCS#11 {token} ready");
         Ok(Arc::new(backend))
     }

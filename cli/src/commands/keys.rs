@@ -14,7 +14,9 @@ use serde_json::json;
 
 use super::{JsonArg, KeyArg, connect, pick_key};
 use crate::input::{confirm, interactive, read_input};
-use crate::output::{outln, policy_summary, print_json, print_key, print_table, unix_now};
+use crate::output::{
+    outln, policy_summary, print_json, print_key, print_table, sign_only_summary, unix_now,
+};
 
 #[derive(Subcommand)]
 pub(crate) enum KeysCommand {
@@ -139,13 +141,22 @@ fn list(client: &mut Client, out: &JsonArg) -> Result<()> {
                     k.alg.to_string(),
                     k.backend.clone(),
                     if k.persistent { "yes" } else { "memory" }.to_owned(),
+                    sign_only_summary(k),
                     policy_summary(&k.policy),
                     k.jkt.clone(),
                 ]
             })
             .collect();
         print_table(
-            &["LABEL", "ALG", "BACKEND", "STORED", "POLICY", "JKT"],
+            &[
+                "LABEL",
+                "ALG",
+                "BACKEND",
+                "STORED",
+                "SIGN-ONLY",
+                "POLICY",
+                "JKT",
+            ],
             &rows,
         )?;
     }

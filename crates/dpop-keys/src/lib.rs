@@ -255,6 +255,15 @@ pub struct KeyInfo {
     /// Where the backend keeps it (a PKCS#11 URI, a file), when that is worth showing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// For a key on a device whose keys may do more than sign (a PKCS#11 token): whether the
+    /// device lets the private key only sign, as read back from it. `None` for backends whose
+    /// keys are sign-only by construction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_only: Option<bool>,
+    /// What else the device lets the private key do (`decrypt`, `unwrap`, `derive`,
+    /// `sign_recover`); empty for a sign-only key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_uses: Vec<String>,
 }
 
 /// The public description and cached proof header of one key, built once when the key is
@@ -299,6 +308,8 @@ impl KeyMeta {
                 jkt,
                 persistent,
                 location,
+                sign_only: None,
+                other_uses: Vec::new(),
             },
             header,
             sign_nanos: AtomicU64::new(0),
@@ -327,6 +338,14 @@ impl KeyMeta {
             0 => None,
             n => Some(std::time::Duration::from_nanos(n)),
         }
+    }
+
+    /// Says what the device lets the private key do besides signing (`decrypt`, `unwrap`,
+    /// ...; empty: nothing), for backends whose devices may allow more ([`KeyInfo::sign_only`]).
+    pub fn with_other_uses(mut self, other_uses: &[&str]) -> KeyMeta {
+        self.info.sign_only = Some(other_uses.is_empty());
+        self.info.other_uses = other_uses.iter().map(|u| (*u).to_owned()).collect();
+        self
     }
 
     /// The public description.

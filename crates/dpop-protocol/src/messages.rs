@@ -266,6 +266,15 @@ pub struct KeyDescription {
     /// Where the backend keeps it, when worth showing (a PKCS#11 URI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// For a PKCS#11 key: whether the token lets the private key only sign, as the agent read
+    /// it back from the token (absent for other backends, whose keys are sign-only by
+    /// construction, and when the token could not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_only: Option<bool>,
+    /// What else the token lets the private key do (`decrypt`, `unwrap`, `derive`,
+    /// `sign_recover`) when it is not sign-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_uses: Vec<String>,
     /// Origins for which the agent holds a server nonce for this key (`list_keys` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nonce_origins: Vec<String>,
@@ -516,6 +525,20 @@ mod tests {
         .unwrap();
         assert!(key.nonce_origins.is_empty());
         assert!(!serde_json::to_string(&key).unwrap().contains("nonce"));
+        // Nor sign_only: a software key has none, an older agent sends none.
+        assert_eq!(key.sign_only, None);
+        assert!(key.other_uses.is_empty());
+        assert!(!serde_json::to_string(&key).unwrap().contains("sign_only"));
+        assert!(!serde_json::to_string(&key).unwrap().contains("other_uses"));
+        // A newer agent's members that a client does not know are ignored, so older clients
+        // read descriptions that say sign_only.
+        let mut newer = serde_json::to_value(&key).unwrap();
+        newer["sign_only"] = false.into();
+        newer["other_uses"] = serde_json::json!(["decrypt"]);
+        newer["member_from_the_future"] = 1.into();
+        let read: KeyDescription = serde_json::from_value(newer).unwrap();
+        assert_eq!(read.sign_only, Some(false));
+        assert_eq!(read.other_uses, ["decrypt"]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod pkcs11_pin;
 mod pkcs11_recipes;
 mod pkcs11_restart;
 mod pkcs11_shim;
+mod pkcs11_tpm2;
 mod policy;
 mod policy_guard;
 mod process;

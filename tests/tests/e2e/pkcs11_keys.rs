@@ -100,8 +100,12 @@ fn imported_pems_match_openssl_and_leave_no_copy_behind() {
     let mut keys = Vec::new();
     for (pem, label, alg, expected) in cases {
         let key = import(&agent, &token, pem, label, alg, expected);
+        // Judged by the flags read back from the token: sign-only.
+        assert_eq!(key.sign_only, Some(true), "{label}: {key:?}");
         let software = import_with(&reference, pem, label, "software", alg);
         assert_eq!(software.backend, "software");
+        // A software key is sign-only by construction and says nothing.
+        assert_eq!(software.sign_only, None, "{label}: {software:?}");
         assert_eq!(
             (&key.jwk, &key.jkt),
             (&software.jwk, &software.jkt),

@@ -16,6 +16,8 @@ use crate::{Algorithm, BackendKind, Error, Jwk, KeyLabel, KeyMeta, SignerRef};
 pub struct Pkcs11Backend {
     pub(super) token: Arc<Token>,
     pub(super) records: RecordStore,
+    /// Refuse keys the token lets do more than sign ([`Self::require_sign_only`]).
+    pub(super) require_sign_only: bool,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -23,6 +25,7 @@ impl std::fmt::Debug for Pkcs11Backend {
         f.debug_struct("Pkcs11Backend")
             .field("token", &self.token)
             .field("metadata_dir", &self.records.dir())
+            .field("require_sign_only", &self.require_sign_only)
             .finish()
     }
 }
@@ -45,7 +48,20 @@ impl Pkcs11Backend {
         ));
         // Opens the first session, which logs in.
         drop(token.session()?);
-        Ok(Pkcs11Backend { token, records })
+        Ok(Pkcs11Backend {
+            token,
+            records,
+            require_sign_only: false,
+        })
+    }
+
+    /// With `required`, a key that the token lets decrypt, unwrap, derive or sign with
+    /// recovery is refused (a generated or imported one destroyed again) instead of kept with
+    /// a warning. Tokens that derive a key's flags themselves (tpm2-pkcs11, a YubiKey's PIV
+    /// slots) may make such keys whatever the template asks.
+    pub fn require_sign_only(mut self, required: bool) -> Pkcs11Backend {
+        self.require_sign_only = required;
+        self
     }
 
     /// The canonical path of the module in use.
@@ -88,6 +104,7 @@ impl Pkcs11Backend {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // What the token says of one key; see file_key.
     pub(super) fn signer(
         &self,
         label: KeyLabel,
@@ -96,9 +113,10 @@ impl Pkcs11Backend {
         identity: &TokenIdentity,
         locator: Locator,
         found: Option<FoundKey>,
+        other_uses: Option<&[&str]>,
     ) -> Result<SignerRef, Error> {
         let with = self.sign_with(alg)?;
-        let meta = KeyMeta::new(
+        let mut meta = KeyMeta::new(
             label,
             alg,
             BackendKind::Pkcs11,
@@ -106,6 +124,10 @@ impl Pkcs11Backend {
             true,
             Some(Self::key_uri(identity, &locator)),
         )?;
+        // Unknown when the token could not say.
+        if let Some(uses) = other_uses {
+            meta = meta.with_other_uses(uses);
+        }
         Ok(Arc::new(Pkcs11Signer::new(
             meta,
             self.token.clone(),

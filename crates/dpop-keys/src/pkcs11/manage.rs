@@ -1,7 +1,9 @@
 //! Key management on the token: generating, importing, adopting, loading and deleting keys.
 //!
 //! Generating and importing share one create-on-token path ([`Pkcs11Backend::create_on_token`]:
-//! a fresh `CKA_ID`, the objects, the public key read back, everything undone on failure), and
+//! a fresh `CKA_ID`, the objects made with the strictest template the token takes, the key
+//! judged by the flags read back ([`Pkcs11Backend::judge`], which adopting uses too), the
+//! public key read back, everything undone on failure), and
 //! every new key, adopted ones too, is filed by one function ([`Pkcs11Backend::file_key`]),
 //! which writes its record to the record store or, failing that, removes what we made.
 
@@ -9,27 +11,66 @@ use std::fs;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::error::{Fail, ck_error, rv};
 use super::module::TokenIdentity;
-use super::objects::{FoundKey, Locator, find, key_kind, public_jwk};
+use super::objects::{FoundKey, KeyUsage, Locator, find, key_kind, public_jwk};
 use super::record::{KeyRecord, Origin, hex_encode};
 use super::signer::{SignWith, required_mechanisms};
-use super::templates::{
-    ImportTemplates, generation_templates, import_templates, without_allowed_mechanisms,
-};
+use super::templates::{ImportTemplates, Template, generation_templates, import_templates};
 use super::{ObjectType, Pkcs11Backend, Pkcs11Uri};
-use crate::pem::parse_private_key_pem;
+use crate::pem::{PrivateKeyPem, parse_private_key_pem};
 use crate::{
     AdoptOptions, AdoptRefusal, Algorithm, Backend, BackendKind, Error, Jwk, KeyKind, KeyLabel,
     SignerRef,
 };
 
-/// The objects [`Pkcs11Backend::create_on_token`] puts on the token, without `CKA_ID` and
-/// `CKA_LABEL`, which it adds.
+/// The key [`Pkcs11Backend::create_on_token`] puts on the token: generated there, or a PEM
+/// key's objects.
+enum NewKey<'a> {
+    /// A key pair the token generates.
+    Generate {
+        alg: Algorithm,
+        signs_with: MechanismType,
+    },
+    /// A PEM key (zeroized on drop, as are the templates made from it).
+    Import {
+        pem: &'a PrivateKeyPem,
+        signs_with: MechanismType,
+    },
+}
+
+impl NewKey<'_> {
+    /// Its objects under one [`Template`].
+    fn objects(&self, template: Template) -> Result<NewObjects, Error> {
+        Ok(match *self {
+            NewKey::Generate { alg, signs_with } => {
+                let (mechanism, public, private) = generation_templates(alg, signs_with, template);
+                NewObjects::Generate {
+                    mechanism,
+                    public,
+                    private,
+                }
+            }
+            NewKey::Import { pem, signs_with } => {
+                NewObjects::Import(import_templates(pem, signs_with, template)?)
+            }
+        })
+    }
+
+    fn origin(&self) -> Origin {
+        match self {
+            NewKey::Generate { .. } => Origin::Generated,
+            NewKey::Import { .. } => Origin::Imported,
+        }
+    }
+}
+
+/// The objects of one attempt at a [`NewKey`], without `CKA_ID` and `CKA_LABEL`, which the
+/// caller adds.
 enum NewObjects {
     /// A key pair the token generates.
     Generate {
@@ -50,12 +91,6 @@ impl NewObjects {
             } => [public, private],
             NewObjects::Import(t) => [&mut t.public, &mut t.private.0],
         }
-    }
-
-    /// Takes `CKA_ALLOWED_MECHANISMS` out of the private template; false when it was not there.
-    fn drop_allowed_mechanisms(&mut self) -> bool {
-        let [_, private] = self.templates_mut();
-        without_allowed_mechanisms(private)
     }
 
     /// Makes the objects on the token; returns the private key's handle. A failure leaves
@@ -79,58 +114,52 @@ impl NewObjects {
     }
 }
 
-/// Whether a token refused a template for an attribute it does not know (or a value it does
-/// not take), as a token older than PKCS#11 2.40 does with `CKA_ALLOWED_MECHANISMS`.
-fn refuses_attribute(e: &CkError) -> bool {
+/// Whether a token refused a template (an attribute it does not know or a value it does not
+/// take): `CKR_ATTRIBUTE_*`, `CKR_TEMPLATE_*`, and the `CKR_GENERAL_ERROR` /
+/// `CKR_FUNCTION_FAILED` that some modules answer instead (tpm2-pkcs11: "User specified and
+/// TPM specified attr mismatch").
+fn refuses_template(e: &CkError) -> bool {
     matches!(
         rv(e),
         Some(
             RvError::AttributeTypeInvalid
                 | RvError::AttributeValueInvalid
+                | RvError::AttributeReadOnly
                 | RvError::TemplateInconsistent
+                | RvError::TemplateIncomplete
+                | RvError::GeneralError
+                | RvError::FunctionFailed
         )
     )
 }
 
 impl Pkcs11Backend {
-    /// Puts a new key on the token (generated there or imported), reads its public key back
-    /// and files it. The caller has checked the label, the algorithm and the token's
-    /// mechanisms. Whatever fails, nothing is left half-made on the token.
+    /// Puts a new key on the token (generated there or imported), judges what the token
+    /// made, reads its public key back and files it. The caller has checked the label, the
+    /// algorithm and the token's mechanisms. Whatever fails, nothing is left half-made on the
+    /// token.
     fn create_on_token(
         &self,
         label: &KeyLabel,
         alg: Algorithm,
-        origin: Origin,
-        mut objects: NewObjects,
+        new: NewKey<'_>,
     ) -> Result<SignerRef, Error> {
         let identity = self.token.identity()?;
         let locator = Locator {
             id: Self::new_id()?,
             object: None,
         };
-        for t in objects.templates_mut() {
-            t.push(Attribute::Id(locator.id.clone()));
-            t.push(Attribute::Label(label.as_str().as_bytes().to_vec()));
-        }
+        let origin = new.origin();
         let kind = KeyKind::for_alg(alg);
-        let (jwk, handle) = self.token.run(|session, generation| {
-            // PKCS#11 has no way to ask a token whether it knows an attribute short of using
-            // it, so try with CKA_ALLOWED_MECHANISMS and, if the token refuses the template,
-            // once more without it (the key is still sign-only by its other flags).
-            let private = match objects.create(session) {
-                Err(e) if refuses_attribute(&e) && objects.drop_allowed_mechanisms() => {
-                    let private = objects.create(session)?;
-                    tracing::info!(
-                        error = %e,
-                        "the PKCS#11 token refused CKA_ALLOWED_MECHANISMS; the key is sign-only \
-                         by its flags, not limited to one mechanism"
-                    );
-                    private
-                }
-                other => other?,
-            };
-            match public_jwk(session, private, &locator, kind) {
-                Ok(jwk) => Ok((jwk, FoundKey::read(session, generation, private))),
+        let (jwk, handle, uses) = self.token.run(|session, generation| {
+            let private = Self::create_loosening(session, &new, label, &locator)?;
+            // Judge what the token made, not what was asked: a token may take a template
+            // and still make a key that can decrypt.
+            let judged = KeyUsage::read(session, private)
+                .and_then(|usage| Ok(self.judge(label, usage, origin, false)?))
+                .and_then(|uses| Ok((public_jwk(session, private, &locator, kind)?, uses)));
+            match judged {
+                Ok((jwk, uses)) => Ok((jwk, FoundKey::read(session, generation, private), uses)),
                 Err(e) => {
                     let _ = session.destroy_object(private);
                     for p in find(session, &locator.template(ObjectClass::PUBLIC_KEY))? {
@@ -140,9 +169,104 @@ impl Pkcs11Backend {
                 }
             }
         })?;
-        // The private key material goes as soon as the token has it.
-        drop(objects);
-        self.file_key(label, alg, origin, locator, jwk, &identity, Some(handle))
+        self.file_key(
+            label,
+            alg,
+            origin,
+            locator,
+            jwk,
+            &identity,
+            Some(handle),
+            Some(&uses),
+        )
+    }
+
+    /// Makes the key's objects with the strictest [`Template`] the token takes. PKCS#11 has
+    /// no way to ask a token which attributes and values it takes short of using them, so
+    /// each refused template is followed by a looser one; the last error is returned when the
+    /// token takes none.
+    fn create_loosening(
+        session: &Session,
+        new: &NewKey<'_>,
+        label: &KeyLabel,
+        locator: &Locator,
+    ) -> Result<ObjectHandle, Fail> {
+        let mut refused = Vec::new();
+        let mut templates = Template::ORDER.into_iter().peekable();
+        while let Some(template) = templates.next() {
+            let mut objects = new.objects(template)?;
+            for t in objects.templates_mut() {
+                t.push(Attribute::Id(locator.id.clone()));
+                t.push(Attribute::Label(label.as_str().as_bytes().to_vec()));
+            }
+            match objects.create(session) {
+                Ok(private) => {
+                    if !refused.is_empty() {
+                        tracing::info!(
+                            label = %label,
+                            refused = %refused.join(", "),
+                            taken = ?template,
+                            "the PKCS#11 token refused the stricter key templates; the key \
+                             is judged by the flags the token reports"
+                        );
+                    }
+                    return Ok(private);
+                }
+                Err(e) if refuses_template(&e) && templates.peek().is_some() => {
+                    refused.push(format!("{template:?}: {}", ck_error(e)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unsupported {
+            what: "creating keys without a template".into(),
+        }
+        .into())
+    }
+
+    /// Judges a key by the flags the token reports: a private key that leaves the token, or
+    /// may, is refused; one that can do more than sign is kept with a warning that names
+    /// what (refused when sign-only keys are required). Returns those other uses. The caller
+    /// destroys a key it made when this refuses it; an adopted key stays as it is.
+    fn judge(
+        &self,
+        label: &KeyLabel,
+        usage: KeyUsage,
+        origin: Origin,
+        loading: bool,
+    ) -> Result<Vec<&'static str>, Error> {
+        let (made, outcome) = match origin {
+            _ if loading => ("holds", "not loaded, its record kept"),
+            Origin::Generated => ("made", "the key was destroyed again"),
+            Origin::Imported => ("stored", "the key was destroyed again"),
+            Origin::Adopted => ("holds", "not adopted; the key stays on the token as it is"),
+        };
+        if let Some(problem) = usage.exposure(origin == Origin::Generated) {
+            return Err(Error::InvalidKey {
+                reason: format!(
+                    "the PKCS#11 token {made} a private key that is {problem}; {outcome}"
+                ),
+            });
+        }
+        let uses = usage.other_uses();
+        if !uses.is_empty() {
+            let named = uses.join(", ");
+            if self.require_sign_only {
+                return Err(Error::InvalidKey {
+                    reason: format!(
+                        "the PKCS#11 token lets the private key also {named}, and sign-only \
+                         keys are required; {outcome}"
+                    ),
+                });
+            }
+            tracing::warn!(
+                label = %label,
+                also = %named,
+                "the PKCS#11 token lets key {label} also {named}, not only sign: any program \
+                 with the token's PIN can use it so"
+            );
+        }
+        Ok(uses)
     }
 
     /// Files a key just put on (or adopted from) the token: makes its signer and writes its
@@ -158,6 +282,7 @@ impl Pkcs11Backend {
         jwk: Jwk,
         identity: &TokenIdentity,
         found: Option<FoundKey>,
+        other_uses: Option<&[&str]>,
     ) -> Result<SignerRef, Error> {
         let made = self
             .signer(
@@ -167,6 +292,7 @@ impl Pkcs11Backend {
                 identity,
                 locator.clone(),
                 found,
+                other_uses,
             )
             .and_then(|signer| {
                 self.records.write_new(&KeyRecord {
@@ -357,9 +483,16 @@ impl Backend for Pkcs11Backend {
                     Err(Fail::Other(Error::InvalidKey { .. })) => record.jwk.clone(),
                     Err(e) => return Err(e),
                 };
-                Ok(Ok((jwk, FoundKey::read(session, generation, private))))
+                // What the key may do; a token that cannot say leaves it unknown rather
+                // than failing the start.
+                let usage = KeyUsage::read(session, private).ok();
+                Ok(Ok((
+                    jwk,
+                    FoundKey::read(session, generation, private),
+                    usage,
+                )))
             })?;
-            let (jwk, handle) = match found {
+            let (jwk, handle, usage) = match found {
                 Ok(found) => found,
                 Err(count) => {
                     tracing::warn!(
@@ -385,6 +518,18 @@ impl Backend for Pkcs11Backend {
                 }
                 tracing::warn!(label = %record.label, "the PKCS#11 key's public key differs from its record; using the token's");
             }
+            // Judged as when it was made or adopted: the token or the settings may differ now
+            // (a key adopted before sign-only keys were required).
+            let uses = match usage
+                .map(|usage| self.judge(&record.label, usage, record.origin, true))
+                .transpose()
+            {
+                Ok(uses) => uses,
+                Err(e) => {
+                    tracing::warn!(label = %record.label, "PKCS#11 key {}: {e}", record.label);
+                    continue;
+                }
+            };
             signers.push(self.signer(
                 record.label,
                 record.alg,
@@ -392,6 +537,7 @@ impl Backend for Pkcs11Backend {
                 &identity,
                 locator,
                 Some(handle),
+                uses.as_deref(),
             )?);
         }
         Ok(signers)
@@ -407,13 +553,7 @@ impl Backend for Pkcs11Backend {
             });
         }
         let signs_with = self.sign_with(alg)?.mechanism_type();
-        let (mechanism, public, private) = generation_templates(alg, signs_with);
-        let objects = NewObjects::Generate {
-            mechanism,
-            public,
-            private,
-        };
-        self.create_on_token(label, alg, Origin::Generated, objects)
+        self.create_on_token(label, alg, NewKey::Generate { alg, signs_with })
     }
 
     fn import_pem(
@@ -426,9 +566,14 @@ impl Backend for Pkcs11Backend {
         let parsed = parse_private_key_pem(pem)?;
         let alg = parsed.kind.alg_for(alg)?;
         let signs_with = self.sign_with(alg)?.mechanism_type();
-        let templates = import_templates(&parsed, signs_with)?;
-        drop(parsed);
-        self.create_on_token(label, alg, Origin::Imported, NewObjects::Import(templates))
+        // The key is checked before the token sees it (the templates derive the public
+        // half with aws-lc-rs, which checks the key).
+        import_templates(&parsed, signs_with, Template::Strict)?;
+        let new = NewKey::Import {
+            pem: &parsed,
+            signs_with,
+        };
+        self.create_on_token(label, alg, new)
     }
 
     fn adopt(
@@ -474,7 +619,7 @@ impl Backend for Pkcs11Backend {
         }
         // The locators of the keys we serve, to refuse adopting one of them a second time.
         let managed = self.managed_locators()?;
-        let (kind, jwk, locator, handle) = self.token.run(|session, generation| {
+        let (kind, jwk, locator, handle, uses) = self.token.run(|session, generation| {
             let found = find(session, &template)?;
             if found.is_empty() {
                 self.token.explain_missing(session, generation)?;
@@ -502,6 +647,8 @@ impl Backend for Pkcs11Backend {
                 }
             }
             let handle = FoundKey::read(session, generation, private);
+            let usage = KeyUsage::read(session, private)?;
+            let uses = self.judge(label, usage, Origin::Adopted, false)?;
             if handle.always_authenticate && !options.always_authenticate {
                 return Err(Error::AdoptNotAllowed {
                     backend: BackendKind::Pkcs11,
@@ -534,7 +681,7 @@ impl Backend for Pkcs11Backend {
             });
             let locator = Locator { id, object };
             let jwk = public_jwk(session, private, &locator, kind)?;
-            Ok((kind, jwk, locator, handle))
+            Ok((kind, jwk, locator, handle, uses))
         })?;
         let alg = kind.alg_for(alg)?;
         self.file_key(
@@ -545,6 +692,7 @@ impl Backend for Pkcs11Backend {
             jwk,
             &identity,
             Some(handle),
+            Some(&uses),
         )
     }
 

@@ -210,10 +210,143 @@ impl FoundKey {
     }
 }
 
+/// What a private key on the token is allowed, as the token reports it (`None`: the token
+/// did not say). Tokens do not always make what a template asks for, so every key is judged
+/// by this, read back, not by its template.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyUsage {
+    pub sensitive: Option<bool>,
+    pub extractable: Option<bool>,
+    pub always_sensitive: Option<bool>,
+    pub never_extractable: Option<bool>,
+    pub sign: Option<bool>,
+    pub decrypt: Option<bool>,
+    pub unwrap: Option<bool>,
+    pub derive: Option<bool>,
+    pub sign_recover: Option<bool>,
+}
+
+/// How a key that leaves the token, or may, is described; `None`: it stays on the token.
+pub(crate) type Exposure = Option<String>;
+
+impl KeyUsage {
+    /// Reads the flags; attributes the token does not have stay `None`.
+    pub(crate) fn read(session: &Session, key: ObjectHandle) -> Result<KeyUsage, Fail> {
+        let mut usage = KeyUsage::default();
+        // cryptoki leaves out what the token answers CKR_ATTRIBUTE_TYPE_INVALID to.
+        for a in session.get_attributes(
+            key,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+                AttributeType::Sign,
+                AttributeType::Decrypt,
+                AttributeType::Unwrap,
+                AttributeType::Derive,
+                AttributeType::SignRecover,
+            ],
+        )? {
+            match a {
+                Attribute::Sensitive(v) => usage.sensitive = Some(v),
+                Attribute::Extractable(v) => usage.extractable = Some(v),
+                Attribute::AlwaysSensitive(v) => usage.always_sensitive = Some(v),
+                Attribute::NeverExtractable(v) => usage.never_extractable = Some(v),
+                Attribute::Sign(v) => usage.sign = Some(v),
+                Attribute::Decrypt(v) => usage.decrypt = Some(v),
+                Attribute::Unwrap(v) => usage.unwrap = Some(v),
+                Attribute::Derive(v) => usage.derive = Some(v),
+                Attribute::SignRecover(v) => usage.sign_recover = Some(v),
+                _ => {}
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Why the private key is not a secret of the token's, if it is not: not sensitive,
+    /// extractable, or (for a key the token `generated`) once either, or one that cannot
+    /// sign. A token that does not say is taken at its worst for the first two.
+    pub(crate) fn exposure(&self, generated: bool) -> Exposure {
+        let mut problems = Vec::new();
+        if self.sensitive != Some(true) {
+            problems.push("not sensitive (CKA_SENSITIVE)");
+        }
+        if self.extractable != Some(false) {
+            problems.push("extractable (CKA_EXTRACTABLE)");
+        }
+        // An imported key was outside by definition; one the token generated never was.
+        if generated && self.always_sensitive == Some(false) {
+            problems.push("not always sensitive (CKA_ALWAYS_SENSITIVE)");
+        }
+        if generated && self.never_extractable == Some(false) {
+            problems.push("once extractable (CKA_NEVER_EXTRACTABLE)");
+        }
+        if self.sign == Some(false) {
+            problems.push("not for signing (CKA_SIGN)");
+        }
+        (!problems.is_empty()).then(|| problems.join(", "))
+    }
+
+    /// What else than signing the private key may do: `decrypt`, `unwrap`, `derive`,
+    /// `sign_recover` (the names on the wire); empty for a sign-only key.
+    pub(crate) fn other_uses(&self) -> Vec<&'static str> {
+        [
+            (self.decrypt, "decrypt"),
+            (self.unwrap, "unwrap"),
+            (self.derive, "derive"),
+            (self.sign_recover, "sign_recover"),
+        ]
+        .into_iter()
+        .filter(|(allowed, _)| *allowed == Some(true))
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pkcs11::templates::wrap_ec_point;
+
+    #[test]
+    fn usage_is_judged_by_what_the_token_says() {
+        let safe = KeyUsage {
+            sensitive: Some(true),
+            extractable: Some(false),
+            always_sensitive: Some(true),
+            never_extractable: Some(true),
+            sign: Some(true),
+            decrypt: Some(false),
+            ..KeyUsage::default()
+        };
+        assert_eq!(safe.exposure(true), None);
+        assert!(safe.other_uses().is_empty());
+        let silent = KeyUsage::default();
+        assert_eq!(
+            silent.exposure(false).unwrap(),
+            "not sensitive (CKA_SENSITIVE), extractable (CKA_EXTRACTABLE)"
+        );
+        let imported = KeyUsage {
+            always_sensitive: Some(false),
+            never_extractable: Some(false),
+            ..safe
+        };
+        assert_eq!(imported.exposure(false), None);
+        assert!(
+            imported
+                .exposure(true)
+                .unwrap()
+                .contains("CKA_NEVER_EXTRACTABLE")
+        );
+        let decrypts = KeyUsage {
+            decrypt: Some(true),
+            derive: Some(true),
+            ..safe
+        };
+        assert_eq!(decrypts.exposure(true), None);
+        assert_eq!(decrypts.other_uses(), ["decrypt", "derive"]);
+    }
 
     #[test]
     fn ec_point_wrapped_or_raw() {

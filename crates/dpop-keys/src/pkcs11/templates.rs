@@ -6,6 +6,12 @@
 //! wrap or verify with recovery. Left to the token's defaults, SoftHSM2 lets an agent-made RSA
 //! key decrypt, which another program with the PIN could use as a decryption oracle. Private
 //! key material in a template is zeroized on drop.
+//!
+//! Tokens differ in what a template may say ([`Template`]): tpm2-pkcs11 derives attributes
+//! from the TPM object and answers `CKR_GENERAL_ERROR` to a public `CKA_ENCRYPT false` (the
+//! TPM has one bit for sign and encrypt), older tokens do not know `CKA_ALLOWED_MECHANISMS`.
+//! So the caller tries the templates in [`Template::ORDER`] and judges what the token made
+//! (`objects::KeyUsage`), not what it asked for.
 
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -50,15 +56,45 @@ pub(crate) fn wrap_ec_point(point: &[u8]) -> Vec<u8> {
         .expect("a point is a valid OCTET STRING")
 }
 
+/// How much of the sign-only template a token is asked to take, strictest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Template {
+    /// Every flag on both halves, and `CKA_ALLOWED_MECHANISMS`.
+    Strict,
+    /// The private half as [`Strict`](Self::Strict); the public half only a token object
+    /// (the agent verifies nothing on the token). tpm2-pkcs11 derives the public flags from
+    /// the TPM object, where sign and encrypt are one bit, and decrypt and verify another: a
+    /// sign-only key there has `CKA_ENCRYPT` true and `CKA_VERIFY` false, and a template that
+    /// says otherwise is refused.
+    LoosePublic,
+    /// As [`LoosePublic`](Self::LoosePublic) without `CKA_ALLOWED_MECHANISMS` (PKCS#11 2.40;
+    /// older tokens refuse it).
+    NoMechanismLimit,
+    /// Only what makes the key a secret of the token's (token object, private, sensitive, not
+    /// extractable, sign); the token chooses the rest, and the caller judges what it chose.
+    Minimal,
+}
+
+impl Template {
+    /// The order to try them in.
+    pub(crate) const ORDER: [Template; 4] = [
+        Template::Strict,
+        Template::LoosePublic,
+        Template::NoMechanismLimit,
+        Template::Minimal,
+    ];
+}
+
 /// Key-pair generation templates: (mechanism, public template, private template), without
 /// `CKA_ID` and `CKA_LABEL`, which the caller adds. `signs_with` is the one mechanism the
 /// private key will be allowed.
 pub(crate) fn generation_templates(
     alg: Algorithm,
     signs_with: MechanismType,
+    template: Template,
 ) -> (Mechanism<'static>, Vec<Attribute>, Vec<Attribute>) {
     let kind = KeyKind::for_alg(alg);
-    let mut public = public_flags();
+    let mut public = public_flags(template);
     let mechanism = match kind {
         KeyKind::Rsa => {
             public.push(Attribute::ModulusBits(RSA_BITS.into()));
@@ -71,44 +107,52 @@ pub(crate) fn generation_templates(
     if let (_, Some(params)) = key_type(kind) {
         public.push(Attribute::EcParams(params.to_vec()));
     }
-    (mechanism, public, private_flags(signs_with))
+    (mechanism, public, private_flags(signs_with, template))
 }
 
-/// What every public key we make is: a token object anyone may read, for verifying only.
-fn public_flags() -> Vec<Attribute> {
-    vec![
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
-        Attribute::VerifyRecover(false),
-    ]
+/// What every public key we make is: a token object; (strictly) one anyone may read, for
+/// verifying only, which cannot encrypt, wrap or verify with recovery.
+fn public_flags(template: Template) -> Vec<Attribute> {
+    let mut flags = vec![Attribute::Token(true)];
+    if template == Template::Strict {
+        flags.extend([
+            Attribute::Verify(true),
+            Attribute::Private(false),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::VerifyRecover(false),
+        ]);
+    }
+    flags
 }
 
 /// What every private key we make is: a token object, behind the PIN, never leaving, and
-/// good for one thing only: `signs_with` signatures.
-fn private_flags(signs_with: MechanismType) -> Vec<Attribute> {
-    vec![
+/// (unless the template is minimal) good for one thing only: `signs_with` signatures.
+fn private_flags(signs_with: MechanismType, template: Template) -> Vec<Attribute> {
+    let mut flags = vec![
         Attribute::Token(true),
         Attribute::Private(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
-        Attribute::SignRecover(false),
-        Attribute::AllowedMechanisms(vec![signs_with]),
-    ]
+    ];
+    if template != Template::Minimal {
+        flags.extend([
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::SignRecover(false),
+        ]);
+    }
+    if matches!(template, Template::Strict | Template::LoosePublic) {
+        flags.push(allowed_mechanisms(signs_with));
+    }
+    flags
 }
 
-/// Drops `CKA_ALLOWED_MECHANISMS` from a template, for tokens that do not know the attribute
-/// (it came with PKCS#11 2.40); the other sign-only flags stay. Returns whether it was there.
-pub(crate) fn without_allowed_mechanisms(template: &mut Vec<Attribute>) -> bool {
-    let before = template.len();
-    template.retain(|a| !matches!(a, Attribute::AllowedMechanisms(_)));
-    template.len() != before
+/// `CKA_ALLOWED_MECHANISMS`: the one mechanism the private key signs with.
+fn allowed_mechanisms(signs_with: MechanismType) -> Attribute {
+    Attribute::AllowedMechanisms(vec![signs_with])
 }
 
 /// A template holding private key material; zeroized when dropped.
@@ -202,11 +246,12 @@ fn rsa_components(der: &[u8]) -> Result<[Zeroizing<Vec<u8>>; 8], Error> {
 pub(crate) fn import_templates(
     pem: &PrivateKeyPem,
     signs_with: MechanismType,
+    template: Template,
 ) -> Result<ImportTemplates, Error> {
-    let mut private = private_flags(signs_with);
+    let mut private = private_flags(signs_with, template);
     private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     let mut public = vec![Attribute::Class(ObjectClass::PUBLIC_KEY)];
-    public.extend(public_flags());
+    public.extend(public_flags(template));
     let rejected = |e: aws_lc_rs::error::KeyRejected| invalid(format!("key rejected: {e}"));
     let (key_type, params) = key_type(pem.kind);
     match pem.kind {
@@ -294,30 +339,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_sign_only_and_the_mechanism_limit_can_go() {
+    fn templates_loosen_step_by_step_but_always_keep_the_key_secret() {
+        let limit = Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]);
+        let sign_only = [
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::SignRecover(false),
+        ];
+        let public_strict = [
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::VerifyRecover(false),
+        ];
         for alg in Algorithm::ALL {
-            let (_, public, mut private) = generation_templates(alg, MechanismType::ECDSA);
-            for flag in [
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-                Attribute::SignRecover(false),
-                Attribute::Sign(true),
-                Attribute::AllowedMechanisms(vec![MechanismType::ECDSA]),
-            ] {
-                assert!(private.contains(&flag), "{alg}: {flag:?}");
+            for template in Template::ORDER {
+                let (_, public, private) =
+                    generation_templates(alg, MechanismType::ECDSA, template);
+                for flag in [
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Sign(true),
+                ] {
+                    assert!(private.contains(&flag), "{alg} {template:?}: {flag:?}");
+                }
+                assert!(public.contains(&Attribute::Token(true)));
+                let strict = template == Template::Strict;
+                let limited = matches!(template, Template::Strict | Template::LoosePublic);
+                assert_eq!(private.contains(&limit), limited, "{alg} {template:?}");
+                for flag in &sign_only {
+                    let want = template != Template::Minimal;
+                    assert_eq!(private.contains(flag), want, "{alg} {template:?}: {flag:?}");
+                }
+                for flag in &public_strict {
+                    assert_eq!(
+                        public.contains(flag),
+                        strict,
+                        "{alg} {template:?}: {flag:?}"
+                    );
+                }
             }
-            for flag in [
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::VerifyRecover(false),
-                Attribute::Verify(true),
-            ] {
-                assert!(public.contains(&flag), "{alg}: {flag:?}");
-            }
-            assert!(without_allowed_mechanisms(&mut private));
-            assert!(!without_allowed_mechanisms(&mut private));
-            assert!(private.contains(&Attribute::Decrypt(false)));
         }
     }
 
