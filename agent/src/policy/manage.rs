@@ -9,6 +9,7 @@
 //! programs, or with that yes. Without an askpass the request is refused and told why.
 
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
 use tracing::info;
@@ -140,34 +141,16 @@ fn on_off(on: bool) -> String {
     if on { "on" } else { "off" }.to_owned()
 }
 
-/// An expiry as a UTC date, `(never)` without one.
+/// An expiry as an HTTP date (`Thu, 03 Dec 2026 16:40:00 GMT`), `(never)` without one.
 fn expiry(at: Option<i64>) -> String {
     let Some(at) = at else {
         return "(never)".to_owned();
     };
-    let (days, secs) = (at.div_euclid(86_400), at.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    match u64::try_from(at) {
+        Ok(secs) => httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)),
+        // Not something the agent writes; shown as it is rather than guessed at.
+        Err(_) => format!("{at} s since 1970"),
+    }
 }
 
 /// A request that changes a key's policy or deletes the key.
@@ -432,7 +415,7 @@ mod tests {
         assert!(!loosens(&at(None), &at(Some(100))));
         assert_eq!(
             changes(&at(Some(1_764_780_000)), &at(None))[0].text,
-            "expires: 2025-12-03 16:40:00 UTC -> (never)"
+            "expires: Wed, 03 Dec 2025 16:40:00 GMT -> (never)"
         );
     }
 
@@ -493,8 +476,8 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(expiry(Some(0)), "1970-01-01 00:00:00 UTC");
-        assert_eq!(expiry(Some(951_782_400)), "2000-02-29 00:00:00 UTC");
-        assert_eq!(expiry(Some(-1)), "1969-12-31 23:59:59 UTC");
+        assert_eq!(expiry(Some(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(expiry(Some(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(expiry(Some(-1)), "-1 s since 1970");
     }
 }

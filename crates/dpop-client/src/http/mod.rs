@@ -299,7 +299,7 @@ pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
 pub(crate) const MAX_JSON_BODY: usize = 1024 * 1024;
 
 fn size(bytes: usize) -> String {
-    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+    if bytes >= 1024 * 1024 && bytes.is_multiple_of(1024 * 1024) {
         format!("{} MiB", bytes / (1024 * 1024))
     } else {
         format!("{} KiB", bytes / 1024)
