@@ -474,7 +474,8 @@ impl TokenCache {
         Ok(tokens)
     }
 
-    /// Deletes the token saved as `name`.
+    /// Deletes the token saved as `name`. Its `NAME.lock` stays: removing a lock file that
+    /// another process holds would let a third one lock a new file beside it.
     pub fn delete(&self, name: &str) -> Result<(), Error> {
         let path = self.path(name)?;
         self.check_dir()?;
