@@ -18,6 +18,12 @@
  *                               C_GetMechanismList and C_GetMechanismInfo and refused by
  *                               C_SignInit (CKR_MECHANISM_INVALID): only CKM_RSA_PKCS,
  *                               CKM_RSA_PKCS_PSS, CKM_ECDSA (and CKM_EDDSA) sign.
+ *   DPOP_SHIM_FIXED_USAGE=1     the token fixes what a private key may do: C_GenerateKeyPair
+ *                               and C_CreateObject answer CKR_ATTRIBUTE_VALUE_INVALID to a
+ *                               private key template that sets CKA_DECRYPT, CKA_UNWRAP or
+ *                               CKA_DERIVE to false (and create nothing), so only a template
+ *                               that leaves them out is taken, and the key gets SoftHSM2's
+ *                               defaults for them.
  *
  * Everything else goes straight to the wrapped module.
  */
@@ -38,6 +44,7 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int bad_utc_time;
 static CK_RV token_info_rv; /* CKR_OK: no fault */
 static int raw_only;
+static int fixed_usage;
 
 static int flag(const char *name)
 {
@@ -130,6 +137,52 @@ static CK_RV shim_SignInit(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism
     return real.C_SignInit(session, mechanism, key);
 }
 
+/* Whether a template turns off a use the token fixes: CKA_DECRYPT, CKA_UNWRAP or CKA_DERIVE
+   set to false. */
+static int turns_off_fixed_use(CK_ATTRIBUTE_PTR template, CK_ULONG count)
+{
+    for (CK_ULONG i = 0; template != NULL && i < count; i++) {
+        CK_ATTRIBUTE_TYPE type = template[i].type;
+        if (type != CKA_DECRYPT && type != CKA_UNWRAP && type != CKA_DERIVE)
+            continue;
+        if (template[i].pValue != NULL && template[i].ulValueLen == sizeof(CK_BBOOL) &&
+            *(CK_BBOOL *)template[i].pValue == CK_FALSE)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether a template describes a private key (CKA_CLASS CKO_PRIVATE_KEY). */
+static int is_private_key(CK_ATTRIBUTE_PTR template, CK_ULONG count)
+{
+    for (CK_ULONG i = 0; template != NULL && i < count; i++)
+        if (template[i].type == CKA_CLASS && template[i].pValue != NULL &&
+            template[i].ulValueLen == sizeof(CK_OBJECT_CLASS) &&
+            *(CK_OBJECT_CLASS *)template[i].pValue == CKO_PRIVATE_KEY)
+            return 1;
+    return 0;
+}
+
+static CK_RV shim_GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
+                                  CK_ATTRIBUTE_PTR public_template, CK_ULONG public_count,
+                                  CK_ATTRIBUTE_PTR private_template, CK_ULONG private_count,
+                                  CK_OBJECT_HANDLE_PTR public_key,
+                                  CK_OBJECT_HANDLE_PTR private_key)
+{
+    if (turns_off_fixed_use(private_template, private_count))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return real.C_GenerateKeyPair(session, mechanism, public_template, public_count,
+                                  private_template, private_count, public_key, private_key);
+}
+
+static CK_RV shim_CreateObject(CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR template,
+                               CK_ULONG count, CK_OBJECT_HANDLE_PTR object)
+{
+    if (is_private_key(template, count) && turns_off_fixed_use(template, count))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return real.C_CreateObject(session, template, count, object);
+}
+
 static void load(void)
 {
     const char *path = getenv("DPOP_SHIM_MODULE");
@@ -155,6 +208,7 @@ static void load(void)
     const char *rv = getenv("DPOP_SHIM_TOKEN_INFO_RV");
     token_info_rv = rv != NULL && *rv != '\0' ? (CK_RV)strtoul(rv, NULL, 0) : CKR_OK;
     raw_only = flag("DPOP_SHIM_RAW_ONLY");
+    fixed_usage = flag("DPOP_SHIM_FIXED_USAGE");
 
     shim.C_GetFunctionList = C_GetFunctionList;
     if (bad_utc_time || token_info_rv != CKR_OK)
@@ -163,6 +217,10 @@ static void load(void)
         shim.C_GetMechanismList = shim_GetMechanismList;
         shim.C_GetMechanismInfo = shim_GetMechanismInfo;
         shim.C_SignInit = shim_SignInit;
+    }
+    if (fixed_usage) {
+        shim.C_GenerateKeyPair = shim_GenerateKeyPair;
+        shim.C_CreateObject = shim_CreateObject;
     }
 }
 

@@ -1,7 +1,7 @@
 //! A sloppy PKCS#11 token for the end-to-end tests (`tests/e2e/pkcs11_shim.rs`): the small
 //! module in `tests/pkcs11-shim/shim.c`, which wraps SoftHSM2 and answers as tokens in the field
 //! do ([`ShimFaults`]: a malformed `utcTime`, unreadable token info, only the raw signing
-//! mechanisms), the way `tests/wine/bcryptprimitives.c` stands in for a Windows library.
+//! mechanisms, usage flags a key template may not turn off), the way `tests/wine/bcryptprimitives.c` stands in for a Windows library.
 //!
 //! [`shim_module`] builds it with the system `cc` once per test process, next to the test
 //! executable; [`AgentOptions::pkcs11_shim`] starts an agent on a [`SoftHsmToken`] through it.
@@ -32,6 +32,11 @@ pub struct ShimFaults {
     /// are hidden and refused by `C_SignInit` (`DPOP_SHIM_RAW_ONLY`): only `CKM_RSA_PKCS`,
     /// `CKM_RSA_PKCS_PSS`, `CKM_ECDSA` (and `CKM_EDDSA`) sign.
     pub raw_only: bool,
+    /// The token fixes what a private key may do (`DPOP_SHIM_FIXED_USAGE`):
+    /// `C_GenerateKeyPair` and `C_CreateObject` answer `CKR_ATTRIBUTE_VALUE_INVALID` to a
+    /// private key template that sets `CKA_DECRYPT`, `CKA_UNWRAP` or `CKA_DERIVE` to false, so
+    /// only the agent's minimal template is taken and SoftHSM2 chooses those flags.
+    pub fixed_usage: bool,
 }
 
 impl ShimFaults {
@@ -49,6 +54,9 @@ impl ShimFaults {
         }
         if self.raw_only {
             env.push(("DPOP_SHIM_RAW_ONLY", "1".into()));
+        }
+        if self.fixed_usage {
+            env.push(("DPOP_SHIM_FIXED_USAGE", "1".into()));
         }
         env
     }
