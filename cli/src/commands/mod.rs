@@ -1,11 +1,12 @@
 //! One module per command, each with its clap arguments and the function that runs it; `main`
 //! parses and dispatches. This module holds what several commands share: the `--key`,
-//! `--json` and access-token arguments, and the way to the agent (blocking for the key and
+//! `--json` and access-token arguments, the browser opener, and the way to the agent (blocking for the key and
 //! proof commands, async on a one-thread runtime for the HTTP ones).
 
 pub(crate) mod agent;
 pub(crate) mod key_info;
 pub(crate) mod keys;
+pub(crate) mod mcp;
 pub(crate) mod meta;
 pub(crate) mod proof;
 pub(crate) mod request;
@@ -114,4 +115,26 @@ fn choose_key(keys: Vec<KeyDescription>, label: Option<&str>) -> Result<KeyDescr
             n => bail!("the agent has {n} keys; choose one with --key LABEL"),
         },
     }
+}
+
+/// Starts a browser when there is a display to show it on; the caller prints the URL on
+/// standard error either way (standard output may belong to a protocol, as `dpop mcp`'s does).
+pub(crate) fn open_browser(url: &str) {
+    let graphical = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if graphical {
+        "xdg-open"
+    } else {
+        return;
+    };
+    // Detached and silent: a missing opener only means the user copies the URL.
+    let _ = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }

@@ -15,7 +15,7 @@ use dpop_protocol::KeyDescription;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{connect_async, pick_key_async, runtime};
+use super::{connect_async, open_browser, pick_key_async, runtime};
 use crate::input::read_token_file;
 use crate::output::{StdoutError, outln, print_json, printable};
 
@@ -346,25 +346,4 @@ fn print_token(token: &Token, json: bool, without_secrets: bool) -> Result<(), S
     } else {
         outln!("{}", token.access_token())
     }
-}
-
-/// Starts a browser when there is a display to show it on; the URL is printed either way.
-fn open_browser(url: &str) {
-    let graphical = ["DISPLAY", "WAYLAND_DISPLAY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
-    let opener = if cfg!(target_os = "macos") {
-        "open"
-    } else if graphical {
-        "xdg-open"
-    } else {
-        return;
-    };
-    // Detached and silent: a missing opener only means the user copies the URL.
-    let _ = std::process::Command::new(opener)
-        .arg(url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
 }

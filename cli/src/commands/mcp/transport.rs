@@ -1,0 +1,783 @@
+//! The HTTP side of `dpop mcp`: an MCP Streamable HTTP client (protocol 2025-11-25) that
+//! passes JSON-RPC messages through as bytes.
+//!
+//! Written here over dpop-client's [`DpopClient::send`] (which adds the proof, `Authorization:
+//! DPoP` and answers `use_dpop_nonce` once) rather than with rmcp: rmcp's
+//! `StreamableHttpClient` takes and returns typed `ClientJsonRpcMessage` /
+//! `ServerJsonRpcMessage`s and its worker drives the initialize handshake itself, so every
+//! message would be parsed into rmcp's model and serialised again (key order changed, fields
+//! its model does not know dropped, methods it does not know refused). A bridge must hand on
+//! what it was given. Messages are only *peeked at* here (`id`, `method`, the negotiated
+//! `protocolVersion`), never rewritten; a JSON body is printed as one line by dropping the
+//! CR/LF that can only be whitespace between JSON tokens.
+//!
+//! SSE answers are decoded by the `sse-stream` crate; this module keeps the stream's state
+//! (last event id, `retry:`) and resumes a dropped stream with a GET carrying
+//! `Last-Event-ID`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dpop_client::http::reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use dpop_client::http::reqwest::{Method, Response, StatusCode};
+use dpop_client::http::{DpopClient, Url};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::Value;
+use sse_stream::{Sse, SseStream};
+use tokio::sync::{mpsc, watch};
+
+use super::auth::Auth;
+use crate::output::printable;
+
+const SESSION_ID: &str = "mcp-session-id";
+const PROTOCOL_VERSION: &str = "mcp-protocol-version";
+const LAST_EVENT_ID: &str = "last-event-id";
+/// Accept of a POST: the server answers a request with JSON or with an SSE stream.
+const ACCEPT_POST: &str = "application/json, text/event-stream";
+const ACCEPT_SSE: &str = "text/event-stream";
+
+/// Reconnections of a dropped SSE stream tried one after another without receiving anything.
+const MAX_RESUME: u32 = 5;
+/// The wait before a reconnection when the server gave no `retry:`.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+/// A server's `retry:` is honoured up to this.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// The largest JSON answer read into memory (a tool result may carry a file).
+const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
+/// The largest error body read (to tell a JSON-RPC error from an HTML page).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// JSON-RPC error code of the answers the bridge makes up for a request the server did not
+/// answer (the implementation-defined server-error range).
+const BRIDGE_ERROR: i64 = -32000;
+
+/// What the bridge reads of a message from the client: enough to know whether an answer is
+/// due and whether it opens the session.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Outgoing {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+}
+
+impl Outgoing {
+    /// Peeks at `line`; a line that is not a JSON object is forwarded all the same.
+    pub(crate) fn peek(line: &[u8]) -> Outgoing {
+        serde_json::from_slice(line).unwrap_or_default()
+    }
+
+    /// The id of a request (a message with a method and an id): an answer is due.
+    fn request_id(&self) -> Option<&Value> {
+        self.method.as_ref().and(self.id.as_ref())
+    }
+
+    /// Whether this is the `initialize` request, whose answer opens the session.
+    pub(crate) fn is_initialize(&self) -> bool {
+        self.method.as_deref() == Some("initialize") && self.id.is_some()
+    }
+
+    /// A short name for logs: the method, or "response".
+    fn describe(&self) -> String {
+        let what = self.method.as_deref().unwrap_or("response");
+        match &self.id {
+            Some(id) => format!("{} (id {id})", printable(what)),
+            None => printable(what).to_string(),
+        }
+    }
+}
+
+/// What the bridge reads of a message from the server.
+#[derive(Debug, Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// The initialize answer, for the version it negotiated.
+#[derive(Debug, Deserialize)]
+struct InitializeAnswer {
+    result: InitializeResult,
+}
+
+#[derive(Debug, Deserialize)]
+struct InitializeResult {
+    #[serde(rename = "protocolVersion", default)]
+    protocol_version: Option<Value>,
+}
+
+impl Incoming {
+    fn peek(data: &[u8]) -> Option<Incoming> {
+        serde_json::from_slice(data).ok()
+    }
+
+    /// Whether this is the answer (result or error) to the request `id`.
+    fn answers(&self, id: &Value) -> bool {
+        self.method.is_none()
+            && (self.result.is_some() || self.error.is_some())
+            && self.id.as_ref() == Some(id)
+    }
+}
+
+/// A JSON body as one line: CR and LF are dropped. In valid JSON they can only be whitespace
+/// between tokens (inside strings they are escaped), so the message means the same.
+pub(crate) fn one_line(body: &[u8]) -> Vec<u8> {
+    let mut line: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\n' && b != b'\r')
+        .collect();
+    // Trailing blanks are not part of the message.
+    while line.last().is_some_and(u8::is_ascii_whitespace) {
+        line.pop();
+    }
+    line
+}
+
+/// The JSON-RPC message an SSE event carries, as one line: events of type `message` (or none)
+/// with data; priming events (an id and empty data) and other types carry none.
+pub(crate) fn event_message(event: &Sse) -> Option<Vec<u8>> {
+    if event.event.as_deref().is_some_and(|e| e != "message") {
+        return None;
+    }
+    let data = event.data.as_deref()?;
+    if data.trim().is_empty() {
+        return None;
+    }
+    Some(one_line(data.as_bytes()))
+}
+
+/// The position in an SSE stream: what a reconnection needs.
+#[derive(Debug, Default)]
+pub(crate) struct Cursor {
+    last_event_id: Option<String>,
+    retry: Option<Duration>,
+}
+
+impl Cursor {
+    /// Takes in an event's `id:` and `retry:` (an empty id resets it, as in the SSE spec).
+    pub(crate) fn advance(&mut self, event: &Sse) {
+        if let Some(id) = &event.id {
+            self.last_event_id = (!id.is_empty()).then(|| id.clone());
+        }
+        if let Some(ms) = event.retry {
+            self.retry = Some(Duration::from_millis(ms).min(MAX_RETRY));
+        }
+    }
+
+    /// How long to wait before the next reconnection.
+    fn delay(&self) -> Duration {
+        self.retry.unwrap_or(DEFAULT_RETRY)
+    }
+}
+
+/// How reading an SSE stream ended.
+enum StreamEnd {
+    /// The answer awaited came.
+    Answered,
+    /// The stream ended or broke first; `received` says whether it carried anything.
+    Dropped { received: bool },
+    /// The client is gone (standard output closed).
+    ClientGone,
+}
+
+/// Why the bridge stops, other than the end of standard input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Running,
+    /// The server answered 404 to a request with the session id: the session is over.
+    SessionEnded,
+    /// Standard output is closed: nobody reads the answers.
+    ClientGone,
+}
+
+/// The session: what the initialize answer set.
+#[derive(Default)]
+struct Session {
+    id: Option<HeaderValue>,
+    protocol_version: Option<HeaderValue>,
+}
+
+/// The Streamable HTTP client of one MCP endpoint.
+pub(crate) struct Transport {
+    http: DpopClient,
+    url: Url,
+    auth: Auth,
+    session: Mutex<Session>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    stop: watch::Sender<Stop>,
+    verbose: bool,
+}
+
+impl Transport {
+    pub(crate) fn new(
+        http: DpopClient,
+        url: Url,
+        auth: Auth,
+        out: mpsc::UnboundedSender<Vec<u8>>,
+        stop: watch::Sender<Stop>,
+        verbose: bool,
+    ) -> Transport {
+        Transport {
+            http,
+            url,
+            auth,
+            session: Mutex::new(Session::default()),
+            out,
+            stop,
+            verbose,
+        }
+    }
+
+    fn log(&self, message: impl FnOnce() -> String) {
+        if self.verbose {
+            eprintln!("dpop mcp: {}", message());
+        }
+    }
+
+    /// Prints one message line for the client.
+    fn emit(&self, line: Vec<u8>) -> bool {
+        self.out.send(line).is_ok() && *self.stop.borrow() != Stop::ClientGone
+    }
+
+    fn session_id(&self) -> Option<HeaderValue> {
+        self.session.lock().expect("session lock").id.clone()
+    }
+
+    /// The session is over: the bridge stops (once).
+    fn end_session(&self) {
+        self.stop.send_if_modified(|stop| {
+            if *stop == Stop::Running {
+                eprintln!("dpop mcp: the server ended the session");
+                *stop = Stop::SessionEnded;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// One HTTP request to the endpoint with the session's headers, the token (when there is
+    /// one) and a proof. A 401 or 403 goes to the authorizer, and the request is sent once
+    /// more when it got a token. Returns the answer and whether the session id went with it.
+    async fn exchange(
+        &self,
+        method: Method,
+        body: Option<&[u8]>,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<(Response, bool)> {
+        let mut challenged = false;
+        loop {
+            let (session_id, version) = {
+                let session = self.session.lock().expect("session lock");
+                (session.id.clone(), session.protocol_version.clone())
+            };
+            let sent_session = session_id.is_some();
+            let mut request = self.http.reqwest().request(method.clone(), self.url.clone());
+            request = match body {
+                Some(body) => request
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(ACCEPT, ACCEPT_POST)
+                    .body(body.to_vec()),
+                None if method == Method::GET => request.header(ACCEPT, ACCEPT_SSE),
+                None => request,
+            };
+            if let Some(id) = session_id {
+                request = request.header(SESSION_ID, id);
+            }
+            if let Some(version) = version {
+                request = request.header(PROTOCOL_VERSION, version);
+            }
+            if let Some(id) = last_event_id {
+                request = request.header(LAST_EVENT_ID, id);
+            }
+            let token = self.auth.token(&self.http).await?;
+            let retries = self.http.nonce_retries();
+            let response = self
+                .http
+                .send(request.build()?, token.as_ref().map(|t| t.as_str()))
+                .await?;
+            if self.http.nonce_retries() != retries {
+                self.log(|| "answered a use_dpop_nonce challenge with one retry".into());
+            }
+            let status = response.status();
+            if !challenged
+                && (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+            {
+                challenged = true;
+                self.log(|| format!("{method} answered {status}: asking for authorization"));
+                if self
+                    .auth
+                    .on_challenge(&self.http, status, response.headers())
+                    .await?
+                {
+                    continue;
+                }
+            }
+            return Ok((response, sent_session));
+        }
+    }
+
+    /// Sends one message from the client and prints what the server answers to it.
+    pub(crate) async fn post(self: Arc<Self>, line: Vec<u8>, message: Outgoing) {
+        self.log(|| format!("-> {}", message.describe()));
+        let result = self.post_inner(&line, &message).await;
+        if let Err(e) = result {
+            let reason = format!("{e:#}");
+            eprintln!(
+                "dpop mcp: {}: {}",
+                message.describe(),
+                printable(&reason)
+            );
+            self.answer_error(&message, &reason);
+        }
+    }
+
+    async fn post_inner(&self, line: &[u8], message: &Outgoing) -> anyhow::Result<()> {
+        let (response, sent_session) = self.exchange(Method::POST, Some(line), None).await?;
+        let status = response.status();
+        let media = media_type(response.headers());
+        self.log(|| {
+            format!(
+                "<- {status}{} for {}",
+                media.as_deref().map(|m| format!(" {m}")).unwrap_or_default(),
+                message.describe()
+            )
+        });
+        if status == StatusCode::NOT_FOUND && sent_session {
+            self.end_session();
+            return Ok(());
+        }
+        if !status.is_success() {
+            let body = read_limited(response, MAX_ERROR_BODY).await.unwrap_or_default();
+            return self.pass_error(message, status, &body);
+        }
+        if message.is_initialize() {
+            self.open_session(response.headers());
+        }
+        match media.as_deref() {
+            _ if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT => {
+                if message.request_id().is_some() {
+                    anyhow::bail!("the server accepted the request but sent no answer ({status})");
+                }
+                Ok(())
+            }
+            Some("text/event-stream") => {
+                self.read_answer_stream(response, message).await;
+                Ok(())
+            }
+            Some("application/json") => {
+                let body = read_limited(response, MAX_JSON_ANSWER).await?;
+                let line = one_line(&body);
+                if line.is_empty() {
+                    return Ok(());
+                }
+                if message.is_initialize() {
+                    self.negotiated(&line);
+                }
+                self.emit(line);
+                Ok(())
+            }
+            // An answer to a notification or a response needs no body.
+            _ if message.request_id().is_none() => Ok(()),
+            other => anyhow::bail!(
+                "the server answered {status} with content type {}",
+                printable(other.unwrap_or("(none)"))
+            ),
+        }
+    }
+
+    /// An error status: a JSON-RPC answer in the body goes to the client as it is; otherwise a
+    /// request gets an error answer made here, and a notification is only logged.
+    fn pass_error(&self, message: &Outgoing, status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+        if let Some(id) = message.request_id()
+            && Incoming::peek(body).is_some_and(|m| m.answers(id))
+        {
+            self.emit(one_line(body));
+            return Ok(());
+        }
+        let detail = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        anyhow::bail!("the server answered {status}{detail}")
+    }
+
+    /// The answer the bridge makes up when the server's never comes, so the client does not
+    /// wait forever.
+    fn answer_error(&self, message: &Outgoing, reason: &str) {
+        let Some(id) = message.request_id() else {
+            return;
+        };
+        let answer = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": { "code": BRIDGE_ERROR, "message": format!("dpop mcp: {reason}") },
+        });
+        self.emit(serde_json::to_vec(&answer).expect("JSON serializes"));
+    }
+
+    /// Keeps the session id of the initialize answer (visible ASCII only, as the spec says).
+    fn open_session(&self, headers: &HeaderMap) {
+        let Some(id) = headers.get(SESSION_ID) else {
+            self.log(|| "the server uses no session".into());
+            return;
+        };
+        if !id.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b)) {
+            eprintln!("dpop mcp: ignoring a session id that is not visible ASCII");
+            return;
+        }
+        self.log(|| format!("session {}", printable(&String::from_utf8_lossy(id.as_bytes()))));
+        self.session.lock().expect("session lock").id = Some(id.clone());
+    }
+
+    /// Keeps the protocol version of the initialize result, for `MCP-Protocol-Version`.
+    fn negotiated(&self, line: &[u8]) {
+        let version = serde_json::from_slice::<InitializeAnswer>(line)
+            .ok()
+            .and_then(|a| a.result.protocol_version)
+            .and_then(|v| v.as_str().and_then(|v| HeaderValue::from_str(v).ok()));
+        if let Some(version) = version {
+            self.log(|| format!("protocol version {}", printable(version.to_str().unwrap_or(""))));
+            self.session.lock().expect("session lock").protocol_version = Some(version);
+        }
+    }
+
+    /// Prints the messages of an SSE answer to a POST until the answer to the request comes,
+    /// resuming the stream with `Last-Event-ID` when it drops first.
+    async fn read_answer_stream(&self, response: Response, message: &Outgoing) {
+        let mut cursor = Cursor::default();
+        let awaited = message.request_id();
+        let initialize = message.is_initialize();
+        let mut end = self.read_events(response, &mut cursor, awaited, initialize).await;
+        if awaited.is_none() {
+            return;
+        }
+        let mut fruitless = 0;
+        loop {
+            match end {
+                StreamEnd::Answered | StreamEnd::ClientGone => return,
+                StreamEnd::Dropped { received } => {
+                    fruitless = if received { 0 } else { fruitless + 1 };
+                }
+            }
+            if cursor.last_event_id.is_none() {
+                self.answer_error(message, "the server's stream ended before the answer");
+                return;
+            }
+            if fruitless > MAX_RESUME {
+                self.answer_error(
+                    message,
+                    "the server's stream dropped and could not be resumed",
+                );
+                return;
+            }
+            match self.reconnect(&mut cursor).await {
+                Some(response) => {
+                    end = self.read_events(response, &mut cursor, awaited, initialize).await;
+                }
+                None if *self.stop.borrow() != Stop::Running => return,
+                None => end = StreamEnd::Dropped { received: false },
+            }
+        }
+    }
+
+    /// Waits the stream's retry delay and GETs the stream again from the last event id.
+    /// `None` when that failed (or the session ended).
+    async fn reconnect(&self, cursor: &mut Cursor) -> Option<Response> {
+        let delay = cursor.delay();
+        self.log(|| {
+            format!(
+                "stream dropped: reconnecting in {} ms{}",
+                delay.as_millis(),
+                cursor
+                    .last_event_id
+                    .as_deref()
+                    .map(|id| format!(" from event {}", printable(id)))
+                    .unwrap_or_default()
+            )
+        });
+        tokio::time::sleep(delay).await;
+        match self
+            .exchange(Method::GET, None, cursor.last_event_id.as_deref())
+            .await
+        {
+            Ok((response, sent_session)) => {
+                let status = response.status();
+                if status == StatusCode::NOT_FOUND && sent_session {
+                    self.end_session();
+                    return None;
+                }
+                if status.is_success()
+                    && media_type(response.headers()).as_deref() == Some("text/event-stream")
+                {
+                    return Some(response);
+                }
+                self.log(|| format!("reconnection answered {status}"));
+                None
+            }
+            Err(e) => {
+                self.log(|| format!("reconnection failed: {}", printable(&format!("{e:#}"))));
+                None
+            }
+        }
+    }
+
+    /// Prints each message of an SSE stream as it arrives, until the stream ends or carries
+    /// the answer to `awaited`.
+    async fn read_events(
+        &self,
+        response: Response,
+        cursor: &mut Cursor,
+        awaited: Option<&Value>,
+        initialize: bool,
+    ) -> StreamEnd {
+        let mut events = SseStream::new(dpop_client::http::reqwest::Body::from(response));
+        let mut received = false;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    self.log(|| format!("stream broke: {}", printable(&e.to_string())));
+                    break;
+                }
+            };
+            cursor.advance(&event);
+            let Some(line) = event_message(&event) else {
+                continue;
+            };
+            received = true;
+            let answer = awaited.is_some_and(|id| Incoming::peek(&line).is_some_and(|m| m.answers(id)));
+            if answer && initialize {
+                self.negotiated(&line);
+            }
+            if !self.emit(line) {
+                return StreamEnd::ClientGone;
+            }
+            if answer {
+                return StreamEnd::Answered;
+            }
+        }
+        StreamEnd::Dropped { received }
+    }
+
+    /// The GET stream for messages the server sends on its own: opened once the session is
+    /// initialized, reconnected (from the last event id) when it drops, given up after
+    /// [`MAX_RESUME`] reconnections in a row that brought nothing. A 405 means the server
+    /// offers none.
+    pub(crate) async fn listen(self: Arc<Self>) {
+        let mut cursor = Cursor::default();
+        let response = match self.exchange(Method::GET, None, None).await {
+            Ok((response, sent_session)) => {
+                let status = response.status();
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    self.log(|| "the server offers no GET stream (405)".into());
+                    return;
+                }
+                if status == StatusCode::NOT_FOUND && sent_session {
+                    self.end_session();
+                    return;
+                }
+                if !status.is_success()
+                    || media_type(response.headers()).as_deref() != Some("text/event-stream")
+                {
+                    eprintln!("dpop mcp: the server refused the GET stream ({status})");
+                    return;
+                }
+                self.log(|| "GET stream open".into());
+                response
+            }
+            Err(e) => {
+                eprintln!(
+                    "dpop mcp: opening the GET stream: {}",
+                    printable(&format!("{e:#}"))
+                );
+                return;
+            }
+        };
+        let mut end = self.read_events(response, &mut cursor, None, false).await;
+        let mut fruitless = 0;
+        loop {
+            match end {
+                StreamEnd::Answered | StreamEnd::ClientGone => return,
+                StreamEnd::Dropped { received } => {
+                    fruitless = if received { 0 } else { fruitless + 1 };
+                }
+            }
+            if fruitless > MAX_RESUME {
+                eprintln!("dpop mcp: the GET stream dropped and could not be resumed");
+                return;
+            }
+            end = match self.reconnect(&mut cursor).await {
+                Some(response) => self.read_events(response, &mut cursor, None, false).await,
+                None if *self.stop.borrow() != Stop::Running => return,
+                None => StreamEnd::Dropped { received: false },
+            };
+        }
+    }
+
+    /// Ends the session at the server (DELETE); a 405 (the server does not let clients end
+    /// sessions) is fine.
+    pub(crate) async fn delete_session(&self) {
+        if self.session_id().is_none() {
+            return;
+        }
+        match self.exchange(Method::DELETE, None, None).await {
+            Ok((response, _)) => {
+                let status = response.status();
+                self.log(|| format!("DELETE session: {status}"));
+                if !status.is_success()
+                    && status != StatusCode::METHOD_NOT_ALLOWED
+                    && status != StatusCode::NOT_FOUND
+                {
+                    eprintln!("dpop mcp: ending the session: the server answered {status}");
+                }
+            }
+            Err(e) => eprintln!(
+                "dpop mcp: ending the session: {}",
+                printable(&format!("{e:#}"))
+            ),
+        }
+    }
+}
+
+/// The media type of a response, lower case, without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+}
+
+/// The body, read up to `limit` bytes (more is an error).
+async fn read_limited(mut response: Response, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            anyhow::bail!("the server's answer is larger than {} MiB", limit >> 20);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_body_becomes_one_line_with_its_bytes_otherwise_kept() {
+        let body = b"{\"z\":1,\r\n  \"a\":{\"unknown\":\"x\\ny\"}}\n";
+        assert_eq!(
+            one_line(body),
+            b"{\"z\":1,  \"a\":{\"unknown\":\"x\\ny\"}}".to_vec()
+        );
+        let single = br#"{"b":2,"a":1,"_extra":[true]}"#;
+        assert_eq!(one_line(single), single.to_vec());
+    }
+
+    #[test]
+    fn sse_events_carry_messages_only_with_data() {
+        let message = Sse::default().data("{\"jsonrpc\":\"2.0\",\"method\":\"x\"}");
+        assert_eq!(
+            event_message(&message).unwrap(),
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"x\"}".to_vec()
+        );
+        // Multi-line data is joined with LF by the decoder; the line drops it.
+        let split = Sse::default().data("{\"a\":\n1}");
+        assert_eq!(event_message(&split).unwrap(), b"{\"a\":1}".to_vec());
+        let typed = Sse::default().event("message").data("{}");
+        assert_eq!(event_message(&typed).unwrap(), b"{}".to_vec());
+        // A priming event: an id and empty data.
+        assert!(event_message(&Sse::default().id("1").data("")).is_none());
+        assert!(event_message(&Sse::default().retry(10)).is_none());
+        assert!(event_message(&Sse::default().event("ping").data("{}")).is_none());
+    }
+
+    #[tokio::test]
+    async fn decoded_stream_keeps_the_last_event_id_and_retry() {
+        let body = "id: a1\ndata: \n\nretry: 250\n\nid: a2\ndata: {\"id\":1,\"result\":{}}\n\ndata: {\"method\":\"n\"}\n\n";
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            bytes_of(body),
+        )]);
+        let mut events = sse_stream::SseByteStream::new(stream);
+        let mut cursor = Cursor::default();
+        let mut lines = Vec::new();
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            cursor.advance(&event);
+            lines.extend(event_message(&event));
+        }
+        assert_eq!(
+            lines,
+            vec![
+                b"{\"id\":1,\"result\":{}}".to_vec(),
+                b"{\"method\":\"n\"}".to_vec()
+            ]
+        );
+        // Events without an id do not reset it (the SSE spec keeps the last one).
+        assert_eq!(cursor.last_event_id.as_deref(), Some("a2"));
+        assert_eq!(cursor.delay(), Duration::from_millis(250));
+    }
+
+    fn bytes_of(s: &str) -> std::io::Cursor<Vec<u8>> {
+        std::io::Cursor::new(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn retry_is_bounded_and_an_empty_id_resets() {
+        let mut cursor = Cursor::default();
+        assert_eq!(cursor.delay(), DEFAULT_RETRY);
+        cursor.advance(&Sse::default().id("7").retry(10_000_000));
+        assert_eq!(cursor.delay(), MAX_RETRY);
+        assert_eq!(cursor.last_event_id.as_deref(), Some("7"));
+        cursor.advance(&Sse::default().id(""));
+        assert_eq!(cursor.last_event_id, None);
+    }
+
+    #[test]
+    fn outgoing_messages_are_told_apart() {
+        let init = Outgoing::peek(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#);
+        assert!(init.is_initialize());
+        assert_eq!(init.request_id(), Some(&Value::from(0)));
+        let note = Outgoing::peek(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert!(note.request_id().is_none() && !note.is_initialize());
+        let response = Outgoing::peek(br#"{"jsonrpc":"2.0","id":"s1","result":{}}"#);
+        assert!(response.request_id().is_none());
+        let junk = Outgoing::peek(b"not json");
+        assert!(junk.request_id().is_none());
+    }
+
+    #[test]
+    fn answers_are_matched_by_id() {
+        let id = Value::from("r-1");
+        let answer = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","result":{"x":1}}"#).unwrap();
+        assert!(answer.answers(&id));
+        let error = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","error":{"code":1,"message":"m"}}"#).unwrap();
+        assert!(error.answers(&id));
+        let other = Incoming::peek(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#).unwrap();
+        assert!(!other.answers(&id));
+        // A request from the server with the same id is not the answer.
+        let request = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","method":"sampling/createMessage"}"#).unwrap();
+        assert!(!request.answers(&id));
+    }
+
+    #[test]
+    fn media_types_ignore_parameters_and_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("Text/Event-Stream; charset=utf-8"));
+        assert_eq!(media_type(&headers).as_deref(), Some("text/event-stream"));
+    }
+}
