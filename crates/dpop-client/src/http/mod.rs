@@ -40,6 +40,7 @@ mod challenge;
 mod client;
 mod discovery;
 mod loopback;
+mod resource_auth;
 mod source;
 mod token;
 
@@ -48,6 +49,9 @@ pub use challenge::{Challenge, OAuthErrorBody, printable};
 pub use client::DpopClient;
 pub use discovery::{ServerMetadata, discover};
 pub use loopback::{LoopbackRedirect, Redirected};
+pub use resource_auth::{
+    AuthorizerOptions, ProtectedResourceMetadata, ResourceAuthorizer, protected_resource_metadata,
+};
 pub use source::TokenSource;
 pub use token::{
     AuthorizationStart, ClientAuth, DeviceAuthorization, OAuthClient, Token, TokenParams,
