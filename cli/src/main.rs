@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{JsonArg, agent, key_info, keys, meta, proof, request, token, tokens, verify};
+use commands::{JsonArg, agent, key_info, keys, mcp, meta, proof, request, token, tokens, verify};
 use output::StdoutError;
 
 /// dpop: DPoP (RFC 9449) proofs from keys that stay in dpop-agent.
@@ -76,6 +76,13 @@ enum Command {
         after_help = "Examples:\n  dpop request https://api.example.com/v1/items --token api\n  dpop request -X POST https://api.example.com/v1/items --token api -H 'Content-Type: application/json' -d '{\"name\":\"x\"}'"
     )]
     Request(Box<request::RequestArgs>),
+    /// Be a stdio MCP server that bridges every JSON-RPC message to the remote MCP server at
+    /// URL (Streamable HTTP), each request with a DPoP proof from the agent and the token the
+    /// server's authorization gave. Standard output carries only the protocol.
+    #[command(
+        after_help = "Example (an MCP client's configuration):\n  \"command\": \"dpop\", \"args\": [\"mcp\", \"https://mcp.example.com/mcp\"]"
+    )]
+    Mcp(Box<mcp::McpArgs>),
     /// Manage saved tokens (never prints their values).
     #[command(
         subcommand,
@@ -130,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => verify::exec(args),
         Command::Token(args) => token::exec(socket, *args),
         Command::Request(args) => request::exec(socket, *args),
+        Command::Mcp(args) => mcp::exec(socket, *args),
         Command::Tokens(cmd) => tokens::exec(cmd),
         Command::Status(out) => agent::status(socket, out),
         Command::Lock => agent::lock(socket),

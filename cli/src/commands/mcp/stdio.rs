@@ -53,25 +53,33 @@ fn trim_line_end(mut line: Vec<u8>) -> Vec<u8> {
 /// The writer of standard output: one thread that writes each message as one whole line, so
 /// that messages from concurrent answers never interleave.
 pub(crate) struct Output {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Line>,
     thread: std::thread::JoinHandle<()>,
 }
 
+/// What the writer thread is sent.
+pub(crate) enum Line {
+    /// A message, without its line ending.
+    Message(Vec<u8>),
+    /// Stop after what came before (tasks that still hold a sender may never drop it).
+    End,
+}
+
 impl Output {
-    /// Starts the writer thread. `closed` is told when standard output is gone (the client
-    /// went away), after which lines are dropped.
-    pub(crate) fn start(closed: tokio::sync::watch::Sender<bool>) -> Output {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    /// Starts the writer thread. `on_closed` is called when standard output is gone (the
+    /// client went away); lines are dropped after that.
+    pub(crate) fn start(on_closed: impl FnOnce() + Send + 'static) -> Output {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Line>();
         let thread = std::thread::spawn(move || {
             let stdout = std::io::stdout();
-            while let Some(mut line) = rx.blocking_recv() {
+            while let Some(Line::Message(mut line)) = rx.blocking_recv() {
                 line.push(b'\n');
                 let mut out = stdout.lock();
                 if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
                     if e.kind() != std::io::ErrorKind::BrokenPipe {
                         eprintln!("dpop mcp: writing standard output: {e}");
                     }
-                    let _ = closed.send(true);
+                    on_closed();
                     break;
                 }
             }
@@ -80,13 +88,13 @@ impl Output {
     }
 
     /// A handle that queues lines for the writer.
-    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Vec<u8>> {
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Line> {
         self.tx.clone()
     }
 
-    /// Waits until every queued line is written: call it after every other sender is gone.
+    /// Waits until every line queued so far is written.
     pub(crate) fn finish(self) {
-        drop(self.tx);
+        let _ = self.tx.send(Line::End);
         let _ = self.thread.join();
     }
 }

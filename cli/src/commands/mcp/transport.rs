@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use dpop_client::http::reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use dpop_client::http::reqwest::{Method, Response, StatusCode};
-use dpop_client::http::{DpopClient, Url};
+use dpop_client::http::{DpopClient, ResourceAuthorizer, Url};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use sse_stream::{Sse, SseStream};
 use tokio::sync::{mpsc, watch};
 
-use super::auth::Auth;
+use super::stdio::Line;
 use crate::output::printable;
 
 const SESSION_ID: &str = "mcp-session-id";
@@ -75,6 +75,11 @@ impl Outgoing {
     /// Whether this is the `initialize` request, whose answer opens the session.
     pub(crate) fn is_initialize(&self) -> bool {
         self.method.as_deref() == Some("initialize") && self.id.is_some()
+    }
+
+    /// Whether this is the notification that ends the initialization.
+    pub(crate) fn is_initialized_notification(&self) -> bool {
+        self.method.as_deref() == Some("notifications/initialized") && self.id.is_none()
     }
 
     /// A short name for logs: the method, or "response".
@@ -208,9 +213,9 @@ struct Session {
 pub(crate) struct Transport {
     http: DpopClient,
     url: Url,
-    auth: Auth,
+    auth: ResourceAuthorizer,
     session: Mutex<Session>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Line>,
     stop: watch::Sender<Stop>,
     verbose: bool,
 }
@@ -219,8 +224,8 @@ impl Transport {
     pub(crate) fn new(
         http: DpopClient,
         url: Url,
-        auth: Auth,
-        out: mpsc::UnboundedSender<Vec<u8>>,
+        auth: ResourceAuthorizer,
+        out: mpsc::UnboundedSender<Line>,
         stop: watch::Sender<Stop>,
         verbose: bool,
     ) -> Transport {
@@ -243,7 +248,7 @@ impl Transport {
 
     /// Prints one message line for the client.
     fn emit(&self, line: Vec<u8>) -> bool {
-        self.out.send(line).is_ok() && *self.stop.borrow() != Stop::ClientGone
+        self.out.send(Line::Message(line)).is_ok() && *self.stop.borrow() != Stop::ClientGone
     }
 
     fn session_id(&self) -> Option<HeaderValue> {
@@ -279,7 +284,10 @@ impl Transport {
                 (session.id.clone(), session.protocol_version.clone())
             };
             let sent_session = session_id.is_some();
-            let mut request = self.http.reqwest().request(method.clone(), self.url.clone());
+            let mut request = self
+                .http
+                .reqwest()
+                .request(method.clone(), self.url.clone());
             request = match body {
                 Some(body) => request
                     .header(CONTENT_TYPE, "application/json")
@@ -324,19 +332,18 @@ impl Transport {
         }
     }
 
-    /// Sends one message from the client and prints what the server answers to it.
-    pub(crate) async fn post(self: Arc<Self>, line: Vec<u8>, message: Outgoing) {
+    /// Sends one message from the client and prints what the server answers to it. Returns
+    /// whether the server took it.
+    pub(crate) async fn post(self: Arc<Self>, line: Vec<u8>, message: Outgoing) -> bool {
         self.log(|| format!("-> {}", message.describe()));
         let result = self.post_inner(&line, &message).await;
+        let taken = result.is_ok();
         if let Err(e) = result {
             let reason = format!("{e:#}");
-            eprintln!(
-                "dpop mcp: {}: {}",
-                message.describe(),
-                printable(&reason)
-            );
+            eprintln!("dpop mcp: {}: {}", message.describe(), printable(&reason));
             self.answer_error(&message, &reason);
         }
+        taken
     }
 
     async fn post_inner(&self, line: &[u8], message: &Outgoing) -> anyhow::Result<()> {
@@ -346,7 +353,10 @@ impl Transport {
         self.log(|| {
             format!(
                 "<- {status}{} for {}",
-                media.as_deref().map(|m| format!(" {m}")).unwrap_or_default(),
+                media
+                    .as_deref()
+                    .map(|m| format!(" {m}"))
+                    .unwrap_or_default(),
                 message.describe()
             )
         });
@@ -355,7 +365,9 @@ impl Transport {
             return Ok(());
         }
         if !status.is_success() {
-            let body = read_limited(response, MAX_ERROR_BODY).await.unwrap_or_default();
+            let body = read_limited(response, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
             return self.pass_error(message, status, &body);
         }
         if message.is_initialize() {
@@ -395,7 +407,12 @@ impl Transport {
 
     /// An error status: a JSON-RPC answer in the body goes to the client as it is; otherwise a
     /// request gets an error answer made here, and a notification is only logged.
-    fn pass_error(&self, message: &Outgoing, status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    fn pass_error(
+        &self,
+        message: &Outgoing,
+        status: StatusCode,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         if let Some(id) = message.request_id()
             && Incoming::peek(body).is_some_and(|m| m.answers(id))
         {
@@ -438,7 +455,12 @@ impl Transport {
             eprintln!("dpop mcp: ignoring a session id that is not visible ASCII");
             return;
         }
-        self.log(|| format!("session {}", printable(&String::from_utf8_lossy(id.as_bytes()))));
+        self.log(|| {
+            format!(
+                "session {}",
+                printable(&String::from_utf8_lossy(id.as_bytes()))
+            )
+        });
         self.session.lock().expect("session lock").id = Some(id.clone());
     }
 
@@ -449,7 +471,12 @@ impl Transport {
             .and_then(|a| a.result.protocol_version)
             .and_then(|v| v.as_str().and_then(|v| HeaderValue::from_str(v).ok()));
         if let Some(version) = version {
-            self.log(|| format!("protocol version {}", printable(version.to_str().unwrap_or(""))));
+            self.log(|| {
+                format!(
+                    "protocol version {}",
+                    printable(version.to_str().unwrap_or(""))
+                )
+            });
             self.session.lock().expect("session lock").protocol_version = Some(version);
         }
     }
@@ -460,7 +487,9 @@ impl Transport {
         let mut cursor = Cursor::default();
         let awaited = message.request_id();
         let initialize = message.is_initialize();
-        let mut end = self.read_events(response, &mut cursor, awaited, initialize).await;
+        let mut end = self
+            .read_events(response, &mut cursor, awaited, initialize)
+            .await;
         if awaited.is_none() {
             return;
         }
@@ -485,7 +514,9 @@ impl Transport {
             }
             match self.reconnect(&mut cursor).await {
                 Some(response) => {
-                    end = self.read_events(response, &mut cursor, awaited, initialize).await;
+                    end = self
+                        .read_events(response, &mut cursor, awaited, initialize)
+                        .await;
                 }
                 None if *self.stop.borrow() != Stop::Running => return,
                 None => end = StreamEnd::Dropped { received: false },
@@ -558,7 +589,8 @@ impl Transport {
                 continue;
             };
             received = true;
-            let answer = awaited.is_some_and(|id| Incoming::peek(&line).is_some_and(|m| m.answers(id)));
+            let answer =
+                awaited.is_some_and(|id| Incoming::peek(&line).is_some_and(|m| m.answers(id)));
             if answer && initialize {
                 self.negotiated(&line);
             }
@@ -709,9 +741,7 @@ mod tests {
     #[tokio::test]
     async fn decoded_stream_keeps_the_last_event_id_and_retry() {
         let body = "id: a1\ndata: \n\nretry: 250\n\nid: a2\ndata: {\"id\":1,\"result\":{}}\n\ndata: {\"method\":\"n\"}\n\n";
-        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(
-            bytes_of(body),
-        )]);
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes_of(body))]);
         let mut events = sse_stream::SseByteStream::new(stream);
         let mut cursor = Cursor::default();
         let mut lines = Vec::new();
@@ -765,19 +795,26 @@ mod tests {
         let id = Value::from("r-1");
         let answer = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","result":{"x":1}}"#).unwrap();
         assert!(answer.answers(&id));
-        let error = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","error":{"code":1,"message":"m"}}"#).unwrap();
+        let error =
+            Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","error":{"code":1,"message":"m"}}"#)
+                .unwrap();
         assert!(error.answers(&id));
         let other = Incoming::peek(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#).unwrap();
         assert!(!other.answers(&id));
         // A request from the server with the same id is not the answer.
-        let request = Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","method":"sampling/createMessage"}"#).unwrap();
+        let request =
+            Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","method":"sampling/createMessage"}"#)
+                .unwrap();
         assert!(!request.answers(&id));
     }
 
     #[test]
     fn media_types_ignore_parameters_and_case() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("Text/Event-Stream; charset=utf-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("Text/Event-Stream; charset=utf-8"),
+        );
         assert_eq!(media_type(&headers).as_deref(), Some("text/event-stream"));
     }
 }
