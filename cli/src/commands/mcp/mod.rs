@@ -192,7 +192,7 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
             }
         }
         Stop::ClientGone => transport.delete_session().await,
-        Stop::SessionEnded => {}
+        Stop::SessionEnded | Stop::Closing => {}
     }
     in_flight.abort_all();
     output.finish();

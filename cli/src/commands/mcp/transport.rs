@@ -82,9 +82,13 @@ impl Outgoing {
         self.method.as_deref() == Some("notifications/initialized") && self.id.is_none()
     }
 
-    /// A short name for logs: the method, or "response".
+    /// A short name for logs: the method, "response", or "message" (not JSON-RPC).
     fn describe(&self) -> String {
-        let what = self.method.as_deref().unwrap_or("response");
+        let what = match (&self.method, &self.id) {
+            (Some(method), _) => method.as_str(),
+            (None, Some(_)) => "response",
+            (None, None) => "message",
+        };
         match &self.id {
             Some(id) => format!("{} (id {id})", printable(what)),
             None => printable(what).to_string(),
@@ -200,6 +204,9 @@ pub(crate) enum Stop {
     SessionEnded,
     /// Standard output is closed: nobody reads the answers.
     ClientGone,
+    /// The bridge is ending the session itself (end of standard input): streams that drop
+    /// now are not reconnected.
+    Closing,
 }
 
 /// The session: what the initialize answer set.
@@ -512,7 +519,8 @@ impl Transport {
                 );
                 return;
             }
-            match self.reconnect(&mut cursor).await {
+            let stream = format!("the stream answering {}", message.describe());
+            match self.reconnect(&mut cursor, &stream).await {
                 Some(response) => {
                     end = self
                         .read_events(response, &mut cursor, awaited, initialize)
@@ -525,12 +533,15 @@ impl Transport {
     }
 
     /// Waits the stream's retry delay and GETs the stream again from the last event id.
-    /// `None` when that failed (or the session ended).
-    async fn reconnect(&self, cursor: &mut Cursor) -> Option<Response> {
+    /// `None` when that failed, or when the bridge stops meanwhile.
+    async fn reconnect(&self, cursor: &mut Cursor, stream: &str) -> Option<Response> {
+        if *self.stop.borrow() != Stop::Running {
+            return None;
+        }
         let delay = cursor.delay();
         self.log(|| {
             format!(
-                "stream dropped: reconnecting in {} ms{}",
+                "{stream} dropped: reconnecting in {} ms{}",
                 delay.as_millis(),
                 cursor
                     .last_event_id
@@ -540,6 +551,9 @@ impl Transport {
             )
         });
         tokio::time::sleep(delay).await;
+        if *self.stop.borrow() != Stop::Running {
+            return None;
+        }
         match self
             .exchange(Method::GET, None, cursor.last_event_id.as_deref())
             .await
@@ -651,7 +665,7 @@ impl Transport {
                 eprintln!("dpop mcp: the GET stream dropped and could not be resumed");
                 return;
             }
-            end = match self.reconnect(&mut cursor).await {
+            end = match self.reconnect(&mut cursor, "the GET stream").await {
                 Some(response) => self.read_events(response, &mut cursor, None, false).await,
                 None if *self.stop.borrow() != Stop::Running => return,
                 None => StreamEnd::Dropped { received: false },
@@ -660,8 +674,15 @@ impl Transport {
     }
 
     /// Ends the session at the server (DELETE); a 405 (the server does not let clients end
-    /// sessions) is fine.
+    /// sessions) is fine. Streams that drop after this are not reconnected.
     pub(crate) async fn delete_session(&self) {
+        self.stop.send_if_modified(|stop| {
+            let running = *stop == Stop::Running;
+            if running {
+                *stop = Stop::Closing;
+            }
+            running
+        });
         if self.session_id().is_none() {
             return;
         }
