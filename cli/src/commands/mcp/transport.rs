@@ -37,7 +37,8 @@ const LAST_EVENT_ID: &str = "last-event-id";
 const ACCEPT_POST: &str = "application/json, text/event-stream";
 const ACCEPT_SSE: &str = "text/event-stream";
 
-/// Reconnections of a dropped SSE stream tried one after another without receiving anything.
+/// A dropped SSE stream is given up after this many reconnections in a row that brought
+/// nothing (an answer's stream) or failed (the GET stream).
 const MAX_RESUME: u32 = 5;
 /// The wait before a reconnection when the server gave no `retry:`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
@@ -619,9 +620,10 @@ impl Transport {
     }
 
     /// The GET stream for messages the server sends on its own: opened once the session is
-    /// initialized, reconnected (from the last event id) when it drops, given up after
-    /// [`MAX_RESUME`] reconnections in a row that brought nothing. A 405 means the server
-    /// offers none.
+    /// initialized, reconnected (from the last event id) whenever it drops, as the spec's
+    /// polling asks (a quiet stream cut by a proxy's idle timeout is reconnected too); given
+    /// up after [`MAX_RESUME`] failed reconnections in a row. A 405 means the server offers
+    /// none.
     pub(crate) async fn listen(self: Arc<Self>) {
         let mut cursor = Cursor::default();
         let response = match self.exchange(Method::GET, None, None).await {
@@ -653,22 +655,25 @@ impl Transport {
             }
         };
         let mut end = self.read_events(response, &mut cursor, None, false).await;
-        let mut fruitless = 0;
+        let mut failed = 0;
         loop {
-            match end {
-                StreamEnd::Answered | StreamEnd::ClientGone => return,
-                StreamEnd::Dropped { received } => {
-                    fruitless = if received { 0 } else { fruitless + 1 };
-                }
-            }
-            if fruitless > MAX_RESUME {
-                eprintln!("dpop mcp: the GET stream dropped and could not be resumed");
+            if matches!(end, StreamEnd::Answered | StreamEnd::ClientGone) {
                 return;
             }
             end = match self.reconnect(&mut cursor, "the GET stream").await {
-                Some(response) => self.read_events(response, &mut cursor, None, false).await,
+                Some(response) => {
+                    failed = 0;
+                    self.read_events(response, &mut cursor, None, false).await
+                }
                 None if *self.stop.borrow() != Stop::Running => return,
-                None => StreamEnd::Dropped { received: false },
+                None => {
+                    failed += 1;
+                    if failed >= MAX_RESUME {
+                        eprintln!("dpop mcp: the GET stream dropped and could not be resumed");
+                        return;
+                    }
+                    StreamEnd::Dropped { received: false }
+                }
             };
         }
     }
