@@ -47,10 +47,11 @@ mod token;
 pub use cache::{CachedToken, ClientSecretSource, TokenCache, TokenLock};
 pub use challenge::{Challenge, OAuthErrorBody, printable};
 pub use client::DpopClient;
-pub use discovery::{ServerMetadata, discover};
+pub use discovery::{ServerMetadata, discover, discover_mcp};
 pub use loopback::{LoopbackRedirect, Redirected};
 pub use resource_auth::{
-    AuthorizerOptions, ProtectedResourceMetadata, ResourceAuthorizer, protected_resource_metadata,
+    AuthorizerOptions, Progress, ProtectedResourceMetadata, ResourceAuthorizer,
+    protected_resource_metadata,
 };
 pub use source::TokenSource;
 pub use token::{
