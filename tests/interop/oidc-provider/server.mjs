@@ -8,9 +8,15 @@
 // Clients: "dpop-client" (client_secret_basic; client_credentials and refresh_token) and
 // "resource-server" (client_secret_basic; introspection only). Secrets come from the
 // environment: DPOP_OIDC_CLIENT_SECRET, DPOP_OIDC_RS_SECRET.
+//
+// For the MCP authorization tests (tests/tests/e2e/mcp_auth.rs): open dynamic registration,
+// resource indicators for any http://127.0.0.1:PORT/... resource (opaque access tokens with
+// the scopes mcp:tools and mcp:admin), and interactions that need no user: a GET of
+// /interaction/UID logs "alice" in and consents to whatever the request asks, so a "browser"
+// that only follows redirects reaches the client's redirect URI.
 import { createServer } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import { generateKeyPair, exportJWK } from 'jose';
 
 const clientSecret = process.env.DPOP_OIDC_CLIENT_SECRET;
@@ -51,8 +57,23 @@ const provider = new Provider(issuer, {
     },
   ],
   scopes: ['openid', 'offline_access', 'api:read'],
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   features: {
     devInteractions: { enabled: false },
+    registration: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      async getResourceServerInfo(ctx, resourceIndicator) {
+        if (!/^http:\/\/127\.0\.0\.1:[0-9]+(\/|$)/.test(resourceIndicator)) {
+          throw new errors.InvalidTarget();
+        }
+        return {
+          scope: 'mcp:tools mcp:admin',
+          audience: resourceIndicator,
+          accessTokenFormat: 'opaque',
+        };
+      },
+    },
     clientCredentials: { enabled: true },
     introspection: {
       enabled: true,
@@ -77,7 +98,38 @@ const provider = new Provider(issuer, {
     IdToken: 600,
   },
 });
-server.on('request', provider.callback());
+const callback = provider.callback();
+server.on('request', (req, res) => {
+  if (req.url.startsWith('/interaction/')) {
+    finishInteraction(req, res).catch((err) => {
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+  } else {
+    callback(req, res);
+  }
+});
+
+// Login as alice, then consent to every scope and resource scope the request asks for.
+async function finishInteraction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  let result;
+  if (details.prompt.name === 'login') {
+    result = { login: { accountId: 'alice' } };
+  } else {
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+    const missing = details.prompt.details;
+    if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+    if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    result = { consent: { grantId: await grant.save() } };
+  }
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: true });
+}
 
 // A grant and refresh token for account "alice", as a finished authorization would leave.
 const client = await provider.Client.find('dpop-client');

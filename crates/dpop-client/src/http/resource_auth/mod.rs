@@ -305,7 +305,7 @@ impl ResourceAuthorizer {
         } else {
             prm.scopes_supported.clone().unwrap_or_default()
         };
-        let (oauth, secret, redirect) = self.client(http, &server, &scopes).await?;
+        let (oauth, secret, redirect) = self.client(http, &server).await?;
         let params = TokenParams {
             scopes: scopes.clone(),
             resources: vec![resource],
@@ -368,7 +368,6 @@ impl ResourceAuthorizer {
         &self,
         http: &DpopClient,
         server: &ServerMetadata,
-        scopes: &[String],
     ) -> Result<(OAuthClient, Option<ClientSecretSource>, LoopbackRedirect), Error> {
         if let Some(client_id) = &self.options.client_id {
             let auth = match &self.options.client_secret {
@@ -434,14 +433,12 @@ impl ResourceAuthorizer {
             }
             None => {
                 let redirect = LoopbackRedirect::bind().await?;
-                let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
                 let registration = registration::register(
                     http.reqwest(),
                     cache,
                     issuer,
                     endpoint,
                     redirect.redirect_uri(),
-                    scope.as_deref(),
                 )
                 .await?;
                 self.progress(&format!(

@@ -42,8 +42,6 @@ struct Request<'a> {
     response_types: [&'a str; 1],
     token_endpoint_auth_method: &'a str,
     dpop_bound_access_tokens: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
 }
 
 /// The members of the answer used here.
@@ -129,14 +127,15 @@ fn secret_path(cache: &TokenCache, issuer: &str) -> PathBuf {
 }
 
 /// Registers a client at `endpoint` with `redirect_uri`, and remembers it (the caller holds
-/// the lock of [`cache_name`]).
+/// the lock of [`cache_name`]). No `scope` is registered: the registration is kept per
+/// server and serves every later scope (a step-up asks for more), and servers refuse
+/// resource scopes there (oidc-provider accepts only its own OpenID scopes).
 pub(crate) async fn register(
     http: &reqwest::Client,
     cache: &TokenCache,
     issuer: &str,
     endpoint: &url::Url,
     redirect_uri: &str,
-    scope: Option<&str>,
 ) -> Result<Registration, Error> {
     let request = Request {
         client_name: "dpop mcp",
@@ -146,7 +145,6 @@ pub(crate) async fn register(
         response_types: ["code"],
         token_endpoint_auth_method: "none",
         dpop_bound_access_tokens: true,
-        scope,
     };
     let response = http
         .post(endpoint.clone())
