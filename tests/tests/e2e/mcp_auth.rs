@@ -152,10 +152,19 @@ struct Flow {
 }
 
 fn authorizer(resource: &str, cache: &TokenCache, name: &str, max_step_up: u32) -> Flow {
+    authorizer_with(resource, cache, name, |o| o.max_step_up = max_step_up)
+}
+
+fn authorizer_with(
+    resource: &str,
+    cache: &TokenCache,
+    name: &str,
+    tune: impl FnOnce(&mut AuthorizerOptions),
+) -> Flow {
     let pages = Arc::new(Mutex::new(Vec::new()));
     let progress = Arc::new(Mutex::new(Vec::new()));
     let mut options = AuthorizerOptions::new(cache.clone(), name);
-    options.max_step_up = max_step_up;
+    tune(&mut options);
     let lines = progress.clone();
     options.progress = Some(Box::new(move |line: &str| {
         lines.lock().unwrap().push(line.to_owned())
@@ -331,7 +340,9 @@ fn oidc_provider_registration_code_flow_step_up_and_concurrent_challenges() {
 }
 
 /// A server of JSON documents at chosen paths (built from its base URL) that records every
-/// path asked for.
+/// path asked for. Its `/authorize` plays an authorization endpoint of another issuer: it
+/// records the query and redirects at once to the `redirect_uri` with a code, the `state`
+/// and `iss=https://evil.example` (a mix-up).
 async fn documents(
     build: impl FnOnce(&str) -> Vec<(String, Value)>,
 ) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -345,6 +356,23 @@ async fn documents(
         let log = log.clone();
         async move {
             log.lock().unwrap().push(uri.path().to_owned());
+            if uri.path() == "/authorize" {
+                let query = uri.query().unwrap_or("").to_owned();
+                log.lock().unwrap().push(query.clone());
+                let url = Url::parse(&format!("http://x/?{query}")).unwrap();
+                let get = |n: &str| {
+                    url.query_pairs()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default()
+                };
+                let mut back = Url::parse(&get("redirect_uri")).unwrap();
+                back.query_pairs_mut()
+                    .append_pair("code", "c")
+                    .append_pair("state", &get("state"))
+                    .append_pair("iss", "https://evil.example");
+                return axum::response::Redirect::to(back.as_str()).into_response();
+            }
             match docs.iter().find(|(p, _)| *p == uri.path()) {
                 Some((_, doc)) => Json(doc.clone()).into_response(),
                 None => StatusCode::NOT_FOUND.into_response(),
@@ -413,6 +441,24 @@ async fn refused_flow(
     as_path: &str,
     issuer_path: &str,
 ) -> (String, Vec<String>) {
+    let (err, asked) =
+        refused_flow_with(agent, authorization_server, as_path, issuer_path, |_| {}).await;
+    assert!(
+        !asked.iter().any(|p| p == "/register"),
+        "nothing registered: {asked:?}"
+    );
+    (err, asked)
+}
+
+/// [`refused_flow`] with `options` changed by `tune`; asserts no browser was opened only
+/// when the flow did not get as far as `/authorize`.
+async fn refused_flow_with(
+    agent: &TestAgent,
+    authorization_server: impl Fn(&str) -> Value,
+    as_path: &str,
+    issuer_path: &str,
+    tune: impl FnOnce(&mut AuthorizerOptions),
+) -> (String, Vec<String>) {
     let as_path = as_path.to_owned();
     let issuer_path = issuer_path.to_owned();
     let (base, asked) = documents(move |base| {
@@ -431,11 +477,11 @@ async fn refused_flow(
     let client = dpop_client::Client::connect(agent.socket()).await.unwrap();
     let http = DpopClient::new(client, "k").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let flow = authorizer(
+    let flow = authorizer_with(
         &format!("{base}/mcp"),
         &TokenCache::new(dir.path().join("tokens")),
         "x",
-        1,
+        tune,
     );
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -447,12 +493,10 @@ async fn refused_flow(
         .on_challenge(&http, StatusCode::UNAUTHORIZED, &headers)
         .await
         .unwrap_err();
-    assert!(flow.pages.lock().unwrap().is_empty(), "no browser opened");
     let asked = asked.lock().unwrap().clone();
-    assert!(
-        !asked.iter().any(|p| p == "/register"),
-        "nothing registered: {asked:?}"
-    );
+    if !asked.iter().any(|p| p == "/authorize") {
+        assert!(flow.pages.lock().unwrap().is_empty(), "no browser opened");
+    }
     (err.to_string(), asked)
 }
 
@@ -504,5 +548,105 @@ fn authorization_server_discovery_order_and_refusals_before_anything_is_sent() {
                 "/.well-known/oauth-authorization-server",
             ]
         );
+    });
+}
+
+/// The authorization request the flow sends, and the `iss` check of the answer.
+fn authorize_query(asked: &[String]) -> Vec<(String, String)> {
+    let at = asked
+        .iter()
+        .position(|p| p == "/authorize")
+        .expect("authorize reached");
+    Url::parse(&format!("http://x/?{}", asked[at + 1]))
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[test]
+fn client_id_choice_request_parameters_and_iss_mix_up() {
+    let agent = TestAgent::start(AgentOptions::new());
+    let key = agent.client().generate_key("k").unwrap();
+    let server = |cimd: bool| {
+        move |issuer: &str| {
+            let base = issuer.to_owned();
+            json!({
+                "issuer": issuer,
+                "authorization_endpoint": format!("{base}/authorize"),
+                "token_endpoint": format!("{base}/token"),
+                "code_challenge_methods_supported": ["S256"],
+                "client_id_metadata_document_supported": cimd,
+            })
+        }
+    };
+    let cimd_url = "https://client.example/dpop-mcp.json";
+    runtime().block_on(async {
+        // A Client ID Metadata Document when the server takes them: no registration. The
+        // request carries PKCE S256, state, the resource, dpop_jkt; the answer's iss names
+        // another issuer and is refused.
+        let (err, asked) = refused_flow_with(
+            &agent,
+            server(true),
+            "/.well-known/oauth-authorization-server",
+            "",
+            |o| {
+                o.client_metadata_url = Some(Url::parse(cimd_url).unwrap());
+                o.scope = Some("tools:read".into());
+            },
+        )
+        .await;
+        assert!(err.contains("mix-up"), "{err}");
+        let query = authorize_query(&asked);
+        let get = |n: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("client_id"), cimd_url);
+        assert_eq!(get("response_type"), "code");
+        assert_eq!(get("code_challenge_method"), "S256");
+        assert_eq!(get("code_challenge").len(), 43);
+        assert!(get("state").len() >= 16);
+        assert_eq!(get("scope"), "tools:read");
+        assert_eq!(get("dpop_jkt"), key.jkt);
+        let resource = get("resource");
+        assert!(resource.starts_with("http://127.0.0.1:") && resource.ends_with("/mcp"));
+        assert!(get("redirect_uri").starts_with("http://127.0.0.1:"));
+        assert!(get("redirect_uri").ends_with("/callback"));
+        // Without the server's support the document URL is not used: dynamic registration is
+        // next (the refusal then comes from the registration endpoint, which is not there).
+        let (_, asked) = refused_flow_with(
+            &agent,
+            server(false),
+            "/.well-known/oauth-authorization-server",
+            "",
+            |o| o.client_metadata_url = Some(Url::parse(cimd_url).unwrap()),
+        )
+        .await;
+        assert!(!asked.iter().any(|p| p == "/authorize"), "{asked:?}");
+        assert!(asked.iter().any(|p| p == "/register"), "{asked:?}");
+        // A pre-registered client id comes first, whatever the server supports.
+        let (_, asked) = refused_flow_with(
+            &agent,
+            server(true),
+            "/.well-known/oauth-authorization-server",
+            "",
+            |o| {
+                o.client_id = Some("pre-registered".into());
+                o.client_metadata_url = Some(Url::parse(cimd_url).unwrap());
+            },
+        )
+        .await;
+        assert!(!asked.iter().any(|p| p == "/register"), "{asked:?}");
+        let query = authorize_query(&asked);
+        assert!(
+            query.contains(&("client_id".into(), "pre-registered".into())),
+            "{query:?}"
+        );
+        // No scope anywhere (option, challenge, scopes_supported): none sent.
+        assert!(!query.iter().any(|(k, _)| k == "scope"), "{query:?}");
     });
 }
