@@ -6,6 +6,56 @@
 //! with PKCE S256, `state`, `resource` (RFC 8707) and the `iss` response parameter (RFC 9207).
 //! Every token request carries a DPoP proof from the agent, and the tokens are DPoP-bound and
 //! kept in the [`TokenCache`].
+//!
+//! The order of things in a flow (each step stops it with an error when it fails, before the
+//! next one sends anything):
+//! 1. the challenge (`DPoP` or `Bearer`, [`Challenge::from_headers`]) names the metadata
+//!    (`resource_metadata`), else `/.well-known/oauth-protected-resource/<path>`, then
+//!    `/.well-known/oauth-protected-resource`; its `resource` must be the resource's
+//!    canonical URI;
+//! 2. its first authorization server's metadata ([`discover_mcp`], exact issuer), which must
+//!    list `S256` and, when it lists DPoP algorithms, the key's;
+//! 3. the client: [`AuthorizerOptions::client_id`]; else
+//!    [`AuthorizerOptions::client_metadata_url`] when the server supports Client ID Metadata
+//!    Documents; else the registration made earlier at this issuer, or a new one (RFC 7591:
+//!    a native public client, `redirect_uris` `http://127.0.0.1:PORT/callback`,
+//!    `dpop_bound_access_tokens`), kept in the cache directory. The port of a remembered
+//!    registration is bound again when free, else any port (RFC 8252 section 7.3 lets a
+//!    loopback redirect use any);
+//! 4. the code grant: PKCE S256, `state`, `resource`, `scope`, `dpop_jkt`, the URL handed to
+//!    the caller's `open_url`, `iss` checked (RFC 9207), the code traded with a DPoP proof;
+//!    a token that is not DPoP-bound is refused unless [`AuthorizerOptions::allow_bearer`].
+//!
+//! ```no_run
+//! use dpop_client::http::{AuthorizerOptions, DpopClient, ResourceAuthorizer, TokenCache, Url};
+//!
+//! # async fn demo() -> Result<(), dpop_client::http::Error> {
+//! let http = DpopClient::new(dpop_client::Client::connect_env().await?, "mcp-key")?;
+//! let options = AuthorizerOptions::new(TokenCache::default_location()?, "mcp-example");
+//! let authorizer = ResourceAuthorizer::new(
+//!     Url::parse("https://mcp.example.com/mcp")?,
+//!     options,
+//!     Box::new(|url: &Url| eprintln!("Open this URL in a browser to authorize:\n{url}")),
+//! );
+//! let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+//! let mut retried = false;
+//! let response = loop {
+//!     let token = authorizer.token(&http).await?;
+//!     let request = http
+//!         .reqwest()
+//!         .post("https://mcp.example.com/mcp")
+//!         .body(body)
+//!         .build()?;
+//!     let response = http.send(request, token.as_deref().map(String::as_str)).await?;
+//!     let (status, headers) = (response.status(), response.headers().clone());
+//!     if retried || !authorizer.on_challenge(&http, status, &headers).await? {
+//!         break response;
+//!     }
+//!     retried = true;
+//! };
+//! println!("{}", response.status());
+//! # Ok(()) }
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,7 +88,9 @@ pub struct AuthorizerOptions {
     /// `client_secret_post` when the server lists only that); none: a public client.
     pub client_secret: Option<SecretString>,
     /// The URL of this client's Client ID Metadata Document, used as its `client_id` when the
-    /// authorization server says `client_id_metadata_document_supported`.
+    /// authorization server says `client_id_metadata_document_supported`. The document's
+    /// `redirect_uris` should list `http://127.0.0.1/callback`: the listener takes a free
+    /// port, which a server accepts for a loopback redirect (RFC 8252 section 7.3).
     pub client_metadata_url: Option<Url>,
     /// The scope to ask for; none: the challenge's `scope`, else the resource metadata's
     /// `scopes_supported`, else no scope.
