@@ -13,7 +13,9 @@
 // resource indicators for any http://127.0.0.1:PORT/... resource (opaque access tokens with
 // the scopes mcp:tools and mcp:admin), and interactions that need no user: a GET of
 // /interaction/UID logs "alice" in and consents to whatever the request asks, so a "browser"
-// that only follows redirects reaches the client's redirect URI.
+// that only follows redirects reaches the client's redirect URI. Dynamically registered
+// clients that may use refresh_token get one with every code (MCP clients do not ask for
+// offline_access); "dpop-client" keeps the default (only with offline_access).
 import { createServer } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import Provider, { errors } from 'oidc-provider';
@@ -58,6 +60,10 @@ const provider = new Provider(issuer, {
   ],
   scopes: ['openid', 'offline_access', 'api:read'],
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  async issueRefreshToken(ctx, client, code) {
+    if (!client.grantTypeAllowed('refresh_token')) return false;
+    return client.clientId !== 'dpop-client' || code.scopes.has('offline_access');
+  },
   features: {
     devInteractions: { enabled: false },
     registration: { enabled: true },

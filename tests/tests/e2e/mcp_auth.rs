@@ -297,6 +297,20 @@ fn oidc_provider_registration_code_flow_step_up_and_concurrent_challenges() {
         assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
         assert_eq!(flow.pages.lock().unwrap().len(), 1);
 
+        // Near expiry, the saved token is refreshed (with a proof, oidc-provider's nonce and
+        // the resource) and saved again, without a browser.
+        assert!(saved.has_refresh_token());
+        let path = cache.dir().join("mcp.json");
+        let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let before = record["access_token"].as_str().unwrap().to_owned();
+        record["expires_at"] = json!(1);
+        std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+        assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
+        assert_eq!(flow.pages.lock().unwrap().len(), 1, "no new flow");
+        let refreshed = cache.load("mcp").unwrap();
+        assert_ne!(refreshed.access_token(), before);
+        assert!(refreshed.expires_at.unwrap() > 1);
+
         // Step-up: the resource now wants mcp:admin too; one new flow with the union of scopes,
         // with the registration remembered.
         resource.required.lock().unwrap().push("mcp:admin".into());
