@@ -5,7 +5,8 @@
 // grant made here (there is no user to log in), for the refresh_token grant test; it is
 // redeemed through oidc-provider's own token endpoint like any other.
 //
-// Clients: "dpop-client" (client_secret_basic; client_credentials and refresh_token) and
+// Clients: "dpop-client" (client_secret_basic; client_credentials and refresh_token),
+// "mcp-client" (client_secret_basic, native: authorization_code and refresh_token) and
 // "resource-server" (client_secret_basic; introspection only). Secrets come from the
 // environment: DPOP_OIDC_CLIENT_SECRET, DPOP_OIDC_RS_SECRET.
 //
@@ -48,6 +49,17 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       dpop_bound_access_tokens: true,
       scope: 'openid offline_access api:read',
+    },
+    {
+      // A pre-registered native MCP client (a loopback redirect on any port).
+      client_id: 'mcp-client',
+      client_secret: clientSecret,
+      application_type: 'native',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      dpop_bound_access_tokens: true,
     },
     {
       client_id: 'resource-server',

@@ -15,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dpop_client::http::{
-    AuthorizerOptions, DpopClient, ResourceAuthorizer, TokenCache, Url, protected_resource_metadata,
+    AuthorizerOptions, ClientSecretSource, DpopClient, ResourceAuthorizer, TokenCache, Url,
+    protected_resource_metadata,
 };
-use dpop_tests::{AgentOptions, OIDC_RS_SECRET, OidcProvider, TestAgent};
+use dpop_tests::{AgentOptions, OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider, TestAgent};
 use serde_json::{Value, json};
 
 /// The MCP-like resource: its URL, the scope it wants now, and what it saw.
@@ -105,6 +106,39 @@ async fn mcp(State(r): State<Arc<Resource>>, headers: HeaderMap) -> Response {
         return challenge(&r, StatusCode::FORBIDDEN, &extra);
     }
     (StatusCode::OK, "ok").into_response()
+}
+
+/// Starts the resource on a free loopback port.
+async fn start_resource(issuer: &str, jkt: &str) -> Arc<Resource> {
+    // The resource names itself in its metadata: bind first, to know the port.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let resource = Arc::new(Resource {
+        base,
+        issuer: issuer.to_owned(),
+        jkt: jkt.to_owned(),
+        required: Mutex::new(vec!["mcp:tools".into()]),
+        seen: Mutex::new(Vec::new()),
+    });
+    let router = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(resource_metadata),
+        )
+        .route("/mcp", post(mcp))
+        .with_state(resource.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    resource
+}
+
+/// Marks the saved token `name` as expired (its file rewritten), returning its access token.
+fn expire(cache: &TokenCache, name: &str) -> String {
+    let path = cache.dir().join(format!("{name}.json"));
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let before = record["access_token"].as_str().unwrap().to_owned();
+    record["expires_at"] = json!(1);
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    before
 }
 
 /// Plays the browser: GETs `url` and follows every redirect, sending back every cookie it was
@@ -228,24 +262,7 @@ fn oidc_provider_registration_code_flow_step_up_and_concurrent_challenges() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        // The resource names itself in its metadata: bind first, to know the port.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let resource = Arc::new(Resource {
-            base,
-            issuer: provider.issuer.clone(),
-            jkt: key.jkt.clone(),
-            required: Mutex::new(vec!["mcp:tools".into()]),
-            seen: Mutex::new(Vec::new()),
-        });
-        let router = Router::new()
-            .route(
-                "/.well-known/oauth-protected-resource/mcp",
-                get(resource_metadata),
-            )
-            .route("/mcp", post(mcp))
-            .with_state(resource.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let resource = start_resource(&provider.issuer, &key.jkt).await;
         let agent = dpop_client::Client::connect(agent.socket()).await.unwrap();
         let http = DpopClient::new(agent, "k").unwrap();
         let url = resource.url();
@@ -300,11 +317,7 @@ fn oidc_provider_registration_code_flow_step_up_and_concurrent_challenges() {
         // Near expiry, the saved token is refreshed (with a proof, oidc-provider's nonce and
         // the resource) and saved again, without a browser.
         assert!(saved.has_refresh_token());
-        let path = cache.dir().join("mcp.json");
-        let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let before = record["access_token"].as_str().unwrap().to_owned();
-        record["expires_at"] = json!(1);
-        std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+        let before = expire(&cache, "mcp");
         assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
         assert_eq!(flow.pages.lock().unwrap().len(), 1, "no new flow");
         let refreshed = cache.load("mcp").unwrap();
@@ -350,6 +363,64 @@ fn oidc_provider_registration_code_flow_step_up_and_concurrent_challenges() {
             1,
             "one flow for three challenges"
         );
+    });
+}
+
+#[test]
+fn oidc_provider_pre_registered_client_with_a_secret() {
+    let provider = OidcProvider::start();
+    let agent = TestAgent::start(AgentOptions::new());
+    let key = agent.client().generate_key("k").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = TokenCache::new(dir.path().join("tokens"));
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{OIDC_CLIENT_SECRET}\n")).unwrap();
+    runtime().block_on(async {
+        let resource = start_resource(&provider.issuer, &key.jkt).await;
+        let agent = dpop_client::Client::connect(agent.socket()).await.unwrap();
+        let http = DpopClient::new(agent, "k").unwrap();
+        let url = resource.url();
+
+        // The secret from a file: the token is saved with where the secret is, and refreshed.
+        let flow = authorizer_with(&url, &cache, "pre", |o| {
+            o.client_id = Some("mcp-client".into());
+            o.client_secret_source = Some(ClientSecretSource::File(secret_file.clone()));
+        });
+        assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
+        let progress = flow.progress.lock().unwrap().join("\n");
+        assert!(
+            progress.contains("client: pre-registered mcp-client"),
+            "{progress}"
+        );
+        let saved = cache.load("pre").unwrap();
+        assert_eq!(saved.client_id, "mcp-client");
+        assert_eq!(saved.client_auth, "client_secret_basic");
+        assert!(
+            !std::fs::read_to_string(cache.dir().join("pre.json"))
+                .unwrap()
+                .contains(OIDC_CLIENT_SECRET)
+        );
+        let before = expire(&cache, "pre");
+        assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
+        assert_ne!(cache.load("pre").unwrap().access_token(), before);
+        assert_eq!(
+            flow.pages.lock().unwrap().len(),
+            1,
+            "refreshed, no new flow"
+        );
+
+        // The secret in memory only: the expired token cannot be refreshed, and the next
+        // challenge gets a new one through the browser.
+        let flow = authorizer_with(&url, &cache, "pre-mem", |o| {
+            o.client_id = Some("mcp-client".into());
+            o.client_secret = Some(OIDC_CLIENT_SECRET.to_owned().into());
+        });
+        assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
+        expire(&cache, "pre-mem");
+        assert_eq!(call(&flow, &http, &url).await, StatusCode::OK);
+        assert_eq!(flow.pages.lock().unwrap().len(), 2);
+        let progress = flow.progress.lock().unwrap().join("\n");
+        assert!(progress.contains("saved token not used"), "{progress}");
     });
 }
 

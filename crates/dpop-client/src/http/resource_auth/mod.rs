@@ -85,8 +85,15 @@ pub struct AuthorizerOptions {
     /// A pre-registered client id: used as is, no registration.
     pub client_id: Option<String>,
     /// The secret of the pre-registered client (`client_secret_basic`, or
-    /// `client_secret_post` when the server lists only that); none: a public client.
+    /// `client_secret_post` when the server lists only that); none: a public client. A
+    /// token got with it alone cannot be refreshed by the cache (which keeps where a secret
+    /// is, never the secret): when it expires, the next challenge starts a new flow. Give
+    /// [`client_secret_source`](Self::client_secret_source) instead for refreshing.
     pub client_secret: Option<SecretString>,
+    /// Where the pre-registered client's secret is read from (an environment variable or a
+    /// file), for the flow and, saved with the token, for refreshing it. Used when
+    /// [`client_secret`](Self::client_secret) is none.
+    pub client_secret_source: Option<ClientSecretSource>,
     /// The URL of this client's Client ID Metadata Document, used as its `client_id` when the
     /// authorization server says `client_id_metadata_document_supported`. The document's
     /// `redirect_uris` should list `http://127.0.0.1/callback`: the listener takes a free
@@ -114,6 +121,7 @@ impl std::fmt::Debug for AuthorizerOptions {
         f.debug_struct("AuthorizerOptions")
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.is_some())
+            .field("client_secret_source", &self.client_secret_source)
             .field("client_metadata_url", &self.client_metadata_url)
             .field("scope", &self.scope)
             .field("allow_bearer", &self.allow_bearer)
@@ -131,6 +139,7 @@ impl AuthorizerOptions {
         AuthorizerOptions {
             client_id: None,
             client_secret: None,
+            client_secret_source: None,
             client_metadata_url: None,
             scope: None,
             allow_bearer: false,
@@ -422,10 +431,20 @@ impl ResourceAuthorizer {
         server: &ServerMetadata,
     ) -> Result<(OAuthClient, Option<ClientSecretSource>, LoopbackRedirect), Error> {
         if let Some(client_id) = &self.options.client_id {
-            let auth = match &self.options.client_secret {
+            let (secret, source) = match (
+                &self.options.client_secret,
+                &self.options.client_secret_source,
+            ) {
+                (Some(secret), _) => (
+                    Some(Zeroizing::new(secret.expose_secret().to_owned())),
+                    None,
+                ),
+                (None, Some(source)) => (Some(source.read()?), Some(source.clone())),
+                (None, None) => (None, None),
+            };
+            let auth = match secret {
                 None => ClientAuth::None,
                 Some(secret) => {
-                    let secret = Zeroizing::new(secret.expose_secret().to_owned());
                     let methods = server.token_endpoint_auth_methods_supported.as_deref();
                     let post_only = methods.is_some_and(|m| {
                         m.iter().any(|m| m == "client_secret_post")
@@ -440,7 +459,7 @@ impl ResourceAuthorizer {
             };
             self.progress(&format!("client: pre-registered {}", printable(client_id)));
             let oauth = OAuthClient::from_metadata(server, client_id, auth)?;
-            return Ok((oauth, None, LoopbackRedirect::bind().await?));
+            return Ok((oauth, source, LoopbackRedirect::bind().await?));
         }
         if let Some(url) = &self.options.client_metadata_url
             && server.client_id_metadata_document_supported
