@@ -83,6 +83,40 @@ impl Challenge {
         self.scheme.eq_ignore_ascii_case("DPoP")
     }
 
+    /// Whether this is a Bearer challenge.
+    pub fn is_bearer(&self) -> bool {
+        self.scheme.eq_ignore_ascii_case("Bearer")
+    }
+
+    /// The URL of the protected resource metadata (RFC 9728 section 5.1), when named.
+    pub fn resource_metadata(&self) -> Option<&str> {
+        self.param("resource_metadata")
+    }
+
+    /// The scope the resource asks for (RFC 6750 section 3), when named.
+    pub fn scope(&self) -> Option<&str> {
+        self.param("scope")
+    }
+
+    /// The OAuth challenge among all the challenges of all `headers` (every
+    /// `WWW-Authenticate` line): the first `DPoP` or `Bearer` one, one that names
+    /// `resource_metadata` first. A resource server may send both schemes (RFC 9449 section
+    /// 7.2) and either may carry the parameters.
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+        let all: Vec<Challenge> = headers
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(Challenge::parse_all)
+            .filter(|c| c.is_dpop() || c.is_bearer())
+            .collect();
+        let pick = all
+            .iter()
+            .position(|c| c.resource_metadata().is_some())
+            .unwrap_or(0);
+        all.into_iter().nth(pick)
+    }
+
     /// The challenge's `error`, `error_description` and `error_uri`, when it has an `error`.
     pub fn oauth_error(&self) -> Option<OAuthErrorBody> {
         Some(OAuthErrorBody {
@@ -190,6 +224,56 @@ mod tests {
         assert_eq!(all[0].scheme, "Basic");
         assert_eq!(all[1].param("error"), Some("invalid_token"));
         assert_eq!(all[1].oauth_error().unwrap().error_description, None);
+    }
+
+    #[test]
+    fn mcp_challenges_of_either_scheme_give_resource_metadata_and_scope() {
+        let bearer = Challenge::parse_all(
+            r#"Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource", scope="files:read files:write""#,
+        );
+        assert_eq!(
+            bearer[0].resource_metadata(),
+            Some("https://mcp.example.com/.well-known/oauth-protected-resource")
+        );
+        assert_eq!(bearer[0].scope(), Some("files:read files:write"));
+        assert!(bearer[0].is_bearer());
+        // Unquoted token values, and a DPoP challenge with an error.
+        let dpop = Challenge::parse_all(
+            "DPoP algs=\"ES256\", error=insufficient_scope, scope=admin, resource_metadata=\"http://127.0.0.1:9/prm\"",
+        );
+        assert_eq!(dpop[0].oauth_error().unwrap().error, "insufficient_scope");
+        assert_eq!(dpop[0].scope(), Some("admin"));
+        assert_eq!(dpop[0].resource_metadata(), Some("http://127.0.0.1:9/prm"));
+    }
+
+    #[test]
+    fn from_headers_prefers_the_challenge_naming_resource_metadata() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.append(
+            reqwest::header::WWW_AUTHENTICATE,
+            reqwest::header::HeaderValue::from_static("Basic realm=x, DPoP algs=\"ES256\""),
+        );
+        headers.append(
+            reqwest::header::WWW_AUTHENTICATE,
+            reqwest::header::HeaderValue::from_static(
+                "Bearer realm=\"mcp\", resource_metadata=\"https://r/.well-known/oauth-protected-resource\", scope=\"a b\"",
+            ),
+        );
+        let c = Challenge::from_headers(&headers).unwrap();
+        assert!(c.is_bearer());
+        assert_eq!(c.scope(), Some("a b"));
+        // Without resource_metadata anywhere: the first OAuth challenge (not Basic).
+        headers.remove(reqwest::header::WWW_AUTHENTICATE);
+        headers.append(
+            reqwest::header::WWW_AUTHENTICATE,
+            reqwest::header::HeaderValue::from_static(
+                "Basic realm=x, DPoP error=\"invalid_token\", Bearer",
+            ),
+        );
+        let c = Challenge::from_headers(&headers).unwrap();
+        assert!(c.is_dpop());
+        assert_eq!(c.oauth_error().unwrap().error, "invalid_token");
+        assert!(Challenge::from_headers(&reqwest::header::HeaderMap::new()).is_none());
     }
 
     #[test]

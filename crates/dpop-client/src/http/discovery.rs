@@ -1,5 +1,6 @@
 //! Authorization server metadata: RFC 8414 `/.well-known/oauth-authorization-server`, then
-//! OpenID Connect Discovery `/.well-known/openid-configuration`.
+//! OpenID Connect Discovery `/.well-known/openid-configuration` ([`discover`]); the MCP
+//! authorization spec's longer order and exact issuer check ([`discover_mcp`]).
 
 use serde::Deserialize;
 use url::Url;
@@ -26,6 +27,18 @@ pub struct ServerMetadata {
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
     /// Client authentication methods at the token endpoint.
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// PKCE methods (RFC 8414); an MCP client refuses a server without `S256` here.
+    pub code_challenge_methods_supported: Option<Vec<String>>,
+    /// The dynamic client registration endpoint (RFC 7591).
+    pub registration_endpoint: Option<Url>,
+    /// Scopes the server knows.
+    pub scopes_supported: Option<Vec<String>>,
+    /// Whether an HTTPS URL may be a `client_id` naming a Client ID Metadata Document.
+    #[serde(default)]
+    pub client_id_metadata_document_supported: bool,
+    /// Whether the authorization response carries `iss` (RFC 9207).
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 impl ServerMetadata {
@@ -59,9 +72,46 @@ fn metadata_urls(issuer: &Url) -> Vec<Url> {
     vec![rfc8414, openid]
 }
 
+/// The places the MCP authorization spec (2025-11-25) tries, in its order: for an issuer with
+/// a path, RFC 8414 and OpenID with the well-known segment inserted, then OpenID appended;
+/// for one without, RFC 8414 then OpenID.
+pub(crate) fn mcp_metadata_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let inserted = |well_known: &str| {
+        let mut url = issuer.clone();
+        url.set_path(&format!("/.well-known/{well_known}{path}"));
+        url
+    };
+    let mut urls = vec![
+        inserted("oauth-authorization-server"),
+        inserted("openid-configuration"),
+    ];
+    if !path.is_empty() {
+        let mut appended = issuer.clone();
+        appended.set_path(&format!("{path}/.well-known/openid-configuration"));
+        urls.push(appended);
+    }
+    urls
+}
+
 /// Fetches the metadata of `issuer` (without DPoP: metadata is public) and checks that it
-/// names the same issuer (RFC 8414 section 3.3).
+/// names the same issuer (RFC 8414 section 3.3; a trailing `/` aside).
 pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ServerMetadata, Error> {
+    fetch(http, issuer, metadata_urls, false).await
+}
+
+/// Fetches the metadata of `issuer` at the places the MCP authorization spec lists, in its
+/// order, and checks that it names exactly this issuer (RFC 8414 section 3.3).
+pub async fn discover_mcp(http: &reqwest::Client, issuer: &str) -> Result<ServerMetadata, Error> {
+    fetch(http, issuer, mcp_metadata_urls, true).await
+}
+
+async fn fetch(
+    http: &reqwest::Client,
+    issuer: &str,
+    urls: fn(&Url) -> Vec<Url>,
+    exact: bool,
+) -> Result<ServerMetadata, Error> {
     let fail = |reason: String| Error::Discovery {
         issuer: issuer.to_owned(),
         reason,
@@ -71,7 +121,7 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ServerMeta
         return Err(fail("an issuer has no query or fragment".into()));
     }
     let mut tried = Vec::new();
-    for url in metadata_urls(&issuer_url) {
+    for url in urls(&issuer_url) {
         let response = http.get(url.clone()).send().await?;
         if !response.status().is_success() {
             tried.push(format!("{url}: HTTP {}", response.status()));
@@ -80,10 +130,15 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ServerMeta
         let body = super::read_body(response, "metadata", super::MAX_JSON_BODY).await?;
         let metadata: ServerMetadata = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("{url} is not metadata JSON: {e}")))?;
-        if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        let same = if exact {
+            metadata.issuer == issuer
+        } else {
+            metadata.issuer.trim_end_matches('/') == issuer.trim_end_matches('/')
+        };
+        if !same {
             return Err(fail(format!(
                 "{url} names issuer {:?}, not this one",
-                metadata.issuer
+                super::printable(&metadata.issuer)
             )));
         }
         return Ok(metadata);
@@ -110,6 +165,34 @@ mod tests {
         assert_eq!(
             root[0].as_str(),
             "https://as.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    #[test]
+    fn mcp_order_inserts_then_appends_for_an_issuer_with_a_path() {
+        let urls: Vec<String> =
+            mcp_metadata_urls(&Url::parse("https://auth.example.com/tenant1").unwrap())
+                .iter()
+                .map(Url::to_string)
+                .collect();
+        assert_eq!(
+            urls,
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server/tenant1",
+                "https://auth.example.com/.well-known/openid-configuration/tenant1",
+                "https://auth.example.com/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        let root: Vec<String> = mcp_metadata_urls(&Url::parse("https://auth.example.com").unwrap())
+            .iter()
+            .map(Url::to_string)
+            .collect();
+        assert_eq!(
+            root,
+            [
+                "https://auth.example.com/.well-known/oauth-authorization-server",
+                "https://auth.example.com/.well-known/openid-configuration",
+            ]
         );
     }
 

@@ -31,6 +31,8 @@ pub struct Redirected {
     pub code: Zeroizing<String>,
     /// The `state` (compare with the request's).
     pub state: String,
+    /// The `iss` the authorization server added (RFC 9207), if any.
+    pub iss: Option<String>,
 }
 
 impl std::fmt::Debug for Redirected {
@@ -44,9 +46,16 @@ type Outcome = Result<Redirected, Error>;
 impl LoopbackRedirect {
     /// Listens on 127.0.0.1 on a port the system picks.
     pub async fn bind() -> Result<LoopbackRedirect, Error> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| Error::Authorization(format!("cannot listen on 127.0.0.1: {e}")))?;
+        LoopbackRedirect::bind_port(0).await
+    }
+
+    /// Listens on 127.0.0.1 on `port` (0: a port the system picks): the port of a redirect URI
+    /// registered earlier, for a server that compares ports although RFC 8252 section 7.3 says
+    /// a loopback redirect may use any.
+    pub async fn bind_port(port: u16) -> Result<LoopbackRedirect, Error> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+            Error::Authorization(format!("cannot listen on 127.0.0.1 port {port}: {e}"))
+        })?;
         let port = listener
             .local_addr()
             .map_err(|e| Error::Authorization(e.to_string()))?
@@ -142,6 +151,7 @@ async fn answer(
         (Some(code), None) => Ok(Redirected {
             code: Zeroizing::new(code),
             state: state.to_owned(),
+            iss: get("iss"),
         }),
         (None, None) => Err(Error::Authorization(
             "the redirect carried neither a code nor an error".into(),

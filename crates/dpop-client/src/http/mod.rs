@@ -17,6 +17,10 @@
 //!   `client_credentials` request) when it expires.
 //! - [`TokenCache`] keeps tokens in 0600 files bound to their key's thumbprint and refreshes
 //!   them; [`LoopbackRedirect`] receives the authorization code on 127.0.0.1 (RFC 8252).
+//! - [`ResourceAuthorizer`] is the client side of MCP authorization (2025-11-25): it answers a
+//!   protected resource's 401 and `403 insufficient_scope` challenges with resource metadata
+//!   (RFC 9728), authorization server discovery in the MCP order ([`discover_mcp`]), client
+//!   registration and the code grant, and keeps the DPoP-bound token in a [`TokenCache`].
 //!
 //! ```no_run
 //! use dpop_client::http::{ClientAuth, DpopClient, OAuthClient, TokenParams, discover};
@@ -47,10 +51,11 @@ mod token;
 pub use cache::{CachedToken, ClientSecretSource, TokenCache, TokenLock};
 pub use challenge::{Challenge, OAuthErrorBody, printable};
 pub use client::DpopClient;
-pub use discovery::{ServerMetadata, discover};
+pub use discovery::{ServerMetadata, discover, discover_mcp};
 pub use loopback::{LoopbackRedirect, Redirected};
 pub use resource_auth::{
-    AuthorizerOptions, ProtectedResourceMetadata, ResourceAuthorizer, protected_resource_metadata,
+    AuthorizerOptions, Progress, ProtectedResourceMetadata, ResourceAuthorizer,
+    protected_resource_metadata,
 };
 pub use source::TokenSource;
 pub use token::{

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use url::Url;
 
-use super::super::Error;
+use super::super::{Error, MAX_JSON_BODY, printable, read_body};
 
 /// The members of a protected resource metadata document this client uses.
 #[derive(Clone, Debug, Deserialize)]
@@ -18,14 +18,141 @@ pub struct ProtectedResourceMetadata {
     pub scopes_supported: Option<Vec<String>>,
 }
 
-/// Fetches the protected resource metadata of `resource`: from `resource_metadata` (the URL a
-/// challenge named) when given, else from the well-known URLs (path-based first, then root),
-/// and checks that its `resource` is `resource`.
+/// The canonical URI of a resource (MCP authorization, "Canonical Server URI"; RFC 8707
+/// section 2): no fragment, lowercase scheme and host (the URL parser does that), and no
+/// trailing `/` unless the path is nothing else. Refuses a URL that cannot be a resource.
+pub(crate) fn canonical_resource(url: &Url) -> Result<String, Error> {
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(Error::BadUrl {
+            url: url.to_string(),
+            reason: "a resource is an absolute http(s) URL",
+        });
+    }
+    let mut url = url.clone();
+    url.set_fragment(None);
+    let mut text = url.to_string();
+    if url.query().is_none() && text.ends_with('/') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+/// The well-known places of the metadata of `resource`, in the order the MCP spec tries them
+/// when no challenge names one: the path-based URL (RFC 9728 section 3.1, the well-known
+/// segment inserted before the path), then the root.
+pub(crate) fn resource_metadata_urls(resource: &Url) -> Vec<Url> {
+    let path = resource.path().trim_end_matches('/');
+    let mut root = resource.clone();
+    root.set_query(None);
+    root.set_fragment(None);
+    root.set_path("/.well-known/oauth-protected-resource");
+    let mut urls = Vec::new();
+    if !path.is_empty() {
+        let mut with_path = root.clone();
+        with_path.set_path(&format!("/.well-known/oauth-protected-resource{path}"));
+        urls.push(with_path);
+    }
+    urls.push(root);
+    urls
+}
+
+/// Fetches the protected resource metadata of `resource` (without DPoP: it is public): from
+/// `resource_metadata` (the URL a challenge named) when given, else from the well-known URLs
+/// (path-based first, then root), and checks that its `resource` is `resource`'s canonical
+/// URI (RFC 9728 section 3.3: metadata for another resource is refused, not used).
 pub async fn protected_resource_metadata(
     http: &reqwest::Client,
     resource: &Url,
     resource_metadata: Option<&Url>,
 ) -> Result<ProtectedResourceMetadata, Error> {
-    let _ = (http, resource, resource_metadata);
-    Err(Error::Config("not implemented yet".into()))
+    let expected = canonical_resource(resource)?;
+    let fail = |reason: String| Error::Discovery {
+        issuer: expected.clone(),
+        reason,
+    };
+    let urls = match resource_metadata {
+        Some(url) => vec![url.clone()],
+        None => resource_metadata_urls(resource),
+    };
+    let mut tried = Vec::new();
+    for url in urls {
+        let response = http.get(url.clone()).send().await?;
+        if !response.status().is_success() {
+            tried.push(format!("{url}: HTTP {}", response.status()));
+            continue;
+        }
+        let body = read_body(response, "resource metadata", MAX_JSON_BODY).await?;
+        let metadata: ProtectedResourceMetadata = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("{url} is not protected resource metadata: {e}")))?;
+        let named = Url::parse(&metadata.resource)
+            .ok()
+            .and_then(|u| canonical_resource(&u).ok());
+        if named.as_deref() != Some(expected.as_str()) {
+            return Err(fail(format!(
+                "{url} describes the resource {:?}, not this one",
+                printable(&metadata.resource)
+            )));
+        }
+        if metadata.authorization_servers.is_empty() {
+            return Err(fail(format!("{url} names no authorization server")));
+        }
+        return Ok(metadata);
+    }
+    Err(fail(format!(
+        "no protected resource metadata ({})",
+        tried.join("; ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(resource: &str) -> Vec<String> {
+        resource_metadata_urls(&Url::parse(resource).unwrap())
+            .iter()
+            .map(Url::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn path_based_then_root() {
+        assert_eq!(
+            urls("https://example.com/public/mcp"),
+            [
+                "https://example.com/.well-known/oauth-protected-resource/public/mcp",
+                "https://example.com/.well-known/oauth-protected-resource",
+            ]
+        );
+        assert_eq!(
+            urls("http://127.0.0.1:8080/mcp/?x=1#f"),
+            [
+                "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp",
+                "http://127.0.0.1:8080/.well-known/oauth-protected-resource",
+            ]
+        );
+        assert_eq!(
+            urls("https://example.com/"),
+            ["https://example.com/.well-known/oauth-protected-resource"]
+        );
+    }
+
+    #[test]
+    fn canonical_uri_drops_fragment_and_trailing_slash() {
+        let c = |s: &str| canonical_resource(&Url::parse(s).unwrap()).unwrap();
+        assert_eq!(c("HTTPS://MCP.Example.com/"), "https://mcp.example.com");
+        assert_eq!(
+            c("https://mcp.example.com/mcp#x"),
+            "https://mcp.example.com/mcp"
+        );
+        assert_eq!(
+            c("https://mcp.example.com/mcp/"),
+            "https://mcp.example.com/mcp"
+        );
+        assert_eq!(
+            c("https://mcp.example.com:8443"),
+            "https://mcp.example.com:8443"
+        );
+        assert!(canonical_resource(&Url::parse("mailto:a@b").unwrap()).is_err());
+    }
 }
