@@ -27,11 +27,11 @@ use clap::Args;
 use dpop_client::http::{
     AuthorizerOptions, ClientSecretSource, DpopClient, ResourceAuthorizer, TokenCache, Url,
 };
-use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{connect_async, open_browser, pick_key_async, runtime};
+use crate::output::printable;
 use stdio::Output;
 use transport::{Outgoing, Stop, Transport};
 
@@ -81,15 +81,17 @@ pub(crate) struct McpArgs {
 }
 
 impl McpArgs {
-    fn client_secret(&self) -> Result<Option<SecretString>> {
-        let source = match (&self.client_secret_env, &self.client_secret_file) {
-            (Some(var), _) => ClientSecretSource::Env(var.clone()),
-            (None, Some(file)) => ClientSecretSource::File(file.clone()),
-            (None, None) => return Ok(None),
-        };
-        let mut secret = source.read()?;
-        // Moved, not copied: the Zeroizing wrapper wipes what is left (nothing).
-        Ok(Some(SecretString::from(std::mem::take(&mut *secret))))
+    /// Where the pre-registered client's secret is: the authorizer reads it for the flow,
+    /// and the token cache keeps where it is (never the secret) for refreshing.
+    fn client_secret_source(&self) -> Option<ClientSecretSource> {
+        match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(var), _) => Some(ClientSecretSource::Env(var.clone())),
+            // Absolute: a later run from another directory refreshes with it.
+            (None, Some(file)) => Some(ClientSecretSource::File(
+                std::path::absolute(file).unwrap_or_else(|_| file.clone()),
+            )),
+            (None, None) => None,
+        }
     }
 
     fn authorizer(&self) -> Result<ResourceAuthorizer> {
@@ -99,10 +101,15 @@ impl McpArgs {
         };
         let mut options = AuthorizerOptions::new(TokenCache::default_location()?, cache_name);
         options.client_id = self.client_id.clone();
-        options.client_secret = self.client_secret()?;
+        options.client_secret_source = self.client_secret_source();
         options.client_metadata_url = self.client_metadata_url.clone();
         options.scope = self.scope.clone();
         options.allow_bearer = self.allow_bearer;
+        if self.verbose {
+            options.progress = Some(Box::new(|line: &str| {
+                eprintln!("dpop mcp: {}", printable(line));
+            }));
+        }
         Ok(ResourceAuthorizer::new(
             self.url.clone(),
             options,
