@@ -459,7 +459,7 @@ impl Transport {
             self.log(|| "the server uses no session".into());
             return;
         };
-        if !id.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b)) {
+        if !is_session_id(id) {
             eprintln!("dpop mcp: ignoring a session id that is not visible ASCII");
             return;
         }
@@ -474,11 +474,7 @@ impl Transport {
 
     /// Keeps the protocol version of the initialize result, for `MCP-Protocol-Version`.
     fn negotiated(&self, line: &[u8]) {
-        let version = serde_json::from_slice::<InitializeAnswer>(line)
-            .ok()
-            .and_then(|a| a.result.protocol_version)
-            .and_then(|v| v.as_str().and_then(|v| HeaderValue::from_str(v).ok()));
-        if let Some(version) = version {
+        if let Some(version) = negotiated_version(line) {
             self.log(|| {
                 format!(
                     "protocol version {}",
@@ -710,6 +706,20 @@ impl Transport {
     }
 }
 
+/// Whether `value` can be a session id: visible ASCII only (0x21 to 0x7e), not empty.
+fn is_session_id(value: &HeaderValue) -> bool {
+    !value.is_empty() && value.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// The `protocolVersion` of an initialize result, as a header value (none when the answer
+/// is an error or the version cannot be a header).
+fn negotiated_version(answer: &[u8]) -> Option<HeaderValue> {
+    serde_json::from_slice::<InitializeAnswer>(answer)
+        .ok()
+        .and_then(|a| a.result.protocol_version)
+        .and_then(|v| v.as_str().and_then(|v| HeaderValue::from_str(v).ok()))
+}
+
 /// The media type of a response, lower case, without parameters.
 fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
@@ -832,6 +842,26 @@ mod tests {
             Incoming::peek(br#"{"jsonrpc":"2.0","id":"r-1","method":"sampling/createMessage"}"#)
                 .unwrap();
         assert!(!request.answers(&id));
+    }
+
+    #[test]
+    fn session_ids_are_visible_ascii() {
+        assert!(is_session_id(&HeaderValue::from_static("1868a90c-4e7b")));
+        assert!(!is_session_id(&HeaderValue::from_static("with space")));
+        assert!(!is_session_id(&HeaderValue::from_static("")));
+        assert!(!is_session_id(
+            &HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()
+        ));
+    }
+
+    #[test]
+    fn the_negotiated_version_comes_from_the_initialize_result() {
+        let answer = br#"{"result":{"capabilities":{},"protocolVersion":"2025-06-18"},"jsonrpc":"2.0","id":0}"#;
+        assert_eq!(negotiated_version(answer).unwrap(), "2025-06-18");
+        let error = br#"{"jsonrpc":"2.0","id":0,"error":{"code":-32602,"message":"no"}}"#;
+        assert!(negotiated_version(error).is_none());
+        let odd = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"bad\nversion"}}"#;
+        assert!(negotiated_version(odd).is_none());
     }
 
     #[test]
