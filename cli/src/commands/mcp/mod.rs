@@ -11,8 +11,9 @@
 //! Messages from standard input are sent concurrently, each as soon as it is read, except the
 //! `initialize` request: its answer carries the session id every later request needs, so
 //! the next message waits for it. The bridge ends at the end of standard input (after the
-//! answers still due, for at most [`EOF_GRACE`], and a DELETE of the session), when the
-//! server ends the session (404), or when standard output is closed.
+//! answers still due, for at most [`EOF_GRACE`], and a DELETE of the session), on SIGTERM or
+//! SIGINT (a DELETE at once: a client that stops its servers sends SIGTERM after closing
+//! stdin), when the server ends the session (404), or when standard output is closed.
 
 mod stdio;
 mod transport;
@@ -142,6 +143,7 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
             stop_tx.send_replace(Stop::ClientGone);
         }
     });
+    let signal_stop = stop_tx.clone();
     let transport = Arc::new(Transport::new(
         http,
         args.url.clone(),
@@ -150,6 +152,19 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
         stop_tx,
         args.verbose,
     ));
+    tokio::spawn({
+        let stop_tx = signal_stop;
+        async move {
+            terminated().await;
+            stop_tx.send_if_modified(|stop| {
+                let first = matches!(stop, Stop::Running);
+                if first {
+                    *stop = Stop::Terminated;
+                }
+                first
+            });
+        }
+    });
     if args.verbose {
         eprintln!("dpop mcp: bridging to {} with key {}", args.url, key.label);
     }
@@ -198,12 +213,38 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
                 transport.delete_session().await;
             }
         }
-        Stop::ClientGone => transport.delete_session().await,
+        Stop::ClientGone | Stop::Terminated => transport.delete_session().await,
         Stop::SessionEnded | Stop::Closing => {}
     }
     in_flight.abort_all();
     output.finish();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at SIGTERM or SIGINT (Ctrl-C elsewhere); never when the handlers cannot be set.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The saved token's name for the server at `url`: `mcp-` and the host, port and path with

@@ -205,6 +205,8 @@ pub(crate) enum Stop {
     SessionEnded,
     /// Standard output is closed: nobody reads the answers.
     ClientGone,
+    /// SIGTERM or SIGINT: the session is DELETEd at once, without waiting for answers.
+    Terminated,
     /// The bridge is ending the session itself (end of standard input): streams that drop
     /// now are not reconnected.
     Closing,
