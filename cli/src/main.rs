@@ -76,9 +76,12 @@ enum Command {
         after_help = "Examples:\n  dpop request https://api.example.com/v1/items --token api\n  dpop request -X POST https://api.example.com/v1/items --token api -H 'Content-Type: application/json' -d '{\"name\":\"x\"}'"
     )]
     Request(Box<request::RequestArgs>),
-    /// Be a stdio MCP server that bridges every JSON-RPC message to the remote MCP server at
-    /// URL (Streamable HTTP), each request with a DPoP proof from the agent and the token the
-    /// server's authorization gave. Standard output carries only the protocol.
+    /// A stdio MCP server that bridges to the remote MCP server at URL, with DPoP.
+    ///
+    /// Every JSON-RPC message from standard input goes unchanged to URL (Streamable HTTP),
+    /// each request with a proof from the agent and the token the server's authorization
+    /// gave; the server's messages come out on standard output, which carries only the
+    /// protocol.
     #[command(
         after_help = "Example (an MCP client's configuration):\n  \"command\": \"dpop\", \"args\": [\"mcp\", \"https://mcp.example.com/mcp\"]"
     )]
