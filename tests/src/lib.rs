@@ -32,13 +32,16 @@
 //!   restartable on the same port); [`ResourceServer`] runs the example resource server,
 //!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
 //!   requests with proofs from a real agent; [`Nginx`] runs a real nginx in front of it.
+//! - [`McpServer`] runs a real MCP server (the official TypeScript SDK, Streamable HTTP) on
+//!   the Node 22 of tests/interop/node22, and logs what it saw for the `dpop mcp` tests.
 //!
 //! One module per concern, its fixtures re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
 //! (openssl-made keys), [`softhsm`] (PKCS#11 tokens), [`verify`] (checking proofs),
 //! [`process`] (processes, files, tools, users), [`wait`] (polling), [`mod@bench`] (benchmarks),
 //! [`mod@redis`] (redis-server), [`server`] (the example resource server and its clients),
-//! [`oauth`] and [`oidc_provider`] (authorization servers), [`swtpm`] (software TPMs),
+//! [`oauth`] and [`oidc_provider`] (authorization servers), [`mcp`] (MCP servers),
+//! [`swtpm`] (software TPMs),
 //! [`mod@wine`] (the Windows builds). Used through their modules: the helpers of the PKCS#11 and
 //! TPM tests, [`mod@pkcs11`] (token keys made, signing, looked at on the token),
 //! [`pkcs11_shim`] (a sloppy token: SoftHSM2 behind a small C shim) and, with the feature
@@ -54,8 +57,9 @@
 //! opensc`), tpm2-pkcs11 for the second module (`apt-get install libtpm2-pkcs11-1
 //! libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus`), swtpm for the TPM tests
 //! (`apt-get install swtpm swtpm-tools`, and `libtss2-dev` to build), and `redis-server` and
-//! nginx for the server kit's tests (`apt-get install redis-server nginx`); tests fail with a
-//! message saying what is missing rather than skip.
+//! nginx for the server kit's tests (`apt-get install redis-server nginx`), and `npm ci` in
+//! tests/interop/node22 and tests/interop/mcp for the MCP tests; tests fail with a message
+//! saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
@@ -72,6 +76,7 @@ pub mod bench;
 pub mod binaries;
 pub mod connection;
 pub mod keys;
+pub mod mcp;
 pub mod nginx;
 pub mod oauth;
 pub mod oidc_provider;
@@ -95,6 +100,7 @@ pub use binaries::{
 };
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
+pub use mcp::{McpServer, McpServerOptions, initialize_request, mcp_messages, node22};
 pub use nginx::Nginx;
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
 pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};
