@@ -18,6 +18,7 @@ mod interop;
 mod keys;
 mod lock;
 mod mcp_auth;
+mod mcp_bridge;
 mod mcp_server;
 mod nonces;
 mod oidc_provider;
