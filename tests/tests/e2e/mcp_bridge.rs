@@ -399,3 +399,38 @@ fn sigterm_deletes_the_session_and_exits_at_once() {
     );
     assert_eq!(server.sessions_closed(), vec![session]);
 }
+
+/// Requests are not queued behind a slow one: a quick call sent after a slow call is answered
+/// first, while the slow call's notifications stream in.
+#[test]
+fn a_slow_call_does_not_hold_back_the_next_one() {
+    let agent = agent();
+    let server = McpServer::start();
+    let mut bridge = Bridge::start(&agent, &server.url);
+    bridge.initialize();
+    bridge.send(&json!({
+        "jsonrpc": "2.0", "id": "slow", "method": "tools/call",
+        "params": {"name": "progress", "arguments": {"steps": 20, "delay_ms": 50},
+                   "_meta": {"progressToken": "p1"}},
+    }));
+    bridge.send(&json!({
+        "jsonrpc": "2.0", "id": "quick", "method": "tools/call",
+        "params": {"name": "add", "arguments": {"a": 2, "b": 3}},
+    }));
+    let (quick, before) = bridge.answer(&json!("quick"));
+    assert!(
+        !before.iter().any(|m| m["id"] == "slow"),
+        "the quick call was answered after the slow one"
+    );
+    let quick: Value = serde_json::from_str(&quick).unwrap();
+    assert_eq!(quick["result"]["structuredContent"]["sum"], 5, "{quick}");
+    let (slow, during) = bridge.answer(&json!("slow"));
+    assert!(slow.contains("done after 20 steps"), "{slow}");
+    // The slow call's progress went on after the quick answer.
+    assert!(
+        during.iter().any(
+            |m| m["method"] == "notifications/progress" && m["params"]["progressToken"] == "p1"
+        ),
+        "{during:?}"
+    );
+}
