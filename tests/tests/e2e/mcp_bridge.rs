@@ -3,7 +3,9 @@
 //! SDK (dpop_tests::McpServer), with proofs from a real agent. Messages go through unchanged
 //! (key order and unknown fields, echoed back by a tool), server messages arrive over the GET
 //! stream, a dropped answer stream is resumed with `Last-Event-ID`, the session is DELETEd
-//! when stdin closes, and the bridge exits by itself when the server ends the session.
+//! when stdin closes, and the bridge exits by itself when the server ends the session. With
+//! authorization: the same server behind a front that wants DPoP-bound tokens from
+//! oidc-provider, the whole MCP flow run by the bridge.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
@@ -12,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dpop_tests::{
-    AgentOptions, McpServer, McpServerOptions, PROCESS_TIMEOUT, TestAgent, initialize_request,
-    wait_timeout,
+    AgentOptions, McpServer, McpServerOptions, OIDC_RS_SECRET, OidcProvider, PROCESS_TIMEOUT,
+    TestAgent, initialize_request, wait_timeout,
 };
 use serde_json::{Value, json};
 
@@ -30,6 +32,9 @@ impl Bridge {
         let mut child = agent
             .dpop_command()
             .args(["mcp", "--key", "k", "-v", url])
+            // No browser: the test reads the URL on stderr and plays the browser.
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -433,4 +438,234 @@ fn a_slow_call_does_not_hold_back_the_next_one() {
         ),
         "{during:?}"
     );
+}
+
+/// The MCP server behind a front that wants a DPoP-bound token of oidc-provider for it
+/// (checked by introspection: active, bound to the test key, for this resource) and a proof
+/// with it, and answers 401 with its protected resource metadata otherwise; what passes is
+/// forwarded to the real MCP server, answers streamed back.
+struct Front {
+    base: String,
+    issuer: String,
+    jkt: String,
+    upstream: String,
+    /// Requests that came with a valid token / without one.
+    authorized: std::sync::atomic::AtomicU32,
+    refused: std::sync::atomic::AtomicU32,
+}
+
+impl Front {
+    fn url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+}
+
+async fn front_metadata(
+    axum::extract::State(front): axum::extract::State<Arc<Front>>,
+) -> axum::Json<Value> {
+    axum::Json(json!({
+        "resource": front.url(),
+        "authorization_servers": [front.issuer],
+        "scopes_supported": ["mcp:tools"],
+    }))
+}
+
+async fn front_mcp(
+    axum::extract::State(front): axum::extract::State<Arc<Front>>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use std::sync::atomic::Ordering;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("DPoP "));
+    let valid = match token {
+        Some(token) if headers.contains_key("dpop") => {
+            let introspection: Value = reqwest::Client::new()
+                .post(format!("{}/token/introspection", front.issuer))
+                .basic_auth("resource-server", Some(OIDC_RS_SECRET))
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            introspection["active"] == true
+                && introspection["cnf"]["jkt"] == front.jkt.as_str()
+                && introspection["aud"] == front.url().as_str()
+        }
+        _ => false,
+    };
+    if !valid {
+        front.refused.fetch_add(1, Ordering::Relaxed);
+        return axum::http::Response::builder()
+            .status(401)
+            .header(
+                "www-authenticate",
+                format!(
+                    "DPoP algs=\"ES256\", resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
+                    front.base
+                ),
+            )
+            .body(axum::body::Body::empty())
+            .unwrap();
+    }
+    front.authorized.fetch_add(1, Ordering::Relaxed);
+    let mut request = reqwest::Client::new()
+        .request(method, &front.upstream)
+        .body(body);
+    for name in [
+        "content-type",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    ] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value);
+        }
+    }
+    let answer = request.send().await.unwrap();
+    let mut response = axum::http::Response::builder().status(answer.status());
+    for name in ["content-type", "mcp-session-id"] {
+        if let Some(value) = answer.headers().get(name) {
+            response = response.header(name, value.clone());
+        }
+    }
+    response
+        .body(axum::body::Body::new(reqwest::Body::from(answer)))
+        .unwrap()
+}
+
+/// Plays the browser: GETs `url` and follows every redirect with the cookies it was given
+/// (oidc-provider logs "alice" in and consents without a user), down to the bridge's
+/// loopback callback.
+async fn browse(url: &str) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut cookies: Vec<String> = Vec::new();
+    let mut url = url::Url::parse(url).unwrap();
+    for _ in 0..20 {
+        let mut request = client.get(url.clone());
+        if !cookies.is_empty() {
+            request = request.header("cookie", cookies.join("; "));
+        }
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            cookies.retain(|c| !c.starts_with(&format!("{name}=")));
+            cookies.push(pair);
+        }
+        if !response.status().is_redirection() {
+            assert!(
+                response.status().is_success(),
+                "{} at {url}",
+                response.status()
+            );
+            return;
+        }
+        url = url
+            .join(response.headers()["location"].to_str().unwrap())
+            .unwrap();
+    }
+    panic!("more than 20 redirects");
+}
+
+/// The whole MCP authorization through `dpop mcp`: the first request's 401 leads the bridge
+/// through discovery, dynamic registration and the code flow (the URL on stderr), and the
+/// request is sent again with the DPoP-bound token; every later request carries it; the
+/// token is saved under the name made from the URL and never shown.
+#[test]
+fn the_bridge_authorizes_itself_at_a_dpop_protected_server() {
+    let provider = OidcProvider::start();
+    let agent = TestAgent::start(AgentOptions::new());
+    let jkt = agent.client().generate_key("k").unwrap().jkt;
+    let server = McpServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let front = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = Arc::new(Front {
+            base: format!("http://{}", listener.local_addr().unwrap()),
+            issuer: provider.issuer.clone(),
+            jkt,
+            upstream: server.url.clone(),
+            authorized: Default::default(),
+            refused: Default::default(),
+        });
+        let router = axum::Router::new()
+            .route(
+                "/.well-known/oauth-protected-resource/mcp",
+                axum::routing::get(front_metadata),
+            )
+            .route("/mcp", axum::routing::any(front_mcp))
+            .with_state(front.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        front
+    });
+
+    let mut bridge = Bridge::start(&agent, &front.url());
+    bridge.send(&initialize_request(0));
+    // The authorization URL comes on stderr (stdout is the protocol's).
+    let mut url = None;
+    dpop_tests::wait_until(
+        "the bridge printed the authorization URL",
+        PROCESS_TIMEOUT,
+        || {
+            let stderr = bridge.stderr();
+            url = stderr
+                .split("open this URL in a browser to authorize:\n")
+                .nth(1)
+                .and_then(|rest| rest.lines().next())
+                .map(str::to_owned);
+            url.is_some()
+        },
+    );
+    runtime.block_on(browse(&url.unwrap()));
+    let (line, _) = bridge.answer(&json!(0));
+    let init: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{line}");
+    bridge.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    bridge.send_raw(&echo_call("call-1"));
+    let (line, _) = bridge.answer(&json!("call-1"));
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        answer["result"]["content"][0]["text"].as_str(),
+        Some(ECHO_ARGUMENTS),
+        "{line}"
+    );
+    bridge.close_stdin();
+    assert!(
+        bridge.wait(PROCESS_TIMEOUT).success(),
+        "{}",
+        bridge.stderr()
+    );
+
+    use std::sync::atomic::Ordering;
+    // One refusal (the first initialize), then initialize again, initialized, the call, the
+    // GET stream and the DELETE, all with the token.
+    assert_eq!(front.refused.load(Ordering::Relaxed), 1);
+    assert!(front.authorized.load(Ordering::Relaxed) >= 4);
+    assert_eq!(server.sessions_closed().len(), 1);
+    let port = front.base.rsplit(':').next().unwrap();
+    let name = format!("mcp-127.0.0.1-{port}-mcp");
+    let saved = dpop_client::http::TokenCache::new(agent.dir().join("state/dpop/tokens"))
+        .load(&name)
+        .unwrap_or_else(|e| panic!("no saved token {name}: {e}"));
+    assert!(saved.token_type.eq_ignore_ascii_case("DPoP"));
+    let stderr = bridge.stderr();
+    assert!(
+        !stderr.contains(saved.access_token()),
+        "the token was logged:\n{stderr}"
+    );
+    assert!(stderr.contains("client: registered at"), "{stderr}");
 }
