@@ -366,39 +366,35 @@ impl ResourceAuthorizer {
         } else {
             prm.scopes_supported.clone().unwrap_or_default()
         };
-        let (oauth, secret, redirect) = self.client(http, &server).await?;
+        let (oauth, secret, redirect, registered) = self.client(http, &server).await?;
         let params = TokenParams {
             scopes: scopes.clone(),
             resources: vec![resource],
             audience: None,
             allow_bearer: self.options.allow_bearer,
         };
-        let start = oauth
-            .start_authorization(
-                http,
-                redirect.redirect_uri(),
-                &params,
-                Some(&key.jkt),
-                false,
-            )
-            .await?;
-        (self.open_url)(&start.url);
-        let redirected = tokio::time::timeout(
-            self.options.authorization_timeout,
-            redirect.wait(&start.state),
-        )
-        .await
-        .map_err(|_| {
-            Error::Authorization(format!(
-                "no authorization came back within {} seconds",
-                self.options.authorization_timeout.as_secs()
-            ))
-        })??;
-        check_iss(&server, redirected.iss.as_deref())?;
-        let state = redirected.state.clone();
-        let token = oauth
-            .exchange_code(http, start, &redirected.code, &state, &params)
-            .await?;
+        let token = match self
+            .code_grant(http, &server, &oauth, redirect, &params, &key)
+            .await
+        {
+            Ok(token) => token,
+            Err(Error::OAuth(e))
+                if registered
+                    && matches!(e.error.as_str(), "invalid_client" | "unauthorized_client") =>
+            {
+                // The server no longer knows (or never accepted) the registration: the next
+                // flow registers anew.
+                let _lock = self
+                    .options
+                    .cache
+                    .lock(&registration::cache_name(&server.issuer))
+                    .await?;
+                registration::forget(&self.options.cache, &server.issuer)?;
+                self.progress("client: the server refused the registration; forgot it");
+                return Err(Error::OAuth(e));
+            }
+            Err(e) => return Err(e),
+        };
         let record = CachedToken::new(
             &self.options.cache_name,
             &token,
@@ -422,14 +418,55 @@ impl ResourceAuthorizer {
         Ok(scopes)
     }
 
+    /// The browser part and the code exchange.
+    async fn code_grant(
+        &self,
+        http: &DpopClient,
+        server: &ServerMetadata,
+        oauth: &OAuthClient,
+        redirect: LoopbackRedirect,
+        params: &TokenParams,
+        key: &KeyDescription,
+    ) -> Result<super::Token, Error> {
+        let start = oauth
+            .start_authorization(http, redirect.redirect_uri(), params, Some(&key.jkt), false)
+            .await?;
+        (self.open_url)(&start.url);
+        let redirected = tokio::time::timeout(
+            self.options.authorization_timeout,
+            redirect.wait(&start.state),
+        )
+        .await
+        .map_err(|_| {
+            Error::Authorization(format!(
+                "no authorization came back within {} seconds",
+                self.options.authorization_timeout.as_secs()
+            ))
+        })??;
+        check_iss(server, redirected.iss.as_deref())?;
+        let state = redirected.state.clone();
+        oauth
+            .exchange_code(http, start, &redirected.code, &state, params)
+            .await
+    }
+
     /// The client to use at `server`, in the MCP spec's order: the pre-registered one, a
     /// Client ID Metadata Document, a dynamic registration (remembered per issuer). With
-    /// where its secret comes from when refreshing, and the redirect listener.
+    /// where its secret comes from when refreshing, the redirect listener, and whether it is
+    /// a dynamic registration.
     async fn client(
         &self,
         http: &DpopClient,
         server: &ServerMetadata,
-    ) -> Result<(OAuthClient, Option<ClientSecretSource>, LoopbackRedirect), Error> {
+    ) -> Result<
+        (
+            OAuthClient,
+            Option<ClientSecretSource>,
+            LoopbackRedirect,
+            bool,
+        ),
+        Error,
+    > {
         if let Some(client_id) = &self.options.client_id {
             let (secret, source) = match (
                 &self.options.client_secret,
@@ -459,14 +496,14 @@ impl ResourceAuthorizer {
             };
             self.progress(&format!("client: pre-registered {}", printable(client_id)));
             let oauth = OAuthClient::from_metadata(server, client_id, auth)?;
-            return Ok((oauth, source, LoopbackRedirect::bind().await?));
+            return Ok((oauth, source, LoopbackRedirect::bind().await?, false));
         }
         if let Some(url) = &self.options.client_metadata_url
             && server.client_id_metadata_document_supported
         {
             self.progress(&format!("client: metadata document {url}"));
             let oauth = OAuthClient::from_metadata(server, url.as_str(), ClientAuth::None)?;
-            return Ok((oauth, None, LoopbackRedirect::bind().await?));
+            return Ok((oauth, None, LoopbackRedirect::bind().await?, false));
         }
         let Some(endpoint) = &server.registration_endpoint else {
             return Err(Error::Config(format!(
@@ -533,7 +570,7 @@ impl ResourceAuthorizer {
             }
         };
         let oauth = OAuthClient::from_metadata(server, &registration.client_id, auth)?;
-        Ok((oauth, secret, redirect))
+        Ok((oauth, secret, redirect, true))
     }
 }
 
