@@ -645,6 +645,15 @@ fn authorization_server_discovery_order_and_refusals_before_anything_is_sent() {
         )
         .await;
         assert!(err.contains("PS256 only"), "{err}");
+        // An endpoint in clear text off loopback is refused before anything is sent there.
+        let (err, _) = refused_flow(
+            &agent,
+            |issuer| json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/a"), "token_endpoint": "http://as.example.com/token", "code_challenge_methods_supported": ["S256"]}),
+            "/.well-known/oauth-authorization-server",
+            "",
+        )
+        .await;
+        assert!(err.contains("over https"), "{err}");
         // An issuer that differs (a trailing slash) is refused: the check is exact.
         let (err, asked) = refused_flow(
             &agent,

@@ -342,7 +342,18 @@ impl ResourceAuthorizer {
             "resource metadata: authorization server {}",
             printable(issuer)
         ));
+        metadata::check_secure(&Url::parse(issuer)?)?;
         let server = discover_mcp(http.reqwest(), issuer).await?;
+        for endpoint in [
+            &server.authorization_endpoint,
+            &server.token_endpoint,
+            &server.registration_endpoint,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            metadata::check_secure(endpoint)?;
+        }
         let pkce = server
             .code_challenge_methods_supported
             .as_ref()
