@@ -654,6 +654,29 @@ fn authorization_server_discovery_order_and_refusals_before_anything_is_sent() {
         )
         .await;
         assert!(err.contains("over https"), "{err}");
+        // A nonce challenge left over after DpopClient's retry is not an authorization one.
+        let (base, asked) = documents(|_| vec![]).await;
+        let client = dpop_client::Client::connect(agent.socket()).await.unwrap();
+        let http = DpopClient::new(client, "k").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let flow = authorizer(
+            &format!("{base}/mcp"),
+            &TokenCache::new(dir.path().join("t")),
+            "n",
+            1,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("DPoP error=\"use_dpop_nonce\""),
+        );
+        let again = flow
+            .authorizer
+            .on_challenge(&http, StatusCode::UNAUTHORIZED, &headers)
+            .await
+            .unwrap();
+        assert!(!again);
+        assert!(asked.lock().unwrap().is_empty(), "no discovery");
         // An issuer that differs (a trailing slash) is refused: the check is exact.
         let (err, asked) = refused_flow(
             &agent,

@@ -108,7 +108,8 @@ pub struct AuthorizerOptions {
     pub cache: TokenCache,
     /// The name of the token in the cache.
     pub cache_name: String,
-    /// How many times a `403 insufficient_scope` may start a new authorization (step-up).
+    /// How many times a `403 insufficient_scope` may start a new authorization (step-up),
+    /// over the authorizer's life.
     pub max_step_up: u32,
     /// How long to wait for the browser to come back with the authorization code.
     pub authorization_timeout: Duration,
@@ -247,8 +248,8 @@ impl ResourceAuthorizer {
     /// Only one flow runs at a time: a call that waited for another's flow returns `true` at
     /// once (its token is saved). Send a request again at most once per `true`: a resource
     /// that refuses a fresh token again would otherwise start flow after flow. Any other
-    /// status, a 403 of another kind and a step-up beyond the limit give `false` (pass the
-    /// answer on).
+    /// status, a 403 of another kind, a step-up beyond the limit and a 401 `use_dpop_nonce`
+    /// (which [`DpopClient::send`] answers once itself) give `false` (pass the answer on).
     pub async fn on_challenge(
         &self,
         http: &DpopClient,
@@ -262,6 +263,10 @@ impl ResourceAuthorizer {
             .and_then(Challenge::oauth_error)
             .map(|e| e.error);
         let step_up = match status {
+            // DpopClient::send has answered one already: a second is not about the token.
+            reqwest::StatusCode::UNAUTHORIZED if error.as_deref() == Some("use_dpop_nonce") => {
+                return Ok(false);
+            }
             reqwest::StatusCode::UNAUTHORIZED => false,
             reqwest::StatusCode::FORBIDDEN if error.as_deref() == Some("insufficient_scope") => {
                 true
