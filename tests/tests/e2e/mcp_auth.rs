@@ -427,7 +427,8 @@ fn oidc_provider_pre_registered_client_with_a_secret() {
 /// A server of JSON documents at chosen paths (built from its base URL) that records every
 /// path asked for. Its `/authorize` plays an authorization endpoint of another issuer: it
 /// records the query and redirects at once to the `redirect_uri` with a code, the `state`
-/// and `iss=https://evil.example` (a mix-up).
+/// and `iss=https://evil.example` (a mix-up); for client `forgotten`, with
+/// `error=unauthorized_client` instead.
 async fn documents(
     build: impl FnOnce(&str) -> Vec<(String, Value)>,
 ) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -452,10 +453,16 @@ async fn documents(
                         .unwrap_or_default()
                 };
                 let mut back = Url::parse(&get("redirect_uri")).unwrap();
-                back.query_pairs_mut()
-                    .append_pair("code", "c")
-                    .append_pair("state", &get("state"))
-                    .append_pair("iss", "https://evil.example");
+                if get("client_id") == "forgotten" {
+                    back.query_pairs_mut()
+                        .append_pair("error", "unauthorized_client")
+                        .append_pair("state", &get("state"));
+                } else {
+                    back.query_pairs_mut()
+                        .append_pair("code", "c")
+                        .append_pair("state", &get("state"))
+                        .append_pair("iss", "https://evil.example");
+                }
                 return axum::response::Redirect::to(back.as_str()).into_response();
             }
             match docs.iter().find(|(p, _)| *p == uri.path()) {
@@ -544,6 +551,30 @@ async fn refused_flow_with(
     issuer_path: &str,
     tune: impl FnOnce(&mut AuthorizerOptions),
 ) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = TokenCache::new(dir.path().join("tokens"));
+    refused_flow_in(
+        agent,
+        authorization_server,
+        as_path,
+        issuer_path,
+        tune,
+        &cache,
+        vec![],
+    )
+    .await
+}
+
+/// [`refused_flow_with`] with its cache and more documents.
+async fn refused_flow_in(
+    agent: &TestAgent,
+    authorization_server: impl Fn(&str) -> Value,
+    as_path: &str,
+    issuer_path: &str,
+    tune: impl FnOnce(&mut AuthorizerOptions),
+    cache: &TokenCache,
+    more: Vec<(String, Value)>,
+) -> (String, Vec<String>) {
     let as_path = as_path.to_owned();
     let issuer_path = issuer_path.to_owned();
     let (base, asked) = documents(move |base| {
@@ -557,17 +588,14 @@ async fn refused_flow_with(
             ),
             (as_path, doc),
         ]
+        .into_iter()
+        .chain(more)
+        .collect()
     })
     .await;
     let client = dpop_client::Client::connect(agent.socket()).await.unwrap();
     let http = DpopClient::new(client, "k").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let flow = authorizer_with(
-        &format!("{base}/mcp"),
-        &TokenCache::new(dir.path().join("tokens")),
-        "x",
-        tune,
-    );
+    let flow = authorizer_with(&format!("{base}/mcp"), cache, "x", tune);
     let mut headers = HeaderMap::new();
     headers.insert(
         header::WWW_AUTHENTICATE,
@@ -617,6 +645,38 @@ fn authorization_server_discovery_order_and_refusals_before_anything_is_sent() {
         )
         .await;
         assert!(err.contains("PS256 only"), "{err}");
+        // An endpoint in clear text off loopback is refused before anything is sent there.
+        let (err, _) = refused_flow(
+            &agent,
+            |issuer| json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/a"), "token_endpoint": "http://as.example.com/token", "code_challenge_methods_supported": ["S256"]}),
+            "/.well-known/oauth-authorization-server",
+            "",
+        )
+        .await;
+        assert!(err.contains("over https"), "{err}");
+        // A nonce challenge left over after DpopClient's retry is not an authorization one.
+        let (base, asked) = documents(|_| vec![]).await;
+        let client = dpop_client::Client::connect(agent.socket()).await.unwrap();
+        let http = DpopClient::new(client, "k").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let flow = authorizer(
+            &format!("{base}/mcp"),
+            &TokenCache::new(dir.path().join("t")),
+            "n",
+            1,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("DPoP error=\"use_dpop_nonce\""),
+        );
+        let again = flow
+            .authorizer
+            .on_challenge(&http, StatusCode::UNAUTHORIZED, &headers)
+            .await
+            .unwrap();
+        assert!(!again);
+        assert!(asked.lock().unwrap().is_empty(), "no discovery");
         // An issuer that differs (a trailing slash) is refused: the check is exact.
         let (err, asked) = refused_flow(
             &agent,
@@ -733,5 +793,49 @@ fn client_id_choice_request_parameters_and_iss_mix_up() {
         );
         // No scope anywhere (option, challenge, scopes_supported): none sent.
         assert!(!query.iter().any(|(k, _)| k == "scope"), "{query:?}");
+    });
+}
+
+#[test]
+fn a_registration_the_server_refuses_is_forgotten() {
+    let agent = TestAgent::start(AgentOptions::new());
+    agent.client().generate_key("k").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = TokenCache::new(dir.path().join("tokens"));
+    let registrations = || {
+        std::fs::read_dir(cache.dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "registration")
+            })
+            .count()
+    };
+    let server = |issuer: &str| {
+        json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "code_challenge_methods_supported": ["S256"],
+        })
+    };
+    runtime().block_on(async {
+        let register = || vec![("/register".to_owned(), json!({"client_id": "forgotten"}))];
+        let (err, asked) = refused_flow_in(
+            &agent,
+            server,
+            "/.well-known/oauth-authorization-server",
+            "",
+            |_| {},
+            &cache,
+            register(),
+        )
+        .await;
+        assert!(err.contains("unauthorized_client"), "{err}");
+        assert!(asked.iter().any(|p| p == "/register"), "{asked:?}");
+        assert_eq!(registrations(), 0, "the refused registration is forgotten");
     });
 }

@@ -37,6 +37,26 @@ pub(crate) fn canonical_resource(url: &Url) -> Result<String, Error> {
     Ok(text)
 }
 
+/// Refuses an authorization server URL that is not `https`, except `http` on a loopback
+/// address (`127.0.0.0/8`, `::1`, `localhost`: tests and local servers): the MCP
+/// authorization spec has every authorization server endpoint served over HTTPS.
+pub(crate) fn check_secure(url: &Url) -> Result<(), Error> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(Error::BadUrl {
+            url: url.to_string(),
+            reason: "an authorization server is reached over https (http only on loopback)",
+        }),
+    }
+}
+
 /// The well-known places of the metadata of `resource`, in the order the MCP spec tries them
 /// when no challenge names one: the path-based URL (RFC 9728 section 3.1, the well-known
 /// segment inserted before the path), then the root.
@@ -135,6 +155,19 @@ mod tests {
             urls("https://example.com/"),
             ["https://example.com/.well-known/oauth-protected-resource"]
         );
+    }
+
+    #[test]
+    fn authorization_servers_over_https_or_loopback_only() {
+        let ok = |s: &str| check_secure(&Url::parse(s).unwrap()).is_ok();
+        assert!(ok("https://as.example.com/t"));
+        assert!(ok("http://127.0.0.1:8080"));
+        assert!(ok("http://127.1.2.3"));
+        assert!(ok("http://[::1]:9"));
+        assert!(ok("http://LocalHost:3000/x"));
+        assert!(!ok("http://as.example.com"));
+        assert!(!ok("http://10.0.0.1"));
+        assert!(!ok("ftp://127.0.0.1"));
     }
 
     #[test]

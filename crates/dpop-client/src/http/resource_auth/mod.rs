@@ -108,7 +108,8 @@ pub struct AuthorizerOptions {
     pub cache: TokenCache,
     /// The name of the token in the cache.
     pub cache_name: String,
-    /// How many times a `403 insufficient_scope` may start a new authorization (step-up).
+    /// How many times a `403 insufficient_scope` may start a new authorization (step-up),
+    /// over the authorizer's life.
     pub max_step_up: u32,
     /// How long to wait for the browser to come back with the authorization code.
     pub authorization_timeout: Duration,
@@ -247,8 +248,8 @@ impl ResourceAuthorizer {
     /// Only one flow runs at a time: a call that waited for another's flow returns `true` at
     /// once (its token is saved). Send a request again at most once per `true`: a resource
     /// that refuses a fresh token again would otherwise start flow after flow. Any other
-    /// status, a 403 of another kind and a step-up beyond the limit give `false` (pass the
-    /// answer on).
+    /// status, a 403 of another kind, a step-up beyond the limit and a 401 `use_dpop_nonce`
+    /// (which [`DpopClient::send`] answers once itself) give `false` (pass the answer on).
     pub async fn on_challenge(
         &self,
         http: &DpopClient,
@@ -262,6 +263,10 @@ impl ResourceAuthorizer {
             .and_then(Challenge::oauth_error)
             .map(|e| e.error);
         let step_up = match status {
+            // DpopClient::send has answered one already: a second is not about the token.
+            reqwest::StatusCode::UNAUTHORIZED if error.as_deref() == Some("use_dpop_nonce") => {
+                return Ok(false);
+            }
             reqwest::StatusCode::UNAUTHORIZED => false,
             reqwest::StatusCode::FORBIDDEN if error.as_deref() == Some("insufficient_scope") => {
                 true
@@ -342,7 +347,18 @@ impl ResourceAuthorizer {
             "resource metadata: authorization server {}",
             printable(issuer)
         ));
+        metadata::check_secure(&Url::parse(issuer)?)?;
         let server = discover_mcp(http.reqwest(), issuer).await?;
+        for endpoint in [
+            &server.authorization_endpoint,
+            &server.token_endpoint,
+            &server.registration_endpoint,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            metadata::check_secure(endpoint)?;
+        }
         let pkce = server
             .code_challenge_methods_supported
             .as_ref()
@@ -366,39 +382,35 @@ impl ResourceAuthorizer {
         } else {
             prm.scopes_supported.clone().unwrap_or_default()
         };
-        let (oauth, secret, redirect) = self.client(http, &server).await?;
+        let (oauth, secret, redirect, registered) = self.client(http, &server).await?;
         let params = TokenParams {
             scopes: scopes.clone(),
             resources: vec![resource],
             audience: None,
             allow_bearer: self.options.allow_bearer,
         };
-        let start = oauth
-            .start_authorization(
-                http,
-                redirect.redirect_uri(),
-                &params,
-                Some(&key.jkt),
-                false,
-            )
-            .await?;
-        (self.open_url)(&start.url);
-        let redirected = tokio::time::timeout(
-            self.options.authorization_timeout,
-            redirect.wait(&start.state),
-        )
-        .await
-        .map_err(|_| {
-            Error::Authorization(format!(
-                "no authorization came back within {} seconds",
-                self.options.authorization_timeout.as_secs()
-            ))
-        })??;
-        check_iss(&server, redirected.iss.as_deref())?;
-        let state = redirected.state.clone();
-        let token = oauth
-            .exchange_code(http, start, &redirected.code, &state, &params)
-            .await?;
+        let token = match self
+            .code_grant(http, &server, &oauth, redirect, &params, &key)
+            .await
+        {
+            Ok(token) => token,
+            Err(Error::OAuth(e))
+                if registered
+                    && matches!(e.error.as_str(), "invalid_client" | "unauthorized_client") =>
+            {
+                // The server no longer knows (or never accepted) the registration: the next
+                // flow registers anew.
+                let _lock = self
+                    .options
+                    .cache
+                    .lock(&registration::cache_name(&server.issuer))
+                    .await?;
+                registration::forget(&self.options.cache, &server.issuer)?;
+                self.progress("client: the server refused the registration; forgot it");
+                return Err(Error::OAuth(e));
+            }
+            Err(e) => return Err(e),
+        };
         let record = CachedToken::new(
             &self.options.cache_name,
             &token,
@@ -422,14 +434,55 @@ impl ResourceAuthorizer {
         Ok(scopes)
     }
 
+    /// The browser part and the code exchange.
+    async fn code_grant(
+        &self,
+        http: &DpopClient,
+        server: &ServerMetadata,
+        oauth: &OAuthClient,
+        redirect: LoopbackRedirect,
+        params: &TokenParams,
+        key: &KeyDescription,
+    ) -> Result<super::Token, Error> {
+        let start = oauth
+            .start_authorization(http, redirect.redirect_uri(), params, Some(&key.jkt), false)
+            .await?;
+        (self.open_url)(&start.url);
+        let redirected = tokio::time::timeout(
+            self.options.authorization_timeout,
+            redirect.wait(&start.state),
+        )
+        .await
+        .map_err(|_| {
+            Error::Authorization(format!(
+                "no authorization came back within {} seconds",
+                self.options.authorization_timeout.as_secs()
+            ))
+        })??;
+        check_iss(server, redirected.iss.as_deref())?;
+        let state = redirected.state.clone();
+        oauth
+            .exchange_code(http, start, &redirected.code, &state, params)
+            .await
+    }
+
     /// The client to use at `server`, in the MCP spec's order: the pre-registered one, a
     /// Client ID Metadata Document, a dynamic registration (remembered per issuer). With
-    /// where its secret comes from when refreshing, and the redirect listener.
+    /// where its secret comes from when refreshing, the redirect listener, and whether it is
+    /// a dynamic registration.
     async fn client(
         &self,
         http: &DpopClient,
         server: &ServerMetadata,
-    ) -> Result<(OAuthClient, Option<ClientSecretSource>, LoopbackRedirect), Error> {
+    ) -> Result<
+        (
+            OAuthClient,
+            Option<ClientSecretSource>,
+            LoopbackRedirect,
+            bool,
+        ),
+        Error,
+    > {
         if let Some(client_id) = &self.options.client_id {
             let (secret, source) = match (
                 &self.options.client_secret,
@@ -459,14 +512,14 @@ impl ResourceAuthorizer {
             };
             self.progress(&format!("client: pre-registered {}", printable(client_id)));
             let oauth = OAuthClient::from_metadata(server, client_id, auth)?;
-            return Ok((oauth, source, LoopbackRedirect::bind().await?));
+            return Ok((oauth, source, LoopbackRedirect::bind().await?, false));
         }
         if let Some(url) = &self.options.client_metadata_url
             && server.client_id_metadata_document_supported
         {
             self.progress(&format!("client: metadata document {url}"));
             let oauth = OAuthClient::from_metadata(server, url.as_str(), ClientAuth::None)?;
-            return Ok((oauth, None, LoopbackRedirect::bind().await?));
+            return Ok((oauth, None, LoopbackRedirect::bind().await?, false));
         }
         let Some(endpoint) = &server.registration_endpoint else {
             return Err(Error::Config(format!(
@@ -533,7 +586,7 @@ impl ResourceAuthorizer {
             }
         };
         let oauth = OAuthClient::from_metadata(server, &registration.client_id, auth)?;
-        Ok((oauth, secret, redirect))
+        Ok((oauth, secret, redirect, true))
     }
 }
 

@@ -195,6 +195,22 @@ pub(crate) async fn register(
     Ok(registration)
 }
 
+/// Forgets the registration at `issuer` (the caller holds the lock of [`cache_name`]).
+pub(crate) fn forget(cache: &TokenCache, issuer: &str) -> Result<(), Error> {
+    let name = cache_name(issuer);
+    for path in [
+        cache.dir().join(format!("{name}.registration")),
+        secret_path(cache, issuer),
+    ] {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
