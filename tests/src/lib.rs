@@ -100,7 +100,9 @@ pub use binaries::{
 };
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
-pub use mcp::{McpServer, McpServerOptions, initialize_request, mcp_messages, node22};
+pub use mcp::{
+    McpServer, McpServerOptions, ProtectedMcpServer, initialize_request, mcp_messages, node22,
+};
 pub use nginx::Nginx;
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
 pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};

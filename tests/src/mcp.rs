@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{PROCESS_TIMEOUT, new_temp_dir, wait_until, workspace_root};
+use crate::{OidcProvider, PROCESS_TIMEOUT, new_temp_dir, wait_until, workspace_root};
 
 /// tests/interop/mcp: the MCP server, its npm packages and the conformance suite's.
 pub fn mcp_interop_dir() -> PathBuf {
@@ -172,6 +172,86 @@ fn session_ids(events: &[Value]) -> Vec<String> {
         .iter()
         .filter_map(|e| e["session"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A DPoP-protected MCP server: an [`McpServer`] behind `dpop-test-mcp-rs` (this package's
+/// helper binary: dpop-server's `DpopLayer`, nonces required unless asked otherwise, tokens
+/// checked by introspection at oidc-provider, RFC 9728 metadata naming it, and
+/// `resource_metadata` in the `WWW-Authenticate: DPoP` challenge of a 401).
+#[derive(Debug)]
+pub struct ProtectedMcpServer {
+    child: Child,
+    /// The MCP server behind it: its log says what got through.
+    pub inner: McpServer,
+    /// The protected MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub url: String,
+    /// Its RFC 9728 metadata URL (the path-based one, as in the challenge).
+    pub resource_metadata: String,
+}
+
+impl ProtectedMcpServer {
+    /// Starts an MCP server with `options` behind the verifier, with `provider` as the
+    /// authorization server; `require_nonce`: the resource server requires its own nonces.
+    pub fn start(
+        provider: &OidcProvider,
+        options: McpServerOptions,
+        require_nonce: bool,
+    ) -> ProtectedMcpServer {
+        let inner = McpServer::start_with(options);
+        let introspection = provider.introspection();
+        let mut command = Command::new(test_helper("dpop-test-mcp-rs"));
+        command
+            .arg("--upstream")
+            .arg(&inner.url)
+            .arg("--issuer")
+            .arg(&provider.issuer)
+            .arg("--introspection")
+            .arg(&introspection.url)
+            .env("DPOP_TEST_RS_CLIENT_ID", &introspection.client_id)
+            .env("DPOP_TEST_RS_SECRET", &introspection.secret)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !require_nonce {
+            command.arg("--no-nonce");
+        }
+        let mut child = command.spawn().expect("starting dpop-test-mcp-rs");
+        let line = first_line(&mut child, "dpop-test-mcp-rs");
+        let ready: Value = serde_json::from_str(&line).expect("dpop-test-mcp-rs's line is JSON");
+        ProtectedMcpServer {
+            child,
+            inner,
+            url: ready["url"].as_str().expect("url").to_owned(),
+            resource_metadata: ready["resource_metadata"]
+                .as_str()
+                .expect("resource_metadata")
+                .to_owned(),
+        }
+    }
+}
+
+impl Drop for ProtectedMcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A helper binary of this package, where cargo builds it for the tests (beside the test
+/// executable's `deps/`).
+fn test_helper(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running test executable");
+    let mut dir = exe.parent().expect("executable has a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let helper = dir.join(name);
+    assert!(
+        helper.is_file(),
+        "{} not found: run the tests with cargo test -p dpop-tests, which builds it",
+        helper.display()
+    );
+    helper
 }
 
 /// The JSON lines of `path`, none when it does not exist yet (nothing seen). A line still
