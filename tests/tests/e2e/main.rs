@@ -17,6 +17,7 @@ mod http_hardening;
 mod interop;
 mod keys;
 mod lock;
+mod mcp_conformance;
 mod mcp_server;
 mod nonces;
 mod oidc_provider;
