@@ -9,8 +9,13 @@
 // waits for `dpop mcp` to exit. All of the authorization is `dpop mcp`'s.
 //
 // The "browser": `dpop mcp` prints the authorization URL on its standard error; this client
-// GETs it and follows the redirects (the suite's authorization endpoint redirects at once) to
-// the bridge's loopback redirect URI, as a browser would.
+// GETs it and follows the redirects, keeping cookies (the suite's authorization endpoint
+// redirects at once; oidc-provider's goes through its interaction pages) to the bridge's
+// loopback redirect URI, as a browser would.
+//
+// Outside the suite (no MCP_CONFORMANCE_SCENARIO) the same client drives `dpop mcp` against
+// the project's own test servers (tests/tests/e2e/mcp_server.rs): it then names no Client ID
+// Metadata Document.
 //
 // Environment, from the test (the suite passes its own environment on):
 //   DPOP_CONFORMANCE_DPOP  the `dpop` binary
@@ -50,7 +55,7 @@ if (context.client_id) {
     env.DPOP_CONFORMANCE_CLIENT_SECRET = context.client_secret;
     args.push('--client-secret-env', 'DPOP_CONFORMANCE_CLIENT_SECRET');
   }
-} else {
+} else if (scenario !== '') {
   args.push('--client-metadata-url', CIMD_CLIENT_METADATA_URL);
 }
 log(`scenario ${scenario}: ${dpop} ${args.join(' ')}`);
@@ -76,18 +81,40 @@ createInterface({ input: child.stderr }).on('line', (line) => {
       continue;
     }
     if (url.searchParams.get('response_type') === 'code') {
-      log(`browser: GET ${url.origin}${url.pathname}`);
-      visits.push(
-        fetch(url, { redirect: 'follow' })
-          .then(async (response) => {
-            log(`browser: ${response.status} from ${new URL(response.url).origin}`);
-            await response.arrayBuffer();
-          })
-          .catch((error) => log(`browser: ${error.message}`)),
-      );
+      visits.push(browse(url).catch((error) => log(`browser: ${error.message}`)));
     }
   }
 });
+
+// GETs `url` and follows its redirects, keeping cookies per origin (an authorization server's
+// login and consent steps, such as oidc-provider's, need them), as a browser does.
+async function browse(start) {
+  const jar = new Map();
+  let url = start;
+  for (let hop = 0; hop < 20; hop++) {
+    log(`browser: GET ${url.origin}${url.pathname}`);
+    const cookies = jar.get(url.origin);
+    const response = await fetch(url, {
+      redirect: 'manual',
+      headers: cookies ? { cookie: [...cookies].map(([k, v]) => `${k}=${v}`).join('; ') } : {},
+    });
+    for (const line of response.headers.getSetCookie()) {
+      const [pair] = line.split(';');
+      const at = pair.indexOf('=');
+      if (at < 1) continue;
+      if (!jar.has(url.origin)) jar.set(url.origin, new Map());
+      jar.get(url.origin).set(pair.slice(0, at).trim(), pair.slice(at + 1).trim());
+    }
+    await response.arrayBuffer();
+    const location = response.headers.get('location');
+    if (response.status < 300 || response.status >= 400 || !location) {
+      log(`browser: ${response.status} from ${url.origin}`);
+      return;
+    }
+    url = new URL(location, url);
+  }
+  throw new Error('more than 20 redirects');
+}
 
 // Answers by id; anything else (notifications, requests from the server) is logged.
 const waiting = new Map();

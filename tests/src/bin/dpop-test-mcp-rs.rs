@@ -10,7 +10,8 @@
 //! - `/.well-known/oauth-protected-resource` and `/.well-known/oauth-protected-resource/mcp`:
 //!   the RFC 9728 metadata, naming the authorization server (`--issuer`).
 //!
-//! Usage: `dpop-test-mcp-rs --upstream URL --issuer URL --introspection URL [--no-nonce]`
+//! Usage: `dpop-test-mcp-rs --upstream URL --issuer URL --introspection URL [--no-nonce]
+//! [--scope S]...` (`--scope`: listed in the metadata's `scopes_supported`)
 //! with the introspection credentials in `DPOP_TEST_RS_CLIENT_ID` and `DPOP_TEST_RS_SECRET`.
 //! It listens on a free port of 127.0.0.1 and prints one JSON line when it does: `{"port",
 //! "url", "resource_metadata"}`. Started by `dpop_tests::mcp::ProtectedMcpServer`.
@@ -48,11 +49,13 @@ struct Args {
     issuer: String,
     introspection: String,
     require_nonce: bool,
+    scopes: Vec<String>,
 }
 
 fn parse_args() -> Args {
     let mut args = std::env::args().skip(1);
     let (mut upstream, mut issuer, mut introspection, mut require_nonce) = (None, None, None, true);
+    let mut scopes = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
@@ -60,6 +63,7 @@ fn parse_args() -> Args {
             "--issuer" => issuer = Some(value()),
             "--introspection" => introspection = Some(value()),
             "--no-nonce" => require_nonce = false,
+            "--scope" => scopes.push(value()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -68,6 +72,7 @@ fn parse_args() -> Args {
         issuer: issuer.expect("--issuer URL"),
         introspection: introspection.expect("--introspection URL"),
         require_nonce,
+        scopes,
     }
 }
 
@@ -146,13 +151,19 @@ async fn main() {
     let shared = Arc::new(Shared {
         http,
         upstream: args.upstream,
-        metadata: json!({
-            "resource": resource,
-            "authorization_servers": [args.issuer],
-            "bearer_methods_supported": ["header"],
-            "dpop_signing_alg_values_supported": algs,
-            "dpop_bound_access_tokens_required": true,
-        }),
+        metadata: {
+            let mut metadata = json!({
+                "resource": resource,
+                "authorization_servers": [args.issuer],
+                "bearer_methods_supported": ["header"],
+                "dpop_signing_alg_values_supported": algs,
+                "dpop_bound_access_tokens_required": true,
+            });
+            if !args.scopes.is_empty() {
+                metadata["scopes_supported"] = json!(args.scopes);
+            }
+            metadata
+        },
         resource_metadata: resource_metadata.clone(),
     });
 
