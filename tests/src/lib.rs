@@ -33,7 +33,9 @@
 //!   [`TokenIssuer`] mints the JWT access tokens it accepts, and [`DpopCaller`] sends it
 //!   requests with proofs from a real agent; [`Nginx`] runs a real nginx in front of it.
 //! - [`McpServer`] runs a real MCP server (the official TypeScript SDK, Streamable HTTP) on
-//!   the Node 22 of tests/interop/node22, and logs what it saw for the `dpop mcp` tests.
+//!   the Node 22 of tests/interop/node22, and logs what it saw for the `dpop mcp` tests;
+//!   [`ProtectedMcpServer`] puts dpop-server's verifier in front of one, and
+//!   [`McpAuthorizationServer`] is node oidc-provider set up as its authorization server.
 //!
 //! One module per concern, its fixtures re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
@@ -100,7 +102,10 @@ pub use binaries::{
 };
 pub use connection::{READ_TIMEOUT, RawConnection, error_code};
 pub use keys::{openssl_ec_pem, openssl_key_field, openssl_pkcs8_ec_pem, openssl_rsa_pem};
-pub use mcp::{McpServer, McpServerOptions, initialize_request, mcp_messages, node22};
+pub use mcp::{
+    MCP_SCOPE, McpAuthorizationServer, McpServer, McpServerOptions, ProtectedMcpServer,
+    initialize_request, mcp_messages, node22,
+};
 pub use nginx::Nginx;
 pub use oauth::{Counts, Introspection, OAuthOptions, OAuthServer};
 pub use oidc_provider::{OIDC_CLIENT_SECRET, OIDC_RS_SECRET, OidcProvider};

@@ -11,14 +11,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{PROCESS_TIMEOUT, new_temp_dir, wait_until, workspace_root};
+use crate::oauth::Introspection;
+use crate::{OIDC_RS_SECRET, PROCESS_TIMEOUT, TestAgent, new_temp_dir, wait_until, workspace_root};
 
 /// tests/interop/mcp: the MCP server, its npm packages and the conformance suite's.
 pub fn mcp_interop_dir() -> PathBuf {
@@ -172,6 +173,179 @@ fn session_ids(events: &[Value]) -> Vec<String> {
         .iter()
         .filter_map(|e| e["session"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A DPoP-protected MCP server: an [`McpServer`] behind `dpop-test-mcp-rs` (this package's
+/// helper binary: dpop-server's `DpopLayer`, nonces required unless asked otherwise, tokens
+/// checked by introspection at oidc-provider, RFC 9728 metadata naming it, and
+/// `resource_metadata` in the `WWW-Authenticate: DPoP` challenge of a 401).
+#[derive(Debug)]
+pub struct ProtectedMcpServer {
+    child: Child,
+    /// The MCP server behind it: its log says what got through.
+    pub inner: McpServer,
+    /// The protected MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub url: String,
+    /// Its RFC 9728 metadata URL (the path-based one, as in the challenge).
+    pub resource_metadata: String,
+}
+
+impl ProtectedMcpServer {
+    /// Starts an MCP server with `options` behind the verifier, with the authorization
+    /// server `issuer` (whose tokens are checked at `introspection`) named in the metadata,
+    /// with `scopes` as `scopes_supported` when some are given; `require_nonce`: the
+    /// resource server requires its own nonces.
+    pub fn start(
+        issuer: &str,
+        introspection: &Introspection,
+        scopes: &[&str],
+        options: McpServerOptions,
+        require_nonce: bool,
+    ) -> ProtectedMcpServer {
+        let inner = McpServer::start_with(options);
+        let mut command = Command::new(test_helper("dpop-test-mcp-rs"));
+        command
+            .arg("--upstream")
+            .arg(&inner.url)
+            .arg("--issuer")
+            .arg(issuer)
+            .arg("--introspection")
+            .arg(&introspection.url)
+            .env("DPOP_TEST_RS_CLIENT_ID", &introspection.client_id)
+            .env("DPOP_TEST_RS_SECRET", &introspection.secret)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !require_nonce {
+            command.arg("--no-nonce");
+        }
+        for scope in scopes {
+            command.arg("--scope").arg(scope);
+        }
+        let mut child = command.spawn().expect("starting dpop-test-mcp-rs");
+        let line = first_line(&mut child, "dpop-test-mcp-rs");
+        let ready: Value = serde_json::from_str(&line).expect("dpop-test-mcp-rs's line is JSON");
+        ProtectedMcpServer {
+            child,
+            inner,
+            url: ready["url"].as_str().expect("url").to_owned(),
+            resource_metadata: ready["resource_metadata"]
+                .as_str()
+                .expect("resource_metadata")
+                .to_owned(),
+        }
+    }
+}
+
+impl Drop for ProtectedMcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// node oidc-provider set up as an MCP server's authorization server
+/// (tests/interop/mcp/authorization-server.mjs): DPoP with nonces required, authorization
+/// code with PKCE S256, resource indicators (any loopback URL, scope [`MCP_SCOPE`]), `iss` in
+/// the authorization response, dynamic registration and the pre-registered public client
+/// `mcp-client`, opaque DPoP-bound tokens checked by introspection. Its authorization
+/// endpoint approves at once (account `alice`): a browser that follows redirects and keeps
+/// cookies finishes it. Killed on drop.
+#[derive(Debug)]
+pub struct McpAuthorizationServer {
+    child: Child,
+    /// Its issuer, `http://127.0.0.1:PORT`.
+    pub issuer: String,
+}
+
+/// The scope [`McpAuthorizationServer`] grants for an MCP server.
+pub const MCP_SCOPE: &str = "mcp:tools";
+
+impl McpAuthorizationServer {
+    /// Starts it on Node 22; panics when Node 22 or the npm packages are missing or it does
+    /// not come up within [`PROCESS_TIMEOUT`].
+    pub fn start() -> McpAuthorizationServer {
+        let node = node22();
+        require_mcp_packages();
+        let mut child = Command::new(node)
+            .arg("authorization-server.mjs")
+            .current_dir(mcp_interop_dir())
+            .env("DPOP_OIDC_RS_SECRET", OIDC_RS_SECRET)
+            .env_remove("NODE_OPTIONS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting node authorization-server.mjs");
+        let line = first_line(&mut child, "mcp authorization server");
+        let ready: Value =
+            serde_json::from_str(&line).expect("the authorization server's line is JSON");
+        McpAuthorizationServer {
+            child,
+            issuer: ready["issuer"].as_str().expect("issuer").to_owned(),
+        }
+    }
+
+    /// Its RFC 7662 introspection endpoint, with the resource server's credentials.
+    pub fn introspection(&self) -> Introspection {
+        Introspection {
+            url: format!("{}/token/introspection", self.issuer),
+            client_id: "resource-server".into(),
+            secret: OIDC_RS_SECRET.into(),
+        }
+    }
+}
+
+impl Drop for McpAuthorizationServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs tests/interop/mcp/conformance-client.mjs outside the conformance suite: it spawns
+/// `dpop mcp URL ARGS...` with `agent`'s socket and token cache, makes a session over stdio
+/// (initialize, tools/list, a call of the first tool with `{}`), plays the browser for any
+/// authorization URL `dpop mcp` prints, closes stdin and waits for `dpop mcp` to exit. Its
+/// last stdout line is `{"session": "complete"}` or `{"session": "failed", "reason": ..}`;
+/// stderr carries `dpop mcp`'s.
+pub fn drive_dpop_mcp(agent: &TestAgent, url: &str, args: &[&str]) -> Output {
+    let node = node22();
+    require_mcp_packages();
+    let mut command = Command::new(&node);
+    command
+        .current_dir(mcp_interop_dir())
+        .arg("conformance-client.mjs")
+        .arg(url)
+        .env_remove("NODE_OPTIONS")
+        .env_remove("MCP_CONFORMANCE_SCENARIO")
+        .env_remove("MCP_CONFORMANCE_CONTEXT")
+        .env("DPOP_CONFORMANCE_DPOP", &crate::binaries().dpop)
+        .env("DPOP_CONFORMANCE_ARGS", serde_json::json!(args).to_string());
+    for (name, value) in agent.dpop_command().get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.output().expect("running conformance-client.mjs")
+}
+
+/// A helper binary of this package, where cargo builds it for the tests (beside the test
+/// executable's `deps/`).
+fn test_helper(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running test executable");
+    let mut dir = exe.parent().expect("executable has a directory").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let helper = dir.join(name);
+    assert!(
+        helper.is_file(),
+        "{} not found: run the tests with cargo test -p dpop-tests, which builds it",
+        helper.display()
+    );
+    helper
 }
 
 /// The JSON lines of `path`, none when it does not exist yet (nothing seen). A line still

@@ -19,6 +19,7 @@ mod keys;
 mod lock;
 mod mcp_auth;
 mod mcp_bridge;
+mod mcp_conformance;
 mod mcp_server;
 mod nonces;
 mod oidc_provider;
