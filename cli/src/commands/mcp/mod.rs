@@ -95,12 +95,18 @@ impl McpArgs {
         }
     }
 
-    fn authorizer(&self) -> Result<ResourceAuthorizer> {
-        let cache_name = match &self.token {
+    /// The saved token's place: the cache and the name.
+    fn saved_token(&self) -> Result<(TokenCache, String)> {
+        let name = match &self.token {
             Some(name) => name.clone(),
             None => cache_name(&self.url),
         };
-        let mut options = AuthorizerOptions::new(TokenCache::default_location()?, cache_name);
+        Ok((TokenCache::default_location()?, name))
+    }
+
+    fn authorizer(&self) -> Result<ResourceAuthorizer> {
+        let (cache, cache_name) = self.saved_token()?;
+        let mut options = AuthorizerOptions::new(cache, cache_name);
         options.client_id = self.client_id.clone();
         options.client_secret_source = self.client_secret_source();
         options.client_metadata_url = self.client_metadata_url.clone();
@@ -135,6 +141,12 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
     let key = pick_key_async(&mut agent, args.key.as_deref()).await?;
     let http = DpopClient::new(agent, key.label.clone())?;
     let auth = args.authorizer()?;
+    // Only with --allow-bearer can the saved token be a Bearer one, to be sent as such.
+    let bearer_check = if args.allow_bearer {
+        Some(args.saved_token()?)
+    } else {
+        None
+    };
 
     let (stop_tx, mut stop) = watch::channel(Stop::Running);
     let output = Output::start({
@@ -148,6 +160,7 @@ async fn run(socket: Option<&Path>, args: McpArgs) -> Result<ExitCode> {
         http,
         args.url.clone(),
         auth,
+        bearer_check,
         output.sender(),
         stop_tx,
         args.verbose,

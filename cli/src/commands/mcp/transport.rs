@@ -18,9 +18,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dpop_client::http::reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use dpop_client::http::reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue,
+};
 use dpop_client::http::reqwest::{Method, Response, StatusCode};
-use dpop_client::http::{DpopClient, ResourceAuthorizer, Url};
+use dpop_client::http::{DpopClient, ResourceAuthorizer, TokenCache, Url};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -224,6 +226,9 @@ pub(crate) struct Transport {
     http: DpopClient,
     url: Url,
     auth: ResourceAuthorizer,
+    /// With `--allow-bearer`: where the saved token is, to tell a Bearer token (sent as
+    /// `Authorization: Bearer`) from a DPoP-bound one.
+    bearer_check: Option<(TokenCache, String)>,
     session: Mutex<Session>,
     out: mpsc::UnboundedSender<Line>,
     stop: watch::Sender<Stop>,
@@ -235,6 +240,7 @@ impl Transport {
         http: DpopClient,
         url: Url,
         auth: ResourceAuthorizer,
+        bearer_check: Option<(TokenCache, String)>,
         out: mpsc::UnboundedSender<Line>,
         stop: watch::Sender<Stop>,
         verbose: bool,
@@ -243,6 +249,7 @@ impl Transport {
             http,
             url,
             auth,
+            bearer_check,
             session: Mutex::new(Session::default()),
             out,
             stop,
@@ -259,6 +266,15 @@ impl Transport {
     /// Prints one message line for the client.
     fn emit(&self, line: Vec<u8>) -> bool {
         self.out.send(Line::Message(line)).is_ok() && *self.stop.borrow() != Stop::ClientGone
+    }
+
+    /// Whether the saved token is a Bearer one (only ever with `--allow-bearer`).
+    fn is_bearer(&self) -> bool {
+        self.bearer_check.as_ref().is_some_and(|(cache, name)| {
+            cache
+                .load(name)
+                .is_ok_and(|saved| !saved.token_type.eq_ignore_ascii_case("DPoP"))
+        })
     }
 
     fn session_id(&self) -> Option<HeaderValue> {
@@ -316,10 +332,26 @@ impl Transport {
                 request = request.header(LAST_EVENT_ID, id);
             }
             let token = self.auth.token(&self.http).await?;
+            let mut request = request.build()?;
+            let token = match token {
+                Some(token) if self.is_bearer() => {
+                    // A Bearer token (accepted with --allow-bearer) goes as such: a server
+                    // without DPoP would refuse `Authorization: DPoP`. The proof still goes
+                    // along, unbound, and such a server ignores it.
+                    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.as_str()))
+                        .map_err(|_| {
+                            anyhow::anyhow!("the saved token is not a valid header value")
+                        })?;
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                    None
+                }
+                token => token,
+            };
             let retries = self.http.nonce_retries();
             let response = self
                 .http
-                .send(request.build()?, token.as_ref().map(|t| t.as_str()))
+                .send(request, token.as_ref().map(|t| t.as_str()))
                 .await?;
             if self.http.nonce_retries() != retries {
                 self.log(|| "answered a use_dpop_nonce challenge with one retry".into());
