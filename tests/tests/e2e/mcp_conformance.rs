@@ -264,13 +264,11 @@ fn all_scenarios(agent: &TestAgent) {
 }
 
 #[test]
-#[ignore = "needs dpop mcp (issue 23) — lead enables"]
 fn conformance_auth_suite_and_dpop_scenarios_software_key() {
     all_scenarios(&software_agent());
 }
 
 #[test]
-#[ignore = "needs dpop mcp (issue 23) — lead enables"]
 fn conformance_auth_suite_and_dpop_scenarios_softhsm_key() {
     let token = pkcs11::token("mcp-conformance");
     let agent = pkcs11::start(&token);

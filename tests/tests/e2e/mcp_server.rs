@@ -542,7 +542,6 @@ fn protected_mcp_server_with_dpop_token_and_request() {
 /// tool call) goes through, the tool call reaches the MCP server, and the session is
 /// DELETEd when the client closes stdin.
 #[test]
-#[ignore = "needs dpop mcp (issue 23) — lead enables"]
 fn dpop_mcp_through_the_protected_mcp_server() {
     let authorization = McpAuthorizationServer::start();
     let server = ProtectedMcpServer::start(

@@ -96,7 +96,11 @@ impl LoopbackRedirect {
                             async move { Ok::<_, Infallible>(answer(request, &state, &tx).await) }
                         });
                         // A browser that drops the connection costs only that connection.
+                        // No keep-alive: a browser reusing this connection for a later login's
+                        // callback (on the same port) would reach this login's answer and its
+                        // state, long after the wait ended.
                         let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
                     });

@@ -37,6 +37,35 @@ pub(crate) fn canonical_resource(url: &Url) -> Result<String, Error> {
     Ok(text)
 }
 
+/// Whether the resource identifier `named` (from protected resource metadata) stands for
+/// `resource`: the same canonical URI, or the same origin with a path that is a prefix of
+/// `resource`'s on a segment boundary (`https://h` or `https://h/api` for `https://h/api/mcp`).
+/// Metadata at the root well-known URL names the origin (RFC 9728 section 3.3: the
+/// identifier the well-known string was inserted into), and the MCP SDKs accept such a
+/// prefix; metadata for another origin or a sibling path is refused.
+pub(crate) fn covers(named: &str, resource: &Url) -> bool {
+    let Ok(named_url) = Url::parse(named) else {
+        return false;
+    };
+    let (Ok(named), Ok(full)) = (canonical_resource(&named_url), canonical_resource(resource))
+    else {
+        return false;
+    };
+    if named == full {
+        return true;
+    }
+    if named_url.origin() != resource.origin()
+        || named_url.query().is_some()
+        || named_url.fragment().is_some()
+    {
+        return false;
+    }
+    let prefix = named_url.path().trim_end_matches('/');
+    let path = resource.path();
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Refuses an authorization server URL that is not `https`, except `http` on a loopback
 /// address (`127.0.0.0/8`, `::1`, `localhost`: tests and local servers): the MCP
 /// authorization spec has every authorization server endpoint served over HTTPS.
@@ -104,10 +133,7 @@ pub async fn protected_resource_metadata(
         let body = read_body(response, "resource metadata", MAX_JSON_BODY).await?;
         let metadata: ProtectedResourceMetadata = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("{url} is not protected resource metadata: {e}")))?;
-        let named = Url::parse(&metadata.resource)
-            .ok()
-            .and_then(|u| canonical_resource(&u).ok());
-        if named.as_deref() != Some(expected.as_str()) {
+        if !covers(&metadata.resource, resource) {
             return Err(fail(format!(
                 "{url} describes the resource {:?}, not this one",
                 printable(&metadata.resource)
@@ -127,6 +153,32 @@ pub async fn protected_resource_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resource_is_covered_by_itself_or_a_prefix_of_its_origin() {
+        let mcp = Url::parse("https://h.example/api/mcp").unwrap();
+        for named in [
+            "https://h.example/api/mcp",
+            "https://h.example/api/mcp/",
+            "https://H.example/api",
+            "https://h.example",
+            "https://h.example/",
+        ] {
+            assert!(covers(named, &mcp), "{named}");
+        }
+        for named in [
+            "https://h.example/ap",
+            "https://h.example/api/mcp2",
+            "https://h.example/other",
+            "https://other.example/api/mcp",
+            "http://h.example/api/mcp",
+            "https://h.example:8443/api/mcp",
+            "https://h.example/api?x=1",
+            "not a url",
+        ] {
+            assert!(!covers(named, &mcp), "{named}");
+        }
+    }
 
     fn urls(resource: &str) -> Vec<String> {
         resource_metadata_urls(&Url::parse(resource).unwrap())

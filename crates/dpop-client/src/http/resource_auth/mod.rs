@@ -212,14 +212,18 @@ impl ResourceAuthorizer {
     /// more (expired without a refresh token, refused on refresh, for another resource or a
     /// key that changed) is None too: the resource's challenge then starts a new flow.
     pub async fn token(&self, http: &DpopClient) -> Result<Option<Zeroizing<String>>, Error> {
-        let resource = metadata::canonical_resource(&self.resource)?;
         match self
             .options
             .cache
             .fresh_token(&self.options.cache_name, http)
             .await
         {
-            Ok(token) if token.resources.contains(&resource) => {
+            Ok(token)
+                if token
+                    .resources
+                    .iter()
+                    .any(|r| metadata::covers(r, &self.resource)) =>
+            {
                 Ok(Some(Zeroizing::new(token.access_token().to_owned())))
             }
             Ok(_) => Ok(None),
@@ -327,7 +331,6 @@ impl ResourceAuthorizer {
         step_up_scopes: Vec<String>,
         step_up: bool,
     ) -> Result<Vec<String>, Error> {
-        let resource = metadata::canonical_resource(&self.resource)?;
         let named = challenge
             .and_then(Challenge::resource_metadata)
             .map(|u| Url::parse(u).map_err(Error::from))
@@ -383,9 +386,11 @@ impl ResourceAuthorizer {
             prm.scopes_supported.clone().unwrap_or_default()
         };
         let (oauth, secret, redirect, registered) = self.client(http, &server).await?;
+        // The resource identifier exactly as the metadata publishes it (it may be a prefix
+        // of the URL: see `metadata::covers`), as RFC 8707 and the MCP spec want it sent.
         let params = TokenParams {
             scopes: scopes.clone(),
-            resources: vec![resource],
+            resources: vec![prm.resource.clone()],
             audience: None,
             allow_bearer: self.options.allow_bearer,
         };
