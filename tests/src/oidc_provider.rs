@@ -15,6 +15,9 @@ use crate::{PROCESS_TIMEOUT, require_tool, workspace_root};
 pub const OIDC_CLIENT_SECRET: &str = "interop-client-secret";
 /// The secret of client `resource-server` (introspection).
 pub const OIDC_RS_SECRET: &str = "interop-rs-secret";
+/// The variable [`dpop_with_client_secret`] puts [`OIDC_CLIENT_SECRET`] in (for
+/// `--client-secret-env`).
+pub const OIDC_SECRET_VAR: &str = "DPOP_TEST_OIDC_SECRET";
 
 /// A running oidc-provider.
 #[derive(Debug)]
@@ -94,4 +97,31 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the agent's `dpop` with `args` and oidc-provider's client secret in
+/// [`OIDC_SECRET_VAR`]; fails the test unless it succeeds. Returns (stdout, stderr).
+pub fn dpop_with_client_secret<S: AsRef<std::ffi::OsStr>>(
+    agent: &crate::TestAgent,
+    args: &[S],
+) -> (String, String) {
+    let out = agent
+        .dpop_command()
+        .env(OIDC_SECRET_VAR, OIDC_CLIENT_SECRET)
+        .args(args)
+        .output()
+        .expect("running dpop");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "dpop {:?} failed ({}):\n{stdout}\n{stderr}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy())
+            .collect::<Vec<_>>(),
+        out.status
+    );
+    (stdout, stderr)
 }

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use dpop_tests::mcp::drive_dpop_mcp;
+use dpop_tests::oidc_provider::{
+    OIDC_SECRET_VAR as SECRET_VAR, dpop_with_client_secret as dpop_ok,
+};
 use dpop_tests::{
-    AgentOptions, MCP_SCOPE, McpAuthorizationServer, McpServer, McpServerOptions,
-    OIDC_CLIENT_SECRET, OidcProvider, PROCESS_TIMEOUT, ProtectedMcpServer, TestAgent,
-    initialize_request, mcp_messages,
+    AgentOptions, MCP_SCOPE, McpAuthorizationServer, McpServer, McpServerOptions, OidcProvider,
+    PROCESS_TIMEOUT, ProtectedMcpServer, TestAgent, initialize_request, mcp_messages,
 };
 use serde_json::{Value, json};
 
@@ -572,28 +574,6 @@ fn dpop_mcp_through_the_protected_mcp_server() {
     server
         .inner
         .wait_session_closed(&sessions[0], PROCESS_TIMEOUT);
-}
-
-const SECRET_VAR: &str = "DPOP_TEST_OIDC_SECRET";
-
-/// Runs `dpop` with oidc-provider's client secret in [`SECRET_VAR`]; (stdout, stderr).
-fn dpop_ok<S: AsRef<std::ffi::OsStr>>(agent: &TestAgent, args: &[S]) -> (String, String) {
-    let out = agent
-        .dpop_command()
-        .env(SECRET_VAR, OIDC_CLIENT_SECRET)
-        .args(args)
-        .output()
-        .expect("running dpop");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "dpop failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    (stdout, stderr)
 }
 
 fn dpop_json(agent: &TestAgent, args: &[&str]) -> Value {

@@ -5,30 +5,10 @@
 //! oidc-provider (`cnf.jkt` included), and at oidc-provider's own userinfo endpoint. Fails
 //! when node or the npm package is missing.
 
-use dpop_tests::{
-    AgentOptions, OAuthOptions, OAuthServer, OIDC_CLIENT_SECRET, OidcProvider, TestAgent,
+use dpop_tests::oidc_provider::{
+    OIDC_SECRET_VAR as SECRET_VAR, dpop_with_client_secret as dpop_ok,
 };
-
-const SECRET_VAR: &str = "DPOP_TEST_OIDC_SECRET";
-
-fn dpop_ok(agent: &TestAgent, args: &[&str]) -> (String, String) {
-    let out = agent
-        .dpop_command()
-        .env(SECRET_VAR, OIDC_CLIENT_SECRET)
-        .args(args)
-        .output()
-        .expect("running dpop");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "dpop {args:?} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
+use dpop_tests::{AgentOptions, OAuthOptions, OAuthServer, OidcProvider, TestAgent};
 
 #[test]
 fn oidc_provider_client_credentials_and_refresh_token_then_request() {
