@@ -26,6 +26,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use dpop_server::{
     BoundToken, DpopLayer, HmacNonces, Preset, PublicUrl, TokenFuture, TokenValidator, Verifier,
 };
@@ -184,6 +185,11 @@ async fn main() {
         "{}",
         json!({"port": port, "url": resource, "resource_metadata": resource_metadata})
     );
+    // Without TCP_NODELAY a streamed answer (headers, then each SSE event) waits out the
+    // client's delayed ACK: ~40 ms per request.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await.expect("serving");
 }
 
