@@ -56,7 +56,7 @@ impl std::fmt::Display for Changed {
                 f,
                 "the client process runs {} now, another program than when it connected; \
                  connect again",
-                crate::policy::escape_controls(&now.to_string_lossy())
+                dpop_protocol::printable(&now.to_string_lossy())
             ),
         }
     }

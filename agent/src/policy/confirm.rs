@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dpop_protocol::{ErrorCode, WireError};
+use dpop_protocol::{ErrorCode, WireError, printable};
 use tracing::{info, warn};
 
 use super::{Policies, SignContext};
@@ -66,9 +66,9 @@ impl Policies {
         let question = || {
             format!(
                 "Allow a DPoP proof with key \"{}\" for {}, asked by {} (pid {})?",
-                escape_controls(request.label),
-                escape_controls(request.origin),
-                escape_controls(&exe.to_string_lossy()),
+                printable(request.label),
+                printable(request.origin),
+                printable(&exe.to_string_lossy()),
                 request.peer.pid.map_or("?".into(), |p| p.to_string()),
             )
         };
@@ -173,34 +173,5 @@ async fn ask(askpass: &Path, question: &str) -> bool {
             warn!("no answer from the askpass program within {CONFIRM_TIMEOUT:?}: not signing");
             false
         }
-    }
-}
-
-/// `text` with every control character (a newline, an escape sequence) written as an escape,
-/// so a program path or origin cannot make a question say something else.
-pub fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("/usr/bin/ok"), "/usr/bin/ok");
-        assert_eq!(
-            escape_controls("/tmp/x\nAllow /usr/bin/ssh\u{1b}[2K"),
-            "/tmp/x\\nAllow /usr/bin/ssh\\u{1b}[2K"
-        );
-        assert_eq!(escape_controls("caf\u{e9}\t"), "caf\u{e9}\\t");
     }
 }

@@ -11,12 +11,12 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
+use dpop_protocol::{ErrorCode, KeyPolicy, WireError, printable};
 use tracing::info;
 
 use super::confirm::NO_ASKPASS;
 use super::origin::OriginPattern;
-use super::{Policies, changed_client, escape_controls};
+use super::{Policies, changed_client};
 use crate::lock::Lock;
 use crate::peer::{Peer, same_executable};
 
@@ -133,7 +133,7 @@ fn list(items: &[String]) -> String {
     if items.is_empty() {
         "(any)".to_owned()
     } else {
-        escape_controls(&items.join(", "))
+        printable(&items.join(", ")).into_owned()
     }
 }
 
@@ -202,7 +202,7 @@ impl Policies {
                     "set_policy",
                     format!(
                         "change the policy of DPoP key \"{}\": {text}",
-                        escape_controls(label)
+                        printable(label)
                     ),
                     loosens,
                 )
@@ -215,7 +215,7 @@ impl Policies {
                     "delete_key",
                     format!(
                         "delete DPoP key \"{}\", which has a policy ({})",
-                        escape_controls(label),
+                        printable(label),
                         summary(old)
                     ),
                     true,
@@ -243,12 +243,12 @@ impl Policies {
         }
         let program = exe.map_or_else(
             || "an unknown program".to_owned(),
-            |p| escape_controls(&p.to_string_lossy()),
+            |p| printable(&p.to_string_lossy()).into_owned(),
         );
         let why = if !allowed_client {
             format!(
                 "key \"{}\" may be managed only by {} or with the user's yes",
-                escape_controls(label),
+                printable(label),
                 list(&old.allow_clients)
             )
         } else {
@@ -308,7 +308,7 @@ fn summary(policy: &KeyPolicy) -> String {
 fn audit_refused(op: &str, label: &str, peer: &Peer, refused: &WireError) {
     let exe = peer.exe().map_or_else(
         || "unknown".to_owned(),
-        |p| escape_controls(&p.to_string_lossy()),
+        |p| printable(&p.to_string_lossy()).into_owned(),
     );
     info!(
         target: "audit",

@@ -17,7 +17,6 @@ mod confirm;
 mod manage;
 mod origin;
 
-pub use confirm::escape_controls;
 pub use manage::{Change, Manage, changes};
 
 use std::collections::HashMap;
@@ -28,7 +27,7 @@ use std::time::Instant;
 
 use dpop_keys::records::{Record, RecordStore};
 use dpop_keys::{KeyLabel, Keyring};
-use dpop_protocol::{ErrorCode, KeyPolicy, WireError};
+use dpop_protocol::{ErrorCode, KeyPolicy, WireError, printable};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -81,7 +80,7 @@ impl Checked {
                 (Err(e), Some(label)) => {
                     warn!(
                         key = %label,
-                        client = %escape_controls(client),
+                        client = %printable(client),
                         "the key's allowed client program is missing ({e}): the key refuses it until it is back"
                     );
                     path.to_owned()

@@ -22,10 +22,12 @@ mod lifetime;
 mod messages;
 #[cfg(windows)]
 pub mod pipe;
+mod text;
 
 pub use codes::{ErrorCode, WireError};
 pub use lifetime::parse_lifetime;
 pub use messages::*;
+pub use text::printable;
 
 /// The agent's default socket, `$XDG_RUNTIME_DIR/dpop-agent/agent.sock`, where the agent binds
 /// without `-a` and where clients look without `DPOP_AUTH_SOCK`; `None` without a runtime

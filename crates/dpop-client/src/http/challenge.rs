@@ -2,7 +2,6 @@
 //! and the `WWW-Authenticate` challenges of a resource server (RFC 6750 section 3, RFC 9449
 //! section 7.1), so that `use_dpop_nonce` is recognised and errors can be shown.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -42,23 +41,8 @@ impl fmt::Display for OAuthErrorBody {
     }
 }
 
-/// `text` from a server, made safe for a terminal: control characters (C0, DEL and C1: escape
-/// sequences, CR LF that would forge a line, a bell) are shown as Rust escapes (`\u{1b}`,
-/// `\n`), everything else as is, so the text is still there to read.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+/// Server text made safe for a terminal (one definition, shared with the agent).
+pub use dpop_protocol::printable;
 
 /// One challenge of a `WWW-Authenticate` header: its scheme and auth-params.
 #[derive(Clone, Debug, PartialEq, Eq)]
