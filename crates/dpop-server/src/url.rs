@@ -1,6 +1,9 @@
 //! The request URL a proof's `htu` is compared with, rebuilt from configuration rather than
 //! from whatever `Host` a client sent, and from a trusted proxy's headers of the one family
 //! it was configured with.
+//!
+//! Over 600 lines only with its tests (about 400 of them: the header rules and a proptest);
+//! the code is about 420.
 
 use std::net::IpAddr;
 

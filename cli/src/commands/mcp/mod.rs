@@ -15,6 +15,7 @@
 //! SIGINT (a DELETE at once: a client that stops its servers sends SIGTERM after closing
 //! stdin), when the server ends the session (404), or when standard output is closed.
 
+mod message;
 mod stdio;
 mod transport;
 
@@ -33,8 +34,9 @@ use tokio::task::JoinSet;
 
 use super::{connect_async, open_browser, pick_key_async, runtime};
 use crate::output::printable;
+use message::Outgoing;
 use stdio::Output;
-use transport::{Outgoing, Stop, Transport};
+use transport::{Stop, Transport};
 
 /// How long answers still due are awaited after standard input ends.
 const EOF_GRACE: Duration = Duration::from_secs(10);

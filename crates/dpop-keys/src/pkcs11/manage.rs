@@ -6,6 +6,10 @@
 //! public key read back, everything undone on failure), and
 //! every new key, adopted ones too, is filed by one function ([`Pkcs11Backend::file_key`]),
 //! which writes its record to the record store or, failing that, removes what we made.
+//!
+//! Over 600 lines: generate, import and adopt share the template ladder, the judging and the
+//! undo-on-failure path, and a split by operation would pull those apart; the templates
+//! themselves are in `templates.rs` and the flags read back in `objects.rs`.
 
 use std::fs;
 

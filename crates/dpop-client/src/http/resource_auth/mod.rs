@@ -56,6 +56,10 @@
 //! println!("{}", response.status());
 //! # Ok(()) }
 //! ```
+//!
+//! Over 600 lines with its tests: this file is the flow in order (the steps above, the
+//! concurrency guard, step-up); what each step reads lives in `metadata.rs` and
+//! `registration.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
