@@ -42,6 +42,11 @@ for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux pass
 done
 # nginx: the reverse proxy in front of the example resource server (tests/tests/e2e/server_proxy.rs).
 dpkg -s nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# python3-venv: the Python client's tests (tests/tests/e2e/client_python.rs) run in a venv, which
+# Debian's python3 makes only with it (a python3 from elsewhere, e.g. pyenv, has it built in).
+if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    dpkg -s python3-venv >/dev/null 2>&1 || need_apt+=(python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     sudo_cmd=""

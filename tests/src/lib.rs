@@ -76,6 +76,7 @@
 pub mod agent;
 pub mod bench;
 pub mod binaries;
+pub mod clients;
 pub mod connection;
 pub mod keys;
 pub mod mcp;
