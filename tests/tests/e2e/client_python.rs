@@ -1,7 +1,8 @@
 //! The Python client (clients/python) against the real world of [`ClientWorld`]: its pytest
 //! suite runs in a virtual environment made once under the target directory
 //! (`<target>/py-venv`: `python3 -m venv`, the pinned test requirements, then
-//! `pip install clients/python[requests,httpx]`, which also proves the package installs).
+//! `pip install clients/python[requests,httpx]`, which also proves the package installs; mypy's
+//! cache for tests/test_types.py lives there too).
 //! The test passes only when pytest exits 0 with exactly [`PYTEST_TESTS`] tests passed and
 //! none skipped, so a suite that collects nothing, or less than it should, fails.
 
@@ -13,7 +14,7 @@ use dpop_tests::clients::ClientWorld;
 use dpop_tests::{KillOnDrop, new_temp_dir, require_tool, wait_timeout, workspace_root};
 
 /// How many tests clients/python/tests holds (update it with the suite).
-const PYTEST_TESTS: usize = 35;
+const PYTEST_TESTS: usize = 37;
 
 /// The longest the pytest run may take (it takes a few seconds).
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -136,6 +137,14 @@ fn run_pytest(python: &Path, world: &ClientWorld) -> (String, String) {
         .current_dir(report_dir.path())
         .envs(world.env())
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env(
+            "DPOP_TEST_MYPY_CACHE",
+            python
+                .parent()
+                .and_then(Path::parent)
+                .unwrap()
+                .join("mypy-cache"),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,8 +29,8 @@ BUSY_WAIT_MS = 2000
 
 
 def _dlls() -> Any:
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-    advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
+    advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
     kernel32.CreateFileW.restype = wintypes.HANDLE
     kernel32.CreateFileW.argtypes = [
         wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, ctypes.c_void_p, wintypes.DWORD,
@@ -54,7 +54,7 @@ def _dlls() -> Any:
 
 
 def _error(what: str) -> OSError:
-    code = ctypes.get_last_error()  # type: ignore[attr-defined]
+    code = ctypes.get_last_error()  # type: ignore[attr-defined,unused-ignore]
     return OSError(code, f"{what} failed (Windows error {code})")
 
 
@@ -139,7 +139,7 @@ def open_pipe(path: str) -> Any:
         )
         if handle != INVALID_HANDLE_VALUE and handle is not None:
             break
-        code = ctypes.get_last_error()  # type: ignore[attr-defined]
+        code = ctypes.get_last_error()  # type: ignore[attr-defined,unused-ignore]
         left = int((deadline - time.monotonic()) * 1000)
         if code != ERROR_PIPE_BUSY or left <= 0:
             raise AgentUnavailable(f"cannot open the agent pipe {path} (Windows error {code})")
@@ -149,6 +149,6 @@ def open_pipe(path: str) -> Any:
     except BaseException:
         kernel32.CloseHandle(handle)
         raise
-    fd = msvcrt.open_osfhandle(handle, os.O_RDWR | getattr(os, "O_BINARY", 0))  # type: ignore[attr-defined]
+    fd = msvcrt.open_osfhandle(handle, os.O_RDWR | getattr(os, "O_BINARY", 0))  # type: ignore[attr-defined,unused-ignore]
     return os.fdopen(fd, "r+b", buffering=0)
 

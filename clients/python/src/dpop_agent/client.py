@@ -252,6 +252,8 @@ class _AsyncConnection:
 
     @classmethod
     async def open(cls, path: str) -> "_AsyncConnection":
+        if sys.platform == "win32":
+            raise AgentUnavailable("AsyncClient runs a blocking Client on Windows")
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
         except OSError as e:

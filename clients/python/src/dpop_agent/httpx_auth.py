@@ -112,7 +112,7 @@ class DPoPAuth(httpx.Auth):
         signed = response.request.extensions.get(_SIGNED)
         nonce = response.headers.get(_http.NONCE_HEADER)
         if nonce and signed and _http.origin(str(response.request.url)) == signed[2]:
-            return nonce
+            return str(nonce)
         return None
 
     @staticmethod

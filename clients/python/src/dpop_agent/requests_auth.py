@@ -68,7 +68,7 @@ class DPoPAuth(AuthBase):
                 response, signed_origin, retried=False, original=request, **kwargs
             )
 
-        request.register_hook("response", on_response)
+        request.register_hook("response", on_response)  # type: ignore[no-untyped-call]
         return request
 
     def _on_response(

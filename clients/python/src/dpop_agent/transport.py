@@ -70,6 +70,8 @@ def peer_uid(sock: "socket.socket") -> Optional[int]:
 def check_peer(sock: "socket.socket", path: str) -> None:
     """Raises :class:`ForeignAgent` unless the listener runs as our effective uid or root;
     checks the socket file and its directory where peer credentials cannot be read."""
+    if sys.platform == "win32":
+        raise AgentUnavailable("Unix sockets only: Windows uses the named pipe")
     euid = os.geteuid()
     uid = peer_uid(sock)
     if uid is None:
@@ -88,6 +90,8 @@ def check_socket_file(path: str) -> None:
     """The check for systems without peer credentials: the socket and its directory belong to
     the caller or root, and the directory is writable by its owner only (or is sticky, as
     /tmp, with the socket ours)."""
+    if sys.platform == "win32":
+        raise AgentUnavailable("Unix sockets only: Windows uses the named pipe")
     euid = os.geteuid()
     try:
         info = os.lstat(path)
@@ -117,6 +121,8 @@ def check_socket_file(path: str) -> None:
 
 def connect_unix(path: str, timeout: Optional[float]) -> "socket.socket":
     """Connects to the agent's socket and checks who listens (nothing is sent before)."""
+    if sys.platform == "win32":
+        raise AgentUnavailable("Unix sockets only: Windows uses the named pipe")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
