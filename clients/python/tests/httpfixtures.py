@@ -59,7 +59,9 @@ class Handler(BaseHTTPRequestHandler):
             if proof and jwt_part(proof, 1).get("nonce") == AS_NONCE:
                 self.answer(200, {"access_token": "t", "token_type": "DPoP"}, {})
             else:
-                self.answer(400, {"error": "use_dpop_nonce"}, {"DPoP-Nonce": AS_NONCE})
+                self.answer(
+                    400, {"error": "use_dpop_nonce"}, {"DPoP-Nonce": AS_NONCE, "Set-Cookie": "as=1"}
+                )
         elif self.path == "/away":
             self.answer(302, {}, {"Location": self.server.other + "/landed"})
         elif self.path == "/here":

@@ -78,6 +78,7 @@ def test_a_token_endpoint_nonce_400_is_retried_once(
     assert "nonce" not in first and second["nonce"] == AS_NONCE
     assert "ath" not in second and "authorization" not in a.seen[1][2]
     assert a.seen[1][3] == b"grant_type=x"
+    assert a.seen[1][2].get("cookie") == "as=1"  # a cookie set on the 400 goes with the retry
 
 
 def test_redirects_keep_token_and_proof_within_the_origin(

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 
 import requests
 from requests.auth import AuthBase
+from requests.cookies import extract_cookies_to_jar
 
 from . import _http
 from .client import Client
@@ -100,6 +101,11 @@ class DPoPAuth(AuthBase):
             self._sign(retry, nonce)
             response.content  # read it all, so the connection can be reused
             response.close()
+            # Cookies the refusal set go with the retry, as requests' digest auth does.
+            jar = getattr(retry, "_cookies", None)
+            if jar is not None:
+                extract_cookies_to_jar(jar, request, response.raw)  # type: ignore[no-untyped-call]
+                retry.prepare_cookies(jar)
             assert response.connection is not None
             again: requests.Response = response.connection.send(retry, **kwargs)
             again.history.append(response)
