@@ -134,6 +134,18 @@ def test_redirects_with_the_event_hooks(
     assert jwt_part(a.seen[-1][2]["dpop"], 1)["htu"] == a.base + "/landed"
 
 
+def test_following_redirects_without_the_hooks_is_reported(
+    agent: Client, key: str, token: str, servers: "tuple[Recorder, Recorder]"
+) -> None:
+    a, b = servers
+    auth = DPoPAuth(key, token, client=agent)
+    with httpx.Client(auth=auth, follow_redirects=True) as http:
+        with pytest.warns(RuntimeWarning, match="event_hooks"):
+            assert http.get(a.base + "/away").status_code == 200
+    # httpx itself dropped Authorization across origins, but not the proof.
+    assert "authorization" not in b.seen[0][2] and "dpop" in b.seen[0][2]
+
+
 def test_the_auth_shows_no_token(key: str, token: str) -> None:
     auth = DPoPAuth(key, token)
     assert token not in repr(auth) and token not in str(auth)

@@ -15,6 +15,7 @@ and strip token and proof from a hop to another origin.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, AsyncGenerator, Callable, Dict, Generator, List, Optional, Union
 
 import httpx
@@ -35,6 +36,24 @@ def _replayable(request: httpx.Request) -> bool:
     except httpx.RequestNotRead:
         return False
     return True
+
+
+def _warn_if_leaked(response: httpx.Response) -> None:
+    """Says so when httpx followed a redirect to another origin with our proof (the client
+    follows redirects without :meth:`DPoPAuth.event_hooks`): too late to stop, not silent."""
+    for hop in [r.request for r in response.history[1:]] + (
+        [response.request] if response.history else []
+    ):
+        signed = hop.extensions.get(_SIGNED)
+        if signed and "DPoP" in hop.headers and _http.origin(str(hop.url)) != signed[2]:
+            warnings.warn(
+                f"httpx followed a redirect to {_http.origin(str(hop.url))} with the DPoP proof "
+                f"for {signed[2]}: pass event_hooks=auth.event_hooks() (or async_event_hooks()) "
+                "to a client that follows redirects",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
 
 
 class DPoPAuth(httpx.Auth):
@@ -131,6 +150,7 @@ class DPoPAuth(httpx.Auth):
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         self._sign(request)
         response = yield request
+        _warn_if_leaked(response)
         nonce = self._nonce(request, response)
         if nonce is None:
             return
@@ -151,6 +171,7 @@ class DPoPAuth(httpx.Auth):
         try:
             await self._sign_async(agent, request)
             response = yield request
+            _warn_if_leaked(response)
             nonce = self._nonce(request, response)
             if nonce is None:
                 return
