@@ -62,7 +62,7 @@ export async function dpopFetch(input, init = {}, options) {
     onResponse?.({ attempt: 1, status: first.response.status, nonce });
     // Without a new nonce a retry would be refused the same way.
     if (!challenged || nonce === null || !replayable) return first.response;
-    await first.response.body?.cancel().catch(() => {});
+    discard(first.response);
     // The nonce just received, explicitly: the answer to this challenge, whatever another
     // process reported for the origin meanwhile.
     const second = await send(input, init, redirect, client, key, token, nonce, fetchImpl);
@@ -111,7 +111,7 @@ async function reportNonce(client, key, { request, response }) {
     return nonce;
   } catch (e) {
     if (e instanceof InvalidNonceError) return null;
-    await response.body?.cancel().catch(() => {});
+    discard(response);
     throw e;
   }
 }
@@ -152,12 +152,18 @@ async function readAtMost(/** @type {Response} */ response, /** @type {number} *
     if (done) break;
     size += value.byteLength;
     if (size > limit) {
-      await reader.cancel().catch(() => {});
+      // Not awaited: a tee branch's cancel settles only once the other branch is cancelled too.
+      reader.cancel().catch(() => {});
       return null;
     }
     chunks.push(value);
   }
   return Buffer.concat(chunks).toString("utf8");
+}
+
+/** Lets go of a response's body unread (not awaited, for the reason in readAtMost). */
+function discard(/** @type {Response} */ response) {
+  response.body?.cancel().catch(() => {});
 }
 
 /**

@@ -3,6 +3,7 @@
 // server of the Rust harness (tests/src/oauth.rs) for the 400 use_dpop_nonce and redirects.
 
 import assert from "node:assert/strict";
+import http from "node:http";
 import { test } from "node:test";
 
 import { AgentClient, dpopFetch } from "../src/index.js";
@@ -139,4 +140,27 @@ test("no token in the errors of dpopFetch", async () => {
   // A refused token is a response, not an error.
   const refused = await dpopFetch(`${RESOURCE}/v1/items`, {}, { key: KEY, token: "eyJhbGciOiJub25lIn0.e30.x" });
   assert.equal(refused.status, 401);
+});
+
+test("a DPoP-Nonce outside the nonce syntax is not reported and fails nothing", async () => {
+  // The real servers never send one: a loopback server that does, answering 200.
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { "DPoP-Nonce": "not a nonce", "Content-Type": "text/plain" });
+    res.end("fine");
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const events = [];
+    const response = await dpopFetch(`${origin}/x`, {}, { key: KEY, token: TOKEN, onResponse: (e) => events.push(e) });
+    assert.equal(await response.text(), "fine");
+    assert.deepEqual(events, [{ attempt: 1, status: 200, nonce: null }]);
+    const agent = await AgentClient.connect();
+    const key = (await agent.listKeys()).find((k) => k.label === KEY);
+    agent.close();
+    assert.ok(!(key.nonce_origins ?? []).includes(origin));
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
 });

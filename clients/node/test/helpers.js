@@ -65,7 +65,10 @@ export function tempDir() {
  * with the wrong id).
  */
 export async function lineServer(socketPath, onLine = () => {}) {
+  const sockets = new Set();
   const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
     let buffered = "";
     socket.on("data", (chunk) => {
       buffered += chunk;
@@ -79,5 +82,11 @@ export async function lineServer(socketPath, onLine = () => {}) {
     socket.on("error", () => {});
   });
   await new Promise((resolve) => server.listen(socketPath, resolve));
+  // close() also ends open connections, so that a failed test does not keep the process up.
+  const close = server.close.bind(server);
+  server.close = (callback) => {
+    for (const socket of sockets) socket.destroy();
+    return close(callback);
+  };
   return server;
 }

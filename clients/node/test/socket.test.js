@@ -157,13 +157,14 @@ test("a reply with another id fails the call and closes the connection", async (
     const { id } = JSON.parse(line);
     socket.write(JSON.stringify({ id: id + 100, ok: true }) + "\n");
   });
+  const client = await AgentClient.connect({ path: s.socketPath });
   try {
-    const client = await AgentClient.connect({ path: s.socketPath });
     const e = await client.hello().catch((x) => x);
     assert.ok(e instanceof AgentProtocolError);
     assert.match(e.message, /does not match/);
     await assert.rejects(client.status(), AgentProtocolError);
   } finally {
+    client.close();
     s.cleanup();
   }
 });
