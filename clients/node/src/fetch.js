@@ -38,7 +38,8 @@ const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
  * @param {DpopOptions} options
  * @returns {Promise<Response>}
  */
-export async function dpopFetch(input, init = {}, options) {
+export async function dpopFetch(input, init, options) {
+  init ??= {};
   const { key, token, agent, fetch: fetchImpl = globalThis.fetch, onResponse } = options ?? {};
   if (typeof key !== "string" || key === "") {
     throw new TypeError("dpopFetch needs options.key, the agent's key label");
