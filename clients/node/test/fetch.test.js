@@ -81,6 +81,23 @@ test("POST with a string body is replayed on use_dpop_nonce, through a shared Ag
   }
 });
 
+test("parallel requests through one AgentClient each get their own proof (Redis sees no replay)", async () => {
+  const agent = await AgentClient.connect();
+  try {
+    const rec = recordingFetch();
+    const responses = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => dpopFetch(`${RESOURCE}/v1/parallel/${i}`, {}, { key: KEY, token: TOKEN, agent, fetch: rec.fetch })),
+    );
+    const bodies = await Promise.all(responses.map((r) => r.json()));
+    assert.deepEqual(responses.map((r) => r.status), Array(20).fill(200));
+    assert.deepEqual(bodies.map((b) => b.path), Array.from({ length: 20 }, (_, i) => `/v1/parallel/${i}`));
+    const jtis = new Set(rec.seen.map((s) => verifyProof(s.proof).claims.jti));
+    assert.equal(jtis.size, rec.seen.length);
+  } finally {
+    agent.close();
+  }
+});
+
 test("a ReadableStream body is not replayed: the 401 comes back", async () => {
   await staleNonce(RESOURCE);
   const rec = recordingFetch();
