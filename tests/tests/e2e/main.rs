@@ -12,6 +12,7 @@
 mod agent_habits;
 mod audit;
 mod cli;
+mod client_node;
 mod client_python;
 mod http;
 mod http_hardening;
