@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use crate::{AgentOptions, RedisServer, ResourceServer, ServerOptions, TestAgent, TokenIssuer};
 
 /// The label of the key the token is bound to.
-pub const CLIENT_KEY: &str = "client-key";
+pub const CLIENT_KEY: &str = "api";
 /// The `sub` of the bound token.
 pub const CLIENT_SUBJECT: &str = "client-tests";
 /// The nonce secret of the resource server (test-only).
@@ -73,7 +73,7 @@ impl ClientWorld {
     }
 
     /// What a client test program gets: `DPOP_AUTH_SOCK`, and `DPOP_TEST_KEY`,
-    /// `DPOP_TEST_JKT`, `DPOP_TEST_TOKEN`, `DPOP_TEST_SUB`, `DPOP_TEST_RS` (the resource
+    /// `DPOP_TEST_JKT`, `DPOP_TEST_TOKEN`, `DPOP_TEST_SUB`, `DPOP_TEST_RESOURCE` (the resource
     /// server's base URL, `http://127.0.0.1:<port>`).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -82,7 +82,7 @@ impl ClientWorld {
             ("DPOP_TEST_JKT", self.jkt.clone()),
             ("DPOP_TEST_TOKEN", self.token.clone()),
             ("DPOP_TEST_SUB", CLIENT_SUBJECT.to_owned()),
-            ("DPOP_TEST_RS", self.server.base().to_owned()),
+            ("DPOP_TEST_RESOURCE", self.server.base().to_owned()),
         ]
     }
 }

@@ -13,6 +13,7 @@ const KEY = env("DPOP_TEST_KEY");
 const JKT = env("DPOP_TEST_JKT");
 const TOKEN = env("DPOP_TEST_TOKEN");
 const RESOURCE = env("DPOP_TEST_RESOURCE");
+const SUB = env("DPOP_TEST_SUB");
 
 /** A fetch that records what went out and what came back (the real fetch underneath). */
 function recordingFetch() {
@@ -41,7 +42,7 @@ test("GET reaches the resource server with the bound token after one use_dpop_no
   const response = await dpopFetch(`${RESOURCE}/v1/items?page=2#top`, {}, { key: KEY, token: TOKEN, fetch: rec.fetch });
   assert.equal(response.status, 200);
   const body = await response.json();
-  assert.deepEqual([body.method, body.path, body.jkt, body.sub], ["GET", "/v1/items", JKT, "node-client"]);
+  assert.deepEqual([body.method, body.path, body.jkt, body.sub], ["GET", "/v1/items", JKT, SUB]);
   assert.equal(rec.seen.length, 2, "one challenge, one retry");
   assert.equal(rec.seen[0].status, 401);
   assert.match(rec.seen[0].challenge, /error="use_dpop_nonce"/);

@@ -1,6 +1,6 @@
 """The world the Rust e2e module (tests/tests/e2e/client_python.rs) starts: a real agent on
 DPOP_AUTH_SOCK holding the key DPOP_TEST_KEY (thumbprint DPOP_TEST_JKT), and the example
-resource server at DPOP_TEST_RS (Redis replay, nonces required) that accepts DPOP_TEST_TOKEN.
+resource server at DPOP_TEST_RESOURCE (Redis replay, nonces required) that accepts DPOP_TEST_TOKEN.
 A missing variable fails the tests: they never skip."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def subject() -> str:
 
 @pytest.fixture(scope="session")
 def rs() -> str:
-    return env("DPOP_TEST_RS")
+    return env("DPOP_TEST_RESOURCE")
 
 
 @pytest.fixture(scope="session")

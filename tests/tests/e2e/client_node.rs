@@ -1,11 +1,10 @@
 //! The Node package `clients/node` (`dpop-agent-client`): its `node --test` suite, run on the
-//! Node 22 of tests/interop/node22 against a real world started here, so CI runs it and its
-//! tests count. The world: an agent with a passphrase (persistent software keys, and `lock`
-//! to test) holding the ES256 key `api`; the example resource server with a Redis replay
-//! store, `DPOP_NONCE_SECRET` and `--require-nonce`; a JWT access token bound to the key's
-//! `jkt`; and the strict authorization and resource server of [`dpop_tests::oauth`] (a
-//! token endpoint that answers `use_dpop_nonce` with a 400, a redirect to another origin).
-//! Their addresses go to the suite in environment variables (`DPOP_AUTH_SOCK`, `DPOP_TEST_*`).
+//! Node 22 of tests/interop/node22 against the real world of [`ClientWorld`] (agent with a
+//! passphrase holding the key `api`, Redis, the example resource server requiring nonces, a
+//! bound token), so CI runs it and its tests count. Also the strict authorization and
+//! resource server of [`dpop_tests::oauth`] (a token endpoint that answers `use_dpop_nonce`
+//! with a 400, a redirect to another origin). Everything reaches the suite in environment
+//! variables (`DPOP_AUTH_SOCK`, `DPOP_TEST_*`).
 //!
 //! The types (src/index.d.ts) are checked by tsc, the package's one devDependency, which
 //! scripts/test.sh installs with `npm ci` in clients/node.
@@ -18,17 +17,14 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use dpop_tests::clients::{CLIENT_KEY, ClientWorld};
 use dpop_tests::oauth::{OAuthOptions, OAuthServer};
-use dpop_tests::{
-    AgentOptions, RedisServer, ResourceServer, ServerOptions, TestAgent, TokenIssuer, node22,
-    wait_timeout, workspace_root,
-};
+use dpop_tests::{node22, wait_timeout, workspace_root};
 
 /// The tests of clients/node/test/*.test.js; change it with the suite.
 const EXPECTED_TESTS: u64 = 29;
 /// The suite takes 3 to 10 s here (tsc about 1.5 s of CPU); this is for a loaded CI machine.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(90);
-const NONCE_SECRET: &str = "the node client tests' nonce secret, 32 bytes or more";
 /// The confidential client of [`OAuthOptions::default`].
 const CLIENT_ID: &str = "confidential";
 const CLIENT_SECRET: &str = "s3cret:with&odd=chars";
@@ -36,28 +32,7 @@ const CLIENT_SECRET: &str = "s3cret:with&odd=chars";
 #[test]
 fn node_client_suite_passes_against_the_agent_and_the_resource_server() {
     let node = node22();
-    let agent = TestAgent::start(AgentOptions::new().passphrase_env("node client key store"));
-    let key = agent
-        .client()
-        .generate_key("api")
-        .expect("generating the key");
-    let redis = RedisServer::start();
-    let issuer = TokenIssuer::new();
-    let server = ResourceServer::start(
-        &issuer,
-        ServerOptions {
-            redis: Some(redis.url()),
-            nonce_secret: Some(NONCE_SECRET.to_owned()),
-            // A long interval: no nonce rotation in the middle of the suite.
-            args: vec![
-                "--require-nonce".into(),
-                "--nonce-interval".into(),
-                "3600".into(),
-            ],
-            ..ServerOptions::default()
-        },
-    );
-    let token = issuer.token("node-client", Some(&key.jkt));
+    let world = ClientWorld::start();
     let oauth = OAuthServer::start(OAuthOptions::default());
 
     let dir = workspace_root().join("clients/node");
@@ -75,11 +50,7 @@ fn node_client_suite_passes_against_the_agent_and_the_resource_server() {
         .current_dir(&dir)
         .env_remove("NODE_OPTIONS")
         .env_remove("NODE_TEST_CONTEXT")
-        .env("DPOP_AUTH_SOCK", agent.socket())
-        .env("DPOP_TEST_KEY", "api")
-        .env("DPOP_TEST_JKT", &key.jkt)
-        .env("DPOP_TEST_TOKEN", &token)
-        .env("DPOP_TEST_RESOURCE", server.base())
+        .envs(world.env())
         .env("DPOP_TEST_TOKEN_URL", oauth.token_url())
         .env("DPOP_TEST_OAUTH_RESOURCE", &oauth.resource)
         .env("DPOP_TEST_CLIENT_ID", CLIENT_ID)
@@ -111,8 +82,8 @@ fn node_client_suite_passes_against_the_agent_and_the_resource_server() {
         format!(
             "node --test in {}:\n{stdout}\nstandard error:\n{stderr}\nagent log:\n{}\nresource server log:\n{}",
             dir.display(),
-            agent.stderr_log(),
-            server.log()
+            world.agent.stderr_log(),
+            world.server.log()
         )
     };
     let status =
@@ -134,7 +105,7 @@ fn node_client_suite_passes_against_the_agent_and_the_resource_server() {
         assert_eq!(count(name), Some(0), "{name}; {}", report());
     }
     assert!(
-        !stdout.contains(&token) && !stderr.contains(&token),
+        !stdout.contains(&world.token) && !stderr.contains(&world.token),
         "the token was printed"
     );
 
@@ -143,13 +114,13 @@ fn node_client_suite_passes_against_the_agent_and_the_resource_server() {
     assert!(counts.as_nonce_challenges >= 1, "{counts:?}");
     assert_eq!(counts.client_auth, ["client_secret_basic"], "{counts:?}");
     // The nonces dpopFetch reported are in the agent, for the resource server's origin.
-    let keys = agent.client().list_keys().expect("list_keys");
+    let keys = world.agent.client().list_keys().expect("list_keys");
     let api = keys
         .iter()
-        .find(|k| k.label == "api")
+        .find(|k| k.label == CLIENT_KEY)
         .expect("the key is there");
     assert!(
-        api.nonce_origins.iter().any(|o| o == server.base()),
+        api.nonce_origins.iter().any(|o| o == world.server.base()),
         "{:?}",
         api.nonce_origins
     );
