@@ -42,6 +42,8 @@ for pkg in softhsm2 opensc openssl swtpm swtpm-tools libtss2-dev util-linux pass
 done
 # nginx: the reverse proxy in front of the example resource server (tests/tests/e2e/server_proxy.rs).
 dpkg -s nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# curl: the program in front of dpop proxy (tests/tests/e2e/proxy.rs: --unix-socket, SSE, as another user).
+dpkg -s curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     sudo_cmd=""
