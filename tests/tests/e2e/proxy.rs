@@ -165,6 +165,18 @@ fn loopback_tcp_serves_this_user_and_closes_on_another() {
     let body = ok_json(&curl(&proxy, &[&proxy.url("/mine")]));
     assert_eq!(body["path"], "/mine");
     assert_eq!(upstream.requests(), 1);
+    // A page in this user's browser: a rebound name in Host, or the marks browsers put on
+    // requests from pages.
+    for header in [
+        "Host: rebound.example",
+        "Origin: https://evil.example",
+        "Sec-Fetch-Site: cross-site",
+    ] {
+        let (status, _, body) =
+            head_and_body(&curl(&proxy, &["-i", "-H", header, &proxy.url("/web")]));
+        assert_eq!(status, 403, "{header}: {body}");
+    }
+    assert_eq!(upstream.requests(), 1, "a browser's request went upstream");
 
     let other = command_as_other_user("curl")
         .args(["-sS", &proxy.url("/theirs")])

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, HOST, HeaderMap, HeaderName,
-    HeaderValue, LOCATION, TRANSFER_ENCODING,
+    HeaderValue, LOCATION, ORIGIN, TRANSFER_ENCODING,
 };
 use hyper::{Request, Response, StatusCode};
 
@@ -46,6 +46,8 @@ pub(crate) struct Proxy {
     pub(crate) targets: Vec<Target>,
     /// Bodies up to this many bytes are buffered, so a nonce challenge can be retried.
     pub(crate) body_retry_limit: usize,
+    /// Loopback TCP: the `Host` must be a loopback name (DNS rebinding).
+    pub(crate) check_host: bool,
 }
 
 /// Headers that concern one connection only (RFC 9110 section 7.6.1), never forwarded.
@@ -134,6 +136,9 @@ impl Proxy {
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Outcome {
+        if let Some(refusal) = self.refuse_browser(&request) {
+            return Outcome::local(StatusCode::FORBIDDEN, refusal);
+        }
         let path = request.uri().path();
         let Some((target, rest)) = routes::find(&self.targets, |t| &t.route, path) else {
             return Outcome::local(StatusCode::NOT_FOUND, format!("no route for {path}"));
@@ -209,6 +214,52 @@ impl Proxy {
             note,
         }
     }
+}
+
+impl Proxy {
+    /// Why a request that a web page made is refused. A browser of this user passes the uid
+    /// check, and any page it shows can send requests to a loopback port (a form post, a
+    /// no-cors fetch) or, after DNS rebinding, read the answers: the proxy would add the
+    /// token to them. Browsers mark such requests with `Origin` or `Sec-Fetch-Site`, and a
+    /// rebound name arrives in `Host`; the programs the proxy is for send none of that.
+    fn refuse_browser(&self, request: &Request<Incoming>) -> Option<String> {
+        let headers = request.headers();
+        if let Some(name) = [ORIGIN.as_str(), "sec-fetch-site"]
+            .into_iter()
+            .find(|name| headers.contains_key(*name))
+        {
+            return Some(format!(
+                "the request has a {name} header: requests from web pages are refused"
+            ));
+        }
+        if self.check_host {
+            let host = headers
+                .get(HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()));
+            if !host.is_some_and(is_loopback_host) {
+                return Some(format!(
+                    "Host {:?} is not a loopback name (127.0.0.1, [::1], localhost)",
+                    host.unwrap_or("")
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `127.0.0.1`, `[::1]`, `localhost` (any case), each with an optional port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn without_query(url: &Url) -> Url {
@@ -293,6 +344,32 @@ impl Body for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_host_names() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:80",
+            "[::1]",
+            "localhost:1",
+            "LOCALHOST",
+            "127.1.2.3:9",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.1:80",
+            "localhost.evil.example",
+            "[::2]:80",
+            "",
+            ":80",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_dropped() {

@@ -178,6 +178,7 @@ async fn serve(
     let proxy = Arc::new(Proxy {
         targets,
         body_retry_limit,
+        check_host: matches!(listener, listen::Listener::Tcp(_)),
     });
 
     // The address on standard output, alone, for scripts and `curl --unix-socket`.
