@@ -601,3 +601,43 @@ fn upstreams_in_clear_text_are_refused_unless_loopback() {
     assert!(!dir.path().join("p.sock").exists());
     let _ = std::fs::symlink_metadata(dir.path()).map(|m| m.file_type().is_socket());
 }
+
+#[test]
+fn chunked_bodies_arrive_whole_below_and_above_the_retry_limit() {
+    let (agent, jkt) = agent();
+    let upstream = EchoUpstream::start();
+    let dir = new_temp_dir();
+    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
+    let listen = format!("unix:{}", dir.path().join("p.sock").display());
+    let proxy = ProxyProcess::start(
+        &agent,
+        &[
+            "--upstream",
+            &upstream.base,
+            "--access-token-file",
+            &file,
+            "--listen",
+            &listen,
+            "--body-retry-limit",
+            "1024",
+        ],
+    );
+    // Without a Content-Length the proxy reads up to the limit, then streams the rest after
+    // what it has read.
+    for size in [100usize, 1024, 1025, 70_000] {
+        let body = dir.path().join(format!("body{size}"));
+        std::fs::write(&body, vec![b'y'; size]).unwrap();
+        let echoed = ok_json(&curl(
+            &proxy,
+            &[
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &format!("@{}", body.display()),
+                &proxy.url("/chunked"),
+            ],
+        ));
+        assert_eq!(echoed["body_len"], size, "{echoed}");
+        assert_eq!(echoed["method"], "POST");
+    }
+}
