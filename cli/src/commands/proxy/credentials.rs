@@ -127,13 +127,13 @@ impl Credential {
         }
         let token = match saved.cache.fresh_token(&saved.name, signer.client()).await {
             Ok(token) => {
-                eprintln!("dpop proxy: saved token {:?} refreshed", saved.name);
+                log!("dpop proxy: saved token {:?} refreshed", saved.name);
                 token
             }
             Err(e) => match e.unsaved_token() {
                 // Refreshed but not saved: good for now; the next run will say more.
                 Some(token) => {
-                    eprintln!("dpop proxy: {e}");
+                    log!("dpop proxy: {e}");
                     token.clone()
                 }
                 None => {

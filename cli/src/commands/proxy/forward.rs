@@ -131,7 +131,7 @@ impl Proxy {
         if let Some(note) = &outcome.note {
             line.push_str(&format!(" ({note})"));
         }
-        eprintln!("{}", printable(&line));
+        log!("{}", printable(&line));
         Ok(outcome.response)
     }
 

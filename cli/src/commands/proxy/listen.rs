@@ -250,7 +250,7 @@ impl Drop for Listener {
 }
 
 fn refused(who: &str) {
-    eprintln!("dpop proxy: refused a connection from {who}: not this user");
+    log!("dpop proxy: refused a connection from {who}: not this user");
 }
 
 /// The uid owning the socket at `peer` connected to our `local`, from the kernel's TCP

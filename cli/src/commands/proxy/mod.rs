@@ -12,6 +12,16 @@
 //! accept loop, and shutdown on SIGINT or SIGTERM (stop accepting, remove the socket, let
 //! requests in flight finish for up to [`SHUTDOWN_GRACE`]).
 
+/// A line on standard error, ignoring a failure to write it (a log reader that went away
+/// must not take requests down with it, as `eprintln!`'s panic would).
+#[cfg(unix)]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 #[cfg(unix)]
 mod credentials;
 #[cfg(unix)]
@@ -165,9 +175,10 @@ async fn serve(
         let credential = Credential::load(&route.token, &signer)
             .await
             .with_context(|| format!("route {}", route.prefix))?;
-        eprintln!(
+        log!(
             "dpop proxy: route {} -> {} (key {label})",
-            route.prefix, route.upstream
+            route.prefix,
+            route.upstream
         );
         targets.push(Target {
             route,
@@ -182,9 +193,13 @@ async fn serve(
     });
 
     // The address on standard output, alone, for scripts and `curl --unix-socket`.
-    println!("listening on {}", listener.describe());
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // (Ignored when standard output is closed: the proxy serves all the same.)
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening on {}", listener.describe());
+        let _ = stdout.flush();
+    }
 
     let graceful = GracefulShutdown::new();
     loop {
@@ -198,7 +213,7 @@ async fn serve(
             Ok(None) => continue,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
-                eprintln!("dpop proxy: accept: {e}");
+                log!("dpop proxy: accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -219,12 +234,12 @@ async fn serve(
     }
     // Stop accepting first: the socket goes, then requests in flight finish.
     drop(listener);
-    eprintln!("dpop proxy: shutting down");
+    log!("dpop proxy: shutting down");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
-        eprintln!(
+        log!(
             "dpop proxy: requests still in flight after {}s; closing them",
             SHUTDOWN_GRACE.as_secs()
         );
