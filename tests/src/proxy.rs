@@ -116,14 +116,16 @@ impl ProxyProcess {
 
     /// Sends SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        send_signal(self.pid(), libc::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits for it to exit (after a signal the test sent).
+    pub fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        send_signal(child.id(), libc::SIGTERM);
         wait_timeout(&mut child, PROCESS_TIMEOUT).unwrap_or_else(|| {
             let _ = child.kill();
-            panic!(
-                "dpop proxy still runs after SIGTERM; its log:\n{}",
-                self.log()
-            )
+            panic!("dpop proxy still runs; its log:\n{}", self.log())
         })
     }
 }

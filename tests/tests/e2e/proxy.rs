@@ -367,24 +367,9 @@ fn hop_by_hop_headers_are_dropped_both_ways_and_the_proof_is_for_the_upstream_ur
     assert_eq!(header(&response_headers, "x-resp-kept"), Some("yes"));
 }
 
-#[test]
-fn server_sent_events_stream_through_before_the_upstream_ends() {
-    let (agent, jkt) = agent();
-    let upstream = EchoUpstream::start();
-    let dir = new_temp_dir();
-    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
-    let listen = format!("unix:{}", dir.path().join("p.sock").display());
-    let proxy = ProxyProcess::start(
-        &agent,
-        &[
-            "--upstream",
-            &upstream.base,
-            "--access-token-file",
-            &file,
-            "--listen",
-            &listen,
-        ],
-    );
+/// `curl -N` of the proxy's `/sse`, and what it has printed so far, sent after each read.
+fn sse_curl(proxy: &ProxyProcess) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    dpop_tests::require_tool("curl", &["--version"], "curl");
     let mut child = std::process::Command::new("curl")
         .args(["-sS", "-N"])
         .args(proxy.curl_args())
@@ -406,6 +391,28 @@ fn server_sent_events_stream_through_before_the_upstream_ends() {
             let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
         }
     });
+    (child, rx)
+}
+
+#[test]
+fn server_sent_events_stream_through_before_the_upstream_ends() {
+    let (agent, jkt) = agent();
+    let upstream = EchoUpstream::start();
+    let dir = new_temp_dir();
+    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
+    let listen = format!("unix:{}", dir.path().join("p.sock").display());
+    let proxy = ProxyProcess::start(
+        &agent,
+        &[
+            "--upstream",
+            &upstream.base,
+            "--access-token-file",
+            &file,
+            "--listen",
+            &listen,
+        ],
+    );
+    let (mut child, rx) = sse_curl(&proxy);
     let first = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the first event did not arrive while the upstream held the stream open");
@@ -640,4 +647,52 @@ fn chunked_bodies_arrive_whole_below_and_above_the_retry_limit() {
         assert_eq!(echoed["body_len"], size, "{echoed}");
         assert_eq!(echoed["method"], "POST");
     }
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_a_request_in_flight_finish() {
+    let (agent, jkt) = agent();
+    let upstream = EchoUpstream::start();
+    let dir = new_temp_dir();
+    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
+    let socket = dir.path().join("p.sock");
+    let listen = format!("unix:{}", socket.display());
+    let mut proxy = ProxyProcess::start(
+        &agent,
+        &[
+            "--upstream",
+            &upstream.base,
+            "--access-token-file",
+            &file,
+            "--listen",
+            &listen,
+        ],
+    );
+    let (mut child, rx) = sse_curl(&proxy);
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first event");
+    assert_eq!(first, "data: one\n\n");
+    dpop_tests::send_signal(proxy.pid(), libc::SIGTERM);
+    // The socket goes first: no new connection.
+    dpop_tests::wait_until(
+        "the socket file is removed",
+        Duration::from_secs(10),
+        || !socket.exists(),
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    // The stream in flight still ends normally.
+    upstream.release_sse();
+    let mut all = first;
+    while let Ok(more) = rx.recv_timeout(Duration::from_secs(10)) {
+        all = more;
+    }
+    assert_eq!(all, "data: one\n\ndata: two\n\n");
+    let status = dpop_tests::wait_timeout(&mut child, Duration::from_secs(10)).expect("curl ends");
+    assert!(status.success());
+    let status = proxy.wait();
+    assert!(status.success(), "{status}: {}", proxy.log());
 }
