@@ -51,11 +51,11 @@ pub(crate) struct ProxyArgs {
     /// The one route of the command line (prefix /); --config FILE gives several instead.
     #[command(flatten)]
     route: RouteSettings,
-    /// Routes file (TOML): [[route]] tables with prefix, upstream, token or
+    /// Routes file (TOML): `[[route]]` tables with prefix, upstream, token or
     /// access_token_file, and key.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where to listen: unix:PATH, or 127.0.0.1:PORT / [::1]:PORT (Linux; only this user's
+    /// Where to listen: unix:PATH, or 127.0.0.1:PORT / `[::1]:PORT` (Linux; only this user's
     /// connections are served). Default: unix:$XDG_RUNTIME_DIR/dpop-agent/proxy.sock.
     #[arg(long, value_name = "ADDR")]
     #[cfg_attr(unix, arg(value_parser = clap::value_parser!(listen::ListenAddr)))]
