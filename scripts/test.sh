@@ -47,6 +47,8 @@ dpkg -s nginx >/dev/null 2>&1 || need_apt+=(nginx)
 if [ "$(command -v python3)" = /usr/bin/python3 ]; then
     dpkg -s python3-venv >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
+# curl: the program in front of dpop proxy (tests/tests/e2e/proxy.rs: --unix-socket, SSE, as another user).
+dpkg -s curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     sudo_cmd=""

@@ -19,7 +19,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{JsonArg, agent, key_info, keys, mcp, meta, proof, request, token, tokens, verify};
+use commands::{
+    JsonArg, agent, key_info, keys, mcp, meta, proof, proxy, request, token, tokens, verify,
+};
 use output::StdoutError;
 
 /// dpop: DPoP (RFC 9449) proofs from keys that stay in dpop-agent.
@@ -86,6 +88,13 @@ enum Command {
         after_help = "Example (an MCP client's configuration):\n  \"command\": \"dpop\", \"args\": [\"mcp\", \"https://mcp.example.com/mcp\"]"
     )]
     Mcp(Box<mcp::McpArgs>),
+    /// A local reverse proxy that adds DPoP: plain HTTP in (a Unix socket, or loopback TCP,
+    /// for this user only), each request forwarded to the upstream with the token and a fresh
+    /// proof; use_dpop_nonce retried once, answers streamed back. Runs until SIGINT or SIGTERM.
+    #[command(
+        after_help = "Examples:\n  dpop proxy --upstream https://api.example.com --token api\n  curl --unix-socket \"$XDG_RUNTIME_DIR/dpop-agent/proxy.sock\" http://localhost/v1/items\n  dpop proxy --config ~/.config/dpop/proxy.toml --listen 127.0.0.1:8080"
+    )]
+    Proxy(Box<proxy::ProxyArgs>),
     /// Manage saved tokens (never prints their values).
     #[command(
         subcommand,
@@ -141,6 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(args) => token::exec(socket, *args),
         Command::Request(args) => request::exec(socket, *args),
         Command::Mcp(args) => mcp::exec(socket, *args),
+        Command::Proxy(args) => proxy::exec(socket, *args),
         Command::Tokens(cmd) => tokens::exec(cmd),
         Command::Status(out) => agent::status(socket, out),
         Command::Lock => agent::lock(socket),

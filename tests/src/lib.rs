@@ -86,6 +86,7 @@ pub mod oidc_provider;
 pub mod pkcs11;
 pub mod pkcs11_shim;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod server;
 pub mod softhsm;

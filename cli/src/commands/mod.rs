@@ -9,6 +9,7 @@ pub(crate) mod keys;
 pub(crate) mod mcp;
 pub(crate) mod meta;
 pub(crate) mod proof;
+pub(crate) mod proxy;
 pub(crate) mod request;
 pub(crate) mod token;
 pub(crate) mod tokens;

@@ -38,6 +38,7 @@ mod policy_guard;
 mod process;
 mod protocol;
 mod protocol_examples;
+mod proxy;
 mod saved_tokens;
 mod secret_memory;
 mod server_fleet;

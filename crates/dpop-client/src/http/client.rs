@@ -152,12 +152,39 @@ impl DpopClient {
         Err(Error::TooManyRedirects(MAX_REDIRECTS))
     }
 
+    /// Sends `request` as [`send`](Self::send) does (proof, token, nonces reported, one retry
+    /// on `use_dpop_nonce`), for a caller that relays the answer to someone else, as a proxy
+    /// does: a redirect is returned, never followed, and when the body is a stream that cannot
+    /// be sent again, the `use_dpop_nonce` challenge itself is returned (its nonce reported,
+    /// so the next request carries it) instead of [`Error::BodyNotReplayable`].
+    pub async fn send_unfollowed(
+        &self,
+        request: Request,
+        access_token: Option<&str>,
+    ) -> Result<Sent, Error> {
+        self.send_with_retry_or(request, access_token, false).await
+    }
+
     /// One request, and one retry when the answer is a `use_dpop_nonce` challenge.
     async fn send_with_retry(
         &self,
         request: Request,
         access_token: Option<&str>,
     ) -> Result<Response, Error> {
+        Ok(self
+            .send_with_retry_or(request, access_token, true)
+            .await?
+            .response)
+    }
+
+    /// [`send_with_retry`](Self::send_with_retry); with `must_retry` false, a challenge that
+    /// cannot be retried (streamed body) is returned rather than an error.
+    async fn send_with_retry_or(
+        &self,
+        request: Request,
+        access_token: Option<&str>,
+        must_retry: bool,
+    ) -> Result<Sent, Error> {
         let retry = request.try_clone();
         let url = request.url().clone();
         let response = self.send_signed(request, access_token, None).await?;
@@ -165,15 +192,22 @@ impl DpopClient {
         let (response, challenged) = use_dpop_nonce(response).await?;
         // Without a new nonce a retry would be refused the same way.
         let (true, Some(nonce)) = (challenged, nonce) else {
-            return Ok(response);
+            return Ok(Sent::first(response));
         };
-        let retry = retry.ok_or(Error::BodyNotReplayable)?;
+        let retry = match retry {
+            Some(retry) => retry,
+            None if must_retry => return Err(Error::BodyNotReplayable),
+            None => return Ok(Sent::first(response)),
+        };
         self.nonce_retries.fetch_add(1, Ordering::Relaxed);
         // The nonce just received, explicitly: the answer to this challenge, whatever another
         // process may have reported for the origin meanwhile.
         let response = self.send_signed(retry, access_token, Some(&nonce)).await?;
         self.report_nonce(&url, &response).await?;
-        Ok(response)
+        Ok(Sent {
+            response,
+            nonce_retried: true,
+        })
     }
 
     async fn send_signed(
@@ -228,6 +262,25 @@ impl DpopClient {
             // A nonce outside the syntax is the server's fault; a proof could not carry it.
             Err(e) if e.code() == Some(dpop_protocol::ErrorCode::InvalidNonce) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The answer of [`DpopClient::send_unfollowed`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Sent {
+    /// The server's answer (to the retry, when there was one).
+    pub response: Response,
+    /// Whether a `use_dpop_nonce` challenge was answered with a retry.
+    pub nonce_retried: bool,
+}
+
+impl Sent {
+    fn first(response: Response) -> Sent {
+        Sent {
+            response,
+            nonce_retried: false,
         }
     }
 }

@@ -50,7 +50,7 @@ mod token;
 
 pub use cache::{CachedToken, ClientSecretSource, TokenCache, TokenLock};
 pub use challenge::{Challenge, OAuthErrorBody, printable};
-pub use client::DpopClient;
+pub use client::{DpopClient, Sent};
 pub use discovery::{ServerMetadata, discover, discover_mcp};
 pub use loopback::{LoopbackRedirect, Redirected};
 pub use resource_auth::{
