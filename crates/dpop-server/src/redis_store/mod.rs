@@ -36,12 +36,17 @@ pub struct RedisOptions {
     /// lets a captured proof be accepted again within its `iat` window.
     pub accept_eviction: bool,
     /// How many replicas of the primary must acknowledge a new record before the check
-    /// succeeds (`WAIT n`, pipelined with the `SET` in the same round trip). Default `0`:
-    /// Redis replicates asynchronously, so a record the primary acknowledged may be lost when
-    /// a replica is promoted (failover) and its proof accepted once more. With `n > 0` a
-    /// record fewer replicas confirmed within [`timeout`](Self::timeout) fails the check
-    /// (closed), so each check also waits for the replication acknowledgement, and a primary
-    /// with fewer than `n` replicas connected refuses every new proof.
+    /// succeeds: `WAIT n <timeout/2>` pipelined with the `SET`, still one round trip (longer
+    /// by the replication acknowledgement). Default `0`: Redis replicates asynchronously, so
+    /// a failover can lose a record the primary acknowledged (the promoted replica had not
+    /// received it, or the old primary took it after the promotion, before it was demoted)
+    /// and its proof is then accepted once more. Set it to the number of replicas each
+    /// primary has: every accepted record is then on whichever replica is promoted, and an
+    /// old primary cut off from its replicas refuses new records. A record fewer replicas
+    /// confirmed fails the check (closed), so while a replica is down, or after a failover
+    /// until the old primary has rejoined as a replica, every new proof is refused:
+    /// availability traded for the guarantee. Fewer than all replicas narrows the window
+    /// without closing it.
     pub replica_acks: u32,
 }
 
@@ -268,9 +273,9 @@ impl Record {
         if options.replica_acks == 0 {
             return Record::Set(set);
         }
-        // Redis's own wait ends before the check's timeout, so a slow replica is reported
-        // as such rather than as a timeout.
-        let wait_ms = (options.timeout.as_millis() * 3 / 4).max(1) as u64;
+        // Redis's own wait ends well before the check's timeout (half of it), so a replica
+        // that does not acknowledge is reported as such rather than as a timeout.
+        let wait_ms = (options.timeout.as_millis() / 2).max(1) as u64;
         let mut pipeline = redis::pipe();
         pipeline
             .add_command(set)
@@ -392,11 +397,12 @@ fn judge_policy(
     }
     match refusal {
         RedisConnectError::Evicting { node, policy } => tracing::warn!(
-            "the maxmemory-policy of Redis at {node} is {policy}: it may evict DPoP replay records early, and captured proofs would then be accepted again; running anyway because accept_eviction is set"
+            "Redis's maxmemory-policy is {policy} (at {node}): it may evict DPoP replay records early, and captured proofs would then be accepted again; running anyway because accept_eviction is set"
         ),
-        other => tracing::warn!(
-            "{other}; running anyway because accept_eviction is set, without knowing whether Redis evicts DPoP replay records"
+        RedisConnectError::PolicyUnreadable { node, reason } => tracing::warn!(
+            "cannot check Redis's maxmemory-policy (at {node}): {reason}; running anyway because accept_eviction is set, without knowing whether Redis evicts DPoP replay records"
         ),
+        other => return Err(other),
     }
     Ok(())
 }
