@@ -431,3 +431,51 @@ fn invalid(what: &str, e: redis::RedisError) -> RedisConnectError {
         reason: format!("{what}: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(replica_acks: u32) -> Record {
+        let options = RedisOptions {
+            replica_acks,
+            ..RedisOptions::default()
+        };
+        Record::new(&options, "jkt", "jti", 160, 100)
+    }
+
+    #[test]
+    fn a_set_answers_new_or_replay() {
+        let set = record(0);
+        assert!(matches!(&set, Record::Set(_)));
+        assert!(set.outcome(Value::Okay).unwrap());
+        assert!(!set.outcome(Value::Nil).unwrap());
+        assert!(set.outcome(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn with_replica_acks_a_record_too_few_replicas_confirmed_fails() {
+        let wait = record(2);
+        let Record::SetWait { pipeline, replicas } = &wait else {
+            panic!("a pipeline with WAIT");
+        };
+        assert_eq!(*replicas, 2);
+        // SET key 1 NX EX 60, then WAIT 2 250 (half the 500 ms timeout).
+        let packed = String::from_utf8_lossy(&pipeline.get_packed_pipeline()).into_owned();
+        assert!(
+            packed.contains("NX\r\n$2\r\nEX\r\n$2\r\n60\r\n"),
+            "{packed:?}"
+        );
+        assert!(
+            packed.ends_with("$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n250\r\n"),
+            "{packed:?}"
+        );
+
+        let answer = |set, acks| Value::Array(vec![set, Value::Int(acks)]);
+        assert!(wait.outcome(answer(Value::Okay, 2)).unwrap());
+        let refused = wait.outcome(answer(Value::Okay, 1)).unwrap_err();
+        assert!(refused.to_string().contains("1 of the 2"), "{refused}");
+        // A replay is a replay whatever the replicas say.
+        assert!(!wait.outcome(answer(Value::Nil, 0)).unwrap());
+    }
+}
