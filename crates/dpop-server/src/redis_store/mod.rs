@@ -43,10 +43,10 @@ pub struct RedisOptions {
     /// and its proof is then accepted once more. Set it to the number of replicas each
     /// primary has: every accepted record is then on whichever replica is promoted, and an
     /// old primary cut off from its replicas refuses new records. A record fewer replicas
-    /// confirmed fails the check (closed), so while a replica is down, or after a failover
-    /// until the old primary has rejoined as a replica, every new proof is refused:
-    /// availability traded for the guarantee. Fewer than all replicas narrows the window
-    /// without closing it.
+    /// confirmed fails the check (closed; the primary keeps it, so the same proof sent again
+    /// is a replay), so while a replica is down, or after a failover until the old primary
+    /// has rejoined as a replica, every new proof is refused: availability traded for the
+    /// guarantee. Fewer than all replicas narrows the window without closing it.
     pub replica_acks: u32,
 }
 
@@ -258,7 +258,7 @@ async fn within(
 
 /// One check's command: `SET key 1 NX EX ttl`, or the pipeline `SET ...; WAIT n ms` when
 /// replicas must acknowledge it. Both are one round trip.
-pub(crate) enum Record {
+enum Record {
     Set(Cmd),
     SetWait { pipeline: Pipeline, replicas: u32 },
 }
@@ -288,9 +288,7 @@ impl Record {
         }
     }
 
-    /// What the answer means: `Ok(true)` new, `Ok(false)` a replay, `Err` when the record
-    /// was not made, or made on the primary but not acknowledged by enough replicas (then
-    /// the proof is refused like on any failure: it may not survive a failover).
+    /// Sends the check on `connection`: one round trip.
     async fn run(
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
@@ -302,6 +300,9 @@ impl Record {
         self.outcome(answer.map_err(unavailable)?)
     }
 
+    /// What the answer means: `Ok(true)` new, `Ok(false)` a replay, `Err` when the record
+    /// was not made, or made on the primary but not acknowledged by enough replicas (then
+    /// the proof is refused like on any failure: it may not survive a failover).
     fn outcome(&self, answer: Value) -> Result<bool, ReplayError> {
         let bad = |what: &str| ReplayError::Unavailable {
             reason: format!("Redis answered {what} to SET NX"),
