@@ -3,7 +3,7 @@
 //! briefly); socket activation.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -176,42 +176,12 @@ pub fn make_private_temp_dir() -> Result<PathBuf> {
     )
 }
 
-/// Our effective uid.
-pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
+pub use dpop_protocol::socket_dir::euid;
 
 /// Creates the default socket directory 0700 or checks an existing one: ours, and nobody
 /// else can write to it. (A private directory exists already and gets the same check.)
 pub fn prepare_private_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating socket directory {}", dir.display()))?;
-    }
-    let meta = fs::symlink_metadata(dir)
-        .with_context(|| format!("checking socket directory {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    if meta.uid() != euid() {
-        bail!(
-            "refusing to use socket directory {}: owned by uid {}, not by us (uid {})",
-            dir.display(),
-            meta.uid(),
-            euid()
-        );
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "refusing to use socket directory {}: mode {:o} lets others in (want 0700)",
-            dir.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    Ok(())
+    Ok(dpop_protocol::socket_dir::prepare_private_dir(dir)?)
 }
 
 /// Binds the listening socket 0600. A stale socket (nobody answering) is replaced; a live one

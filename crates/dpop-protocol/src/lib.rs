@@ -22,6 +22,8 @@ mod lifetime;
 mod messages;
 #[cfg(windows)]
 pub mod pipe;
+#[cfg(unix)]
+pub mod socket_dir;
 mod text;
 
 pub use codes::{ErrorCode, WireError};

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -89,7 +89,7 @@ fn bind_unix(path: &Path, private_dir: bool) -> Result<Bound> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if private_dir {
-        prepare_private_dir(parent)?;
+        dpop_protocol::socket_dir::prepare_private_dir(parent)?;
     } else if !parent.is_dir() {
         bail!("socket directory {} does not exist", parent.display());
     }
@@ -118,41 +118,9 @@ fn bind_unix(path: &Path, private_dir: bool) -> Result<Bound> {
     Ok(Bound::Unix(listener, path.to_owned()))
 }
 
-/// Creates `dir` 0700, or checks that an existing one is ours and closed to others.
-fn prepare_private_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating socket directory {}", dir.display()))?;
-    }
-    let meta = fs::symlink_metadata(dir)
-        .with_context(|| format!("checking socket directory {}", dir.display()))?;
-    if !meta.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    if meta.uid() != euid() {
-        bail!(
-            "refusing socket directory {}: owned by uid {}, not by us (uid {})",
-            dir.display(),
-            meta.uid(),
-            euid()
-        );
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "refusing socket directory {}: mode {:o} lets others in (want 0700)",
-            dir.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    Ok(())
-}
-
 /// Our effective uid.
 pub(crate) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    dpop_protocol::socket_dir::euid()
 }
 
 /// Whether a peer of `uid` may use the proxy: ourselves, or root.
