@@ -37,8 +37,9 @@ impl ProxyProcess {
             .unwrap_or_else(|log| panic!("dpop proxy did not start; its log:\n{log}"))
     }
 
-    /// [`start`](Self::start) with more environment; `Err` holds its log when it exits (or
-    /// stays silent) instead of listening.
+    /// [`start`](Self::start) with more environment (`SSL_CERT_FILE` and `SSL_CERT_DIR` are
+    /// never inherited: only `env` sets them); `Err` holds its log when it exits (or stays
+    /// silent) instead of listening.
     pub fn try_start(
         agent: &TestAgent,
         args: &[&str],
@@ -50,6 +51,10 @@ impl ProxyProcess {
         command
             .arg("proxy")
             .args(args)
+            // The trust store for https upstreams is the test's choice, not the caller's
+            // shell's (rustls-native-certs reads these two).
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

@@ -1,17 +1,19 @@
 //! `dpop proxy` (issue 24 part 1): real curl through the real proxy to a real upstream, with
 //! the real agent signing. The example resource server (Redis replay, nonces required) checks
 //! the bound token and proofs; an echo upstream shows what the proxy forwards; the OAuth test
-//! server refreshes a saved token.
+//! server refreshes a saved token; nginx with a private CA's certificate is an https upstream.
 
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use dpop_tests::nginx::TestCa;
 use dpop_tests::proxy::{EchoUpstream, ProxyProcess, curl};
 use dpop_tests::{
-    AgentOptions, OAuthOptions, RedisServer, ResourceServer, ServerOptions, TestAgent, TokenIssuer,
-    command_as_other_user, mode, new_temp_dir, verify_proof, write_private_file,
+    AgentOptions, Nginx, OAuthOptions, RedisServer, ResourceServer, ServerOptions, TestAgent,
+    TokenIssuer, command_as_other_user, decode_jws, mode, new_temp_dir, verify_proof,
+    write_private_file,
 };
 use serde_json::Value;
 
@@ -695,4 +697,110 @@ fn sigterm_stops_accepting_and_lets_a_request_in_flight_finish() {
     assert!(status.success());
     let status = proxy.wait();
     assert!(status.success(), "{status}: {}", proxy.log());
+}
+
+#[test]
+fn an_https_upstream_is_verified_against_ssl_cert_file_or_dir_and_refused_without_its_ca() {
+    let (agent, jkt) = agent();
+    let upstream = EchoUpstream::start();
+    let ca = TestCa::new();
+    // nginx terminates TLS (certificate for 127.0.0.1 from the private CA) before the echo.
+    let nginx = Nginx::start_https(&upstream.base, "", &ca);
+    let https = nginx.url("/");
+    assert!(https.starts_with("https://127.0.0.1:"), "{https}");
+    let dir = new_temp_dir();
+    let token = TokenIssuer::new().token("a", Some(&jkt));
+    let file = token_file(dir.path(), &token);
+    let proxy = |name: &str, upstream: &str, env: &[(&str, &str)]| {
+        let listen = format!("unix:{}", dir.path().join(name).display());
+        let args = [
+            "--upstream",
+            upstream,
+            "--access-token-file",
+            &file,
+            "--listen",
+            &listen,
+        ];
+        ProxyProcess::try_start(&agent, &args, env).unwrap_or_else(|log| panic!("{log}"))
+    };
+    let ca_file = ca.ca_cert().display().to_string();
+    let ca_dir = ca.ca_dir().display().to_string();
+
+    // The CA trusted through SSL_CERT_FILE, then through SSL_CERT_DIR.
+    for (i, env) in [("SSL_CERT_FILE", &ca_file), ("SSL_CERT_DIR", &ca_dir)]
+        .into_iter()
+        .enumerate()
+    {
+        let trusting = proxy(&format!("{i}.sock"), &https, &[(env.0, env.1.as_str())]);
+        let path = format!("/echo/tls/{i}?a=b");
+        let (status, _, body) = head_and_body(&curl(&trusting, &["-i", &trusting.url(&path)]));
+        assert_eq!(status, 200, "{}: {body}\n{}", env.0, trusting.log());
+        let echoed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echoed["path"], format!("/echo/tls/{i}"));
+        let seen: Vec<(String, String)> = echoed["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+            .collect();
+        assert_eq!(
+            header(&seen, "authorization"),
+            Some(format!("DPoP {token}").as_str())
+        );
+        let proof = header(&seen, "dpop").expect("a DPoP header upstream");
+        let (_, claims) = decode_jws(proof);
+        // The proof is for the https URL the proxy sent to (query left out), not the echo's.
+        assert_eq!(
+            claims["htu"],
+            nginx.url(&format!("/echo/tls/{i}")),
+            "{claims}"
+        );
+        let verified = verify_proof(proof, "GET", &nginx.url(&path), Some(&token));
+        assert_eq!(verified.jkt, jkt);
+        assert_eq!(upstream.requests(), i as u32 + 1);
+        let log = trusting.log();
+        assert!(
+            log.contains(&format!("dpop proxy: GET /echo/tls/{i} 200 ")) && log.contains(&https),
+            "{log}"
+        );
+    }
+
+    // Neither set: the system store does not know the private CA. The handshake fails, the
+    // proxy answers 502 and says why, and no request (so no token) reached the upstream.
+    let untrusting = proxy("none.sock", &https, &[]);
+    let (status, _, body) = head_and_body(&curl(
+        &untrusting,
+        &["-i", &untrusting.url("/echo/unverified")],
+    ));
+    assert_eq!(status, 502, "{body}");
+    let log = untrusting.log();
+    assert!(
+        body.contains("invalid peer certificate: UnknownIssuer"),
+        "{body}\n{log}"
+    );
+    assert!(
+        log.contains("dpop proxy: GET /echo/unverified 502 ")
+            && log.contains("invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&token[..20]),
+        "the token is in the log:\n{log}"
+    );
+
+    // The CA trusted, but the name is not the certificate's (it is for 127.0.0.1 only).
+    let localhost = https.replace("127.0.0.1", "localhost");
+    let misnamed = proxy("name.sock", &localhost, &[("SSL_CERT_FILE", &ca_file)]);
+    let (status, _, body) = head_and_body(&curl(&misnamed, &["-i", &misnamed.url("/echo/name")]));
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(r#"certificate not valid for name "localhost""#),
+        "{body}\n{}",
+        misnamed.log()
+    );
+    assert_eq!(
+        upstream.requests(),
+        2,
+        "a request went through an unverified connection"
+    );
 }
