@@ -4,7 +4,6 @@
 //! server refreshes a saved token; nginx with a private CA's certificate is an https upstream.
 
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -46,6 +45,29 @@ fn token_file(dir: &std::path::Path, token: &str) -> String {
     let path = dir.join("token");
     write_private_file(&path, token.as_bytes());
     path.display().to_string()
+}
+
+/// `dpop proxy --upstream UPSTREAM --access-token-file F --listen unix:DIR/p.sock EXTRA...`, the
+/// token written to `DIR/token` (0600).
+fn proxy_on_socket(
+    agent: &TestAgent,
+    dir: &std::path::Path,
+    upstream: &str,
+    token: &str,
+    extra: &[&str],
+) -> ProxyProcess {
+    let file = token_file(dir, token);
+    let listen = format!("unix:{}", dir.join("p.sock").display());
+    let mut args = vec![
+        "--upstream",
+        upstream,
+        "--access-token-file",
+        &file,
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    ProxyProcess::start(agent, &args)
 }
 
 fn ok_json(out: &Output) -> Value {
@@ -281,19 +303,7 @@ fn hop_by_hop_headers_are_dropped_both_ways_and_the_proof_is_for_the_upstream_ur
     let upstream = EchoUpstream::start();
     let dir = new_temp_dir();
     let token = TokenIssuer::new().token("a", Some(&jkt));
-    let file = token_file(dir.path(), &token);
-    let listen = format!("unix:{}", dir.path().join("p.sock").display());
-    let proxy = ProxyProcess::start(
-        &agent,
-        &[
-            "--upstream",
-            &upstream.base,
-            "--access-token-file",
-            &file,
-            "--listen",
-            &listen,
-        ],
-    );
+    let proxy = proxy_on_socket(&agent, dir.path(), &upstream.base, &token, &[]);
     let out = curl(
         &proxy,
         &[
@@ -401,18 +411,12 @@ fn server_sent_events_stream_through_before_the_upstream_ends() {
     let (agent, jkt) = agent();
     let upstream = EchoUpstream::start();
     let dir = new_temp_dir();
-    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
-    let listen = format!("unix:{}", dir.path().join("p.sock").display());
-    let proxy = ProxyProcess::start(
+    let proxy = proxy_on_socket(
         &agent,
-        &[
-            "--upstream",
-            &upstream.base,
-            "--access-token-file",
-            &file,
-            "--listen",
-            &listen,
-        ],
+        dir.path(),
+        &upstream.base,
+        &TokenIssuer::new().token("a", Some(&jkt)),
+        &[],
     );
     let (mut child, rx) = sse_curl(&proxy);
     let first = rx
@@ -437,20 +441,12 @@ fn a_body_over_the_retry_limit_is_streamed_and_its_nonce_challenge_passed_back()
     let issuer = TokenIssuer::new();
     let server = strict_server(&issuer, &redis);
     let dir = new_temp_dir();
-    let file = token_file(dir.path(), &issuer.token("alice", Some(&jkt)));
-    let listen = format!("unix:{}", dir.path().join("p.sock").display());
-    let proxy = ProxyProcess::start(
+    let proxy = proxy_on_socket(
         &agent,
-        &[
-            "--upstream",
-            server.base(),
-            "--access-token-file",
-            &file,
-            "--listen",
-            &listen,
-            "--body-retry-limit",
-            "1024",
-        ],
+        dir.path(),
+        server.base(),
+        &issuer.token("alice", Some(&jkt)),
+        &["--body-retry-limit", "1024"],
     );
     let big = dir.path().join("big");
     std::fs::write(&big, vec![b'x'; 4096]).unwrap();
@@ -608,7 +604,6 @@ fn upstreams_in_clear_text_are_refused_unless_loopback() {
     .expect("http:// to a remote host was accepted");
     assert!(err.contains("http:// only to a loopback host"), "{err}");
     assert!(!dir.path().join("p.sock").exists());
-    let _ = std::fs::symlink_metadata(dir.path()).map(|m| m.file_type().is_socket());
 }
 
 #[test]
@@ -616,20 +611,12 @@ fn chunked_bodies_arrive_whole_below_and_above_the_retry_limit() {
     let (agent, jkt) = agent();
     let upstream = EchoUpstream::start();
     let dir = new_temp_dir();
-    let file = token_file(dir.path(), &TokenIssuer::new().token("a", Some(&jkt)));
-    let listen = format!("unix:{}", dir.path().join("p.sock").display());
-    let proxy = ProxyProcess::start(
+    let proxy = proxy_on_socket(
         &agent,
-        &[
-            "--upstream",
-            &upstream.base,
-            "--access-token-file",
-            &file,
-            "--listen",
-            &listen,
-            "--body-retry-limit",
-            "1024",
-        ],
+        dir.path(),
+        &upstream.base,
+        &TokenIssuer::new().token("a", Some(&jkt)),
+        &["--body-retry-limit", "1024"],
     );
     // Without a Content-Length the proxy reads up to the limit, then streams the rest after
     // what it has read.
