@@ -1,6 +1,6 @@
 //! The async client (tokio).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
@@ -12,8 +12,14 @@ use crate::{AdoptKey, Error, ImportKey, MAX_REPLY, NewKey, ProofRequest, socket_
 
 /// An async connection to the agent. Requests on one client run one after another; open
 /// several clients for parallel requests.
+///
+/// A connection the agent has closed while it was idle (it closes connections that send
+/// nothing for ten minutes, and a restarted agent's old connections are gone) is opened again,
+/// with the same check of the agent's user, before the next request is sent; a request is
+/// never sent twice.
 #[derive(Debug)]
 pub struct Client {
+    path: PathBuf,
     stream: BufReader<AsyncStream>,
     exchange: Exchange,
     line: Vec<u8>,
@@ -25,6 +31,7 @@ impl Client {
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
         let stream = connect_async(path.as_ref()).await?;
         Ok(Client {
+            path: path.as_ref().to_owned(),
             stream: BufReader::new(stream),
             exchange: Exchange::new(),
             line: Vec::with_capacity(1024),
@@ -54,7 +61,24 @@ impl Client {
             .await
     }
 
+    /// Whether the agent has closed this connection (or sent something unasked, such as a
+    /// `busy` line before closing): with no request outstanding, anything but "nothing to
+    /// read yet" means the connection is done.
+    fn closed_by_agent(&self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        !matches!(
+            self.stream.get_ref().try_read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     async fn run<T>(&mut self, call: Call<T>) -> Result<T, Error> {
+        if self.closed_by_agent() {
+            self.stream = BufReader::new(connect_async(&self.path).await?);
+        }
         let pending = self.exchange.start(call);
         if let Err(e) = self.stream.get_mut().write_all(pending.line()).await {
             // The agent may have answered and closed (a refusal): show its answer if so.

@@ -791,3 +791,37 @@ fn an_https_upstream_is_verified_against_ssl_cert_file_or_dir_and_refused_withou
         "a request went through an unverified connection"
     );
 }
+
+#[test]
+fn the_proxy_reconnects_after_the_agent_closes_idle_connections_or_restarts() {
+    // Connections idle for 300 ms are closed by the agent (ten minutes in production); the
+    // passphrase keeps the key across the restart.
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .passphrase_env("proxy reconnect store")
+            .env("DPOP_AGENT_TEST_IDLE_TIMEOUT_MS", "300"),
+    );
+    let jkt = agent.client().generate_key("k").expect("a key").jkt;
+    let upstream = EchoUpstream::start();
+    let dir = new_temp_dir();
+    let token = TokenIssuer::new().token("a", Some(&jkt));
+    let proxy = proxy_on_socket(&agent, dir.path(), &upstream.base, &token, &[]);
+    let get = |round: &str| {
+        // More requests than the proxy has agent connections, so each one is used.
+        for i in 0..6 {
+            let out = curl(&proxy, &["-i", &proxy.url(&format!("/echo/{round}/{i}"))]);
+            let (status, _, body) = head_and_body(&out);
+            assert_eq!(
+                status,
+                200,
+                "{round} #{i}: {body}\nproxy log:\n{}",
+                proxy.log()
+            );
+        }
+    };
+    get("fresh");
+    std::thread::sleep(Duration::from_millis(900));
+    get("after-idle-close");
+    agent.restart();
+    get("after-restart");
+}
