@@ -151,3 +151,361 @@ fn ping(port: u16) -> bool {
         && stream.read_exact(&mut reply).is_ok()
         && &reply == b"+PONG\r\n"
 }
+
+impl RedisServer {
+    /// A replica of `primary` (`--replicaof`), once its replication link is up.
+    pub fn replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let replica = RedisServer::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--repl-diskless-sync-delay",
+            "0",
+        ]);
+        replica.wait_for_replication_link();
+        primary.wait_for_replicas_online();
+        replica
+    }
+
+    /// Waits until this primary counts each of its replicas as online (after a sync it does
+    /// so only at the replica's first acknowledgement, up to a second later; until then
+    /// `WAIT` does not count it).
+    pub fn wait_for_replicas_online(&self) {
+        wait_until(
+            format_args!("the primary on port {} sees its replicas online", self.port),
+            PROCESS_TIMEOUT,
+            || {
+                self.try_cli(&["INFO", "replication"])
+                    .is_some_and(|info| replicas_online(&info))
+            },
+        );
+    }
+
+    /// Waits until this replica's link to its primary is up (`master_link_status:up`).
+    pub fn wait_for_replication_link(&self) {
+        wait_until(
+            format_args!("the replica on port {} syncs with its primary", self.port),
+            PROCESS_TIMEOUT,
+            || {
+                self.try_cli(&["INFO", "replication"])
+                    .is_some_and(|info| info.contains("master_link_status:up"))
+            },
+        );
+    }
+
+    /// Whether it is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `redis-cli -p <port> args...`, or `None` when it fails or Redis answers an error.
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !text.starts_with("ERR") && !text.starts_with("Could not"))
+            .then_some(text)
+    }
+}
+
+/// Whether an `INFO replication` answer shows at least one replica and all of them online.
+fn replicas_online(info: &str) -> bool {
+    let replicas: Vec<&str> = info.lines().filter(|l| l.starts_with("slave")).collect();
+    !replicas.is_empty() && replicas.iter().all(|l| l.contains("state=online"))
+}
+
+/// The hash slot of a Redis Cluster key: CRC16 (XMODEM) of the key, or of its `{hash tag}`,
+/// modulo 16384.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|&b| b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// A local Redis Cluster: three primaries (and a replica of each, optionally) on free
+/// loopback ports, `cluster-node-timeout 1000` so that a failover takes seconds, and
+/// `cluster-require-full-coverage no` so that a failed primary stops only its own slots.
+/// Fails (panics) when `redis-server` or `redis-cli` is missing.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them with `redis-cli --cluster create` and waits until every
+    /// node sees every slot served (and every replica in sync).
+    pub fn start(with_replicas: bool) -> RedisCluster {
+        require_tool("redis-cli", &["--version"], "redis-server");
+        let count = if with_replicas { 6 } else { 3 };
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    // A replica takes over however long it was disconnected.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    // A (re)joining replica syncs at once, not after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", if with_replicas { "1" } else { "0" }])
+            .arg("--cluster-yes")
+            .stdin(Stdio::null());
+        crate::run_ok(&mut create);
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_healthy();
+        cluster
+    }
+
+    /// Every node's URL, as seeds.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node at `index` (in start order).
+    pub fn node(&self, index: usize) -> &RedisServer {
+        &self.nodes[index]
+    }
+
+    /// The node at `index`, to stop or restart.
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none (never: a cluster has three primaries at least).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The indices of the nodes that a running node sees as healthy primaries, with the slot
+    /// ranges they serve.
+    pub fn primaries(&self) -> Vec<(usize, Vec<(u16, u16)>)> {
+        let nodes = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find_map(|n| n.try_cli(&["CLUSTER", "NODES"]))
+            .expect("a running cluster node answers CLUSTER NODES");
+        let mut primaries = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .expect("a node address host:port@cport");
+            let Some(index) = self.nodes.iter().position(|n| n.port() == port) else {
+                continue;
+            };
+            let ranges = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .map(|s| match s.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (s.parse().unwrap(), s.parse().unwrap()),
+                })
+                .collect();
+            primaries.push((index, ranges));
+        }
+        primaries
+    }
+
+    /// The index of the primary serving `slot`, if a running node sees one.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<usize> {
+        self.primaries()
+            .into_iter()
+            .find(|(_, ranges)| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .map(|(index, _)| index)
+    }
+
+    /// Waits until every running node says `cluster_state:ok` with all 16384 slots served,
+    /// and every running replica's link is up.
+    pub fn wait_until_healthy(&self) {
+        wait_until(
+            "every cluster node sees all slots served",
+            PROCESS_TIMEOUT,
+            || {
+                self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                    n.try_cli(&["CLUSTER", "INFO"]).is_some_and(|info| {
+                        info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                    }) && n.try_cli(&["INFO", "replication"]).is_some_and(|info| {
+                        // A primary with replicas counts them online (for WAIT).
+                        (info.contains("role:master")
+                            && (!info.contains("slave0:") || replicas_online(&info)))
+                            || info.contains("master_link_status:up")
+                    })
+                })
+            },
+        );
+    }
+}
+
+/// The master name [`RedisSentinel`] monitors.
+pub const SENTINEL_MASTER: &str = "dpop-replay";
+
+/// A primary, its replica and one Sentinel monitoring them as [`SENTINEL_MASTER`]
+/// (`down-after-milliseconds 500`, `failover-timeout 2000`), each on a free loopback port.
+/// After a failover the old primary, when it still runs, becomes the new primary's replica
+/// only when the Sentinel next looks at it (every 10 s). Fails (panics) when `redis-server`
+/// or `redis-cli` is missing.
+pub struct RedisSentinel {
+    /// The servers: first the primary, then the replica (their roles swap on failover).
+    pub servers: Vec<RedisServer>,
+    port: u16,
+    dir: TempDir,
+    _child: (Child, KillOnDrop),
+}
+
+impl RedisSentinel {
+    /// Starts the primary, the replica and the Sentinel, and waits until the Sentinel knows
+    /// the replica (so that it can fail over to it).
+    pub fn start() -> RedisSentinel {
+        require_tool("redis-cli", &["--version"], "redis-server");
+        // After a failover the old primary syncs from the replica at once, not after 5 s.
+        let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica = RedisServer::replica_of(&primary);
+        let port = free_port();
+        let dir = new_temp_dir();
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+             sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+             sentinel failover-timeout {SENTINEL_MASTER} 2000\n",
+            dir = dir.path().display(),
+            primary = primary.port(),
+        );
+        std::fs::write(&conf, text).expect("writing sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server --sentinel");
+        let guard = KillOnDrop(child.id());
+        let sentinel = RedisSentinel {
+            servers: vec![primary, replica],
+            port,
+            dir,
+            _child: (child, guard),
+        };
+        wait_until(
+            format_args!("redis-sentinel answers PING on port {port}"),
+            PROCESS_TIMEOUT,
+            || ping(port),
+        );
+        sentinel.wait_until_replica_known();
+        sentinel
+    }
+
+    /// `redis://127.0.0.1:P` of the Sentinel.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// What the Sentinel logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+
+    /// `redis-cli -p <sentinel port> args...`.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = crate::run_ok(
+            Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The index in [`servers`](Self::servers) of the one the Sentinel names primary.
+    pub fn primary(&self) -> usize {
+        let answer = self.cli(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]);
+        let port: u16 = answer
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("the Sentinel names a primary: {answer:?}"));
+        self.servers
+            .iter()
+            .position(|s| s.port() == port)
+            .expect("the Sentinel names one of the servers")
+    }
+
+    /// `SENTINEL FAILOVER`; returns once the Sentinel names the other server and the old
+    /// primary replicates from it (about 11 s: see the type's documentation).
+    pub fn failover(&self) {
+        let before = self.primary();
+        let answer = self.cli(&["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+        assert!(answer.starts_with("OK"), "SENTINEL FAILOVER: {answer}");
+        wait_until(
+            "the Sentinel names a replica primary",
+            PROCESS_TIMEOUT,
+            || self.primary() != before,
+        );
+        self.servers[self.primary()].wait_for_replicas_online();
+    }
+
+    fn wait_until_replica_known(&self) {
+        let ports: Vec<String> = self.servers[1..]
+            .iter()
+            .map(|s| format!("\n{}\n", s.port()))
+            .collect();
+        wait_until("the Sentinel knows the replica", PROCESS_TIMEOUT, || {
+            let replicas = self.cli(&["SENTINEL", "REPLICAS", SENTINEL_MASTER]);
+            ports.iter().all(|p| replicas.contains(p.as_str()))
+                && !replicas.contains("disconnected")
+                && !replicas.contains("s_down")
+        });
+    }
+}

@@ -59,7 +59,7 @@ pub use error::{ConfigError, Endpoint, Error, Rejection};
 pub use layer::{Dpop, DpopLayer, DpopService};
 pub use nonce::{HmacNonces, MIN_NONCE_SECRET_LEN, NonceAge};
 #[cfg(feature = "redis")]
-pub use redis_store::{RedisConnectError, RedisOptions, RedisReplayStore};
+pub use redis_store::{RedisConnectError, RedisOptions, RedisReplayStore, RedisTarget};
 pub use replay::{MemoryReplayStore, ReplayError, ReplayFuture, ReplayStore, pair_key};
 pub use url::{ForwardedError, ProxyHeaders, PublicUrl};
 pub use verifier::{

@@ -1,8 +1,10 @@
 //! `dpop-resource-server`: an example resource server on dpop-server. It accepts requests
 //! with a JWT access token (checked against a JWKS file or URL) bound to the DPoP proof's key
 //! by `cnf.jkt`, and answers any path with what it verified, as JSON. Several instances share
-//! replay state through Redis (`--redis`) and accept each other's nonces when they share the
-//! nonce secret (`DPOP_NONCE_SECRET` or `--nonce-secret-file`, never the command line).
+//! replay state through Redis (`--redis`; a Redis Cluster with `--redis-cluster`; a
+//! Sentinel-managed primary with `--redis-sentinel` and `--redis-master`) and accept each
+//! other's nonces when they share the nonce secret (`DPOP_NONCE_SECRET` or
+//! `--nonce-secret-file`, never the command line).
 //! Behind a reverse proxy, `--trusted-proxy` and `--proxy-headers` name the proxy and the one
 //! header family it overwrites; `--allowed-host` limits the hosts those headers may name.
 
@@ -21,7 +23,8 @@ use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use dpop_server::{
     Dpop, DpopLayer, HmacNonces, MemoryReplayStore, Preset, ProxyHeaders, PublicUrl,
-    RedisConnectError, RedisOptions, RedisReplayStore, ReplayFailure, ReplayStore, Verifier,
+    RedisConnectError, RedisOptions, RedisReplayStore, RedisTarget, ReplayFailure, ReplayStore,
+    Verifier,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -71,6 +74,38 @@ struct Args {
     /// `DPOP_REDIS_URL`, not on the command line, which other users can read.
     #[arg(long, env = "DPOP_REDIS_URL", hide_env_values = true)]
     redis: Option<String>,
+    /// A Redis Cluster node to discover the cluster from (redis://host:port); repeatable.
+    /// In `DPOP_REDIS_CLUSTER`, comma-separated, when the URLs hold a password.
+    #[arg(
+        long = "redis-cluster",
+        env = "DPOP_REDIS_CLUSTER",
+        hide_env_values = true,
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    redis_cluster: Vec<String>,
+    /// A Sentinel to ask for the primary of --redis-master (redis://host:port); repeatable.
+    /// In `DPOP_REDIS_SENTINELS`, comma-separated, when the URLs hold a password.
+    #[arg(long = "redis-sentinel", env = "DPOP_REDIS_SENTINELS", hide_env_values = true,
+          value_delimiter = ',', conflicts_with_all = ["redis", "redis_cluster"],
+          requires = "redis_master")]
+    redis_sentinels: Vec<String>,
+    /// The master name the Sentinels monitor.
+    #[arg(long, requires = "redis_sentinels")]
+    redis_master: Option<String>,
+    /// The Sentinel-managed primary's credentials and database as a URL whose host is
+    /// ignored (redis://user:password@primary/0): set it in `DPOP_REDIS_PRIMARY_AUTH`.
+    #[arg(
+        long,
+        env = "DPOP_REDIS_PRIMARY_AUTH",
+        hide_env_values = true,
+        requires = "redis_sentinels"
+    )]
+    redis_primary_auth: Option<String>,
+    /// Replicas that must acknowledge each replay record (WAIT) before a proof is accepted,
+    /// so that a failover cannot lose it; 0 (default) does not wait.
+    #[arg(long, default_value_t = 0)]
+    redis_replica_acks: u32,
     /// Longest a Redis check may take, in milliseconds.
     #[arg(long, default_value_t = 500)]
     redis_timeout_ms: u64,
@@ -91,7 +126,7 @@ struct Args {
     /// Require nonces (the fapi2 preset always does).
     #[arg(long)]
     require_nonce: bool,
-    /// Without --redis: the most proofs the in-memory replay store remembers at once (each
+    /// Without a Redis: the most proofs the in-memory replay store remembers at once (each
     /// until its iat window ends; when full, new proofs are refused, never forgotten early).
     /// Size it for the request rate times the iat window (65 s with the rfc9449 preset).
     #[arg(long, default_value_t = NonZeroUsize::new(100_000).expect("non-zero"))]
@@ -136,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let mut builder = Verifier::builder(preset)
         .public_url(public_url)
         .require_nonces(args.require_nonce)
-        // Replay state in this process, unless --redis replaces it below.
+        // Replay state in this process, unless a Redis replaces it below.
         .replay_store(Arc::new(MemoryReplayStore::new(args.replay_capacity)))
         .replay_failure(if args.replay_fail_open {
             ReplayFailure::Open
@@ -150,13 +185,14 @@ async fn main() -> anyhow::Result<()> {
         )?);
     }
     // Without Redis, the Verifier's own in-memory store.
-    if let Some(url) = &args.redis {
+    if let Some(target) = redis_target(&args) {
         let options = RedisOptions {
             timeout: Duration::from_millis(args.redis_timeout_ms),
             accept_eviction: args.redis_accept_eviction,
+            replica_acks: args.redis_replica_acks,
             ..RedisOptions::default()
         };
-        let store = match RedisReplayStore::connect(url, options).await {
+        let store = match RedisReplayStore::connect_to(&target, options).await {
             Ok(store) => store,
             Err(
                 e @ (RedisConnectError::Evicting { .. }
@@ -193,6 +229,24 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The Redis that holds replay state, from --redis, --redis-cluster or --redis-sentinel.
+fn redis_target(args: &Args) -> Option<RedisTarget> {
+    if let Some(url) = &args.redis {
+        return Some(RedisTarget::Single { url: url.clone() });
+    }
+    if !args.redis_cluster.is_empty() {
+        return Some(RedisTarget::Cluster {
+            seeds: args.redis_cluster.clone(),
+        });
+    }
+    let master_name = args.redis_master.clone()?;
+    Some(RedisTarget::Sentinel {
+        sentinels: args.redis_sentinels.clone(),
+        master_name,
+        primary_auth: args.redis_primary_auth.clone(),
+    })
 }
 
 /// The public URL with the trusted proxies, their header family and the allowed hosts; each

@@ -41,6 +41,7 @@ mod secret_memory;
 mod server_fleet;
 mod server_http;
 mod server_proxy;
+mod server_redis_fleet;
 #[cfg(feature = "tpm")]
 mod tpm_faults;
 #[cfg(feature = "tpm")]
