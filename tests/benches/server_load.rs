@@ -8,10 +8,11 @@
 //! from `/proc/PID/stat`) and the generator's own, the server's memory at 128 connections
 //! and after them, and the memory replay store's bytes per remembered proof.
 //!
-//! Two cores: the server runs pinned to CPU 0; the generator and the Redis servers to CPU 1
-//! (the bench pins itself before it starts each, and they inherit the pin); redis-benchmark
-//! runs on CPU 0, reaching Redis across cores as the server does (and once on CPU 1, beside
-//! Redis, for comparison). On a machine with one CPU nothing is pinned.
+//! Two cores (the first two this process may use, usually 0 and 1): the server runs pinned to
+//! the first; the generator and the Redis servers to the second (the bench pins itself before
+//! it starts each, and they inherit the pin); redis-benchmark runs on the server's CPU,
+//! reaching Redis across cores as the server does (and once beside Redis, for comparison).
+//! With one CPU nothing is pinned.
 //!
 //! Targets (issue 25), printed with their ratios, never asserted: DPoP with the memory store
 //! costs at most 1.5 x the Bearer handler's CPU per request (ES256, at 32 clients); the Redis
@@ -31,7 +32,7 @@ use dpop_jose::{Algorithm, Claims, Htu, Method, sign_proof};
 use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, KeyLabel, SignerRef};
 use dpop_tests::bench::load::{
-    Client, Generator, Memory, ServerProcess, cpu_time, cpus, get_request, pin_to_cpu,
+    Client, Generator, Memory, ServerProcess, allowed_cpus, cpu_time, get_request, pin_to_cpu,
 };
 use dpop_tests::bench::{Run, build_kind, operations, verdict};
 use dpop_tests::redis::RedisCluster;
@@ -44,9 +45,13 @@ const PATH: &str = "/v1/items";
 const CLIENTS: [usize; 4] = [1, 8, 32, 128];
 /// The nonce secret of the nonce case (a bench value, not a secret).
 const NONCE_SECRET: &str = "server-load-bench-nonce-secret-0123456789";
-/// The server's CPU, and the generator's (with Redis).
-const SERVER_CPU: usize = 0;
-const GENERATOR_CPU: usize = 1;
+/// Where the server runs, and where the generator and Redis run: the first two CPUs this
+/// process may use.
+#[derive(Clone, Copy)]
+struct Cpus {
+    server: usize,
+    generator: usize,
+}
 
 /// Where the resource server keeps replay state. A new store (Redis Cluster, Sentinel) is
 /// one more variant here, its flags in [`Store::configure`], and one more line in `main`'s
@@ -132,7 +137,10 @@ struct Caller {
 
 fn main() {
     let total = operations(16, 8000);
-    let pinned = cpus() >= 2;
+    let cpus = match allowed_cpus()[..] {
+        [server, generator, ..] => Some(Cpus { server, generator }),
+        _ => None,
+    };
     // Built before anything is pinned (a release build the first time).
     let resource_server = binaries().resource_server.clone();
     println!(
@@ -140,11 +148,12 @@ fn main() {
         build_kind(),
         total
     );
-    if pinned {
+    if let Some(cpus) = cpus {
         println!(
-            "server pinned to CPU {SERVER_CPU}; load generator and Redis to CPU {GENERATOR_CPU}; redis-benchmark on CPU {SERVER_CPU} (and {GENERATOR_CPU})"
+            "server pinned to CPU {}; load generator and Redis to CPU {}; redis-benchmark on the server's CPU (and beside Redis)",
+            cpus.server, cpus.generator
         );
-        pin_to_cpu(GENERATOR_CPU);
+        pin_to_cpu(cpus.generator);
     } else {
         println!("one CPU: nothing pinned, server and generator share it");
     }
@@ -185,7 +194,7 @@ fn main() {
     );
     let mut cases = Vec::new();
     for (name, target) in &targets {
-        let server = start_server(target, &caller, &resource_server, pinned);
+        let server = start_server(target, &caller, &resource_server, cpus);
         let before = Memory::of(server.pid());
         let mut levels = Vec::new();
         for clients in CLIENTS {
@@ -234,7 +243,7 @@ fn main() {
         });
     }
 
-    let (set_rtt, set_nx_rtt) = redis_benchmark(&redis, total, pinned);
+    let (set_rtt, set_nx_rtt) = redis_benchmark(&redis, total, cpus);
     redis_memory(&redis);
     replay_store_memory(operations(10_000, 1_000_000));
     judge(&cases, set_rtt, set_nx_rtt);
@@ -251,13 +260,13 @@ fn short_name(target: &Target) -> &'static str {
     }
 }
 
-/// Starts the server of `target` on CPU [`SERVER_CPU`] (the bench pins itself there while
+/// Starts the server of `target` on the server's CPU (the bench pins itself there while
 /// it starts it, so the server's runtime sizes itself for one core).
 fn start_server(
     target: &Target,
     caller: &Caller,
     resource_server: &std::path::Path,
-    pinned: bool,
+    cpus: Option<Cpus>,
 ) -> ServerProcess {
     let port = free_port();
     let mut command = match target {
@@ -278,12 +287,12 @@ fn start_server(
         .arg(caller.issuer.jwks_path())
         .args(["--issuer", ISSUER, "--audience", AUDIENCE])
         .args(["--listen", &format!("127.0.0.1:{port}")]);
-    if pinned {
-        pin_to_cpu(SERVER_CPU);
+    if let Some(cpus) = cpus {
+        pin_to_cpu(cpus.server);
     }
     let server = ServerProcess::start(command);
-    if pinned {
-        pin_to_cpu(GENERATOR_CPU);
+    if let Some(cpus) = cpus {
+        pin_to_cpu(cpus.generator);
     }
     server
 }
@@ -416,28 +425,37 @@ impl Drop for PerfRecord {
 /// 65` with random keys, the replay check's own command, run from the server's CPU (as the
 /// server reaches Redis: across cores, which costs a cross-CPU wake-up each way), then `SET`
 /// from Redis's own CPU for comparison. Returns the p50 round trips from the server's CPU.
-fn redis_benchmark(redis: &RedisServer, total: usize, pinned: bool) -> (Duration, Duration) {
+fn redis_benchmark(redis: &RedisServer, total: usize, cpus: Option<Cpus>) -> (Duration, Duration) {
     let n = total.max(1000).to_string();
     let port = redis.port().to_string();
-    let run = |cpu: usize, args: &[&str]| -> Duration {
-        if pinned {
-            pin_to_cpu(cpu);
+    let run = |beside_server: bool, args: &[&str]| -> Duration {
+        if let Some(cpus) = cpus {
+            pin_to_cpu(if beside_server {
+                cpus.server
+            } else {
+                cpus.generator
+            });
         }
         let out = Command::new("redis-benchmark")
             .args(["-p", &port, "-c", "1", "-n", &n, "-q"])
             .args(args)
             .output()
             .expect("running redis-benchmark");
-        if pinned {
-            pin_to_cpu(GENERATOR_CPU);
+        if let Some(cpus) = cpus {
+            pin_to_cpu(cpus.generator);
         }
         assert!(out.status.success(), "redis-benchmark failed: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         // The last progress update ends in \r; the summary follows it.
         let line = text.rsplit('\r').next().unwrap_or_default().trim();
         println!(
-            "redis-benchmark -c 1 -n {n} {} (on CPU {cpu}): {line}",
-            args.join(" ")
+            "redis-benchmark -c 1 -n {n} {} ({}): {line}",
+            args.join(" "),
+            if beside_server {
+                "on the server's CPU"
+            } else {
+                "beside Redis"
+            }
         );
         let p50 = line
             .split("p50=")
@@ -447,9 +465,9 @@ fn redis_benchmark(redis: &RedisServer, total: usize, pinned: bool) -> (Duration
             .unwrap_or_else(|| panic!("no p50 in redis-benchmark's output: {text}"));
         Duration::from_secs_f64(p50 / 1000.0)
     };
-    let set = run(SERVER_CPU, &["-t", "set"]);
+    let set = run(true, &["-t", "set"]);
     let set_nx = run(
-        SERVER_CPU,
+        true,
         &[
             "-r",
             "100000000",
@@ -461,7 +479,7 @@ fn redis_benchmark(redis: &RedisServer, total: usize, pinned: bool) -> (Duration
             "65",
         ],
     );
-    run(GENERATOR_CPU, &["-t", "set"]);
+    run(false, &["-t", "set"]);
     (set, set_nx)
 }
 

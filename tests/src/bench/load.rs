@@ -241,23 +241,24 @@ pub fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Undoes [`pin_to_cpu`]: the calling thread may run on every CPU again.
-pub fn unpin() {
-    // SAFETY: as in pin_to_cpu.
+/// The CPUs this process may run on (its affinity mask, which a container's cpuset limits),
+/// in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call fills it; CPU_ISSET reads
+    // within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..cpus() {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(
+            rc,
+            0,
+            "reading the CPU affinity: {}",
+            std::io::Error::last_os_error()
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
     }
-}
-
-/// The number of CPUs online.
-pub fn cpus() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// User plus system CPU time process `pid` has used so far (all its threads), from
