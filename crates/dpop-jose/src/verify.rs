@@ -429,3 +429,37 @@ fn verify_signature(
         };
     result.map_err(|_| Error::BadSignature)
 }
+
+#[cfg(all(test, feature = "lru"))]
+mod bound_tests {
+    use super::*;
+
+    /// The store's memory is bounded by its capacity: neither the map nor the expiry heap
+    /// ever holds more than `capacity` entries, whatever mix of new, replayed, expired and
+    /// refused pairs arrives.
+    #[test]
+    fn map_and_heap_stay_within_capacity() {
+        let capacity = 64;
+        let store = LruReplayStore::new(NonZeroUsize::new(capacity).unwrap());
+        let mut full = 0;
+        for now in 0..400i64 {
+            for i in 0..8 {
+                // Expiries from 1 to 16 s ahead; some jti come back after they expired.
+                let jti = format!("{}", (now * 8 + i) % 500);
+                match store.insert_if_new("k", &jti, now + 1 + (i * 7 + now) % 16, now) {
+                    Ok(_) => {}
+                    Err(Error::ReplayStoreFull) => full += 1,
+                    Err(e) => panic!("{e}"),
+                }
+                let seen = store.seen.lock().unwrap();
+                assert!(seen.until.len() <= capacity, "map: {}", seen.until.len());
+                assert!(
+                    seen.by_expiry.len() <= capacity,
+                    "heap: {}",
+                    seen.by_expiry.len()
+                );
+            }
+        }
+        assert!(full > 0, "the test filled the store");
+    }
+}
