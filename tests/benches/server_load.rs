@@ -5,7 +5,8 @@
 //! required, and in a 3-primary Redis Cluster. Every request is valid and carries a fresh proof (its own `jti`, `iat` within
 //! the window, bound to the token), signed before the clock starts, so the generator only
 //! moves bytes. Reports requests/s, p50, p99, the server's CPU per request (utime + stime
-//! from `/proc/PID/stat`) and the generator's own, the server's memory at 128 connections
+//! from `/proc/PID/stat`) and the generator's own, how long the server and Redis waited for
+//! their CPUs (`/proc/PID/task/*/schedstat`: other work on a shared machine), the server's memory at 128 connections
 //! and after them, and the memory replay store's bytes per remembered proof.
 //!
 //! Two cores (the first two this process may use, usually 0 and 1): the server runs pinned to
@@ -20,7 +21,7 @@
 //! verification with Redis takes at most the memory store's p50 plus 1.5 x the round trip
 //! `redis-benchmark -c 1` measures in the same run.
 //!
-//! `DPOP_BENCH_PROOFS` sets the requests per case and client count (default 8000);
+//! `DPOP_BENCH_PROOFS` sets the requests per case and client count (default 4000);
 //! `DPOP_BENCH_PERF=DIR` records each timed run of the server with `perf record -g` into
 //! `DIR/<case>-<clients>.data`. `cargo test --benches` runs a few requests per case (a smoke
 //! run of a debug build).
@@ -33,6 +34,7 @@ use dpop_keys::software::SoftwareBackend;
 use dpop_keys::{Backend, KeyLabel, SignerRef};
 use dpop_tests::bench::load::{
     Client, Generator, Memory, ServerProcess, allowed_cpus, cpu_time, get_request, pin_to_cpu,
+    run_queue_wait,
 };
 use dpop_tests::bench::{Run, build_kind, operations, verdict};
 use dpop_tests::redis::RedisCluster;
@@ -111,6 +113,10 @@ struct Level {
     generator_cpu: Duration,
     /// The share of one core the server used over the run (1.0: its core was saturated).
     server_busy: f64,
+    /// How long, per request, the server waited for its CPU (runnable, another process on
+    /// it), and the Redis servers for theirs.
+    server_wait: Duration,
+    redis_wait: Duration,
 }
 
 /// One case: its name and its figures per client count.
@@ -136,7 +142,7 @@ struct Caller {
 }
 
 fn main() {
-    let total = operations(16, 8000);
+    let total = operations(16, 4000);
     let cpus = match allowed_cpus()[..] {
         [server, generator, ..] => Some(Cpus { server, generator }),
         _ => None,
@@ -189,7 +195,7 @@ fn main() {
         ),
     ];
     println!(
-        "{:<46} {:>10}  {:>11}  {:>12}  server CPU/req (busy)  generator CPU/req",
+        "{:<46} {:>10}  {:>11}  {:>12}  server CPU/req (busy)  generator CPU/req  waited for CPU/req: server, Redis",
         "case, clients", "req/s", "p50", "p99"
     );
     let mut cases = Vec::new();
@@ -209,6 +215,7 @@ fn main() {
                 per_client,
                 format!("{name}, {clients}"),
                 perf_dir.as_deref().map(|d| d.join(format!("{tag}.data"))),
+                &redis_pids(target, &redis, &cluster),
             );
             print_level(&level);
             if clients == 128 {
@@ -243,10 +250,29 @@ fn main() {
         });
     }
 
-    let (set_rtt, set_nx_rtt) = redis_benchmark(&redis, total, cpus);
+    // Before redis-benchmark adds keys of its own.
     redis_memory(&redis);
+    let (set_rtt, set_nx_rtt) = redis_benchmark(&redis, total, cpus);
     replay_store_memory(operations(10_000, 1_000_000));
     judge(&cases, set_rtt, set_nx_rtt);
+}
+
+/// The processes of the Redis servers `target` uses (from `INFO server`).
+fn redis_pids(target: &Target, redis: &RedisServer, cluster: &RedisCluster) -> Vec<u32> {
+    let pid = |node: &RedisServer| -> u32 {
+        node.cli(&["info", "server"])
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("process_id in INFO server")
+    };
+    match target {
+        Target::Bearer | Target::Dpop(Store::Memory) => Vec::new(),
+        Target::Dpop(Store::Redis(_) | Store::RedisNonces(_)) => vec![pid(redis)],
+        Target::Dpop(Store::RedisCluster(_)) => {
+            (0..cluster.len()).map(|i| pid(cluster.node(i))).collect()
+        }
+    }
 }
 
 /// The case's name in file names.
@@ -310,6 +336,7 @@ fn load(
     per_client: usize,
     name: String,
     perf: Option<std::path::PathBuf>,
+    redis_pids: &[u32],
 ) -> (Level, Vec<Client>) {
     let host = server.addr().to_string();
     let url = format!("http://{host}{PATH}");
@@ -350,13 +377,23 @@ fn load(
         batches.push(batch);
     }
     let recorder = perf.map(|file| PerfRecord::start(server.pid(), &file));
+    let redis_waits = || {
+        redis_pids
+            .iter()
+            .map(|&pid| run_queue_wait(pid))
+            .sum::<Duration>()
+    };
     let (server_before, generator_before) = (cpu_time(server.pid()), cpu_time(std::process::id()));
+    let (server_wait_before, redis_wait_before) = (run_queue_wait(server.pid()), redis_waits());
     let (run, clients_back) = generator.run(name, connected, batches);
     let (server_after, generator_after) = (cpu_time(server.pid()), cpu_time(std::process::id()));
+    let (server_wait_after, redis_wait_after) = (run_queue_wait(server.pid()), redis_waits());
     drop(recorder);
     let requests = run.samples.len() as u32;
     let level = Level {
         clients,
+        server_wait: (server_wait_after - server_wait_before) / requests,
+        redis_wait: (redis_wait_after - redis_wait_before) / requests,
         server_busy: (server_after - server_before).as_secs_f64() / run.wall.as_secs_f64(),
         server_cpu: (server_after - server_before) / requests,
         generator_cpu: (generator_after - generator_before) / requests,
@@ -384,7 +421,7 @@ fn dpop_request(caller: &Caller, host: &str, url: &str, nonce: Option<&str>) -> 
 fn print_level(level: &Level) {
     let run = &level.run;
     println!(
-        "{:<46} {:>8.0}/s  p50 {:>7.1} us  p99 {:>8.1} us  {:>8.1} us ({:>3.0}%)  {:>8.1} us",
+        "{:<46} {:>8.0}/s  p50 {:>7.1} us  p99 {:>8.1} us  {:>8.1} us ({:>3.0}%)  {:>8.1} us  {:>8.1} us, {:>6.1} us",
         run.name,
         run.per_second(),
         run.p50_us(),
@@ -392,6 +429,8 @@ fn print_level(level: &Level) {
         level.server_cpu.as_secs_f64() * 1e6,
         level.server_busy * 100.0,
         level.generator_cpu.as_secs_f64() * 1e6,
+        level.server_wait.as_secs_f64() * 1e6,
+        level.redis_wait.as_secs_f64() * 1e6,
     );
 }
 
@@ -498,7 +537,7 @@ fn redis_memory(redis: &RedisServer) {
         .expect("used_memory_startup in INFO memory");
     let keys: f64 = redis.cli(&["dbsize"]).trim().parse().expect("DBSIZE");
     println!(
-        "Redis: {keys} keys (replay records and redis-benchmark's), used_memory {:.1} MiB above start: {:.0} bytes per key",
+        "Redis: {keys} replay records, used_memory {:.1} MiB above start: {:.0} bytes per record",
         (used - startup) / (1024.0 * 1024.0),
         (used - startup) / keys
     );

@@ -397,3 +397,23 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// How long process `pid`'s threads have waited, runnable, for a CPU so far: the second field
+/// of each `/proc/PID/task/TID/schedstat`, summed. On a busy machine, time a process spent
+/// waiting for its core rather than working or sleeping.
+pub fn run_queue_wait(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/task: {e}"));
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        // A thread that exits between the listing and the read is skipped.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
+}
