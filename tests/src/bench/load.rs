@@ -5,7 +5,8 @@
 //! as bytes built before the clock starts, and reads each answer just far enough to know its
 //! status and length: the generator's own CPU per request stays small next to the server's.
 //! All clients run as tasks of one current-thread tokio runtime on the calling thread, so
-//! pinning that thread ([`pin_to_cpu`]) pins the whole generator to one core.
+//! pinning that thread ([`pin_to_cpu`](crate::bench::load::pin_to_cpu)) pins the whole
+//! generator to one core.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
