@@ -168,18 +168,51 @@ impl RedisServer {
         replica
     }
 
-    /// Waits until this primary counts each of its replicas as online (after a sync it does
-    /// so only at the replica's first acknowledgement, up to a second later; until then
-    /// `WAIT` does not count it).
+    /// Waits until each of this primary's replicas acknowledges writes (`WAIT` counts it):
+    /// after a full sync the primary streams to a replica only from its first
+    /// acknowledgement, up to a second later, although it lists it `online` at once.
     pub fn wait_for_replicas_online(&self) {
         wait_until(
-            format_args!("the primary on port {} sees its replicas online", self.port),
+            format_args!(
+                "the replicas of the primary on port {} acknowledge writes",
+                self.port
+            ),
             PROCESS_TIMEOUT,
-            || {
-                self.try_cli(&["INFO", "replication"])
-                    .is_some_and(|info| replicas_online(&info))
-            },
+            || self.replicas_acknowledge(),
         );
+    }
+
+    /// Whether this is a primary with replicas that all acknowledge a write (a `PUBLISH`,
+    /// which is replicated but stores nothing) within 100 ms.
+    fn replicas_acknowledge(&self) -> bool {
+        let Some(info) = self.try_cli(&["INFO", "replication"]) else {
+            return false;
+        };
+        let replicas = info.lines().filter(|l| l.starts_with("slave")).count();
+        if !info.contains("role:master") || replicas == 0 {
+            return false;
+        }
+        // One connection: WAIT counts the acknowledgements of this client's last write.
+        let probe = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut cli| {
+                let mut stdin = cli.stdin.take().expect("piped");
+                stdin
+                    .write_all(format!("PUBLISH dpop-probe x\nWAIT {replicas} 100\n").as_bytes())?;
+                drop(stdin);
+                cli.wait_with_output()
+            });
+        probe.is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .map(str::trim)
+                == Some(replicas.to_string().as_str())
+        })
     }
 
     /// Waits until this replica's link to its primary is up (`master_link_status:up`).
@@ -211,12 +244,6 @@ impl RedisServer {
         (out.status.success() && !text.starts_with("ERR") && !text.starts_with("Could not"))
             .then_some(text)
     }
-}
-
-/// Whether an `INFO replication` answer shows at least one replica and all of them online.
-fn replicas_online(info: &str) -> bool {
-    let replicas: Vec<&str> = info.lines().filter(|l| l.starts_with("slave")).collect();
-    !replicas.is_empty() && replicas.iter().all(|l| l.contains("state=online"))
 }
 
 /// The hash slot of a Redis Cluster key: CRC16 (XMODEM) of the key, or of its `{hash tag}`,
@@ -377,9 +404,9 @@ impl RedisCluster {
                     n.try_cli(&["CLUSTER", "INFO"]).is_some_and(|info| {
                         info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
                     }) && n.try_cli(&["INFO", "replication"]).is_some_and(|info| {
-                        // A primary with replicas counts them online (for WAIT).
+                        // A primary's replicas acknowledge writes (for WAIT).
                         (info.contains("role:master")
-                            && (!info.contains("slave0:") || replicas_online(&info)))
+                            && (!info.contains("slave0:") || n.replicas_acknowledge()))
                             || info.contains("master_link_status:up")
                     })
                 })

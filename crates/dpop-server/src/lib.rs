@@ -10,8 +10,9 @@
 //!   sharing the secret accepts.
 //! - [`Challenge`]: `WWW-Authenticate: DPoP` values.
 //! - [`ReplayStore`]: replay state, in memory ([`MemoryReplayStore`]) or in Redis
-//!   (`RedisReplayStore`, feature `redis`) for a fleet, which refuses a Redis that may evict
-//!   replay records; failing closed by default.
+//!   (`RedisReplayStore`, feature `redis`: one Redis, a Redis Cluster or a Sentinel-managed
+//!   primary, `RedisTarget`) for a fleet, which refuses a Redis that may evict replay records;
+//!   failing closed by default.
 //! - [`PublicUrl`]: the request URL `htu` is compared with, from a configured public base URL
 //!   or from a trusted proxy's headers of the one family chosen ([`ProxyHeaders`]: `Forwarded`
 //!   or `X-Forwarded-*`), optionally limited to allowed hosts.

@@ -102,8 +102,9 @@ struct Args {
         requires = "redis_sentinels"
     )]
     redis_primary_auth: Option<String>,
-    /// Replicas that must acknowledge each replay record (WAIT) before a proof is accepted,
-    /// so that a failover cannot lose it; 0 (default) does not wait.
+    /// Replicas that must acknowledge each replay record (WAIT) before a proof is accepted;
+    /// the number of replicas each primary has closes the window in which a failover loses
+    /// records (and refuses proofs while a replica is missing); 0 (default) does not wait.
     #[arg(long, default_value_t = 0)]
     redis_replica_acks: u32,
     /// Longest a Redis check may take, in milliseconds.

@@ -36,12 +36,17 @@ pub struct RedisOptions {
     /// lets a captured proof be accepted again within its `iat` window.
     pub accept_eviction: bool,
     /// How many replicas of the primary must acknowledge a new record before the check
-    /// succeeds (`WAIT n`, pipelined with the `SET` in the same round trip). Default `0`:
-    /// Redis replicates asynchronously, so a record the primary acknowledged may be lost when
-    /// a replica is promoted (failover) and its proof accepted once more. With `n > 0` a
-    /// record fewer replicas confirmed within [`timeout`](Self::timeout) fails the check
-    /// (closed), so each check also waits for the replication acknowledgement, and a primary
-    /// with fewer than `n` replicas connected refuses every new proof.
+    /// succeeds: `WAIT n <timeout/2>` pipelined with the `SET`, still one round trip (longer
+    /// by the replication acknowledgement). Default `0`: Redis replicates asynchronously, so
+    /// a failover can lose a record the primary acknowledged (the promoted replica had not
+    /// received it, or the old primary took it after the promotion, before it was demoted)
+    /// and its proof is then accepted once more. Set it to the number of replicas each
+    /// primary has: every accepted record is then on whichever replica is promoted, and an
+    /// old primary cut off from its replicas refuses new records. A record fewer replicas
+    /// confirmed fails the check (closed; the primary keeps it, so the same proof sent again
+    /// is a replay), so while a replica is down, or after a failover until the old primary
+    /// has rejoined as a replica, every new proof is refused: availability traded for the
+    /// guarantee. Fewer than all replicas narrows the window without closing it.
     pub replica_acks: u32,
 }
 
@@ -253,7 +258,7 @@ async fn within(
 
 /// One check's command: `SET key 1 NX EX ttl`, or the pipeline `SET ...; WAIT n ms` when
 /// replicas must acknowledge it. Both are one round trip.
-pub(crate) enum Record {
+enum Record {
     Set(Cmd),
     SetWait { pipeline: Pipeline, replicas: u32 },
 }
@@ -268,9 +273,9 @@ impl Record {
         if options.replica_acks == 0 {
             return Record::Set(set);
         }
-        // Redis's own wait ends before the check's timeout, so a slow replica is reported
-        // as such rather than as a timeout.
-        let wait_ms = (options.timeout.as_millis() * 3 / 4).max(1) as u64;
+        // Redis's own wait ends well before the check's timeout (half of it), so a replica
+        // that does not acknowledge is reported as such rather than as a timeout.
+        let wait_ms = (options.timeout.as_millis() / 2).max(1) as u64;
         let mut pipeline = redis::pipe();
         pipeline
             .add_command(set)
@@ -283,9 +288,7 @@ impl Record {
         }
     }
 
-    /// What the answer means: `Ok(true)` new, `Ok(false)` a replay, `Err` when the record
-    /// was not made, or made on the primary but not acknowledged by enough replicas (then
-    /// the proof is refused like on any failure: it may not survive a failover).
+    /// Sends the check on `connection`: one round trip.
     async fn run(
         &self,
         connection: &mut impl redis::aio::ConnectionLike,
@@ -297,6 +300,9 @@ impl Record {
         self.outcome(answer.map_err(unavailable)?)
     }
 
+    /// What the answer means: `Ok(true)` new, `Ok(false)` a replay, `Err` when the record
+    /// was not made, or made on the primary but not acknowledged by enough replicas (then
+    /// the proof is refused like on any failure: it may not survive a failover).
     fn outcome(&self, answer: Value) -> Result<bool, ReplayError> {
         let bad = |what: &str| ReplayError::Unavailable {
             reason: format!("Redis answered {what} to SET NX"),
@@ -392,11 +398,12 @@ fn judge_policy(
     }
     match refusal {
         RedisConnectError::Evicting { node, policy } => tracing::warn!(
-            "the maxmemory-policy of Redis at {node} is {policy}: it may evict DPoP replay records early, and captured proofs would then be accepted again; running anyway because accept_eviction is set"
+            "Redis's maxmemory-policy is {policy} (at {node}): it may evict DPoP replay records early, and captured proofs would then be accepted again; running anyway because accept_eviction is set"
         ),
-        other => tracing::warn!(
-            "{other}; running anyway because accept_eviction is set, without knowing whether Redis evicts DPoP replay records"
+        RedisConnectError::PolicyUnreadable { node, reason } => tracing::warn!(
+            "cannot check Redis's maxmemory-policy (at {node}): {reason}; running anyway because accept_eviction is set, without knowing whether Redis evicts DPoP replay records"
         ),
+        other => return Err(other),
     }
     Ok(())
 }
@@ -423,5 +430,53 @@ fn timed_out(after: Duration) -> ReplayError {
 fn invalid(what: &str, e: redis::RedisError) -> RedisConnectError {
     RedisConnectError::InvalidTarget {
         reason: format!("{what}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(replica_acks: u32) -> Record {
+        let options = RedisOptions {
+            replica_acks,
+            ..RedisOptions::default()
+        };
+        Record::new(&options, "jkt", "jti", 160, 100)
+    }
+
+    #[test]
+    fn a_set_answers_new_or_replay() {
+        let set = record(0);
+        assert!(matches!(&set, Record::Set(_)));
+        assert!(set.outcome(Value::Okay).unwrap());
+        assert!(!set.outcome(Value::Nil).unwrap());
+        assert!(set.outcome(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn with_replica_acks_a_record_too_few_replicas_confirmed_fails() {
+        let wait = record(2);
+        let Record::SetWait { pipeline, replicas } = &wait else {
+            panic!("a pipeline with WAIT");
+        };
+        assert_eq!(*replicas, 2);
+        // SET key 1 NX EX 60, then WAIT 2 250 (half the 500 ms timeout).
+        let packed = String::from_utf8_lossy(&pipeline.get_packed_pipeline()).into_owned();
+        assert!(
+            packed.contains("NX\r\n$2\r\nEX\r\n$2\r\n60\r\n"),
+            "{packed:?}"
+        );
+        assert!(
+            packed.ends_with("$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n250\r\n"),
+            "{packed:?}"
+        );
+
+        let answer = |set, acks| Value::Array(vec![set, Value::Int(acks)]);
+        assert!(wait.outcome(answer(Value::Okay, 2)).unwrap());
+        let refused = wait.outcome(answer(Value::Okay, 1)).unwrap_err();
+        assert!(refused.to_string().contains("1 of the 2"), "{refused}");
+        // A replay is a replay whatever the replicas say.
+        assert!(!wait.outcome(answer(Value::Nil, 0)).unwrap());
     }
 }

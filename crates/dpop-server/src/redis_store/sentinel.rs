@@ -82,7 +82,7 @@ impl Sentinel {
             }),
         };
         let deadline = Instant::now() + options.timeout;
-        sentinel.find_primary(deadline, None).await?;
+        sentinel.find_primary(deadline).await?;
         Ok(sentinel)
     }
 
@@ -93,15 +93,12 @@ impl Sentinel {
         let current = self.shared.primary.lock().expect("not poisoned").clone();
         let primary = match current {
             Some(primary) => primary,
-            None => self
-                .find_primary(deadline, None)
-                .await
-                .map_err(|e| match e {
-                    RedisConnectError::Unavailable(e) => e,
-                    refused => ReplayError::Unavailable {
-                        reason: refused.to_string(),
-                    },
-                })?,
+            None => self.find_primary(deadline).await.map_err(|e| match e {
+                RedisConnectError::Unavailable(e) => e,
+                refused => ReplayError::Unavailable {
+                    reason: refused.to_string(),
+                },
+            })?,
         };
         let answer = tokio::time::timeout_at(deadline, record.run(&mut primary.connection.clone()))
             .await
@@ -122,11 +119,7 @@ impl Sentinel {
 
     /// Asks the Sentinels for the primary, connects to it and checks its eviction policy;
     /// when another check found one meanwhile, uses that.
-    async fn find_primary(
-        &self,
-        deadline: Instant,
-        _previous: Option<u64>,
-    ) -> Result<Primary, RedisConnectError> {
+    async fn find_primary(&self, deadline: Instant) -> Result<Primary, RedisConnectError> {
         let timeout = self.shared.timeout;
         let late = || RedisConnectError::Unavailable(timed_out(timeout));
         let mut sentinels = tokio::time::timeout_at(deadline, self.shared.sentinels.lock())
