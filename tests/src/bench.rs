@@ -252,3 +252,6 @@ pub fn verdict(met: bool) -> &'static str {
         (false, false) => "MISSED",
     }
 }
+
+/// The HTTP/1.1 load generator and process measurements of the `server_load` bench.
+pub mod load;

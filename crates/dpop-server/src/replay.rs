@@ -73,7 +73,8 @@ impl ReplayStore for MemoryReplayStore {
 }
 
 /// SHA-256 of `jkt`, a zero byte and `jti`, base64url: what a shared store keeps, fixed-size
-/// whatever the proof carried ([`dpop_jose::pair_hash`], as dpop-jose's in-memory store).
+/// whatever the proof carried ([`dpop_jose::pair_hash`]; dpop-jose's in-memory store keeps
+/// its first 128 bits).
 pub fn pair_key(jkt: &str, jti: &str) -> String {
     dpop_jose::b64url_encode(dpop_jose::pair_hash(jkt, jti))
 }

@@ -11,6 +11,7 @@
 mod jwt;
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +19,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Json;
 use axum::http::{Method, Uri};
+use axum::serve::ListenerExt;
 use clap::{Parser, ValueEnum};
 use dpop_server::{
-    Dpop, DpopLayer, HmacNonces, Preset, ProxyHeaders, PublicUrl, RedisConnectError, RedisOptions,
-    RedisReplayStore, RedisTarget, ReplayFailure, ReplayStore, Verifier,
+    Dpop, DpopLayer, HmacNonces, MemoryReplayStore, Preset, ProxyHeaders, PublicUrl,
+    RedisConnectError, RedisOptions, RedisReplayStore, RedisTarget, ReplayFailure, ReplayStore,
+    Verifier,
 };
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -124,6 +127,11 @@ struct Args {
     /// Require nonces (the fapi2 preset always does).
     #[arg(long)]
     require_nonce: bool,
+    /// Without a Redis: the most proofs the in-memory replay store remembers at once (each
+    /// until its iat window ends; when full, new proofs are refused, never forgotten early).
+    /// Size it for the request rate times the iat window (65 s with the rfc9449 preset).
+    #[arg(long, default_value_t = NonZeroUsize::new(100_000).expect("non-zero"))]
+    replay_capacity: NonZeroUsize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -164,6 +172,8 @@ async fn main() -> anyhow::Result<()> {
     let mut builder = Verifier::builder(preset)
         .public_url(public_url)
         .require_nonces(args.require_nonce)
+        // Replay state in this process, unless a Redis replaces it below.
+        .replay_store(Arc::new(MemoryReplayStore::new(args.replay_capacity)))
         .replay_failure(if args.replay_fail_open {
             ReplayFailure::Open
         } else {
@@ -206,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     // The one line on standard output: tests and scripts read the bound address from it.
     println!("listening on {}", listener.local_addr()?);
+    // Without TCP_NODELAY a response written in more than one segment waits out the client's
+    // delayed ACK (~40 ms).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
