@@ -36,6 +36,16 @@
 //!   the Node 22 of tests/interop/node22, and logs what it saw for the `dpop mcp` tests;
 //!   [`ProtectedMcpServer`] puts dpop-server's verifier in front of one, and
 //!   [`McpAuthorizationServer`] is node oidc-provider set up as its authorization server.
+//! - [`mod@redis`] also runs a local Redis Cluster ([`redis::RedisCluster`]: three primaries,
+//!   optionally a replica each) and a primary with a replica under Sentinel
+//!   ([`redis::RedisSentinel`]); [`nginx::TestCa`] makes a private CA and a certificate for
+//!   127.0.0.1 for nginx over https.
+//! - [`proxy::ProxyProcess`] runs `dpop proxy`, [`proxy::EchoUpstream`] is an upstream that
+//!   answers with what it received; [`clients::ClientWorld`] is the agent, Redis and resource
+//!   server the Python and Node client suites (clients/) run against.
+//! - [`bench::load`] drives a server process with keep-alive HTTP/1.1 clients and reads its
+//!   CPU and memory from /proc (the `server_load` bench, with the Bearer baseline
+//!   `dpop-test-bearer`).
 //!
 //! One module per concern, its fixtures re-exported here: [`mod@binaries`] (building the
 //! binaries), [`agent`] (the agent process), [`connection`] (raw protocol lines), [`keys`]
@@ -60,8 +70,10 @@
 //! libtpm2-pkcs11-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus`), swtpm for the TPM tests
 //! (`apt-get install swtpm swtpm-tools`, and `libtss2-dev` to build), and `redis-server` and
 //! nginx for the server kit's tests (`apt-get install redis-server nginx`), and `npm ci` in
-//! tests/interop/node22 and tests/interop/mcp for the MCP tests; tests fail with a message
-//! saying what is missing rather than skip.
+//! tests/interop/node22 and tests/interop/mcp for the MCP tests and the Node client, `npm ci`
+//! in clients/node (tsc for its types), `python3 -m venv` and network for the Python
+//! client's venv (pinned in clients/python/requirements-test.txt), and `curl` for the proxy
+//! tests; tests fail with a message saying what is missing rather than skip.
 //!
 //! ```no_run
 //! use dpop_tests::{AgentOptions, TestAgent};
