@@ -503,3 +503,58 @@ fn dpop_request_against_the_example_server() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_memory_replay_store_refuses_new_proofs_rather_than_forgetting_old_ones() {
+    let issuer = TokenIssuer::new();
+    let caller = DpopCaller::new();
+    let capacity = ["--replay-capacity".to_owned(), "2".to_owned()];
+    let server = ResourceServer::start(
+        &issuer,
+        ServerOptions {
+            args: capacity.to_vec(),
+            ..ServerOptions::default()
+        },
+    );
+    let token = issuer.token("alice", Some(&caller.jkt));
+    let url = server.url("/v1/items");
+
+    // Two proofs fill it; the first one is still refused as a replay afterwards.
+    let first = caller.proof("GET", &url, Some(&token), None).await;
+    let auth = format!("DPoP {token}");
+    assert_eq!(
+        caller
+            .send("GET", &url, Some(&auth), &[&first])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(caller.get(&url, &token, None).await.status, 200);
+    let reply = caller.get(&url, &token, None).await;
+    assert_eq!(reply.status, 503, "{reply:?}\n{}", server.log());
+    assert_eq!(reply.error(), Some("temporarily_unavailable"), "{reply:?}");
+    let replay = caller.send("GET", &url, Some(&auth), &[&first]).await;
+    assert_eq!(
+        replay.status, 401,
+        "the full store forgot a proof: {replay:?}"
+    );
+
+    // With nonces, a full store answers use_dpop_nonce and a nonce to retry with.
+    let mut options = with_nonces();
+    options.args.extend(capacity);
+    let server = ResourceServer::start(&issuer, options);
+    let url = server.url("/v1/items");
+    let nonce = caller
+        .get(&url, &token, None)
+        .await
+        .dpop_nonce
+        .expect("a nonce with the first challenge");
+    for _ in 0..2 {
+        let reply = caller.get(&url, &token, Some(&nonce)).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let reply = caller.get(&url, &token, Some(&nonce)).await;
+    assert_eq!(reply.status, 401, "{reply:?}\n{}", server.log());
+    assert_eq!(reply.error(), Some("use_dpop_nonce"), "{reply:?}");
+    assert!(reply.dpop_nonce.is_some(), "{reply:?}");
+}
