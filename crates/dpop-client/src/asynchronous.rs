@@ -7,7 +7,7 @@ use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::exchange::{Call, Exchange};
-use crate::transport::{AsyncStream, connect_async, spin_until_readable};
+use crate::transport::{AsyncStream, connect_async, peer_closed, spin_until_readable};
 use crate::{AdoptKey, Error, ImportKey, MAX_REPLY, NewKey, ProofRequest, socket_from_env};
 
 /// An async connection to the agent. Requests on one client run one after another; open
@@ -61,22 +61,9 @@ impl Client {
             .await
     }
 
-    /// Whether the agent has closed this connection (or sent something unasked, such as a
-    /// `busy` line before closing): with no request outstanding, anything but "nothing to
-    /// read yet" means the connection is done.
-    fn closed_by_agent(&self) -> bool {
-        if !self.stream.buffer().is_empty() {
-            return true;
-        }
-        let mut byte = [0u8; 1];
-        !matches!(
-            self.stream.get_ref().try_read(&mut byte),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
-    }
-
     async fn run<T>(&mut self, call: Call<T>) -> Result<T, Error> {
-        if self.closed_by_agent() {
+        // Unread bytes or a closed connection: the agent is done with it (see the type's docs).
+        if !self.stream.buffer().is_empty() || peer_closed(self.stream.get_ref()) {
             self.stream = BufReader::new(connect_async(&self.path).await?);
         }
         let pending = self.exchange.start(call);

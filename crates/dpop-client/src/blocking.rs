@@ -2,19 +2,25 @@
 //! `default-features = false`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dpop_protocol::{HelloReply, KeyDescription, KeyPolicy, StatusReply};
 
 use crate::exchange::{Call, Exchange};
-use crate::transport::{Stream, connect, spin_until_readable};
+use crate::transport::{Stream, connect, peer_closed, spin_until_readable};
 use crate::{AdoptKey, Error, ImportKey, MAX_REPLY, NewKey, ProofRequest, socket_from_env};
 
 /// A blocking connection to the agent. Requests run one after another; open several clients
 /// for parallel requests.
+///
+/// A connection the agent has closed while it was idle (it closes connections that send
+/// nothing for ten minutes, and a restarted agent's old connections are gone) is opened again,
+/// with the same check of the agent's user, before the next request is sent; a request is
+/// never sent twice.
 #[derive(Debug)]
 pub struct Client {
+    path: PathBuf,
     stream: BufReader<Stream>,
     exchange: Exchange,
     line: Vec<u8>,
@@ -26,6 +32,7 @@ impl Client {
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
         let stream = connect(path.as_ref())?;
         Ok(Client {
+            path: path.as_ref().to_owned(),
             stream: BufReader::new(stream),
             exchange: Exchange::new(),
             line: Vec::with_capacity(1024),
@@ -56,6 +63,10 @@ impl Client {
     }
 
     fn run<T>(&mut self, call: Call<T>) -> Result<T, Error> {
+        // Unread bytes or a closed connection: the agent is done with it (see the type's docs).
+        if !self.stream.buffer().is_empty() || peer_closed(self.stream.get_ref()) {
+            self.stream = BufReader::new(connect(&self.path)?);
+        }
         let pending = self.exchange.start(call);
         if let Err(e) = self.stream.get_mut().write_all(pending.line()) {
             // The agent may have answered and closed (a refusal): show its answer if so.

@@ -199,3 +199,48 @@ fn idle_connections_are_closed() {
     assert_eq!(silent.read_line(), None);
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+#[test]
+fn clients_open_a_connection_the_agent_closed_again_before_the_next_request() {
+    // The agent closes connections idle for 300 ms here (ten minutes in production), and a
+    // restarted agent's old connections are gone: a long-lived application's client must
+    // carry on, without sending any request twice.
+    let mut agent = TestAgent::start(
+        AgentOptions::new()
+            .passphrase_env("reconnect store")
+            .env(IDLE_TIMEOUT_VAR, "300"),
+    );
+    let mut blocking = dpop_client::blocking::Client::connect(agent.socket()).expect("connect");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut asynchronous = runtime.block_on(agent.async_client());
+    blocking.generate_key("k").expect("generate");
+    runtime.block_on(asynchronous.hello()).expect("hello");
+
+    std::thread::sleep(Duration::from_millis(900));
+    let keys = blocking
+        .list_keys()
+        .expect("the blocking client after an idle close");
+    assert_eq!(keys.len(), 1);
+    runtime
+        .block_on(asynchronous.list_keys())
+        .expect("the async client after an idle close");
+
+    agent.restart();
+    assert_eq!(
+        blocking
+            .list_keys()
+            .expect("blocking, after a restart")
+            .len(),
+        1
+    );
+    runtime
+        .block_on(asynchronous.hello())
+        .expect("async, after a restart");
+    // Each request reached the agent once: a second generate of the same label would fail.
+    let again = blocking.generate_key("k2").expect("a new key");
+    assert_eq!(again.label, "k2");
+    assert_eq!(blocking.list_keys().unwrap().len(), 2);
+}

@@ -126,3 +126,20 @@ pub(crate) fn spin_until_readable(stream: &impl AsRawFd, spin: Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// Whether the agent is done with this connection while no request is outstanding: it
+/// closed it (idle for ten minutes, or it stopped), or it sent something unasked (a `busy`
+/// line before closing). Peeks without waiting; nothing is consumed.
+pub(crate) fn peer_closed(stream: &impl AsRawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeking one byte into a valid local buffer on a socket we own.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}

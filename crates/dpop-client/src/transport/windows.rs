@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dpop_protocol::pipe::{ProcessUser, default_pipe_name, server_pid};
-use windows_sys::Win32::Foundation::ERROR_PIPE_BUSY;
+use windows_sys::Win32::Foundation::{
+    ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_NOT_CONNECTED,
+};
 use windows_sys::Win32::Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT};
 
 use super::connect_error;
@@ -95,3 +97,30 @@ fn check_agent(pipe: &impl AsHandle, path: &Path) -> Result<(), Error> {
 
 /// Polling before a read is a Unix socket optimisation; a pipe read just waits.
 pub(crate) fn spin_until_readable<T>(_stream: &T, _spin: Duration) {}
+
+/// Whether the agent is done with this connection while no request is outstanding: it
+/// closed its end (idle for ten minutes, or it stopped), or it sent something unasked.
+/// Asks the pipe how many bytes wait; nothing is read.
+pub(crate) fn peer_closed(stream: &impl std::os::windows::io::AsRawHandle) -> bool {
+    let mut waiting = 0u32;
+    // SAFETY: a pipe handle we own; no buffer is given, only the count is written.
+    let ok = unsafe {
+        windows_sys::Win32::System::Pipes::PeekNamedPipe(
+            stream.as_raw_handle(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+            &mut waiting,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok != 0 {
+        return waiting > 0;
+    }
+    // Only the answers that mean "the other end is gone": any other failure is left to the
+    // write and read that follow, which report it.
+    let gone = [ERROR_BROKEN_PIPE, ERROR_PIPE_NOT_CONNECTED, ERROR_NO_DATA];
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .is_some_and(|code| gone.iter().any(|&g| g as i32 == code))
+}
