@@ -14,6 +14,8 @@ pub const CLIENT_KEY: &str = "api";
 pub const CLIENT_SUBJECT: &str = "client-tests";
 /// The nonce secret of the resource server (test-only).
 const NONCE_SECRET: &str = "the client tests' nonce secret, 32 bytes or longer";
+/// The idle timeout of [`ClientWorld::idle_agent`] (ten minutes in production).
+pub const IDLE_TIMEOUT_MS: &str = "300";
 /// Long, so no nonce step starts while a test runs.
 const NONCE_INTERVAL: &str = "3600";
 
@@ -21,6 +23,9 @@ const NONCE_INTERVAL: &str = "3600";
 pub struct ClientWorld {
     /// The agent.
     pub agent: TestAgent,
+    /// A second agent that closes connections idle for [`IDLE_TIMEOUT_MS`], for the clients'
+    /// reconnection.
+    pub idle_agent: TestAgent,
     /// Redis behind the resource server's replay check.
     pub redis: RedisServer,
     /// Mints the tokens the server accepts.
@@ -41,6 +46,9 @@ impl ClientWorld {
             .client()
             .generate_key(CLIENT_KEY)
             .expect("generating the clients' key");
+        let idle_agent = TestAgent::start(
+            AgentOptions::new().env("DPOP_AGENT_TEST_IDLE_TIMEOUT_MS", IDLE_TIMEOUT_MS),
+        );
         let redis = RedisServer::start();
         let issuer = TokenIssuer::new();
         let server = ResourceServer::start(
@@ -59,6 +67,7 @@ impl ClientWorld {
         let token = issuer.token(CLIENT_SUBJECT, Some(&key.jkt));
         ClientWorld {
             agent,
+            idle_agent,
             redis,
             issuer,
             server,
@@ -74,7 +83,8 @@ impl ClientWorld {
 
     /// What a client test program gets: `DPOP_AUTH_SOCK`, and `DPOP_TEST_KEY`,
     /// `DPOP_TEST_JKT`, `DPOP_TEST_TOKEN`, `DPOP_TEST_SUB`, `DPOP_TEST_RESOURCE` (the resource
-    /// server's base URL, `http://127.0.0.1:<port>`).
+    /// server's base URL, `http://127.0.0.1:<port>`), `DPOP_TEST_IDLE_SOCK` (the socket of
+    /// [`Self::idle_agent`]) and `DPOP_TEST_IDLE_MS`.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("DPOP_AUTH_SOCK", self.socket().display().to_string()),
@@ -83,6 +93,11 @@ impl ClientWorld {
             ("DPOP_TEST_TOKEN", self.token.clone()),
             ("DPOP_TEST_SUB", CLIENT_SUBJECT.to_owned()),
             ("DPOP_TEST_RESOURCE", self.server.base().to_owned()),
+            (
+                "DPOP_TEST_IDLE_SOCK",
+                self.idle_agent.socket().display().to_string(),
+            ),
+            ("DPOP_TEST_IDLE_MS", IDLE_TIMEOUT_MS.to_owned()),
         ]
     }
 }

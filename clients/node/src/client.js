@@ -3,7 +3,9 @@
 // back in request order, so they are matched to a FIFO of waiting calls and each reply's `id`
 // is checked against its request's). A reply that breaks the protocol, or a timeout, closes
 // the connection and fails every waiting call: after that, the order of replies cannot be
-// trusted.
+// trusted. A connection the agent closed while no call waited (it closes connections idle
+// for ten minutes, and a restarted agent's are gone) is opened again, and its socket checked
+// again, by the next call.
 
 import net from "node:net";
 
@@ -34,8 +36,9 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
  */
 
 export class AgentClient {
-  /** @type {net.Socket} */
-  #socket;
+  /** The connection; null after the agent closed it while idle. */
+  /** @type {net.Socket | null} */
+  #socket = null;
   /** @type {{ id: number, op: string, resolve: (v: any) => void, reject: (e: Error) => void, timer: NodeJS.Timeout }[]} */
   #waiting = [];
   /** @type {Buffer[]} */
@@ -46,23 +49,48 @@ export class AgentClient {
   /** @type {Error | null} */
   #failed = null;
 
+  /** @type {ConnectOptions} */
+  #options;
+  /** Lines written while the connection is being opened again, sent once it is. */
+  /** @type {string[] | null} */
+  #queued = null;
+
   /**
    * Use AgentClient.connect.
    * @param {net.Socket} socket
    * @param {string} path
-   * @param {number} timeoutMs
+   * @param {ConnectOptions} options
    */
-  constructor(socket, path, timeoutMs) {
-    this.#socket = socket;
+  constructor(socket, path, options) {
     this.path = path;
-    this.#timeoutMs = timeoutMs;
-    socket.on("data", (chunk) => this.#onData(chunk));
-    socket.on("error", (cause) =>
-      this.#fail(new AgentConnectionError(path, `the connection to the agent failed: ${cause.message}`, { cause })),
-    );
-    socket.on("close", () =>
-      this.#fail(new AgentConnectionError(path, "the agent closed the connection")),
-    );
+    this.#options = options;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#attach(socket);
+  }
+
+  /** @param {net.Socket} socket */
+  #attach(socket) {
+    this.#socket = socket;
+    const path = this.path;
+    socket.on("data", (chunk) => {
+      if (socket === this.#socket) this.#onData(chunk);
+    });
+    socket.on("error", (cause) => {
+      if (socket !== this.#socket || this.#waiting.length === 0) return; // "close" follows
+      this.#fail(new AgentConnectionError(path, `the connection to the agent failed: ${cause.message}`, { cause }));
+    });
+    socket.on("close", () => {
+      if (socket !== this.#socket) return;
+      if (this.#waiting.length === 0 && !this.#failed) {
+        // The agent closed an idle connection (after ten minutes, or it restarted): the
+        // next request opens a new one, checked like the first. Nothing was lost.
+        this.#socket = null;
+        this.#chunks = [];
+        this.#buffered = 0;
+        return;
+      }
+      this.#fail(new AgentConnectionError(path, "the agent closed the connection"));
+    });
   }
 
   /**
@@ -71,6 +99,16 @@ export class AgentClient {
    * @returns {Promise<AgentClient>}
    */
   static async connect(options = {}) {
+    const { socket, target } = await AgentClient.#open(options);
+    return new AgentClient(socket, target, options);
+  }
+
+  /**
+   * The socket's path checked, then a connection to it.
+   * @param {ConnectOptions} options
+   * @returns {Promise<{ socket: net.Socket, target: string }>}
+   */
+  static async #open(options) {
     const requested = options.path ?? defaultSocketPath();
     if (!requested) {
       throw new AgentConnectionError(
@@ -96,7 +134,40 @@ export class AgentClient {
         reject(new AgentConnectionError(target, `cannot connect to the agent at ${target}: ${cause.message}`, { cause }));
       });
     });
-    return new AgentClient(socket, target, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    return { socket, target };
+  }
+
+  /** Writes `line`, opening the connection again first when the agent closed it. */
+  #send(/** @type {string} */ line) {
+    if (this.#socket) {
+      this.#socket.write(line);
+      return;
+    }
+    if (this.#queued) {
+      this.#queued.push(line);
+      return;
+    }
+    this.#queued = [line];
+    AgentClient.#open({ ...this.#options, path: this.path }).then(
+      ({ socket }) => {
+        const lines = this.#queued ?? [];
+        this.#queued = null;
+        if (this.#failed) {
+          socket.destroy();
+          return;
+        }
+        this.#attach(socket);
+        for (const queued of lines) socket.write(queued);
+      },
+      (error) => {
+        this.#queued = null;
+        // The calls that waited for this connection fail; a later call tries again.
+        for (const call of this.#waiting.splice(0)) {
+          clearTimeout(call.timer);
+          call.reject(error);
+        }
+      },
+    );
   }
 
   /**
@@ -121,7 +192,7 @@ export class AgentClient {
         this.#fail(new AgentTimeoutError(`no reply from the agent to ${op} within ${this.#timeoutMs} ms`));
       }, this.#timeoutMs);
       this.#waiting.push({ id, op, resolve, reject, timer });
-      this.#socket.write(line);
+      this.#send(line);
     });
   }
 
@@ -196,7 +267,7 @@ export class AgentClient {
   #fail(/** @type {Error} */ error) {
     if (this.#failed) return;
     this.#failed = error;
-    this.#socket.destroy();
+    this.#socket?.destroy();
     for (const call of this.#waiting.splice(0)) {
       clearTimeout(call.timer);
       call.reject(error);

@@ -196,3 +196,22 @@ test("lock refuses signing with LockedError; unlock needs the lock passphrase", 
     verifyProof(await agent.signProof(KEY, { htm: "GET", htu: "https://a.example/" }));
   });
 });
+
+test("a connection the agent closed while idle is opened again by the next calls", async () => {
+  // This agent closes connections idle for DPOP_TEST_IDLE_MS (ten minutes in production).
+  const idleMs = Number(env("DPOP_TEST_IDLE_MS"));
+  const agent = await AgentClient.connect({ path: env("DPOP_TEST_IDLE_SOCK") });
+  try {
+    assert.equal((await agent.hello()).protocol, 1);
+    await new Promise((resolve) => setTimeout(resolve, idleMs * 3));
+    // Pipelined calls while the connection is opened again: each gets its own reply.
+    const [hello, status, keys] = await Promise.all([agent.hello(), agent.status(), agent.listKeys()]);
+    assert.equal(hello.protocol, 1);
+    assert.equal(typeof status.locked, "boolean");
+    assert.deepEqual(keys, []);
+    await new Promise((resolve) => setTimeout(resolve, idleMs * 3));
+    assert.equal((await agent.hello()).protocol, 1);
+  } finally {
+    agent.close();
+  }
+});

@@ -17,7 +17,7 @@ from dpop_agent import AsyncClient, Client, Key
 from dpop_agent import errors
 from dpop_agent._exchange import Call
 
-from conftest import ath, jwt_part
+from conftest import ath, env, jwt_part
 
 URL = "https://api.example.com/v1/items"
 
@@ -241,3 +241,25 @@ def test_async_client_every_op_family(key: str, jkt: str, token: str) -> None:
                 await agent.call(Call("no_such_op", {}, str))
 
     asyncio.run(main())
+
+
+def test_a_connection_the_agent_closed_while_idle_is_opened_again() -> None:
+    # This agent closes connections idle for DPOP_TEST_IDLE_MS (ten minutes in production).
+    idle = int(env("DPOP_TEST_IDLE_MS")) / 1000
+    with Client(env("DPOP_TEST_IDLE_SOCK")) as agent:
+        assert agent.hello().protocol == 1
+        time.sleep(idle * 3)
+        assert agent.list_keys() == []
+        time.sleep(idle * 3)
+        assert agent.hello().protocol == 1
+
+    async def twice() -> None:
+        client = AsyncClient(env("DPOP_TEST_IDLE_SOCK"))
+        try:
+            assert (await client.hello()).protocol == 1
+            await asyncio.sleep(idle * 3)
+            assert await client.list_keys() == []
+        finally:
+            await client.aclose()
+
+    asyncio.run(twice())

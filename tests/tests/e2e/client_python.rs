@@ -14,7 +14,7 @@ use dpop_tests::clients::ClientWorld;
 use dpop_tests::{KillOnDrop, new_temp_dir, require_tool, wait_timeout, workspace_root};
 
 /// How many tests clients/python/tests holds (update it with the suite).
-const PYTEST_TESTS: usize = 38;
+const PYTEST_TESTS: usize = 39;
 
 /// The longest the pytest run may take (it takes a few seconds).
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(180);
