@@ -288,11 +288,7 @@ impl McpAuthorizationServer {
 
     /// Its RFC 7662 introspection endpoint, with the resource server's credentials.
     pub fn introspection(&self) -> Introspection {
-        Introspection {
-            url: format!("{}/token/introspection", self.issuer),
-            client_id: "resource-server".into(),
-            secret: OIDC_RS_SECRET.into(),
-        }
+        crate::oidc_provider::introspection_at(&self.issuer)
     }
 }
 

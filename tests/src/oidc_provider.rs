@@ -84,11 +84,17 @@ impl OidcProvider {
 
     /// Its RFC 7662 introspection endpoint, with the resource server's credentials.
     pub fn introspection(&self) -> crate::oauth::Introspection {
-        crate::oauth::Introspection {
-            url: format!("{}/token/introspection", self.issuer),
-            client_id: "resource-server".into(),
-            secret: OIDC_RS_SECRET.into(),
-        }
+        introspection_at(&self.issuer)
+    }
+}
+
+/// The RFC 7662 introspection endpoint of an oidc-provider at `issuer` (this one, or the MCP
+/// tests' authorization server, which registers the same resource-server client).
+pub fn introspection_at(issuer: &str) -> crate::oauth::Introspection {
+    crate::oauth::Introspection {
+        url: format!("{issuer}/token/introspection"),
+        client_id: "resource-server".into(),
+        secret: OIDC_RS_SECRET.into(),
     }
 }
 

@@ -26,6 +26,11 @@
 //!    the caller's `open_url`, `iss` checked (RFC 9207), the code traded with a DPoP proof;
 //!    a token that is not DPoP-bound is refused unless [`AuthorizerOptions::allow_bearer`].
 //!
+//! Over 600 lines: about 75 of them are these docs, and most of the rest is one flow, the
+//! steps above as methods of [`ResourceAuthorizer`] sharing its options and state; what
+//! stands alone already lives beside it (`metadata.rs`: RFC 9728 documents and resource
+//! matching; `registration.rs`: client registration).
+//!
 //! ```no_run
 //! use dpop_client::http::{AuthorizerOptions, DpopClient, ResourceAuthorizer, TokenCache, Url};
 //!
